@@ -1,0 +1,1 @@
+"""Pure batched geometry: rotations, the pinhole camera, DECA-style crops."""

@@ -48,7 +48,7 @@ def project(points_cam: torch.Tensor, focal: torch.Tensor, principal: torch.Tens
 
     ``focal`` (B, 2) or (B, 1) or (B,), ``principal`` (B, 2), both in pixels.
     """
-    focal = _as_xy(focal)
+    focal = focal_xy(focal)
     z = points_cam[..., 2:3]
     z = torch.where(z.abs() < eps, torch.full_like(z, eps), z)
     return points_cam[..., :2] / z * focal[:, None, :] + principal[:, None, :]
@@ -57,17 +57,17 @@ def project(points_cam: torch.Tensor, focal: torch.Tensor, principal: torch.Tens
 def normalise_intrinsics(focal: torch.Tensor, principal: torch.Tensor, size: torch.Tensor | tuple[float, float]):
     """Pixel intrinsics -> normalised (divided by image (width, height)); returns (focal_n, principal_n)."""
     size = torch.as_tensor(size, dtype=principal.dtype, device=principal.device)
-    return _as_xy(focal) / size, principal / size
+    return focal_xy(focal) / size, principal / size
 
 
 def pixel_intrinsics(focal_n: torch.Tensor, principal_n: torch.Tensor, size: torch.Tensor | tuple[float, float]):
     """Normalised intrinsics -> pixels; inverse of ``normalise_intrinsics``."""
     size = torch.as_tensor(size, dtype=principal_n.dtype, device=principal_n.device)
-    return _as_xy(focal_n) * size, principal_n * size
+    return focal_xy(focal_n) * size, principal_n * size
 
 
-def _as_xy(focal: torch.Tensor) -> torch.Tensor:
-    """(B,), (B, 1) or (B, 2) -> (B, 2)."""
+def focal_xy(focal: torch.Tensor) -> torch.Tensor:
+    """Focal lengths (B,), (B, 1) or (B, 2) -> (B, 2) = (fx, fy)."""
     if focal.dim() == 1:
         focal = focal[:, None]
     return focal.expand(focal.shape[0], 2)
