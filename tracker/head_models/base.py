@@ -5,6 +5,7 @@ A head model is an ``nn.Module`` with
     param_groups    ordered {group name: ParamGroup(size, prior)}; parameters travel as a dict
                     {group name: (B, size) tensor}; a group left out takes its neutral value
     faces           (F, 3) long buffer, triangles of the full mesh
+    render_faces    (F', 3) the triangles drawn into normal maps (e.g. without see-through layers)
     decode(params)  -> vertices (B, V, 3) in metres, head frame: +x to the subject's left
                     (viewer's right), +y up, +z out of the face (towards a frontal viewer)
     landmarks(vertices, params, view_rotation) -> (B, 68, 3), iBUG-68 order
@@ -118,6 +119,11 @@ class HeadModel(nn.Module):
     def region_masks(self) -> dict[str, torch.Tensor]:
         """{region: (V,) bool} on the model's device."""
         return {r: getattr(self, f"region_{r}") for r in self._region_names}
+
+    @property
+    def render_faces(self) -> torch.Tensor:
+        """(F', 3) triangles drawn into normal maps and masks (default: the whole mesh)."""
+        return self.faces
 
     def region_faces(self, regions: tuple[str, ...] | list[str]) -> torch.Tensor:
         """(F', 3) triangles whose three vertices all lie in the union of ``regions``."""
