@@ -108,7 +108,9 @@ def test_priors(model):
     assert params["identity"].shape == (4000, 100) and params["expression"].shape == (4000, 53)
     assert abs(params["identity"].mean()) < 0.02 and abs(params["identity"].std() - 1) < 0.02
     assert params["expression"].min() >= 0 and params["expression"].max() <= 1
-    assert abs(params["expression"].mean() - 0.5) < 0.02
+    active = params["expression"] > 0
+    assert abs(active.float().mean() - 0.2) < 0.01  # sparse: each shape on with probability 0.2
+    assert abs(params["expression"][active].mean() - 0.5) < 0.02  # then uniform in [0, 1]
     neutral = model.neutral_params(2)
     assert (neutral["identity"] == 0).all() and (neutral["expression"] == 0).all()
 

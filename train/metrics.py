@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from tracker.render.maps import vertex_normals
+
 MM_PER_METRE = 1000.0
 """Factor from metres (the head models' unit) to the millimetres the paper reports CD in."""
 
@@ -188,14 +190,14 @@ def mean_normal_error(
     Returns:
         (B,) mean angle in radians.
     """
-    gt_normals = _vertex_normals(gt_vertices, gt_faces)
+    gt_normals = vertex_normals(gt_vertices, gt_faces.to(device=gt_vertices.device, dtype=torch.long))
     points = gt_vertices
     if gt_vertex_mask is not None:
         mask = gt_vertex_mask.to(gt_vertices.device)
         points, gt_normals = points[:, mask], gt_normals[:, mask]
     _, _, face_index, barycentric = _closest_on_mesh(points, pred_vertices, pred_faces, DEFAULT_K)
     pred_faces = pred_faces.to(device=pred_vertices.device, dtype=torch.long)
-    corner_normals = _vertex_normals(pred_vertices, pred_faces)[
+    corner_normals = vertex_normals(pred_vertices, pred_faces.to(device=pred_vertices.device, dtype=torch.long))[
         torch.arange(points.shape[0], device=points.device)[:, None, None], pred_faces[face_index]
     ]  # (B, P, 3 corners, 3)
     pred_normals = torch.nn.functional.normalize((barycentric[..., None] * corner_normals).sum(-2), dim=-1)
@@ -407,15 +409,3 @@ def _closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     for condition, weights in regions:
         result = torch.where(condition, torch.cat(weights, -1), result)
     return result
-
-
-def _vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(B, V, 3), (F, 3) -> (B, V, 3) unit area-weighted vertex normals (sum of the incident
-    faces' cross products ``(v1 - v0) x (v2 - v0)``, twice the area times the unit normal)."""
-    faces = faces.to(device=vertices.device, dtype=torch.long)
-    v0, v1, v2 = vertices[:, faces].unbind(-2)  # each (B, F, 3)
-    cross = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)
-    normals = torch.zeros_like(vertices)
-    for corner in range(3):
-        normals.index_add_(1, faces[:, corner], cross)
-    return torch.nn.functional.normalize(normals, dim=-1)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracker.head_models.base import REQUIRED_REGIONS, GaussianPrior, HeadModel, ParamGroup, RotationPrior, UniformPrior
+from tracker.head_models.base import (
+    REQUIRED_REGIONS,
+    GaussianPrior,
+    HeadModel,
+    ParamGroup,
+    RotationPrior,
+    SparseUniformPrior,
+    UniformPrior,
+)
 
 HEAD_MODELS = ("flame", "ict")
 
@@ -37,6 +45,7 @@ __all__ = [
     "HeadModel",
     "ParamGroup",
     "RotationPrior",
+    "SparseUniformPrior",
     "UniformPrior",
     "load_head_model",
 ]

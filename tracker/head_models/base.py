@@ -57,6 +57,27 @@ class UniformPrior:
 
 
 @dataclass(frozen=True)
+class SparseUniformPrior:
+    """Each coefficient is active with probability ``active``, then U(low, high); else ``low``.
+
+    Suits blendshape rigs (ICT's ARKit shapes): real expressions use a few shapes at a time, and
+    all 53 half-on at once is no face anyone makes.
+    """
+
+    active: float
+    low: float = 0.0
+    high: float = 1.0
+
+    def sample(self, batch: int, size: int, generator=None, device=None) -> torch.Tensor:
+        u = torch.rand(batch, size, generator=generator, device=device)
+        on = torch.rand(batch, size, generator=generator, device=device) < self.active
+        return torch.where(on, self.low + (self.high - self.low) * u, torch.full_like(u, self.low))
+
+    def neutral(self, batch: int, size: int, device=None) -> torch.Tensor:
+        return torch.full((batch, size), float(self.low), device=device)
+
+
+@dataclass(frozen=True)
 class RotationPrior:
     """Rotation(s) in 6D from Gaussian Euler angles (x, y, z) with stds in degrees.
 
@@ -75,7 +96,7 @@ class RotationPrior:
         return identity_6d(batch, size // 6, device=device).reshape(batch, size)
 
 
-Prior = GaussianPrior | UniformPrior | RotationPrior
+Prior = GaussianPrior | UniformPrior | SparseUniformPrior | RotationPrior
 
 
 @dataclass(frozen=True)

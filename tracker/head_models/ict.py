@@ -6,8 +6,9 @@ eyeballs, eyelashes, ...):
     vertices = neutral + identity @ identity_deltas + expression @ expression_deltas     (metres)
 
 with 100 identity PCA weights (prior N(0, 1)) and 53 ARKit-named expression blendshape weights
-(prior U(0, 1), neutral 0). Data: the packed npz of ``ict-facekit/README.md`` in the shared
-folder, made from an upstream checkout by ``python -m tracker.head_models.ict_convert``.
+in [0, 1] (prior: each shape on with probability 0.2, then U(0, 1); neutral 0). Data: the packed
+npz of ``ict-facekit/README.md`` in the shared folder, made from an upstream checkout by
+``python -m tracker.head_models.ict_convert``.
 
 Head frame (upstream's, scaled from centimetres to metres): +x to the subject's left (ICT's
 "_L" shapes act on +x), +y up, +z out of the face. The origin lies on the mid-sagittal plane at
@@ -62,7 +63,7 @@ import torch
 from scipy.sparse.csgraph import connected_components
 
 from tracker.errors import TrackerError
-from tracker.head_models.base import GaussianPrior, HeadModel, ParamGroup, UniformPrior
+from tracker.head_models.base import GaussianPrior, HeadModel, ParamGroup, SparseUniformPrior
 from tracker.paths import default_ict_model_path
 
 # Upstream README, "Right/Left jawline (substitutes 0-7 / 9-16 in Multi PIE)".
@@ -90,6 +91,8 @@ BASE_REGIONS = ("face", "narrow_face", "eyeball_left", "eyeball_right")
 # Unreal-style overlay meshes (alpha-blended in a game engine) and alpha-textured eyelash strips:
 # left out of ``render_faces`` so normal maps show the eyes and lids, not these layers
 SEE_THROUGH = tuple(f"{part}_{side}" for part in ("lacrimal_fluid", "eye_blend", "eye_occlusion", "eyelashes") for side in ("left", "right"))
+# sampling prior of the expression weights: each shape is on with this probability (about 10 of 53)
+EXPRESSION_ACTIVE = 0.2
 EYE_MARGIN, NOSE_MARGIN, MOUTH_MARGIN = 0.3, 0.2, 0.1  # times the inner-eye-corner distance
 
 HOW_TO_GET = (
@@ -117,7 +120,7 @@ class ICT(HeadModel):
         self.expression_names: tuple[str, ...] = tuple(str(n) for n in arrays["expression_names"])
         self.param_groups = {
             "identity": ParamGroup(num_identity, GaussianPrior(std=1.0), "identity PCA weights"),
-            "expression": ParamGroup(num_expression, UniformPrior(0.0, 1.0), "ARKit-style blendshape weights"),
+            "expression": ParamGroup(num_expression, SparseUniformPrior(EXPRESSION_ACTIVE), "ARKit-style blendshape weights"),
         }
         self.register_buffer("neutral", torch.from_numpy(neutral.astype(np.float32)), persistent=False)
         for group in ("identity", "expression"):

@@ -1,0 +1,1 @@
+"""Runnable benchmarks: ``python -m tracker.bench <subcommand>`` prints figures (tests never time)."""

@@ -1,0 +1,193 @@
+"""Rendering benchmark: milliseconds per normal map (rasterise + interpolate normals + mask).
+
+Meshes:
+    flame-size  a generated smooth head-like mesh with exactly FLAME's 5023 vertices and 9976
+                triangles (a sphere-topology head with a neck opening), so the figure stands for
+                FLAME without its licensed files.
+    ict         the ICT-FaceKit neutral face + head-and-neck (regions 'face', 'head_and_neck'),
+                read from the packed npz (skipped with a message when it is absent).
+
+Camera: the mesh origin 1 m in front of the camera, frontal, focal = 5 * size pixels, principal
+point at the image centre. That is a DECA-style crop: ICT's 68 landmarks span 0.147 m at about
+0.9 m, times the usual padding 1.25, gives f / size = 4.9 (Pixel3DMM's renderer uses ~3.9, a
+slightly looser crop).
+
+Timed: ``render_normal_map`` under ``no_grad`` (head -> camera, vertex normals, rasterise,
+interpolate + normalise the normals, coverage mask), median over ``--repeats`` runs after two
+warm-up runs. Figures are milliseconds per normal map: for batch 16, the batch time / 16.
+The last line printed is ``render_ms_b1=<x> render_ms_b16=<y>`` for the flame-size mesh on the
+last device benchmarked (CUDA when it is available and requested, else CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tracker.paths import default_ict_model_path
+from tracker.render.maps import render_normal_map
+
+FLAME_VERTICES = 5023
+FLAME_FACES = 9976
+FOCAL_RATIO = 5.0  # focal / image size
+BATCHES = (1, 16)
+
+
+def head_like_mesh(num_vertices: int = FLAME_VERTICES, neck_ring: int = 68) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth head-shaped mesh: a pole at the crown, latitude rings down to an open neck ring.
+
+    Disk topology, so ``faces = 2 * num_vertices - 2 - neck_ring`` (5023 vertices and a 68-vertex
+    neck ring give FLAME's 9976). Head frame (+y up, +z out of the face), metres, centred near the
+    origin, wound counter-clockwise seen from outside.
+
+    Returns:
+        vertices (num_vertices, 3) float32, faces (F, 3) int64.
+    """
+    theta_max = math.radians(150.0)
+    num_rings = 56
+    theta = np.arange(1, num_rings + 1) * theta_max / num_rings
+    weight = np.sin(theta[:-1])
+    ring = np.round(weight * (num_vertices - 1 - neck_ring) / weight.sum()).astype(int)
+    ring[np.argmax(ring)] += num_vertices - 1 - neck_ring - ring.sum()
+    ring = np.append(ring, neck_ring)
+
+    thetas, phis = [np.zeros(1)], [np.zeros(1)]
+    for r, n in enumerate(ring):
+        thetas.append(np.full(n, theta[r]))
+        phis.append((np.arange(n) + 0.5 * (r % 2)) * 2.0 * math.pi / n)
+    th, ph = np.concatenate(thetas), np.concatenate(phis)
+    direction = np.stack((np.sin(th) * np.sin(ph), np.cos(th), np.sin(th) * np.cos(ph)), 1)
+    axes = np.array([0.078, 0.105, 0.095])
+    radius = 1.0 / np.sqrt(((direction / axes) ** 2).sum(1))
+    neck = np.clip((th - math.radians(110.0)) / math.radians(40.0), 0.0, 1.0)
+    narrowing = 1.0 - 0.35 * neck * neck * (3.0 - 2.0 * neck)
+    points = direction * radius[:, None] * np.stack((narrowing, np.ones_like(th), narrowing), 1)
+    nose_dir = np.array([0.0, -0.15, 1.0]) / np.linalg.norm([0.0, -0.15, 1.0])
+    nose = 0.02 * np.exp(-(1.0 - direction @ nose_dir) / 0.01)
+    points = points + nose[:, None] * direction
+
+    faces = [np.stack((np.arange(ring[0]) + 1, (np.arange(ring[0]) + 1) % ring[0] + 1, np.zeros(ring[0], int)), 1)]
+    start = 1
+    for r in range(num_rings - 1):
+        faces.append(_zip_rings(start, ring[r], phis[r + 1], start + ring[r], ring[r + 1], phis[r + 2]))
+        start += ring[r]
+    faces = np.concatenate(faces).astype(np.int64)
+    a, b, c = points[faces[:, 0]], points[faces[:, 1]], points[faces[:, 2]]
+    if np.einsum("ij,ij->", a, np.cross(b - a, c - a)) < 0:
+        faces = faces[:, [0, 2, 1]]
+    return points.astype(np.float32), faces
+
+
+def _zip_rings(start_a: int, n_a: int, phi_a: np.ndarray, start_b: int, n_b: int, phi_b: np.ndarray) -> np.ndarray:
+    """Triangles of the strip between ring a (above) and ring b (below), merged by azimuth."""
+    i = j = 0
+    tris = []
+    while i < n_a or j < n_b:
+        next_a = phi_a[i + 1] if i + 1 < n_a else phi_a[0] + 2.0 * math.pi
+        next_b = phi_b[j + 1] if j + 1 < n_b else phi_b[0] + 2.0 * math.pi
+        a0, b0 = start_a + i % n_a, start_b + j % n_b
+        if j >= n_b or (i < n_a and next_a <= next_b):
+            tris.append((a0, b0, start_a + (i + 1) % n_a))
+            i += 1
+        else:
+            tris.append((a0, b0, start_b + (j + 1) % n_b))
+            j += 1
+    return np.array(tris)
+
+
+def ict_face_head_mesh(path: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """ICT-FaceKit neutral 'face' + 'head_and_neck' in metres (head frame), or None if absent.
+
+    Returns:
+        vertices (V', 3) float32 (the vertices of the two regions), faces (F', 3) int64.
+    """
+    path = path or default_ict_model_path()
+    if path is None or not Path(path).is_file():
+        return None
+    with np.load(path) as data:
+        names = [str(n) for n in data["region_names"]]
+        ranges = data["region_ranges"]
+        neutral = data["neutral"].astype(np.float32) / 100.0  # centimetres -> metres
+        triangles = data["triangles"].astype(np.int64)
+    keep = np.zeros(len(neutral), bool)
+    for region in ("face", "head_and_neck"):
+        start, stop = ranges[names.index(region)]
+        keep[start:stop] = True
+    new_index = np.cumsum(keep) - 1
+    return neutral[keep], new_index[triangles[keep[triangles].all(1)]]
+
+
+def time_normal_map(
+    vertices: torch.Tensor, faces: torch.Tensor, batch: int, size: int, device: torch.device, repeats: int
+) -> float:
+    """Median milliseconds per normal map of ``batch`` frontal copies of the mesh (V, 3) at 1 m."""
+    vertices = vertices.to(device)[None].expand(batch, -1, -1).contiguous()
+    faces = faces.to(device)
+    rotation = torch.eye(3, device=device).expand(batch, 3, 3)
+    translation = torch.tensor([0.0, 0.0, 1.0], device=device).expand(batch, 3)
+    focal = torch.full((batch, 2), FOCAL_RATIO * size, device=device)
+    principal = torch.full((batch, 2), size / 2.0, device=device)
+
+    def run() -> None:
+        render_normal_map(vertices, faces, rotation, translation, focal, principal, (size, size))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = []
+    with torch.no_grad():
+        for _ in range(2):
+            run()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3 / batch
+
+
+def devices(requested: str) -> list[torch.device]:
+    """``cpu``, ``cuda`` or ``auto`` (CPU, then CUDA when available) -> devices to benchmark."""
+    if requested == "auto":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine")
+    return [torch.device(requested)]
+
+
+def run(args: argparse.Namespace) -> None:
+    """The ``render`` subcommand: print ms per normal map, then the summary line."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    vertices, faces = head_like_mesh()
+    meshes = {"flame-size": (torch.from_numpy(vertices), torch.from_numpy(faces))}
+    ict = ict_face_head_mesh()
+    if ict is None:
+        print("ict: skipped, ICT-FaceKit npz not found (set N2F_ICT_MODEL or N2F_SHARED_DIR)")
+    else:
+        meshes["ict face+head"] = (torch.from_numpy(ict[0]), torch.from_numpy(ict[1]))
+    print(f"normal map {args.size}x{args.size}, focal {FOCAL_RATIO:g} * size, torch threads {torch.get_num_threads()}")
+    summary = {}
+    for device in devices(args.device):
+        for name, (verts, tris) in meshes.items():
+            for batch in BATCHES:
+                ms = time_normal_map(verts, tris, batch, args.size, device, args.repeats)
+                print(f"{name:14s} ({verts.shape[0]} v, {tris.shape[0]} f) {device.type:4s} batch {batch:2d}: "
+                      f"{ms:8.2f} ms per map ({ms * batch:.1f} ms per batch)")
+                if name == "flame-size":
+                    summary[batch] = ms
+    print(f"render_ms_b1={summary[1]:.2f} render_ms_b16={summary[16]:.2f}")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``render`` subcommand."""
+    parser = subparsers.add_parser("render", help="ms per normal map (rasterise + interpolate normals + mask)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CPU, then CUDA when available)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per figure (median; default 10)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run)
