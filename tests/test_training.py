@@ -1,0 +1,224 @@
+"""Synthetic data, losses, the two-stage trainer, checkpoints, fine-tuning and evaluation (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tracker.geometry import camera
+from tracker.head_models import load_head_model
+from tracker.render import normals_to_rgb
+from train import evaluate, finetune
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.losses import RenderWeights, param_loss, render_loss
+from train.synthetic import SamplerConfig, SyntheticSampler
+from train.trainer import TrainConfig, Trainer, warmup_cosine
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def ict(ict_npz_path):
+    return load_head_model("ict", ict_npz_path)
+
+
+def tiny_config(tmp_path, ict_npz_path, **overrides) -> TrainConfig:
+    values = dict(
+        head_model="ict",
+        head_model_path=str(ict_npz_path),
+        backbone="resnet18",
+        input_size=SIZE,
+        token_dim=32,
+        stage1_steps=3,
+        stage2_steps=2,
+        batch_size=2,
+        val_every=2,
+        val_size=2,
+        log_every=1,
+        out_dir=str(tmp_path / "run"),
+        sampler=SamplerConfig(output_size=SIZE),
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_warmup_then_cosine():
+    factors = [warmup_cosine(s, total=100, warmup=10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5, abs=1e-9)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:])) and factors[-1] < 0.01
+
+
+def test_param_loss_uses_the_paper_weights():
+    target = {"shape": torch.zeros(2, 3), "expression": torch.zeros(2, 5)}
+    pred = {"shape": torch.ones(2, 3), "expression": torch.full((2, 5), 2.0)}
+    total, terms = param_loss(pred, target)
+    assert terms["shape"].item() == pytest.approx(10 * 1.0) and terms["expression"].item() == pytest.approx(100 * 4.0)
+    assert total.item() == pytest.approx(410.0)
+
+
+def test_render_loss_terms():
+    normals = torch.nn.functional.normalize(torch.randn(2, 3, 8, 8), dim=1)
+    mask = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    lmk = torch.rand(2, 68, 2) * 8
+    total, terms = render_loss(normals, mask, lmk, normals, mask, lmk, 8)
+    assert total.item() == pytest.approx(0.0, abs=1e-6)
+    shifted = lmk + torch.tensor([4.0, 0.0])  # half the crop -> 1.0 in [-1, 1] units
+    _, terms = render_loss(normals, mask, shifted, normals, mask, lmk, 8, RenderWeights(landmarks=10000))
+    assert terms["landmarks"].item() == pytest.approx(10000 * 1.0 / 2)
+    _, terms = render_loss(-normals, 1 - mask, lmk, normals, mask, lmk, 8)
+    assert terms["normal"].item() == pytest.approx(2.0, abs=1e-5) and terms["mask"].item() == pytest.approx(10.0)
+
+
+def test_synthetic_batch_is_consistent(ict):
+    config = SamplerConfig(output_size=64, crop_shift_std=0.0, crop_scale_std=0.0)
+    batch = SyntheticSampler(ict, config, seed=3).sample(6)
+    assert batch.normals.shape == (6, 3, 64, 64) and batch.mask.shape == (6, 1, 64, 64)
+    norms = batch.normals.norm(dim=1, keepdim=True)
+    assert torch.allclose(norms[batch.mask > 0], torch.ones(1), atol=1e-4) and norms[batch.mask == 0].abs().max() == 0
+    # DECA crop without jitter: the landmarks' box is centred and spans 1/alpha of the crop
+    low, high = batch.landmarks_2d.amin(1), batch.landmarks_2d.amax(1)
+    assert torch.allclose((low + high) / 2, torch.full((6, 2), 32.0), atol=1e-3)
+    assert torch.allclose((high - low).amax(-1), torch.full((6,), 64 / 1.4), atol=1e-3)
+    # the face mask covers the landmarks' box centre and is seen from the front (+z normals)
+    assert (batch.mask[:, 0, 28:36, 28:36].mean((1, 2)) > 0.9).all()
+    assert (batch.normals[:, 2][batch.mask[:, 0] > 0].mean() > 0.5)
+    # the crop camera reprojects the 3D landmarks onto lmk*_2D
+    lmk3d = ict.landmarks(batch.vertices, batch.params, batch.rotation)
+    projected = camera.project(camera.head_to_camera(lmk3d, batch.rotation, batch.translation), batch.focal, batch.principal)
+    assert torch.allclose(projected, batch.landmarks_2d, atol=1e-3)
+    again = SyntheticSampler(ict, config, seed=3).sample(6)
+    assert torch.equal(again.normals, batch.normals)
+
+
+def test_synthetic_priors_follow_the_paper(ict):
+    scene = SyntheticSampler(ict, SamplerConfig(), seed=0).sample_scene(4000)
+    euler_deg = torch.rad2deg(torch.stack((torch.atan2(scene.rotation[:, 2, 1], scene.rotation[:, 2, 2]), torch.asin(-scene.rotation[:, 2, 0])), -1))
+    assert euler_deg.std(0).tolist() == pytest.approx([15.0, 20.0], rel=0.06)
+    assert scene.translation.mean(0).tolist() == pytest.approx([0.0, 0.0, 1.0], abs=0.01)
+    assert scene.translation.std(0).tolist() == pytest.approx([0.02, 0.02, 0.2], rel=0.06)
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_two_stage_training_checkpoint_and_resume(tmp_path, ict_npz_path, capsys):
+    trainer = Trainer(tiny_config(tmp_path, ict_npz_path))
+    camera_before = _params(trainer.net.camera_module)
+    trainer.stage_index = 0
+    module, optimiser, scheduler, steps = trainer._stage_setup(1)
+    assert {g["name"]: g["lr"] for g in optimiser.param_groups} == {"stem": 1e-3, "backbone": 1e-3, "flame_module": 1e-3}
+    trainer.run()
+    out = tmp_path / "run"
+    for name in ("best_stage1.pt", "best_stage2.pt", "last.pt", "metrics.csv"):
+        assert (out / name).is_file(), name
+    stage1 = load_checkpoint(out / "best_stage1.pt")
+    stage2 = load_checkpoint(out / "best_stage2.pt")
+    # stage 1 leaves the camera module alone; stage 2 trains only the camera module
+    net1, net2 = model_from_checkpoint(stage1), model_from_checkpoint(stage2)
+    assert all(torch.equal(a, b) for a, b in zip(camera_before, _params(net1.camera_module)))
+    assert all(torch.equal(a, b) for a, b in zip(_params(net1.backbone), _params(net2.backbone)))
+    assert not all(torch.equal(a, b) for a, b in zip(_params(net1.camera_module), _params(net2.camera_module)))
+    # everything needed to rebuild is recorded
+    assert stage2["n2fnet"]["backbone"] == "resnet18" and stage2["sampler"]["normal_frame"] == "camera"
+    assert stage2["sampler"]["alpha"] == 1.4 and stage2["head_model"]["name"] == "ict"
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "kind,stage,step,metric,value" and any(",vertex_error_mm," in r for r in rows)
+    # resume: continues stage 2 from the saved step
+    config = tiny_config(tmp_path, ict_npz_path, stage2_steps=4)
+    resumed = Trainer(config, resume=str(out / "last.pt"))
+    assert resumed.stage_index == 1 and resumed.step == 2
+    resumed.run()
+    assert load_checkpoint(out / "last.pt")["step"] == 4
+
+
+def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "n2fnet-checkpoint-v1", "payload": os.system}, path)  # a callable global
+    from tracker.errors import TrackerError
+
+    with pytest.raises(TrackerError, match="weights_only"):
+        load_checkpoint(path)
+
+
+def _write_real_dataset(root, ict, size):
+    """A tiny fine-tuning folder made from synthetic renders (format of train/real_data.py)."""
+    batch = SyntheticSampler(ict, SamplerConfig(output_size=size), seed=11).sample(3)
+    for folder in ("normals", "masks", "params", "landmarks"):
+        (root / folder).mkdir(parents=True)
+    rgb = normals_to_rgb(batch.normals.permute(0, 2, 3, 1), batch.mask[:, 0]).numpy()
+    for i in range(3):
+        Image.fromarray(rgb[i]).save(root / "normals" / f"face{i}.png")
+        Image.fromarray((batch.mask[i, 0].numpy() * 255).astype(np.uint8)).save(root / "masks" / f"face{i}.png")
+        np.savez(root / "params" / f"face{i}.npz", **{k: v[i].numpy() for k, v in batch.params.items()})
+        lmk = batch.landmarks_2d[i].numpy().copy()
+        lmk[:17] = np.nan  # contour not annotated
+        np.savetxt(root / "landmarks" / f"face{i}.txt", lmk)
+    (root / "camera.json").write_text(json.dumps({"focal": batch.focal[0].tolist(), "principal": batch.principal[0].tolist()}))
+
+
+def test_finetune_both_stages_on_a_tiny_real_folder(tmp_path, ict_npz_path, ict):
+    Trainer(tiny_config(tmp_path, ict_npz_path, stage1_steps=1, stage2_steps=1)).run()
+    data = tmp_path / "real"
+    _write_real_dataset(data, ict, SIZE)
+    start = str(tmp_path / "run" / "best_stage2.pt")
+    for stage in (1, 2):
+        out = tmp_path / f"ft{stage}"
+        args = ["--checkpoint", start, "--data", str(data), "--stage", str(stage), "--steps", "2", "--batch-size", "2", "--val-every", "2", "--out-dir", str(out)]
+        assert finetune.main(args) == 0
+        state = load_checkpoint(out / f"best_stage{stage}.pt")
+        assert state["train"]["lr_backbone"] == 1e-6
+        rows = (out / "metrics.csv").read_text()
+        assert "landmarks" in rows if stage == 2 else "identity" in rows
+        start = str(out / f"best_stage{stage}.pt")
+
+
+def test_finetune_reports_a_folder_without_the_stage_data(tmp_path, ict_npz_path, capsys):
+    Trainer(tiny_config(tmp_path, ict_npz_path, stage1_steps=1, stage2_steps=1, stages=(1,))).run()
+    (tmp_path / "empty" / "normals").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir()
+    args = ["--checkpoint", str(tmp_path / "run" / "best_stage1.pt"), "--data", str(tmp_path / "empty"), "--stage", "1", "--out-dir", str(tmp_path / "o")]
+    assert finetune.main(args) == 2
+    assert "params" in capsys.readouterr().err
+
+
+def test_evaluate_prints_the_paper_table(tmp_path, ict_npz_path, capsys):
+    Trainer(tiny_config(tmp_path, ict_npz_path, stage1_steps=1, stage2_steps=1)).run()
+    assert evaluate.main(["--checkpoint", str(tmp_path / "run" / "best_stage2.pt"), "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| Method | CD face | CD eyes | CD nose | CD mouth | CD ears | MNE | CR | NME % | FPS |" in out
+    rows = [line for line in out.splitlines() if line.startswith("| N2FNet") or line.startswith("| mean parameters")]
+    assert len(rows) == 2
+    values = [float(v) for v in rows[1].split("|")[2:-2]]
+    assert all(math.isfinite(v) for v in values) and values[0] > 0.5  # the mean face is millimetres off
+
+
+def test_help_documents_the_settings():
+    out = subprocess.run([sys.executable, "-m", "train", "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--backbone-weights", "--normal-frame", "--alpha", "--focal-mean", "--resume", "--stage1-steps", "--lr-stem", "torchrun"):
+        assert flag in out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test on Linux")
+def test_torchrun_distributed_data_parallel_on_cpu(tmp_path, ict_npz_path):
+    """The same command under torchrun: 2 CPU processes (gloo), gradients averaged by DDP."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
+        "--head-model-path", str(ict_npz_path), "--input-size", "32", "--token-dim", "32", "--batch-size", "2",
+        "--stage1-steps", "2", "--stage2-steps", "1", "--val-every", "2", "--val-size", "2", "--device", "cpu", "--out-dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(out / "best_stage2.pt")
+    assert state["step"] == 1 and state["stage"] == 2

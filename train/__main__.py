@@ -1,0 +1,112 @@
+"""``python -m train``: two-stage N2FNet training on synthetic normal maps.
+
+Same command on one device or many: ``torchrun --nproc_per_node N -m train ...`` runs
+DistributedDataParallel with one process per GPU (or CPU process with gloo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tracker.errors import TrackerError
+from train.synthetic import SamplerConfig
+from train.trainer import TrainConfig, Trainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d, s = TrainConfig(), SamplerConfig()
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("head model")
+    g.add_argument("--head-model", choices=("ict", "flame"), default=d.head_model, help="head model to regress")
+    g.add_argument("--head-model-path", default=None, help="ICT npz file (default: N2F_ICT_MODEL / shared folder) or FLAME folder")
+    g = p.add_argument_group("network")
+    g.add_argument("--backbone", default=d.backbone, help="timm name: vit_large_patch16_dinov3 (paper), vit_small_patch16_dinov3, resnet18, mobilenetv3_large_100, ...")
+    g.add_argument("--backbone-weights", default=None, help="pretrained backbone weights file (timm or original DINOv3 format); nothing is downloaded")
+    g.add_argument("--input-size", type=int, default=d.input_size, help="normal-map crop size S_out")
+    g.add_argument("--use-mask-input", action="store_true", help="feed the face mask as a 4th input channel")
+    g.add_argument("--token-dim", type=int, default=d.token_dim, help="token width for CNN backbones")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--stages", default="1,2", help="stages to run, in order: '1,2', '1' or '2'")
+    g.add_argument("--stage1-steps", type=int, default=d.stage1_steps)
+    g.add_argument("--stage2-steps", type=int, default=d.stage2_steps)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    g.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction, help="linear warm-up share of each stage, then cosine")
+    g.add_argument("--lr-backbone", type=float, default=None, help="default: 1e-6 (paper) with --backbone-weights, 1e-3 when training from scratch")
+    g.add_argument("--lr-stem", type=float, default=d.lr_stem, help="first conv / patch embedding (stage 1)")
+    g.add_argument("--lr-flame-module", type=float, default=d.lr_flame_module, help="stage 1")
+    g.add_argument("--lr-camera-module", type=float, default=d.lr_camera_module, help="stage 2")
+    g = p.add_argument_group("synthetic data (paper leaves these open; recorded in checkpoints)")
+    g.add_argument("--image-size", type=int, default=s.image_size, help="S_orig of the original image")
+    g.add_argument("--focal-mean", type=float, default=s.focal_mean, help="focal / S_orig, Gaussian mean")
+    g.add_argument("--focal-std", type=float, default=s.focal_std)
+    g.add_argument("--principal-std", type=float, default=s.principal_std, help="principal point / S_orig, std about the centre")
+    g.add_argument("--alpha", type=float, default=s.alpha, help="DECA crop padding factor")
+    g.add_argument("--crop-shift-std", type=float, default=s.crop_shift_std, help="crop centre jitter, fraction of the side")
+    g.add_argument("--crop-scale-std", type=float, default=s.crop_scale_std, help="crop side log-scale jitter")
+    g.add_argument("--normal-frame", choices=("camera", "head"), default=s.normal_frame, help="frame of the normal maps")
+    g = p.add_argument_group("run")
+    g.add_argument("--val-every", type=int, default=d.val_every)
+    g.add_argument("--val-size", type=int, default=d.val_size, help="fixed synthetic validation samples")
+    g.add_argument("--val-seed", type=int, default=d.val_seed)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--out-dir", default=d.out_dir, help="metrics.csv, best_stage1.pt, best_stage2.pt, last.pt")
+    g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--resume", default=None, help="continue from a checkpoint (e.g. OUT/last.pt): weights, optimiser, step")
+    g.add_argument("--init", default=None, help="start from a checkpoint's weights (e.g. stage 2 after a separate stage-1 run)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    sampler = SamplerConfig(
+        image_size=args.image_size,
+        output_size=args.input_size,
+        focal_mean=args.focal_mean,
+        focal_std=args.focal_std,
+        principal_std=args.principal_std,
+        alpha=args.alpha,
+        crop_shift_std=args.crop_shift_std,
+        crop_scale_std=args.crop_scale_std,
+        normal_frame=args.normal_frame,
+    )
+    return TrainConfig(
+        head_model=args.head_model,
+        head_model_path=args.head_model_path,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        input_size=args.input_size,
+        use_mask_input=args.use_mask_input,
+        token_dim=args.token_dim,
+        stages=tuple(int(x) for x in args.stages.split(",")),
+        stage1_steps=args.stage1_steps,
+        stage2_steps=args.stage2_steps,
+        batch_size=args.batch_size,
+        warmup_fraction=args.warmup_fraction,
+        lr_backbone=args.lr_backbone,
+        lr_stem=args.lr_stem,
+        lr_flame_module=args.lr_flame_module,
+        lr_camera_module=args.lr_camera_module,
+        val_every=args.val_every,
+        val_size=args.val_size,
+        val_seed=args.val_seed,
+        seed=args.seed,
+        out_dir=args.out_dir,
+        device=args.device,
+        log_every=args.log_every,
+        sampler=sampler,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        Trainer(config_from_args(args), resume=args.resume, init=args.init).run()
+    except TrackerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""``python -m train.finetune``: the paper's real-data fine-tuning, both stages, on a DATASET folder.
+
+    stage 1  backbone + FLAME module on pseudo-GT parameters (paper: CelebA-HQ with Pixel3DMM fits)
+    stage 2  camera module with L_render, lambda_lmk = 10000 (paper: 300W landmarks, Pixel3DMM
+             normals and FaRL masks as pseudo-GT)
+
+The folder format is in ``train/real_data.py``. The run starts from a trained checkpoint, keeps
+its network, head model and synthetic settings, validates on the synthetic validation set (to
+catch forgetting) and writes best_stage{N}.pt / last.pt / metrics.csv to --out-dir. The backbone
+learning rate defaults to the paper's 1e-6 (the backbone is trained by now).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tracker.errors import TrackerError
+from train.checkpoint import load_checkpoint
+from train.losses import RenderWeights
+from train.real_data import RealDataset
+from train.synthetic import SyntheticSampler
+from train.trainer import PAPER_LR_BACKBONE, TrainConfig, Trainer
+
+REAL_LANDMARK_WEIGHT = 10000.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="trained N2FNet checkpoint to start from")
+    p.add_argument("--data", required=True, help="DATASET folder (format: train/real_data.py)")
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr-backbone", type=float, default=PAPER_LR_BACKBONE)
+    p.add_argument("--lr-stem", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--lr-flame-module", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--lr-camera-module", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--landmark-weight", type=float, default=REAL_LANDMARK_WEIGHT, help="lambda_lmk on real data")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        state = load_checkpoint(args.checkpoint)
+        config = TrainConfig.from_dict(state["train"])
+        config.stages = (args.stage,)
+        config.stage1_steps = config.stage2_steps = args.steps
+        config.batch_size, config.val_every, config.out_dir = args.batch_size, args.val_every, args.out_dir
+        config.device, config.seed, config.backbone_weights = args.device, args.seed, None
+        config.head_model_path = state["head_model"].get("path")
+        config.lr_backbone = args.lr_backbone
+        for name in ("lr_stem", "lr_flame_module", "lr_camera_module"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        trainer = Trainer(config, init=args.checkpoint, render_weights=RenderWeights(landmarks=args.landmark_weight))
+        focal = SyntheticSampler(trainer.head, config.sampler, seed=args.seed).typical_crop_focal()
+        trainer.data = RealDataset(args.data, config.input_size, focal, stage=args.stage, device=trainer.device, seed=args.seed)
+        trainer.run()
+    except TrackerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""N2FNet's losses (paper section "Losses").
+
+    L_param  = sum_g lambda_g * MSE(pred_g, gt_g)            FLAME: beta 10, theta 10, psi 100, gamma 10
+    L_render = lambda_N * d_cos(N_face, N*_face) + lambda_S * MSE(S_face, S*_face)
+             + lambda_lmk * MSE(lmk_2D, lmk*_2D)               lambda_N 1, lambda_S 10, lambda_lmk 100 (10000 real)
+
+Reading of the paper's |.|^2: the mean squared error per coefficient (MSE), so the group weights
+do not depend on how many coefficients a group has. Landmarks enter in normalised crop
+coordinates (pixels / S * 2 - 1, i.e. [-1, 1] across the crop) so lambda_lmk does not depend on
+the input size. d_cos is averaged over the pixels where the ground-truth face mask is on.
+ICT uses the FLAME weights by analogy: identity like beta (10), expression like psi (100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PARAM_WEIGHTS = {"shape": 10.0, "jaw": 10.0, "expression": 100.0, "eyelids": 10.0, "identity": 10.0}
+
+
+@dataclass(frozen=True)
+class RenderWeights:
+    normal: float = 1.0
+    mask: float = 10.0
+    landmarks: float = 100.0  # 10000 on real data
+
+
+def param_loss(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], weights: dict[str, float] | None = None):
+    """{group: (B, n)} x2 -> (total scalar, {group: scalar}) for the groups in ``pred``."""
+    weights = PARAM_WEIGHTS if weights is None else weights
+    terms = {g: weights[g] * F.mse_loss(pred[g], target[g]) for g in pred}
+    return sum(terms.values()), terms
+
+
+def cosine_distance_map(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean of 1 - cos over mask pixels. pred, target (B, 3, H, W); mask (B, 1, H, W) -> scalar."""
+    cos = F.cosine_similarity(pred, target, dim=1, eps=eps)[:, None]
+    return ((1 - cos) * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def normalised_landmarks(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, N, 2) crop pixels -> [-1, 1] across the crop."""
+    return pixels / size * 2 - 1
+
+
+def render_loss(
+    normals: torch.Tensor,
+    mask: torch.Tensor,
+    landmarks_px: torch.Tensor,
+    target_normals: torch.Tensor,
+    target_mask: torch.Tensor,
+    target_landmarks_px: torch.Tensor,
+    size: int,
+    weights: RenderWeights = RenderWeights(),
+    landmark_visible: torch.Tensor | None = None,
+):
+    """Rendered prediction vs target -> (total scalar, {term: scalar}).
+
+    normals (B, 3, H, W), mask (B, 1, H, W), landmarks_px (B, 68, 2) and the same for the target;
+    ``landmark_visible`` (B, 68) optionally drops unannotated landmarks (real data).
+    """
+    lmk_error = (normalised_landmarks(landmarks_px, size) - normalised_landmarks(target_landmarks_px, size)).square().sum(-1)
+    if landmark_visible is not None:
+        lmk_term = (lmk_error * landmark_visible).sum() / landmark_visible.sum().clamp_min(1.0) / 2
+    else:
+        lmk_term = lmk_error.mean() / 2
+    terms = {
+        "normal": weights.normal * cosine_distance_map(normals, target_normals, target_mask),
+        "mask": weights.mask * F.mse_loss(mask, target_mask),
+        "landmarks": weights.landmarks * lmk_term,
+    }
+    return sum(terms.values()), terms
