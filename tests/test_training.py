@@ -18,7 +18,8 @@ from tracker.head_models import load_head_model
 from tracker.render import normals_to_rgb
 from train import evaluate, finetune
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.losses import RenderWeights, param_loss, render_loss
+from train.losses import PARAM_WEIGHTS, RenderWeights, param_loss, render_loss
+from train.real_data import RealDataset
 from train.synthetic import SamplerConfig, SyntheticSampler
 from train.trainer import TrainConfig, Trainer, warmup_cosine
 
@@ -60,7 +61,7 @@ def test_warmup_then_cosine():
 def test_param_loss_uses_the_paper_weights():
     target = {"shape": torch.zeros(2, 3), "expression": torch.zeros(2, 5)}
     pred = {"shape": torch.ones(2, 3), "expression": torch.full((2, 5), 2.0)}
-    total, terms = param_loss(pred, target)
+    total, terms = param_loss(pred, target, PARAM_WEIGHTS["flame"])
     assert terms["shape"].item() == pytest.approx(10 * 1.0) and terms["expression"].item() == pytest.approx(100 * 4.0)
     assert total.item() == pytest.approx(410.0)
 
@@ -116,7 +117,7 @@ def test_two_stage_training_checkpoint_and_resume(tmp_path, ict_npz_path, capsys
     camera_before = _params(trainer.net.camera_module)
     trainer.stage_index = 0
     module, optimiser, scheduler, steps = trainer._stage_setup(1)
-    assert {g["name"]: g["lr"] for g in optimiser.param_groups} == {"stem": 1e-3, "backbone": 1e-3, "flame_module": 1e-3}
+    assert {g["name"]: g["lr"] for g in optimiser.param_groups} == {"stem": 1e-3, "token_layers": 1e-3, "backbone": 1e-3, "flame_module": 1e-3}
     trainer.run()
     out = tmp_path / "run"
     for name in ("best_stage1.pt", "best_stage2.pt", "last.pt", "metrics.csv"):
@@ -175,11 +176,26 @@ def test_finetune_both_stages_on_a_tiny_real_folder(tmp_path, ict_npz_path, ict)
         out = tmp_path / f"ft{stage}"
         args = ["--checkpoint", start, "--data", str(data), "--stage", str(stage), "--steps", "2", "--batch-size", "2", "--val-every", "2", "--out-dir", str(out)]
         assert finetune.main(args) == 0
-        state = load_checkpoint(out / f"best_stage{stage}.pt")
-        assert state["train"]["lr_backbone"] == 1e-6
+        state = load_checkpoint(out / "last.pt")
+        assert state["train"]["lr_backbone"] == 1e-6 and state["stage"] == stage and state["step"] == 2
         rows = (out / "metrics.csv").read_text()
         assert "landmarks" in rows if stage == 2 else "identity" in rows
-        start = str(out / f"best_stage{stage}.pt")
+        start = str(out / "last.pt")
+
+
+def test_real_maps_of_another_size_are_rescaled_with_their_landmarks(tmp_path, ict):
+    data = tmp_path / "real"
+    _write_real_dataset(data, ict, 2 * SIZE)  # stored at twice the network input
+    stored = np.loadtxt(data / "landmarks" / "face0.txt")
+    camera_file = json.loads((data / "camera.json").read_text())
+    dataset = RealDataset(data, SIZE, default_focal=100.0, stage=2)
+    sample = dataset.load("face0")
+    assert sample["normals"].shape == (3, SIZE, SIZE)
+    visible = ~np.isnan(stored).any(1)
+    assert np.allclose(sample["landmarks_2d"].numpy()[visible], stored[visible] / 2, atol=1e-4)
+    batch = dataset.sample(2)
+    assert torch.allclose(batch.focal[0], torch.tensor(camera_file["focal"]) / 2)
+    assert batch.landmark_visible[:, :17].sum() == 0 and batch.landmark_visible[:, 17:].all()
 
 
 def test_finetune_reports_a_folder_without_the_stage_data(tmp_path, ict_npz_path, capsys):
@@ -195,7 +211,7 @@ def test_evaluate_prints_the_paper_table(tmp_path, ict_npz_path, capsys):
     Trainer(tiny_config(tmp_path, ict_npz_path, stage1_steps=1, stage2_steps=1)).run()
     assert evaluate.main(["--checkpoint", str(tmp_path / "run" / "best_stage2.pt"), "--samples", "2"]) == 0
     out = capsys.readouterr().out
-    assert "| Method | CD face | CD eyes | CD nose | CD mouth | CD ears | MNE | CR | NME % | FPS |" in out
+    assert "| Method | CD face | CD eyes | CD nose | CD mouth | CD ears | MNE | CR | NME % | FPS (net) |" in out
     rows = [line for line in out.splitlines() if line.startswith("| N2FNet") or line.startswith("| mean parameters")]
     assert len(rows) == 2
     values = [float(v) for v in rows[1].split("|")[2:-2]]

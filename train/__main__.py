@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from tracker.errors import TrackerError
+from train.checkpoint import load_checkpoint
 from train.synthetic import SamplerConfig
 from train.trainer import TrainConfig, Trainer
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--out-dir", default=d.out_dir, help="metrics.csv, best_stage1.pt, best_stage2.pt, last.pt")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--resume", default=None, help="continue from a checkpoint (e.g. OUT/last.pt): weights, optimiser, step")
+    g.add_argument("--resume", default=None, help="continue a run from OUT/last.pt exactly as it was configured (weights, optimiser, step; other flags except --device are ignored)")
     g.add_argument("--init", default=None, help="start from a checkpoint's weights (e.g. stage 2 after a separate stage-1 run)")
     return p
 
@@ -101,7 +102,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        Trainer(config_from_args(args), resume=args.resume, init=args.init).run()
+        if args.resume:
+            config = TrainConfig.from_dict(load_checkpoint(args.resume)["train"])
+            config.device = args.device
+        else:
+            config = config_from_args(args)
+        Trainer(config, resume=args.resume, init=args.init).run()
     except TrackerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,8 +9,9 @@ A checkpoint is a dict of tensors and plain Python values (saved with ``torch.sa
     head_model     {"name", "path"} of the head model it was trained for
     sampler        SamplerConfig as a dict (focal, principal point, alpha, normal frame, ...)
     train          TrainConfig as a dict
-    stage, step    training progress; optimizer / scheduler / rng states for resuming
-    metrics        the last validation figures
+    stage, step    training progress (a resumed run reseeds its sampler from them)
+    optimizer, scheduler  in last.pt only, for resuming
+    metrics, best  the validation figures of this checkpoint and the best so far per stage
 """
 
 from __future__ import annotations

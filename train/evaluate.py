@@ -4,8 +4,9 @@ paper's table layout, beside the "predict the mean parameters" baseline.
 Columns: CD (mm; rigidly aligned on the face region, then mean vertex distance per region: face,
 eyes, nose, mouth, ears), MNE (radians) and CR (share within 2 mm) of every 4th face-region GT
 vertex against the reconstruction's face surface (closest points, not same-index vertices), NME (% of the inter-ocular distance, projected landmarks in
-the crop), FPS (N2FNet forward pass, batch 1, on the chosen device). The baseline predicts the
-neutral parameters (the priors' means) and the camera module's zero output (head origin at the
+the crop), FPS (the N2FNet forward pass alone, batch 1, on the chosen device; the paper's FPS
+also includes its normal and segmentation networks). The baseline predicts the
+priors' mean parameters and the camera module's zero output (head origin at the
 crop centre, the configured depth per focal); its FPS is not applicable.
 """
 
@@ -48,16 +49,15 @@ def evaluate(net: N2FNet, head: HeadModel, sampler_config: SamplerConfig, sample
     face_mask = head.region_masks["face"]
     regions = {r: head.region_masks[r] for r in REGIONS}
     face_vertices, face_faces = face_submesh(head)
-    probes = torch.zeros_like(face_mask)
-    probes[face_mask.nonzero()[::SURFACE_PROBE_STRIDE, 0]] = True
+    probes = torch.zeros(len(face_vertices), dtype=torch.bool, device=device)
+    probes[::SURFACE_PROBE_STRIDE] = True
     sums = {"net": _Accumulator(), "mean": _Accumulator()}
     for start in range(0, samples, batch_size):
         batch = sampler.sample(min(batch_size, samples - start))
         mask = batch.mask if net.config.use_mask_input else None
         out = net(batch.normals, batch.focal, batch.principal, mask)
-        zeros = torch.zeros(len(batch.normals), 9, device=device)
-        mean_rotation_6d, mean_translation = net.camera_from_output(zeros, batch.focal, batch.principal)
-        mean_params = {g: head.param_groups[g].neutral(len(batch.normals), device=device) for g in out.params}
+        _, mean_translation = net.camera_from_output(torch.zeros(len(batch.normals), 9, device=device), batch.focal, batch.principal)
+        mean_params = {g: head.param_groups[g].mean(len(batch.normals), device=device) for g in out.params}
         candidates = {
             "net": (out.params, out.rotation, out.translation),
             "mean": (mean_params, torch.eye(3, device=device).expand(len(batch.normals), 3, 3), mean_translation),
@@ -66,8 +66,9 @@ def evaluate(net: N2FNet, head: HeadModel, sampler_config: SamplerConfig, sample
             vertices = head.decode(params)
             cd = metrics.region_errors(vertices, batch.vertices, regions, align_region="face")
             aligned = metrics.rigid_align(vertices, batch.vertices, face_mask)[0][:, face_vertices]
-            mne = metrics.mean_normal_error(batch.vertices, faces, aligned, face_faces, gt_vertex_mask=probes)
-            cr = metrics.completeness_ratio(batch.vertices, aligned, face_faces, gt_vertex_mask=probes)
+            gt_face = batch.vertices[:, face_vertices]  # both surfaces: the face submesh
+            mne = metrics.mean_normal_error(gt_face, face_faces, aligned, face_faces, gt_vertex_mask=probes)
+            cr = metrics.completeness_ratio(gt_face, aligned, face_faces, gt_vertex_mask=probes)
             rendered = render_face(head, vertices, params, rotation, translation, batch.focal, batch.principal, sampler_config.output_size, sampler_config.normal_frame)
             nme = metrics.nme(rendered.landmarks_2d, batch.landmarks_2d)
             sums[key].add(cd, mne, cr, nme)
@@ -107,7 +108,7 @@ class _Accumulator:
 
 def format_table(rows: list[EvaluationRow]) -> str:
     """Markdown table: Method | CD face eyes nose mouth ears (mm) | MNE | CR | NME % | FPS."""
-    header = "| Method | CD face | CD eyes | CD nose | CD mouth | CD ears | MNE | CR | NME % | FPS |"
+    header = "| Method | CD face | CD eyes | CD nose | CD mouth | CD ears | MNE | CR | NME % | FPS (net) |"
     lines = [header, "|" + "---|" * 10]
     for r in rows:
         fps = f"{r.fps:.1f}" if r.fps is not None else "-"

@@ -5,9 +5,10 @@
              normals and FaRL masks as pseudo-GT)
 
 The folder format is in ``train/real_data.py``. The run starts from a trained checkpoint, keeps
-its network, head model and synthetic settings, validates on the synthetic validation set (to
-catch forgetting) and writes best_stage{N}.pt / last.pt / metrics.csv to --out-dir. The backbone
-learning rate defaults to the paper's 1e-6 (the backbone is trained by now).
+its network, head model and synthetic settings, and writes metrics.csv and checkpoints to
+--out-dir: ``last.pt`` holds the fine-tuned weights (use it); ``best_stage{N}.pt`` is the best on
+the synthetic validation set, which here only guards against forgetting. The backbone learning
+rate defaults to the paper's 1e-6 (the backbone is trained by now).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(config, name, getattr(args, name))
         trainer = Trainer(config, init=args.checkpoint, render_weights=RenderWeights(landmarks=args.landmark_weight))
         focal = SyntheticSampler(trainer.head, config.sampler, seed=args.seed).typical_crop_focal()
-        trainer.data = RealDataset(args.data, config.input_size, focal, stage=args.stage, device=trainer.device, seed=args.seed)
+        trainer.data = RealDataset(args.data, config.input_size, focal, stage=args.stage, device=trainer.device, seed=args.seed + trainer.rank)
         trainer.run()
     except TrackerError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,7 +8,12 @@ Reading of the paper's |.|^2: the mean squared error per coefficient (MSE), so t
 do not depend on how many coefficients a group has. Landmarks enter in normalised crop
 coordinates (pixels / S * 2 - 1, i.e. [-1, 1] across the crop) so lambda_lmk does not depend on
 the input size. d_cos is averaged over the pixels where the ground-truth face mask is on.
-ICT uses the FLAME weights by analogy: identity like beta (10), expression like psi (100).
+ICT (not in the paper) gets weights that give the paper's balance between the groups at the start
+of training, when the network predicts the prior mean: there the FLAME terms are
+shape 10 * 0.8^2 = 6.4 and expression 100 * 0.5^2 = 25; ICT's identity prior has variance 1 and
+its sparse expression prior 0.2/3 - 0.1^2 = 0.057, hence identity 6.4 and expression 25 / 0.057
+= 440. (With FLAME's weights ICT's identity term would dominate four to one, and it is the part
+of the face a normal map shows least.)
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PARAM_WEIGHTS = {"shape": 10.0, "jaw": 10.0, "expression": 100.0, "eyelids": 10.0, "identity": 10.0}
+PARAM_WEIGHTS = {
+    "flame": {"shape": 10.0, "jaw": 10.0, "expression": 100.0, "eyelids": 10.0},
+    "ict": {"identity": 6.4, "expression": 440.0},
+}
 
 
 @dataclass(frozen=True)
@@ -28,9 +36,9 @@ class RenderWeights:
     landmarks: float = 100.0  # 10000 on real data
 
 
-def param_loss(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], weights: dict[str, float] | None = None):
-    """{group: (B, n)} x2 -> (total scalar, {group: scalar}) for the groups in ``pred``."""
-    weights = PARAM_WEIGHTS if weights is None else weights
+def param_loss(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], weights: dict[str, float]):
+    """{group: (B, n)} x2, {group: lambda} (e.g. ``PARAM_WEIGHTS["flame"]``) -> (total scalar,
+    {group: scalar}) for the groups in ``pred``."""
     terms = {g: weights[g] * F.mse_loss(pred[g], target[g]) for g in pred}
     return sum(terms.values()), terms
 

@@ -3,7 +3,8 @@
 Folder format (one sample per file stem ``NAME``; all images are square S x S face crops):
 
     DATASET/
-      camera.json               optional: {"focal": [fx, fy], "principal": [cx, cy]} crop pixels
+      camera.json               optional: {"focal": [fx, fy], "principal": [cx, cy]} in pixels of
+                                the stored maps
                                 (default: the median crop focal of the checkpoint's synthetic
                                 distribution, principal point at the crop centre)
       normals/NAME.png          normal map, RGB = (n + 1) / 2 * 255, in the checkpoint's normal
@@ -13,6 +14,9 @@ Folder format (one sample per file stem ``NAME``; all images are square S x S fa
                                 (stage 1: Pixel3DMM's optimised FLAME fits on CelebA-HQ)
       landmarks/NAME.txt        optional 68 lines "x y" in crop pixels, "nan nan" when missing
                                 (stage 2: the 300W annotations)
+
+Maps of another size than the network input are resized; landmarks and intrinsics are scaled with
+them (they are given in pixels of the stored maps).
 
 Stage 1 uses the samples that have params (L_param); stage 2 the samples with landmarks
 (L_render with lambda_lmk = 10000, the normals and mask as pseudo-GT).
@@ -73,20 +77,25 @@ class RealDataset:
     def __len__(self) -> int:
         return len(self.stems)
 
-    def _image(self, path: Path, mode: str) -> np.ndarray:
+    def _image(self, path: Path, mode: str) -> tuple[np.ndarray, float]:
+        """(S, S[, 3]) float image and the factor S / stored width."""
         if not path.is_file():
             raise TrackerError(f"missing {path}")
         image = Image.open(path).convert(mode)
-        if image.size != (self.size, self.size):
+        if image.width != image.height:
+            raise TrackerError(f"{path}: maps must be square crops, got {image.width}x{image.height}")
+        scale = self.size / image.width
+        if scale != 1:
             image = image.resize((self.size, self.size), Image.NEAREST if mode == "L" else Image.BILINEAR)
-        return np.asarray(image, dtype=np.float32)
+        return np.asarray(image, dtype=np.float32), scale
 
     def load(self, stem: str) -> dict:
         """One sample as tensors (unbatched)."""
-        mask = torch.from_numpy(self._image(self.folder / "masks" / f"{stem}.png", "L") > 0).float()[None]
-        rgb = torch.from_numpy(self._image(self.folder / "normals" / f"{stem}.png", "RGB")).permute(2, 0, 1)
-        normals = torch.nn.functional.normalize(rgb / 255 * 2 - 1, dim=0) * mask
-        sample = {"normals": normals, "mask": mask}
+        mask_image, _ = self._image(self.folder / "masks" / f"{stem}.png", "L")
+        rgb, scale = self._image(self.folder / "normals" / f"{stem}.png", "RGB")
+        mask = torch.from_numpy(mask_image > 0).float()[None]
+        normals = torch.nn.functional.normalize(torch.from_numpy(rgb).permute(2, 0, 1) / 255 * 2 - 1, dim=0) * mask
+        sample = {"normals": normals, "mask": mask, "scale": scale}
         if self.stage == 1:
             with np.load(self.folder / "params" / f"{stem}.npz", allow_pickle=False) as data:
                 sample["params"] = {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32).reshape(-1)) for k in data.files}
@@ -94,7 +103,7 @@ class RealDataset:
             lmk = np.loadtxt(self.folder / "landmarks" / f"{stem}.txt", dtype=np.float32).reshape(-1, 2)
             if lmk.shape != (68, 2):
                 raise TrackerError(f"{stem}.txt: expected 68 landmark lines, got {lmk.shape[0]}")
-            sample["landmarks_2d"] = torch.from_numpy(np.nan_to_num(lmk))
+            sample["landmarks_2d"] = torch.from_numpy(np.nan_to_num(lmk)) * scale
             sample["landmark_visible"] = torch.from_numpy(~np.isnan(lmk).any(axis=1)).float()
         return sample
 
@@ -108,11 +117,13 @@ class RealDataset:
         params = None
         if self.stage == 1:
             params = {g: torch.stack([item["params"][g] for item in items]).to(self.device) for g in items[0]["params"]}
+        scale = torch.tensor([item["scale"] for item in items], device=self.device)[:, None]
+        default = not (self.folder / "camera.json").is_file()  # the default is already in input pixels
         return RealBatch(
             normals=stack("normals"),
             mask=stack("mask"),
-            focal=self.focal.expand(batch, 2).to(self.device),
-            principal=self.principal.expand(batch, 2).to(self.device),
+            focal=self.focal.expand(batch, 2).to(self.device) * (1 if default else scale),
+            principal=self.principal.expand(batch, 2).to(self.device) * (1 if default else scale),
             params=params,
             landmarks_2d=stack("landmarks_2d") if self.stage == 2 else None,
             landmark_visible=stack("landmark_visible") if self.stage == 2 else None,

@@ -22,6 +22,7 @@ Settings the paper does not give, and our choices (recorded in every checkpoint)
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import asdict, dataclass
 
 import torch
@@ -103,8 +104,10 @@ def render_face(
 ) -> RenderedFace:
     """Render N_face, S_face and lmk_2D of head-frame ``vertices`` (B, V, 3) in a crop camera.
 
-    Differentiable w.r.t. vertices, rotation and translation through the normals (interpolation)
-    and the landmarks (projection); the mask is a hard coverage test (no gradient).
+    Gradients: the landmarks are differentiable w.r.t. vertices, rotation and translation; the
+    normals w.r.t. the vertices and (camera frame only) the rotation, not the translation; the
+    mask is a hard coverage test with no gradient (the rasteriser is not differentiable). So in
+    stage 2 the translation learns from the landmark term alone.
     """
     maps = render_maps(
         vertices, head.render_faces, rotation, translation, focal, principal, (size, size), frame=normal_frame, region=head.region_masks["face"]
@@ -123,7 +126,7 @@ class SyntheticSampler:
         self.head = head
         self.config = config
         self.generator = torch.Generator(device=head.device)
-        self.generator.manual_seed(seed if seed is not None else torch.seed())
+        self.generator.manual_seed(seed if seed is not None else secrets.randbits(63))
 
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator, device=self.head.device)

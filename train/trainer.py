@@ -24,11 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train import metrics
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.losses import RenderWeights, param_loss, render_loss
+from train.losses import PARAM_WEIGHTS, RenderWeights, param_loss, render_loss
 from train.real_data import RealBatch
 from train.synthetic import SamplerConfig, SyntheticBatch, SyntheticSampler, render_face
-from tracker.head_models import HeadModel, load_head_model
-from tracker.n2fnet import N2FNet, N2FNetOutput
+from tracker.errors import TrackerError
+from tracker.head_models import load_head_model
+from tracker.n2fnet import N2FNet, N2FNetConfig, N2FNetOutput
+from tracker.n2fnet.backbone import load_backbone_weights
 
 PAPER_LR_BACKBONE = 1e-6
 SCRATCH_LR_BACKBONE = 1e-3
@@ -120,11 +122,14 @@ def _tensorboard_writer(folder: Path):
 
 
 def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    """"auto" | "cpu" | "cuda" | "cuda:N" -> a device; CUDA without an index means this process's
+    GPU (LOCAL_RANK under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 class Trainer:
@@ -153,17 +158,20 @@ class Trainer:
         torch.manual_seed(config.seed + self.rank)
 
         self.head = load_head_model(config.head_model, config.head_model_path).to(self.device)
-        self.net = N2FNet.for_head_model(
-            self.head,
-            backbone=config.backbone,
-            input_size=config.input_size,
-            use_mask_input=config.use_mask_input,
-            token_dim=config.token_dim,
-        )
-        if config.backbone_weights:
-            from tracker.n2fnet.backbone import load_backbone_weights
-
-            load_backbone_weights(self.net.backbone, config.backbone_weights)
+        start = load_checkpoint(resume or init) if (resume or init) else None
+        if start is not None:  # the network exactly as it was built, then its weights
+            self.net = N2FNet(N2FNetConfig(**start["n2fnet"]))
+            self.net.load_state_dict(start["model"])
+        else:
+            self.net = N2FNet.for_head_model(
+                self.head,
+                backbone=config.backbone,
+                input_size=config.input_size,
+                use_mask_input=config.use_mask_input,
+                token_dim=config.token_dim,
+            )
+            if config.backbone_weights:
+                load_backbone_weights(self.net.backbone, config.backbone_weights)
         self.net.to(self.device)
         sampler_config = SamplerConfig(**{**config.sampler.to_dict(), "output_size": config.input_size})
         self.config.sampler = sampler_config
@@ -197,12 +205,18 @@ class Trainer:
     def _stage_setup(self, stage: int):
         """Freeze/unfreeze for ``stage``; return (module to call, optimiser, scheduler, steps)."""
         cfg, groups = self.config, self.net.parameter_groups()
-        trainable = {1: ("stem", "backbone", "flame_module"), 2: ("camera_module",)}[stage]
+        trainable = {1: ("stem", "token_layers", "backbone", "flame_module"), 2: ("camera_module",)}[stage]
         for name, params in groups.items():
             for p in params:
                 p.requires_grad_(name in trainable)
-        lrs = {"stem": cfg.lr_stem, "backbone": cfg.backbone_lr(), "flame_module": cfg.lr_flame_module, "camera_module": cfg.lr_camera_module}
-        optimiser = torch.optim.Adam([{"params": groups[n], "lr": lrs[n], "name": n} for n in trainable])
+        lrs = {
+            "stem": cfg.lr_stem,
+            "token_layers": cfg.lr_flame_module,  # new layers on a CNN learn like the module they feed
+            "backbone": cfg.backbone_lr(),
+            "flame_module": cfg.lr_flame_module,
+            "camera_module": cfg.lr_camera_module,
+        }
+        optimiser = torch.optim.Adam([{"params": groups[n], "lr": lrs[n], "name": n} for n in trainable if groups[n]])
         steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
         warmup = max(1, int(cfg.warmup_fraction * steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, warmup))
@@ -221,7 +235,9 @@ class Trainer:
         if stage == 1:
             out: N2FNetOutput = module(*self._inputs(batch), modules=("flame",))
             groups = [g for g in out.params if g in batch.params]
-            return param_loss({g: out.params[g] for g in groups}, {g: batch.params[g] for g in groups})
+            if not groups:
+                raise TrackerError(f"the batch's parameters {sorted(batch.params)} include none of the regressed groups {list(out.params)}")
+            return param_loss({g: out.params[g] for g in groups}, {g: batch.params[g] for g in groups}, PARAM_WEIGHTS[self.head.name])
         out = module(*self._inputs(batch), modules=("flame", "camera"))
         with torch.no_grad():
             vertices = self.head.decode(out.params)
@@ -298,8 +314,8 @@ class Trainer:
             out = self.net(*self._inputs(batch))
             vertices = self.head.decode(out.params)
             vertex_mm.append(metrics.region_errors(vertices, batch.vertices, {"face": face})["face"])
-            neutral = self.head.decode({g: self.head.param_groups[g].neutral(len(vertices), device=self.device) for g in out.params})
-            baseline_mm.append(metrics.region_errors(neutral, batch.vertices, {"face": face})["face"])
+            mean_face = self.head.decode({g: self.head.param_groups[g].mean(len(vertices), device=self.device) for g in out.params})
+            baseline_mm.append(metrics.region_errors(mean_face, batch.vertices, {"face": face})["face"])
             rendered = render_face(
                 self.head, vertices, out.params, out.rotation, out.translation, batch.focal, batch.principal, self.config.input_size, self.config.sampler.normal_frame
             )
@@ -315,6 +331,11 @@ class Trainer:
         return result
 
     def _save(self, stage: int, optimiser, scheduler, result: dict) -> None:
+        key = "vertex_error_mm" if stage == 1 else "landmark_error_px"
+        best_key = f"stage{stage}"
+        improved = best_key not in self.best or result[key] < self.best[best_key]
+        if improved:
+            self.best[best_key] = result[key]
         state = {
             "model": self.net.state_dict(),
             "n2fnet": self.net.config.to_dict(),
@@ -323,13 +344,9 @@ class Trainer:
             "train": self.config.to_dict(),
             "stage": stage,
             "step": self.step,
-            "optimizer": optimiser.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "metrics": result,
+            "best": dict(self.best),
         }
-        key = "vertex_error_mm" if stage == 1 else "landmark_error_px"
-        best_key = f"stage{stage}"
-        if best_key not in self.best or result[key] < self.best[best_key]:
-            self.best[best_key] = result[key]
-            save_checkpoint(self.out_dir / f"best_stage{stage}.pt", {**state, "best": self.best})
-        save_checkpoint(self.out_dir / "last.pt", {**state, "best": self.best})
+        if improved:  # weights only: best checkpoints are for use, not for resuming
+            save_checkpoint(self.out_dir / f"best_stage{stage}.pt", state)
+        save_checkpoint(self.out_dir / "last.pt", {**state, "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict()})

@@ -40,6 +40,9 @@ class GaussianPrior:
     def neutral(self, batch: int, size: int, device=None) -> torch.Tensor:
         return torch.full((batch, size), float(self.mean), device=device)
 
+    def expected(self, batch: int, size: int, device=None) -> torch.Tensor:
+        return self.neutral(batch, size, device)
+
 
 @dataclass(frozen=True)
 class UniformPrior:
@@ -54,6 +57,9 @@ class UniformPrior:
 
     def neutral(self, batch: int, size: int, device=None) -> torch.Tensor:
         return torch.full((batch, size), float(self.low), device=device)
+
+    def expected(self, batch: int, size: int, device=None) -> torch.Tensor:
+        return torch.full((batch, size), (self.low + self.high) / 2, device=device)
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,10 @@ class SparseUniformPrior:
     def neutral(self, batch: int, size: int, device=None) -> torch.Tensor:
         return torch.full((batch, size), float(self.low), device=device)
 
+    def expected(self, batch: int, size: int, device=None) -> torch.Tensor:
+        mean = self.low + self.active * (self.high - self.low) / 2
+        return torch.full((batch, size), mean, device=device)
+
 
 @dataclass(frozen=True)
 class RotationPrior:
@@ -94,6 +104,10 @@ class RotationPrior:
 
     def neutral(self, batch: int, size: int, device=None) -> torch.Tensor:
         return identity_6d(batch, size // 6, device=device).reshape(batch, size)
+
+    def expected(self, batch: int, size: int, device=None) -> torch.Tensor:
+        """The identity: the rotation about which the angles are symmetric."""
+        return self.neutral(batch, size, device)
 
 
 Prior = GaussianPrior | UniformPrior | SparseUniformPrior | RotationPrior
@@ -114,6 +128,10 @@ class ParamGroup:
     def neutral(self, batch: int, device=None) -> torch.Tensor:
         """(batch, size) neutral value (zero coefficients, identity rotations)."""
         return self.prior.neutral(batch, self.size, device=device)
+
+    def mean(self, batch: int, device=None) -> torch.Tensor:
+        """(batch, size) the prior's mean (the "predict the mean parameters" baseline)."""
+        return self.prior.expected(batch, self.size, device=device)
 
 
 class HeadModel(nn.Module):

@@ -26,11 +26,18 @@ from tracker.errors import TrackerError
 
 
 class Backbone(nn.Module):
-    """Image (B, C, H, W) -> tokens (B, N, dim). ``stem`` is the first conv (patch embedding)."""
+    """Image (B, C, H, W) -> tokens (B, N, dim). ``stem`` is the first conv (patch embedding);
+    ``new_parameters`` are layers added on top of the timm model (never pretrained)."""
 
     dim: int
-    stem: nn.Conv2d
     timm_model: nn.Module
+
+    @property
+    def stem(self) -> nn.Conv2d:
+        return next(m for m in self.timm_model.modules() if isinstance(m, nn.Conv2d))
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        return []
 
 
 class ViTBackbone(Backbone):
@@ -40,7 +47,6 @@ class ViTBackbone(Backbone):
         super().__init__()
         self.timm_model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, img_size=img_size)
         self.dim = self.timm_model.embed_dim
-        self.stem = self.timm_model.patch_embed.proj
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.timm_model.forward_features(images)  # (B, prefix + N, d)
@@ -48,19 +54,25 @@ class ViTBackbone(Backbone):
 
 
 class CNNBackbone(Backbone):
-    """A timm CNN; its last feature map's cells are the tokens, projected to ``token_dim``."""
+    """A timm CNN; its last feature map's cells are the tokens, projected to ``token_dim``, plus a
+    learned position embedding (attention and pooling are blind to where a token came from, and
+    the camera module needs to know where the face is)."""
 
-    def __init__(self, name: str, in_chans: int, token_dim: int) -> None:
+    def __init__(self, name: str, in_chans: int, img_size: int, token_dim: int) -> None:
         super().__init__()
         self.timm_model = timm.create_model(name, pretrained=False, features_only=True, out_indices=(-1,), in_chans=in_chans)
         channels = self.timm_model.feature_info.channels()[-1]
+        grid = -(-img_size // self.timm_model.feature_info.reduction()[-1])
         self.project = nn.Conv2d(channels, token_dim, kernel_size=1)
+        self.pos_embed = nn.Parameter(torch.randn(1, grid * grid, token_dim) * 0.02)
         self.dim = token_dim
-        self.stem = next(m for m in self.timm_model.modules() if isinstance(m, nn.Conv2d))
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        return [*self.project.parameters(), self.pos_embed]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.project(self.timm_model(images)[-1])  # (B, d, h, w)
-        return features.flatten(2).transpose(1, 2)
+        return features.flatten(2).transpose(1, 2) + self.pos_embed
 
 
 def is_vit(name: str) -> bool:
@@ -73,7 +85,7 @@ def create_backbone(name: str, in_chans: int = 3, img_size: int = 256, token_dim
         raise TrackerError(f"unknown backbone '{name}': use a timm model name, e.g. vit_large_patch16_dinov3, vit_small_patch16_dinov3, resnet18")
     if is_vit(name):
         return ViTBackbone(name, in_chans, img_size)
-    return CNNBackbone(name, in_chans, token_dim)
+    return CNNBackbone(name, in_chans, img_size, token_dim)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -95,7 +107,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TrackerError(f"{path} holds no state dict of tensors")
-    return {k.removeprefix("backbone."): v for k, v in state.items()}
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
 
 
 def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:

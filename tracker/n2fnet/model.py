@@ -138,12 +138,16 @@ class N2FNet(nn.Module):
         return rotation_6d, torch.cat((xy, depth[:, None]), dim=-1)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by learning-rate group: stem (patch embedding), backbone, flame_module, camera_module."""
+        """Parameters by learning-rate group: stem (first conv / patch embedding), token_layers
+        (layers added on a CNN: token projection, position embedding), backbone (the rest of it),
+        flame_module, camera_module."""
         stem = list(self.backbone.stem.parameters())
-        stem_ids = {id(p) for p in stem}
+        new = self.backbone.new_parameters()
+        special = {id(p) for p in stem + new}
         return {
             "stem": stem,
-            "backbone": [p for p in self.backbone.parameters() if id(p) not in stem_ids],
+            "token_layers": new,
+            "backbone": [p for p in self.backbone.parameters() if id(p) not in special],
             "flame_module": list(self.flame_module.parameters()),
             "camera_module": list(self.camera_module.parameters()),
         }
