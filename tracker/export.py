@@ -1,0 +1,150 @@
+"""Mesh export of a recorded take: one OBJ or PLY file per frame with a face.
+
+    python -m tracker.export take.npz --out meshes/ [--format obj|ply] [--every N] [--posed]
+                             [--head-model-path ICT_NPZ | --flame-dir FLAME_DIR]
+
+The head model named in the take is loaded (ICT: ``--head-model-path`` or the N2F_ICT_MODEL /
+shared-folder default; FLAME: ``--flame-dir``, with the take's shape and expression sizes), and
+every exported frame's recorded parameter groups are decoded to vertices in metres (groups the
+take lacks take their neutral values). Vertices are in the head frame, or with ``--posed`` in the
+camera frame (OpenCV axes) through the recorded rotation and translation (``head_to_camera``).
+Files are named ``frame_<frame index, 6 digits>.<format>``; frames without a face are skipped and
+reported. A take interrupted before ``close()`` exports from its journal (see ``tracker.recording``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tracker.errors import TrackerError
+from tracker.geometry.camera import head_to_camera
+from tracker.geometry.rotations import rotation_6d_to_matrix
+from tracker.head_models import HEAD_MODELS, HeadModel, load_head_model
+from tracker.mesh_io import write_obj, write_ply
+from tracker.recording import Take, read_take
+
+FORMATS = ("obj", "ply")
+
+
+@dataclass
+class ExportResult:
+    """Files written (in frame order) and the frame indices skipped for having no face."""
+
+    written: list[Path]
+    skipped: list[int]
+
+
+def load_take_model(take: Take, path: str | Path | None = None) -> HeadModel:
+    """The head model ``take`` was recorded with, checked against the take's parameter groups.
+
+    ``path``: the ICT npz (None: the configured default) or the FLAME folder (required).
+    """
+    if take.head_model not in HEAD_MODELS:
+        raise TrackerError(f"the take was recorded with head model {take.head_model!r}; this version exports {HEAD_MODELS}")
+    options = {}
+    if take.head_model == "flame":
+        sizes = {"shape": "n_shape", "expression": "n_expression"}
+        options = {option: take.groups[group] for group, option in sizes.items() if group in take.groups}
+    model = load_head_model(take.head_model, path, **options)
+    for group, size in take.groups.items():
+        if group not in model.param_groups:
+            raise TrackerError(
+                f"the take has parameter group {group!r}, which the loaded {model.name} model lacks "
+                f"({list(model.param_groups)}): load the model the take was recorded with"
+            )
+        if model.param_groups[group].size != size:
+            raise TrackerError(
+                f"the take's group {group!r} has {size} values, the loaded {model.name} model "
+                f"{model.param_groups[group].size}: load the model the take was recorded with"
+            )
+    return model
+
+
+@torch.no_grad()
+def export_meshes(
+    take: Take,
+    model: HeadModel,
+    out_dir: str | Path,
+    fmt: str = "obj",
+    every: int = 1,
+    posed: bool = False,
+    batch: int = 16,
+) -> ExportResult:
+    """Write the meshes of every ``every``-th frame of ``take`` (rows 0, every, 2 every, ...) that has a
+    face to ``out_dir``; ``posed``: camera frame instead of head frame. Decodes ``batch`` frames at once."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    rows = np.arange(0, len(take), every)
+    found = rows[take.face_found[rows]]
+    if posed:
+        pose = np.concatenate((take.rotation_6d[found], take.translation[found]), axis=1)
+        unposed = take.frame_index[found[~np.isfinite(pose).all(axis=1)]]
+        if len(unposed):
+            raise TrackerError(f"--posed needs the camera rotation and translation; the take lacks them for frames {unposed[:10].tolist()}")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrackerError(f"cannot create the output folder {out_dir}: {err.strerror or err}") from err
+    faces = model.faces.cpu()
+    written = []
+    for start in range(0, len(found), batch):
+        chunk = found[start : start + batch]
+        params = {group: torch.from_numpy(values[chunk]).to(model.device) for group, values in take.params.items()}
+        vertices = model.decode(params)  # (B, V, 3)
+        if posed:
+            rotation = rotation_6d_to_matrix(torch.from_numpy(take.rotation_6d[chunk]).to(vertices))
+            vertices = head_to_camera(vertices, rotation, torch.from_numpy(take.translation[chunk]).to(vertices))
+        for row, mesh in zip(chunk, vertices.cpu()):
+            path = out_dir / f"frame_{int(take.frame_index[row]):06d}.{fmt}"
+            try:
+                written.append(write_obj(path, mesh, faces) if fmt == "obj" else write_ply(path, mesh, faces))
+            except OSError as err:
+                raise TrackerError(f"cannot write {path}: {err.strerror or err}") from err
+    skipped = take.frame_index[rows[~take.face_found[rows]]].tolist()
+    return ExportResult(written, skipped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tracker.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("take", type=Path, help="the take (.npz, or its .partial journal)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the meshes (created if missing)")
+    parser.add_argument("--format", choices=FORMATS, default="obj")
+    parser.add_argument("--every", type=int, default=1, help="export every N-th frame of the take")
+    parser.add_argument(
+        "--head-model-path", "--flame-dir", dest="head_model_path", type=Path, default=None,
+        help="ICT: the packed npz (default: N2F_ICT_MODEL or the shared folder); FLAME: the folder with its files",
+    )
+    parser.add_argument(
+        "--posed", action="store_true", help="camera-frame vertices (recorded rotation and translation) instead of head-frame"
+    )
+    args = parser.parse_args(argv)
+    if args.every < 1:
+        parser.error("--every must be >= 1")
+    try:
+        take = read_take(args.take)
+        model = load_take_model(take, args.head_model_path)
+        result = export_meshes(take, model, args.out, args.format, args.every, args.posed)
+    except TrackerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    state = "" if take.complete else " (an unfinished take, read from its journal)"
+    print(f"wrote {len(result.written)} {args.format.upper()} meshes ({model.name}, {model.num_vertices} vertices) to {args.out}{state}")
+    if result.skipped:
+        shown = ", ".join(map(str, result.skipped[:20])) + (", ..." if len(result.skipped) > 20 else "")
+        print(f"skipped {len(result.skipped)} frames without a face: {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

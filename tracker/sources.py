@@ -1,0 +1,528 @@
+"""Frame sources: cameras, video files, network streams and image folders, each read on its own thread.
+
+``open_source(spec)`` works out what kind of source ``spec`` names, opens it (a ``TrackerError`` says
+why and what to do when it cannot) and returns a ``FrameSource``, which runs the capture thread.
+
+Delivery policies:
+- live sources (camera, network URL) keep only the newest frame: a one-slot buffer the capture
+  thread overwrites, so there is never a backlog; overwritten frames count as dropped and show up
+  as gaps in ``Frame.index``; each frame is delivered at most once;
+- files and folders deliver every frame as fast as the consumer reads (a bounded queue; the
+  capture thread waits while it is full), or with ``realtime=True`` are paced at their own frame
+  rate and then behave like a live source.
+Network streams reopen after a drop, waiting 0.5 s, doubling to at most 5 s between attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+
+from tracker.errors import TrackerError
+
+__all__ = ["Frame", "FrameSource", "open_source", "NETWORK_SCHEMES", "IMAGE_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_SCHEME_HINTS = {
+    "srt": " The FFmpeg inside the pip opencv wheels is built without libsrt, so srt:// needs an "
+    "OpenCV built against an FFmpeg with --enable-libsrt (or relay the stream as rtsp/udp).",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One captured frame.
+
+    image: (H, W, 3) uint8 BGR, as OpenCV decodes it.
+    index: 0-based count of frames read from the source; gaps are frames that were dropped.
+    timestamp: ``time.monotonic()`` when the frame was captured.
+    source_time: position in the media in seconds (files, folders); None for live sources.
+    """
+
+    image: np.ndarray
+    index: int
+    timestamp: float
+    source_time: float | None
+
+
+class _Reader(Protocol):
+    """Reads raw frames from one opened medium; used only by the capture thread."""
+
+    @property
+    def fps(self) -> float | None: ...
+
+    @property
+    def size(self) -> tuple[int, int]: ...
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        """The next (image, source_time), or None at the end."""
+
+    def close(self) -> None: ...
+
+
+class _CaptureReader:
+    """A ``cv2.VideoCapture`` checked at opening to deliver a first frame."""
+
+    def __init__(self, capture: cv2.VideoCapture, *, live: bool, error: str) -> None:
+        ok, image = capture.read() if capture.isOpened() else (False, None)
+        if not ok:
+            capture.release()
+            raise TrackerError(error)
+        self._capture = capture
+        self._live = live
+        self._first: tuple[np.ndarray, float | None] | None = (image, self._position())
+        rate = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = rate if rate > 0 else None
+        self.size = (image.shape[1], image.shape[0])
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        ok, image = self._capture.read()
+        return (image, self._position()) if ok else None
+
+    def close(self) -> None:
+        self._capture.release()
+
+    def _position(self) -> float | None:
+        return None if self._live else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+
+
+class _FolderReader:
+    """The images of a folder in name order, as a sequence at a fixed frame rate."""
+
+    def __init__(self, paths: list[Path], fps: float) -> None:
+        self._paths = paths
+        self._next = 0
+        self.fps = fps
+        height, width = _load_image(paths[0]).shape[:2]
+        self.size = (width, height)
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        if self._next >= len(self._paths):
+            return None
+        index = self._next
+        self._next += 1
+        return _load_image(self._paths[index]), index / self.fps
+
+    def close(self) -> None:
+        """Nothing to release: images are read one at a time."""
+
+
+class _LoopingReader:
+    """Starts a file or folder over whenever it ends."""
+
+    def __init__(self, open_reader: Callable[[], _Reader]) -> None:
+        self._open = open_reader
+        self._reader = open_reader()
+        self.fps, self.size = self._reader.fps, self._reader.size
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        item = self._reader.read()
+        if item is None:
+            self._reader.close()
+            self._reader = self._open()
+            item = self._reader.read()
+        return item
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class _ReconnectingReader:
+    """A network stream that reopens itself after a drop, backing off between failed attempts."""
+
+    def __init__(
+        self,
+        open_reader: Callable[[], _Reader],
+        stop: threading.Event,
+        name: str,
+        first_delay: float = 0.5,
+        max_delay: float = 5.0,
+    ) -> None:
+        self._open = open_reader
+        self._stop = stop
+        self._name = name
+        self._first_delay = first_delay
+        self._max_delay = max_delay
+        self._reader = open_reader()
+        self.fps, self.size = self._reader.fps, self._reader.size
+        self.reconnects = 0
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        item = self._reader.read()
+        while item is None:
+            self._reader.close()
+            reader = self._reopen()
+            if reader is None:
+                return None
+            self._reader = reader
+            item = reader.read()
+        return item
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def _reopen(self) -> _Reader | None:
+        """A freshly opened stream, or None once the source is stopped."""
+        delay = self._first_delay
+        log.warning("%s: stream dropped, reconnecting in %.1f s", self._name, delay)
+        while not self._stop.wait(delay):
+            try:
+                reader = self._open()
+            except TrackerError as error:
+                delay = min(2.0 * delay, self._max_delay)
+                log.warning("%s: reconnect failed, retrying in %.1f s (%s)", self._name, delay, error)
+                continue
+            self.reconnects += 1
+            log.warning("%s: reconnected", self._name)
+            return reader
+        return None
+
+
+class _FrameBuffer:
+    """Hands frames from the capture thread to the consumer.
+
+    overwrite=True: a new frame replaces the oldest unread one when full, which counts as dropped.
+    overwrite=False: ``put`` waits while full, so every frame is delivered.
+    """
+
+    def __init__(self, capacity: int, *, overwrite: bool) -> None:
+        self._frames: deque[Frame] = deque(maxlen=capacity)
+        self._overwrite = overwrite
+        self._closed = False
+        self._changed = threading.Condition()
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> bool:
+        """Store a frame; False once the buffer is closed."""
+        with self._changed:
+            if not self._overwrite:
+                self._changed.wait_for(lambda: len(self._frames) < self._frames.maxlen or self._closed)
+            if self._closed:
+                return False
+            if len(self._frames) == self._frames.maxlen:
+                self.dropped += 1
+            self._frames.append(frame)
+            self._changed.notify_all()
+            return True
+
+    def get(self, timeout: float | None) -> Frame | None:
+        """The oldest unread frame; None after ``timeout`` seconds or once closed and empty."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._frames or self._closed, timeout)
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._changed.notify_all()
+            return frame
+
+    def close(self, *, discard: bool = False) -> None:
+        """No more frames come in; unread ones stay readable unless discarded."""
+        with self._changed:
+            self._closed = True
+            if discard:
+                self._frames.clear()
+            self._changed.notify_all()
+
+    @property
+    def exhausted(self) -> bool:
+        """Closed and every frame read."""
+        with self._changed:
+            return self._closed and not self._frames
+
+
+class _Pacer:
+    """Holds frames back until their media time has elapsed on the wall clock.
+
+    The clock is anchored at the first frame and again whenever media time jumps back (a loop).
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._origin = 0.0
+        self._last: float | None = None
+
+    def wait(self, source_time: float) -> None:
+        now = time.monotonic()
+        if self._last is None or source_time < self._last:
+            self._origin = now - source_time
+        self._last = source_time
+        self._stop.wait(max(0.0, self._origin + source_time - now))
+
+
+class FrameSource:
+    """Runs the capture thread of one opened source and hands its frames to the consumer.
+
+    Made by ``open_source``. Use as a context manager, or call ``start()`` and ``stop()``.
+    ``stop`` is the event ``stop()`` sets; readers that wait (reconnect backoff) watch it too.
+    """
+
+    def __init__(
+        self,
+        reader: _Reader,
+        *,
+        name: str,
+        live: bool,
+        paced: bool,
+        stop: threading.Event,
+        queue_size: int = 8,
+    ) -> None:
+        self.name = name
+        self._reader = reader
+        self._live = live
+        self._stop = stop
+        keep_latest = live or paced
+        self._buffer = _FrameBuffer(1 if keep_latest else queue_size, overwrite=keep_latest)
+        self._pacer = _Pacer(self._stop) if paced else None
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._capture, name=f"capture {name}", daemon=True)
+
+    @property
+    def fps(self) -> float | None:
+        """The source's nominal frame rate, None when it does not say."""
+        return self._reader.fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the first frame."""
+        return self._reader.size
+
+    @property
+    def is_live(self) -> bool:
+        """True for cameras and network streams."""
+        return self._live
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames replaced by a newer one before they were read."""
+        return self._buffer.dropped
+
+    @property
+    def reconnects(self) -> int:
+        """Times a dropped network stream was reopened."""
+        return self._reader.reconnects if isinstance(self._reader, _ReconnectingReader) else 0
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream has ended (or was stopped) and every frame has been read."""
+        return self._buffer.exhausted
+
+    def start(self) -> FrameSource:
+        """Start the capture thread (once)."""
+        if self._thread.ident is not None:
+            raise RuntimeError(f"{self.name}: a FrameSource can be started only once")
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """End capture; waits at most ``timeout`` seconds for the thread (a daemon) to finish."""
+        self._stop.set()
+        self._buffer.close(discard=True)
+        if self._thread.ident is None:
+            self._reader.close()
+        else:
+            self._thread.join(timeout)
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        """The next frame; None at the end of the stream or after ``timeout`` seconds (see ``finished``).
+
+        Re-raises an error that ended the capture thread once the frames before it are read.
+        """
+        if self._thread.ident is None:
+            raise RuntimeError(f"{self.name}: call start() before read()")
+        frame = self._buffer.get(timeout)
+        if frame is None and self._error is not None and self._buffer.exhausted:
+            raise self._error
+        return frame
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def __enter__(self) -> FrameSource:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _capture(self) -> None:
+        index = 0
+        try:
+            while not self._stop.is_set() and (item := self._reader.read()) is not None:
+                image, source_time = item
+                if self._pacer is not None and source_time is not None:
+                    self._pacer.wait(source_time)
+                if not self._buffer.put(Frame(image, index, time.monotonic(), source_time)):
+                    break
+                index += 1
+        except Exception as error:  # handed to the consumer by read()
+            self._error = error
+        finally:
+            self._reader.close()
+            self._buffer.close()
+
+
+def open_source(
+    spec: int | str | os.PathLike[str],
+    *,
+    realtime: bool | None = None,
+    loop: bool = False,
+    reconnect: bool = True,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+    queue_size: int = 8,
+    timeout: float = 5.0,
+) -> FrameSource:
+    """Open a camera, video file, network stream or image folder as a FrameSource (not yet started).
+
+    spec: camera index (int or digit string), video file path, URL (rtsp, rtmp, http(s), srt,
+        udp; read through OpenCV's FFmpeg backend) or folder of .jpg/.jpeg/.png/.bmp images
+        (name order).
+    realtime: files and folders only. False (default): every frame, as fast as they are read.
+        True: paced at the source's frame rate, keeping only the newest frame. Live sources
+        always behave as realtime.
+    loop: files and folders start over when they end.
+    reconnect: network streams reopen after a drop (0.5 s backoff doubling to 5 s).
+    width, height, fps: requests to a camera (it may pick the nearest mode it supports);
+        fps is also the frame rate of an image folder (default 30).
+    queue_size: frames buffered ahead for files and folders read with realtime=False.
+    timeout: seconds a network stream may take to open or to deliver a frame.
+    Raises TrackerError when the source cannot be opened or an option does not fit it.
+    """
+    stop = threading.Event()
+    if isinstance(spec, int) or str(spec).isdigit():
+        index = int(spec)
+        name = f"camera {index}"
+        _check_live_options(name, realtime)
+        return FrameSource(_open_camera(index, width, height, fps), name=name, live=True, paced=False, stop=stop)
+    text = os.fspath(spec)
+    if width is not None or height is not None:
+        raise TrackerError(
+            f"width/height are camera requests and cannot apply to {_redact(text)}; resize frames after reading instead"
+        )
+    if "://" in text:
+        name = _redact(text)
+        _check_live_options(name, realtime)
+        _check_no_fps(name, fps)
+        open_stream = partial(_open_url, text, timeout)
+        reader: _Reader = _ReconnectingReader(open_stream, stop, name) if reconnect else open_stream()
+        return FrameSource(reader, name=name, live=True, paced=False, stop=stop)
+    path = Path(text)
+    if path.is_dir():
+        open_reader: Callable[[], _Reader] = partial(_open_folder, path, 30.0 if fps is None else fps)
+    else:
+        _check_no_fps(text, fps)
+        open_reader = partial(_open_file, path)
+    reader = _LoopingReader(open_reader) if loop else open_reader()
+    return FrameSource(reader, name=text, live=False, paced=bool(realtime), queue_size=queue_size, stop=stop)
+
+
+def _check_live_options(name: str, realtime: bool | None) -> None:
+    if realtime is False:
+        raise TrackerError(
+            f"realtime=False cannot apply to the live source {name}: it always delivers the newest frame; "
+            "leave realtime unset, or record the stream to a file first"
+        )
+
+
+def _check_no_fps(name: str, fps: float | None) -> None:
+    if fps is not None:
+        raise TrackerError(
+            f"fps applies to cameras and image folders only; {name} plays at its own rate, leave fps unset"
+        )
+
+
+def _open_camera(index: int, width: int | None, height: int | None, fps: float | None) -> _CaptureReader:
+    capture = cv2.VideoCapture(index)
+    requests = ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height), (cv2.CAP_PROP_FPS, fps))
+    for prop, value in requests:
+        if value is not None:
+            capture.set(prop, value)
+    return _CaptureReader(
+        capture,
+        live=True,
+        error=f"camera {index} gives no frames: no camera has that index, or another program is using it. "
+        "Close other programs using the camera, or try another index (on Linux: ls /dev/video*)",
+    )
+
+
+def _open_file(path: Path) -> _CaptureReader:
+    if not path.is_file():
+        raise TrackerError(
+            f"video file {path} not found: check the path "
+            "(a camera is an index like 0, a stream a URL like rtsp://...)"
+        )
+    return _CaptureReader(
+        cv2.VideoCapture(str(path), cv2.CAP_FFMPEG),
+        live=False,
+        error=f"cannot read video {path}: it is not a video, is damaged, or uses a codec this OpenCV/FFmpeg "
+        "build lacks; re-encode it, e.g. `ffmpeg -i INPUT -c:v libx264 out.mp4`",
+    )
+
+
+def _open_url(url: str, timeout: float) -> _CaptureReader:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in NETWORK_SCHEMES:
+        raise TrackerError(
+            f"unsupported stream address {_redact(url)}: use a URL starting with "
+            f"{', '.join(s + '://' for s in NETWORK_SCHEMES)}, or a local file or folder path"
+        )
+    milliseconds = int(timeout * 1000)
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, milliseconds, cv2.CAP_PROP_READ_TIMEOUT_MSEC, milliseconds]
+    return _CaptureReader(
+        cv2.VideoCapture(url, cv2.CAP_FFMPEG, params),
+        live=True,
+        error=f"cannot open stream {_redact(url)}: nothing decodable arrived within {timeout:g} s (server "
+        "unreachable or refusing, wrong path or credentials, or the stream is not running). Check the "
+        "address and that the stream plays elsewhere (e.g. ffplay), and that no firewall blocks it."
+        + _SCHEME_HINTS.get(scheme, ""),
+    )
+
+
+def _open_folder(folder: Path, fps: float) -> _FolderReader:
+    paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise TrackerError(
+            f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images: "
+            "point to the folder with the frames"
+        )
+    return _FolderReader(paths, fps)
+
+
+def _load_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise TrackerError(f"cannot decode image {path}: it is damaged or not an image; remove or replace it")
+    return image
+
+
+def _redact(url: str) -> str:
+    """The URL with any user name and password replaced by ***."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
