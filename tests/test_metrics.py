@@ -7,39 +7,14 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from tests.meshes import icosphere
 from train import metrics
 
 
 def _icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit icosphere: (V, 3) float64 vertices, (F, 3) int64 faces wound counter-clockwise seen
-    from outside."""
-    phi = (1 + 5**0.5) / 2
-    verts = [(-1, phi, 0), (1, phi, 0), (-1, -phi, 0), (1, -phi, 0), (0, -1, phi), (0, 1, phi),
-             (0, -1, -phi), (0, 1, -phi), (phi, 0, -1), (phi, 0, 1), (-phi, 0, -1), (-phi, 0, 1)]
-    faces = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
-             (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5),
-             (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1)]
-    verts = [np.array(v, dtype=np.float64) / np.linalg.norm(v) for v in verts]
-    for _ in range(subdivisions):
-        cache: dict[tuple[int, int], int] = {}
-
-        def midpoint(i: int, j: int) -> int:
-            key = (min(i, j), max(i, j))
-            if key not in cache:
-                m = verts[i] + verts[j]
-                verts.append(m / np.linalg.norm(m))
-                cache[key] = len(verts) - 1
-            return cache[key]
-
-        new_faces = []
-        for a, b, c in faces:
-            ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
-            new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
-        faces = new_faces
-    v, f = np.array(verts), np.array(faces, dtype=np.int64)
-    normals = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    assert (np.einsum("ij,ij->i", normals, v[f].mean(1)) > 0).all(), "faces must wind outwards"
-    return v, f
+    """Unit icosphere: (V, 3) float64 vertices, (F, 3) int64 faces wound outwards."""
+    v, f = icosphere(subdivisions)
+    return v.numpy(), f.numpy()
 
 
 def _grid(n: int, half: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
