@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from tracker.head_models import load_head_model
+from tracker.n2fnet import N2FNet
+from tracker.n2fnet.checkpoint import save_checkpoint
 from tracker.paths import default_ict_model_path, shared_dir
 
 
@@ -22,4 +26,23 @@ def ict_npz_path() -> Path:
     path = default_ict_model_path()
     if path is None or not path.is_file():
         pytest.skip(f"ICT-FaceKit npz not found ({path}): set N2F_ICT_MODEL or N2F_SHARED_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory, ict_npz_path: Path) -> Path:
+    """An untrained ICT network (ResNet-18, 64 px input) in the checkpoint format: its outputs are
+    the prior's mean face; for tests of the plumbing, not of accuracy."""
+    torch.manual_seed(0)
+    net = N2FNet.for_head_model(load_head_model("ict", ict_npz_path), backbone="resnet18", input_size=64)
+    path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
+    save_checkpoint(
+        path,
+        {
+            "model": net.state_dict(),
+            "n2fnet": net.config.to_dict(),
+            "head_model": {"name": "ict", "path": None},
+            "sampler": {"alpha": 1.4, "normal_frame": "camera", "focal_mean": 1.0},
+        },
+    )
     return path

@@ -17,8 +17,8 @@ from tracker.geometry import camera
 from tracker.head_models import load_head_model
 from tracker.render import normals_to_rgb
 from train import evaluate, finetune
-from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.losses import PARAM_WEIGHTS, RenderWeights, param_loss, render_loss
+from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
+from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_weights, param_loss, render_loss
 from train.real_data import RealDataset
 from train.synthetic import SamplerConfig, SyntheticSampler
 from train.trainer import TrainConfig, Trainer, warmup_cosine
@@ -64,6 +64,31 @@ def test_param_loss_uses_the_paper_weights():
     total, terms = param_loss(pred, target, PARAM_WEIGHTS["flame"])
     assert terms["shape"].item() == pytest.approx(10 * 1.0) and terms["expression"].item() == pytest.approx(100 * 4.0)
     assert total.item() == pytest.approx(410.0)
+
+
+def test_ict_coefficient_weights_follow_face_displacement(ict):
+    """w_i ~ squared face-vertex displacement of a unit step in coefficient i, measured through
+    decode (not through the basis buffers the weights are computed from); mean 1 per group."""
+    weights = coefficient_weights(ict)
+    face = ict.region_masks["face"]
+    rest = ict.decode(ict.neutral_params(1))[0, face]
+    for group, sizes in (("identity", [0, 1, 50, 99]), ("expression", [0, 26, 52])):
+        assert weights[group].mean().item() == pytest.approx(1.0, rel=1e-5)
+        n = ict.param_groups[group].size
+        energy = []
+        for i in sizes:
+            params = ict.neutral_params(1)
+            params[group] = params[group] + torch.nn.functional.one_hot(torch.tensor([i]), n).float()
+            energy.append((ict.decode(params)[0, face] - rest).double().square().sum().item())
+        ratios = weights[group][sizes].double() / torch.tensor(energy)
+        assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-3)
+    assert coefficient_weights(type("Flame", (), {"name": "flame"})()) == {}
+
+
+def test_param_loss_applies_coefficient_weights():
+    pred, target = {"identity": torch.ones(4, 3)}, {"identity": torch.zeros(4, 3)}
+    total, _ = param_loss(pred, target, {"identity": 2.0}, {"identity": torch.tensor([0.0, 1.0, 2.0])})
+    assert total.item() == pytest.approx(2.0 * (0 + 1 + 2) / 3)
 
 
 def test_render_loss_terms():

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from tracker.errors import TrackerError
-from train.checkpoint import load_checkpoint
+from tracker.n2fnet.checkpoint import load_checkpoint
 from train.synthetic import SamplerConfig
 from train.trainer import TrainConfig, Trainer
 

@@ -22,7 +22,7 @@ from tracker.errors import TrackerError
 from tracker.head_models import HeadModel, load_head_model
 from tracker.n2fnet import N2FNet
 from train import metrics
-from train.checkpoint import load_checkpoint, model_from_checkpoint
+from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from train.synthetic import SamplerConfig, SyntheticSampler, render_face
 from train.trainer import pick_device
 

@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from tracker.errors import TrackerError
-from train.checkpoint import load_checkpoint
+from tracker.n2fnet.checkpoint import load_checkpoint
 from train.losses import RenderWeights
 from train.real_data import RealDataset
 from train.synthetic import SyntheticSampler

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from train import metrics
-from train.checkpoint import load_checkpoint, save_checkpoint
-from train.losses import PARAM_WEIGHTS, RenderWeights, param_loss, render_loss
+from tracker.n2fnet.checkpoint import load_checkpoint, save_checkpoint
+from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_weights, param_loss, render_loss
 from train.real_data import RealBatch
 from train.synthetic import SamplerConfig, SyntheticBatch, SyntheticSampler, render_face
 from tracker.errors import TrackerError
@@ -158,6 +158,7 @@ class Trainer:
         torch.manual_seed(config.seed + self.rank)
 
         self.head = load_head_model(config.head_model, config.head_model_path).to(self.device)
+        self.coefficient_weights = coefficient_weights(self.head)
         start = load_checkpoint(resume or init) if (resume or init) else None
         if start is not None:  # the network exactly as it was built, then its weights
             self.net = N2FNet(N2FNetConfig(**start["n2fnet"]))
@@ -237,7 +238,7 @@ class Trainer:
             groups = [g for g in out.params if g in batch.params]
             if not groups:
                 raise TrackerError(f"the batch's parameters {sorted(batch.params)} include none of the regressed groups {list(out.params)}")
-            return param_loss({g: out.params[g] for g in groups}, {g: batch.params[g] for g in groups}, PARAM_WEIGHTS[self.head.name])
+            return param_loss({g: out.params[g] for g in groups}, {g: batch.params[g] for g in groups}, PARAM_WEIGHTS[self.head.name], self.coefficient_weights)
         out = module(*self._inputs(batch), modules=("flame", "camera"))
         with torch.no_grad():
             vertices = self.head.decode(out.params)

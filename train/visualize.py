@@ -16,7 +16,7 @@ from tracker.errors import TrackerError
 from tracker.geometry import camera
 from tracker.head_models import load_head_model
 from tracker.render import normals_to_rgb, render_normal_map
-from train.checkpoint import load_checkpoint, model_from_checkpoint
+from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from train.synthetic import SamplerConfig, SyntheticSampler
 from train.trainer import pick_device
 

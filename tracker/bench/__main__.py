@@ -1,16 +1,17 @@
-"""``python -m tracker.bench <subcommand> [options]``; subcommands: render."""
+"""``python -m tracker.bench <subcommand> [options]``; subcommands: render, live."""
 
 from __future__ import annotations
 
 import argparse
 
-from tracker.bench import render
+from tracker.bench import live, render
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tracker.bench", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     render.add_parser(subparsers)
+    live.add_parser(subparsers)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,270 @@
+"""``python -m app.live``: track faces live from a camera, a video file, a network stream or an image folder.
+
+    python -m app.live --camera 0                                  # the viewer window
+    python -m app.live --camera 0 --virtualcam --virtualcam-mode key   # feed OBS: mesh on a key colour
+    python -m app.live --video clip.mp4 --headless --record take.npz --max-frames 300
+    python -m app.live --video clip.mp4 --screenshot shot.png --max-frames 60
+    python -m app.live rtsp://host/stream --headless --checkpoint my_n2fnet.pt --device cuda
+
+Ctrl-C (or SIGTERM) stops cleanly: frames already in the pipeline finish, the recording is
+finalised, and the run's figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tracker.errors import TrackerError
+from tracker.paths import PROJECT_ROOT
+from tracker.pipeline import MODES, Pipeline, StatsSnapshot
+from tracker.sinks import ProgressLog, RecordingSink, SwitchableSink
+from tracker.sources import open_source
+from tracker.tracking import FaceTracker
+
+log = logging.getLogger("app.live")
+
+# the checkpoint the app uses when --checkpoint is not given (shipped under assets/ once trained)
+DEFAULT_CHECKPOINT = PROJECT_ROOT / "assets" / "n2fnet_ict_resnet18.pt"
+
+NO_CHECKPOINT = """\
+No N2FNet checkpoint: {path} does not exist and --checkpoint was not given.
+The tracker regresses the head mesh with a trained N2FNet and will not run an untrained one.
+  - train one:  python -m train --head-model ict --out-dir runs/ict   (then --checkpoint runs/ict/best_stage2.pt)
+  - or pass a checkpoint you have:  --checkpoint PATH
+(This release does not ship a trained checkpoint yet.)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app.live", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_argument_group("source (one of)")
+    source.add_argument("source", nargs="?", help="camera index, video file, URL (rtsp/http/srt/...) or image folder")
+    source.add_argument("--camera", type=int, help="camera index (0: the first webcam)")
+    source.add_argument("--video", help="video file or image folder")
+    source.add_argument("--url", help="network stream URL")
+    source.add_argument("--pace", choices=("auto", "realtime", "every-frame"), default="auto",
+                        help="files: realtime plays them at their own frame rate, dropping frames the tracker cannot keep up with; every-frame "
+                        "tracks every frame as fast as possible; auto (default): realtime in the viewer, every-frame headless")
+    source.add_argument("--loop", action="store_true", help="files: start over at the end")
+    source.add_argument("--max-frames", type=int, help="stop after this many frames")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", help="N2FNet checkpoint (default: assets/n2fnet_ict_resnet18.pt, when present)")
+    model.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
+    model.add_argument("--ict-model", help="ICT-FaceKit npz (default: $N2F_ICT_MODEL or the shared folder)")
+    model.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
+    model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    model.add_argument("--cue", default="mediapipe", help="geometry cue: mediapipe (embedded), mediapipe+farl, pixel3dmm, pixel3dmm+farl")
+    model.add_argument("--pixel3dmm-weights", help="Pixel3DMM normal-network weights (pixel3dmm cues)")
+    model.add_argument("--farl-weights", help="FaRL face-parsing weights (+farl cues)")
+    model.add_argument("--max-faces", type=int, default=1, help="faces tracked per frame (default: 1)")
+    model.add_argument("--focal", type=float, help="the camera's focal length in pixels, if known (default: the training camera's, focal_mean x max(W, H))")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--headless", action="store_true", help="no window: track, record, print figures")
+    run.add_argument("--record", help="record the take to this .npz (crash-safe journal while running)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
+    run.add_argument("--no-smoothing", action="store_true", help="switch off the One-Euro smoothing of parameters and crop")
+    run.add_argument("--mode", choices=MODES, default="async", help="async: stages overlap (default); sequential: one frame at a time")
+    run.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: small ops stall in a busy thread pool)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    view = parser.add_argument_group("viewer")
+    view.add_argument("--screenshot", help="save a screenshot of the window when the source ends (or --max-frames), then quit")
+    view.add_argument("--mesh-style", choices=("shaded", "wireframe", "none"), default="shaded", help="mesh drawn over the video (key M)")
+    view.add_argument("--no-landmarks", action="store_true", help="start without the 68 landmarks drawn (key L)")
+    view.add_argument("--software-3d", action="store_true", help="3D view rendered by the project's rasteriser instead of OpenGL")
+    view.add_argument("--record-dir", default="takes", help="folder for takes started with the R key (default: takes)")
+
+    cam = parser.add_argument_group("virtual camera (OBS, Zoom, ...; pyvirtualcam)")
+    cam.add_argument("--virtualcam", action="store_true", help="send the tracked video to a virtual camera (key V in the viewer)")
+    cam.add_argument("--virtualcam-mode", choices=("overlay", "key"), default="overlay", help="overlay: video with the mesh; key: the mesh alone on a key colour")
+    cam.add_argument("--virtualcam-size", default=None, help="WxH sent (default: the source's size)")
+    cam.add_argument("--virtualcam-fps", type=float, help="frame rate sent (default: the source's, else 30)")
+    cam.add_argument("--virtualcam-device", help="virtual camera device (e.g. /dev/video10); default: the first one")
+    cam.add_argument("--virtualcam-backend", help="pyvirtualcam backend: v4l2loopback, obs, unitycapture (default: the first that works)")
+    return parser
+
+
+def source_spec(args: argparse.Namespace) -> int | str:
+    given = [value for value in (args.source, args.camera, args.video, args.url) if value is not None]
+    if len(given) != 1:
+        raise TrackerError("give exactly one source: --camera N, --video PATH, --url URL or a positional SOURCE")
+    return given[0]
+
+
+def realtime(args: argparse.Namespace, spec: int | str, viewer: bool) -> bool | None:
+    """open_source's ``realtime`` for the --pace setting (None for live sources, always realtime)."""
+    if isinstance(spec, int) or str(spec).isdigit() or "://" in str(spec):
+        if args.pace != "auto":
+            raise TrackerError(f"--pace {args.pace} applies to files and folders; {spec} is live and always keeps the newest frame")
+        return None
+    return args.pace == "realtime" or (args.pace == "auto" and viewer)
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if DEFAULT_CHECKPOINT.is_file():
+        return DEFAULT_CHECKPOINT
+    raise TrackerError(NO_CHECKPOINT.format(path=DEFAULT_CHECKPOINT))
+
+
+def build_tracker(args: argparse.Namespace) -> FaceTracker:
+    checkpoint = checkpoint_path(args)
+    cue_options = {}
+    if args.cue != "mediapipe":
+        cue_options = {"pixel3dmm_weights": args.pixel3dmm_weights, "farl_weights": args.farl_weights}
+    head_path = args.flame_dir if (args.head_model == "flame" or args.flame_dir) else args.ict_model
+    tracker = FaceTracker.from_checkpoint(
+        checkpoint,
+        head_model=args.head_model,
+        head_model_path=head_path,
+        device=args.device,
+        cue=args.cue,
+        cue_options=cue_options,
+        max_faces=args.max_faces,
+        smoothing=not args.no_smoothing,
+        crop_smoothing=not args.no_smoothing,
+        focal_px=args.focal,
+    )
+    log.info("checkpoint %s: %s, %s backbone, %d px input, on %s", checkpoint, tracker.head.name, tracker.net.config.backbone, tracker.input_size, args.device)
+    return tracker
+
+
+def summary(stats: StatsSnapshot, recorded: Path | None) -> str:
+    stages = ", ".join(f"{name} {ms:.1f}" for name, ms in stats.stage_ms.items())
+    lines = [
+        f"frames: {stats.frames_out} tracked of {stats.frames_read} read, {stats.dropped} dropped by the source",
+        f"faces found in {stats.faces_found} frames ({100 * stats.detection_rate:.1f}%)",
+        f"speed: {stats.fps:.1f} fps (last {min(stats.frames_out, 120)} frames), latency (capture -> result) p50 {stats.latency_p50_ms:.0f} ms, p95 {stats.latency_p95_ms:.0f} ms; processing p50 {stats.processing_p50_ms:.0f} ms, p95 {stats.processing_p95_ms:.0f} ms",
+        f"stage ms per frame: {stages}",
+    ]
+    if recorded is not None:
+        lines.append(f"recorded: {recorded}")
+    return "\n".join(lines)
+
+
+def virtualcam_factory(args: argparse.Namespace, tracker: FaceTracker, source) -> Callable[[], object]:
+    """A function that opens the virtual camera sink with the command line's settings."""
+    from app.virtualcam import VirtualCameraSink
+
+    if args.virtualcam_size:
+        try:
+            width, height = (int(v) for v in args.virtualcam_size.lower().split("x"))
+        except ValueError:
+            raise TrackerError(f"--virtualcam-size must look like 1280x720, got {args.virtualcam_size!r}") from None
+    else:
+        width, height = source.size
+    fps = args.virtualcam_fps or source.fps or 30.0
+    return lambda: VirtualCameraSink(
+        tracker.head.render_faces, width, height, fps, mode=args.virtualcam_mode, style=args.mesh_style,
+        landmarks=not args.no_landmarks, device=args.virtualcam_device, backend=args.virtualcam_backend,
+    )
+
+
+def run_headless(args: argparse.Namespace) -> int:
+    spec = source_spec(args)
+    source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop)
+    tracker = build_tracker(args)
+    sinks = []
+    recording = None
+    if args.record:
+        recording = RecordingSink(args.record, tracker.head, source=source.name, overwrite=args.overwrite, metadata={"checkpoint": str(checkpoint_path(args))})
+        sinks.append(recording)
+    if args.virtualcam:
+        sinks.append(virtualcam_factory(args, tracker, source)())
+    pipeline = Pipeline(source, tracker, sinks, mode=args.mode, max_frames=args.max_frames)
+    if not args.quiet:
+        sinks.append(ProgressLog(pipeline.stats))
+    interrupted = False
+    try:
+        pipeline.run()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        pipeline.stop()
+        tracker.close()
+    print(summary(pipeline.stats.snapshot(), recording.path if recording else None))
+    return 130 if interrupted else 0
+
+
+def run_viewer(args: argparse.Namespace) -> int:
+    from PyQt6 import QtCore, QtWidgets
+
+    from app.viewer import ResultBridge, ViewerOptions, ViewerWindow
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-tracker"])
+    spec = source_spec(args)
+    source = open_source(spec, realtime=realtime(args, spec, viewer=True), loop=args.loop)
+    tracker = build_tracker(args)
+    bridge, recording, virtualcam = ResultBridge(), SwitchableSink(), SwitchableSink()
+    pipeline = Pipeline(source, tracker, [recording, virtualcam, bridge], mode=args.mode, max_frames=args.max_frames)
+    options = ViewerOptions(
+        source_name=source.name,
+        checkpoint=str(checkpoint_path(args)),
+        device=args.device,
+        mesh_style=args.mesh_style,
+        landmarks=not args.no_landmarks,
+        record_path=args.record,
+        record_dir=args.record_dir,
+        overwrite=args.overwrite,
+        software_3d=args.software_3d,
+        screenshot_at_end=args.screenshot,
+        virtualcam=virtualcam_factory(args, tracker, source),
+        virtualcam_on=args.virtualcam,
+    )
+    window = ViewerWindow(pipeline, bridge, recording, virtualcam, options)
+    window.resize(1400, 800)
+    window.show()
+    pipeline.start()
+    interrupted = []
+
+    def close_on_signal(signum, frame) -> None:  # runs between Python bytecodes of a Qt slot
+        interrupted.append(signum)
+        QtCore.QTimer.singleShot(0, window.close)
+
+    previous = {sig: signal.signal(sig, close_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        app.exec()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        window.close()
+        pipeline.stop()
+        tracker.close()
+    print(summary(pipeline.stats.snapshot(), None))
+    print(f"3D view: {window.mesh_view.kind}")
+    if window.error is not None:
+        raise TrackerError(f"tracking stopped: {window.error}") from window.error
+    return 130 if interrupted else 0
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    torch.set_num_threads(max(1, args.threads))
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.headless:
+            if args.screenshot:
+                raise TrackerError("--screenshot needs the window: leave out --headless (use xvfb-run on a machine without a display)")
+            return run_headless(args)
+        return run_viewer(args)
+    except TrackerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""The live viewer: video with the tracked mesh, an interactive 3D head, live plots, controls.
+
+Threads: the pipeline runs in its own threads; its sink ``ResultBridge`` keeps only the newest
+result and signals the GUI thread (a queued Qt signal, at most one pending), so a slow GUI skips
+display frames and never slows tracking, and the GUI never waits on the pipeline. Closing the
+window stops the pipeline (frames in flight finish, the recording is finalised).
+
+Keys: R record on/off, V virtual camera on/off, S smoothing on/off, M mesh style (shaded,
+wireframe, none), L landmarks on/off, P screenshot, Q / Esc quit. The 3D view orbits with the
+left mouse button and zooms with the wheel.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+import torch
+from PyQt6 import QtCore, QtGui, QtWidgets
+
+from tracker.geometry.rotations import euler_to_matrix, rotation_6d_to_matrix
+from tracker.head_models.base import HeadModel
+from tracker.overlay import MESH_STYLES, draw_overlay, shade_mesh
+from tracker.pipeline import Pipeline
+from tracker.sinks import RecordingSink, SwitchableSink
+from tracker.tracking import FaceResult, TrackingResult
+
+PLOT_SECONDS = 10.0
+EXPRESSION_CURVES = 3  # plotted besides the jaw: these named ones when the model has them, else the first ones
+PLOTTED_EXPRESSIONS = ("eyeBlink_L", "mouthSmile_L", "browInnerUp_L")
+
+
+class ResultBridge(QtCore.QObject):
+    """Pipeline sink -> GUI thread: keeps the newest result, emits ``arrived`` when the GUI has
+    taken the previous one (so the event queue never fills up)."""
+
+    arrived = QtCore.pyqtSignal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._latest: TrackingResult | None = None
+        self._pending = False
+        self.received = 0
+
+    def __call__(self, result: TrackingResult) -> None:
+        with self._lock:
+            self._latest = result
+            self.received += 1
+            notify, self._pending = not self._pending, True
+        if notify:
+            self.arrived.emit()
+
+    def take(self) -> TrackingResult | None:
+        with self._lock:
+            result, self._latest, self._pending = self._latest, None, False
+        return result
+
+
+def to_qimage(image_bgr: np.ndarray) -> QtGui.QImage:
+    """(H, W, 3) uint8 BGR -> QImage (a deep copy, independent of the array)."""
+    image = np.ascontiguousarray(image_bgr)
+    height, width = image.shape[:2]
+    return QtGui.QImage(image.data, width, height, image.strides[0], QtGui.QImage.Format.Format_BGR888).copy()
+
+
+class VideoView(QtWidgets.QLabel):
+    """The frame with the overlay, scaled to the widget keeping its aspect ratio."""
+
+    def __init__(self) -> None:
+        super().__init__("waiting for the first frame ...")
+        self.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.setMinimumSize(320, 180)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Ignored)
+        self._image: QtGui.QImage | None = None
+
+    def show_image(self, image_bgr: np.ndarray) -> None:
+        self._image = to_qimage(image_bgr)
+        self._rescale()
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        if self._image is not None:
+            pixmap = QtGui.QPixmap.fromImage(self._image)
+            self.setPixmap(pixmap.scaled(self.size(), QtCore.Qt.AspectRatioMode.KeepAspectRatio, QtCore.Qt.TransformationMode.SmoothTransformation))
+
+
+def head_centred_vertices(face: FaceResult) -> np.ndarray:
+    """(V, 3) the posed head without its translation, in a y-up, z-towards-the-viewer frame
+    (OpenCV camera axes flipped in y and z), metres."""
+    points = (face.vertices - face.translation).numpy()
+    return points * np.array([1.0, -1.0, -1.0], np.float32)
+
+
+class MeshView3D:
+    """Common interface of the 3D views: ``set_mesh(vertices (V, 3) y-up, faces (F, 3))``."""
+
+    widget: QtWidgets.QWidget
+    kind: str
+
+    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+def smooth_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3), (F, 3) -> (V, 3) unit area-weighted vertex normals (vectorised; pyqtgraph's own
+    loops over the vertices in Python, seconds per frame for a 10k-vertex head)."""
+    corners = vertices[faces]
+    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(normals, faces[:, k], face_normals)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
+class GLMeshView(MeshView3D):
+    """pyqtgraph.opengl GLViewWidget + GLMeshItem (orbit/zoom with the mouse)."""
+
+    kind = "OpenGL"
+
+    def __init__(self) -> None:
+        import pyqtgraph.opengl as gl
+        from pyqtgraph.opengl.MeshData import MeshData
+
+        class FastMeshData(MeshData):
+            def vertexNormals(self, indexed=None):
+                if self._vertexNormals is None:
+                    self._vertexNormals = smooth_vertex_normals(self._vertexes, self._faces).astype(np.float32)
+                return self._vertexNormals if indexed is None else self._vertexNormals[self._faces]
+
+        self._mesh_data = FastMeshData
+
+        self.widget = gl.GLViewWidget()
+        self.widget.setCameraPosition(distance=0.9, elevation=5, azimuth=-90)  # in front of the face (-y)
+        self.widget.setBackgroundColor((30, 30, 34))
+        self._item = gl.GLMeshItem(smooth=True, shader="shaded", color=(0.75, 0.8, 0.92, 1.0), glOptions="opaque")
+        self._added = False  # an item without mesh data cannot paint: added with the first mesh
+
+    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> None:
+        # pyqtgraph's view is z-up: x right, y into the screen, z up
+        gl_vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1).astype(np.float32)
+        self._item.setMeshData(meshdata=self._mesh_data(vertexes=gl_vertices, faces=faces))
+        if not self._added:
+            self.widget.addItem(self._item)
+            self._added = True
+
+
+class SoftwareMeshView(MeshView3D):
+    """The 3D view without OpenGL: the project's rasteriser renders the mesh from an orbit camera
+    (drag to orbit, wheel to zoom)."""
+
+    kind = "software"
+
+    def __init__(self, size: int = 360) -> None:
+        self.widget = _OrbitLabel(self)
+        self.size = size
+        self.yaw, self.pitch, self.distance = 0.0, 0.0, 0.6
+        self._mesh: tuple[np.ndarray, np.ndarray] | None = None
+
+    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> None:
+        self._mesh = (vertices, faces)
+        self.redraw()
+
+    def orbit(self, d_yaw: float, d_pitch: float) -> None:
+        self.yaw += d_yaw
+        self.pitch = float(np.clip(self.pitch + d_pitch, -80.0, 80.0))
+        self.redraw()
+
+    def zoom(self, factor: float) -> None:
+        self.distance = float(np.clip(self.distance * factor, 0.2, 3.0))
+        self.redraw()
+
+    def render(self) -> np.ndarray | None:
+        """(size, size, 3) uint8 BGR picture of the mesh, or None before the first mesh."""
+        if self._mesh is None:
+            return None
+        vertices, faces = self._mesh
+        orbit = euler_to_matrix(torch.tensor([[math.radians(self.pitch), math.radians(self.yaw), 0.0]]))[0].numpy()
+        points = vertices @ orbit.T * np.array([1.0, -1.0, -1.0]) + np.array([0.0, 0.0, self.distance])  # y-up view -> camera
+        focal = 1.2 * self.size
+        shade, covered = shade_mesh(torch.from_numpy(points.astype(np.float32)), torch.from_numpy(faces), (focal, focal), (self.size / 2, self.size / 2), (self.size, self.size))
+        image = np.empty((self.size, self.size, 3), np.float32)
+        image[:] = (34, 30, 30)
+        colour = (0.25 + 0.75 * shade[..., None]) * np.array([235, 204, 190], np.float32)
+        image[covered] = colour[covered]
+        return image.astype(np.uint8)
+
+    def redraw(self) -> None:
+        image = self.render()
+        if image is not None:
+            self.widget.setPixmap(QtGui.QPixmap.fromImage(to_qimage(image)))
+
+
+class _OrbitLabel(QtWidgets.QLabel):
+    def __init__(self, view: SoftwareMeshView) -> None:
+        super().__init__("3D view (software)")
+        self.view = view
+        self.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.setMinimumSize(240, 240)
+        self._last: QtCore.QPointF | None = None
+
+    def mousePressEvent(self, event: QtGui.QMouseEvent) -> None:
+        self._last = event.position()
+
+    def mouseMoveEvent(self, event: QtGui.QMouseEvent) -> None:
+        if self._last is not None:
+            delta = event.position() - self._last
+            self._last = event.position()
+            self.view.orbit(delta.x() * 0.5, delta.y() * 0.5)
+
+    def mouseReleaseEvent(self, event: QtGui.QMouseEvent) -> None:
+        self._last = None
+
+    def wheelEvent(self, event: QtGui.QWheelEvent) -> None:
+        self.view.zoom(0.9 if event.angleDelta().y() > 0 else 1.1)
+
+
+def create_mesh_view(software: bool) -> MeshView3D:
+    """The OpenGL view, or the software one when asked or when OpenGL cannot be set up."""
+    if not software:
+        try:
+            return GLMeshView()
+        except Exception as error:  # no PyOpenGL, no GL context: fall back, say so
+            print(f"OpenGL 3D view unavailable ({type(error).__name__}: {error}); using the software view")
+    return SoftwareMeshView()
+
+
+def jaw_opening(head: HeadModel, params: dict[str, torch.Tensor]) -> tuple[str, float]:
+    """(label, value) of how open the jaw is: ICT's jawOpen blendshape weight, FLAME's jaw
+    rotation angle in degrees."""
+    names = getattr(head, "expression_names", ())
+    if "jawOpen" in names:
+        return "jawOpen", float(params["expression"][names.index("jawOpen")])
+    if "jaw" in params:
+        rotation = rotation_6d_to_matrix(params["jaw"][None])[0]
+        cosine = ((rotation.trace() - 1) / 2).clamp(-1, 1)
+        return "jaw (deg)", math.degrees(math.acos(float(cosine)))
+    return "jaw", 0.0
+
+
+def plotted_parameters(head: HeadModel, params: dict[str, torch.Tensor]) -> dict[str, float]:
+    """{label: value} of the jaw opening and EXPRESSION_CURVES expression coefficients."""
+    label, value = jaw_opening(head, params)
+    values = {label: value}
+    if "expression" in params:
+        names = list(getattr(head, "expression_names", ()))
+        chosen = [names.index(n) for n in PLOTTED_EXPRESSIONS if n in names] or list(range(min(EXPRESSION_CURVES, params["expression"].numel())))
+        for i in chosen:
+            values[names[i] if i < len(names) else f"expression {i}"] = float(params["expression"][i])
+    return values
+
+
+class LivePlots(QtWidgets.QWidget):
+    """FPS, latency and a few parameters over the last PLOT_SECONDS seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QtWidgets.QHBoxLayout()
+        self.fps = pg.PlotWidget(title="tracking fps")
+        self.latency = pg.PlotWidget(title="latency ms (capture -> result, p50)")
+        self.params = pg.PlotWidget(title="parameters")
+        self.params.addLegend(offset=(5, 5))
+        for plot in (self.fps, self.latency, self.params):
+            plot.setMinimumHeight(110)
+            plot.showGrid(x=True, y=True, alpha=0.3)
+        row.addWidget(self.fps)
+        row.addWidget(self.latency)
+        layout.addLayout(row)
+        layout.addWidget(self.params)
+        self._curves: dict[str, pg.PlotDataItem] = {
+            "fps": self.fps.plot(pen=pg.mkPen("w", width=2)),
+            "latency": self.latency.plot(pen=pg.mkPen((255, 160, 0), width=2)),
+        }
+        self._data: dict[str, deque] = {}
+        self._times: deque[float] = deque()
+        self._start = time.monotonic()
+        self._colours = [(255, 90, 90), (90, 200, 255), (140, 255, 120), (255, 220, 80)]
+
+    def add(self, values: dict[str, float]) -> None:
+        now = time.monotonic() - self._start
+        self._times.append(now)
+        for name, value in values.items():
+            if name not in self._curves:
+                colour = self._colours[(len(self._curves) - 2) % len(self._colours)]
+                self._curves[name] = self.params.plot(pen=pg.mkPen(colour, width=2), name=name)
+            self._data.setdefault(name, deque()).append(value)
+        while self._times and self._times[0] < now - PLOT_SECONDS:
+            self._times.popleft()
+            for series in self._data.values():
+                if series:
+                    series.popleft()
+        times = np.array(self._times)
+        for name, curve in self._curves.items():
+            series = np.array(self._data.get(name, ()))
+            curve.setData(times[-len(series):] if len(series) else [], series)
+
+
+@dataclass
+class ViewerOptions:
+    """What the window starts with and where it writes."""
+
+    source_name: str
+    checkpoint: str
+    device: str
+    mesh_style: str = "shaded"
+    landmarks: bool = True
+    record_path: str | None = None  # recording on at start
+    record_dir: str = "takes"
+    overwrite: bool = False
+    screenshot_dir: str = "screenshots"
+    software_3d: bool = False
+    screenshot_at_end: str | None = None  # save a screenshot when the source ends, then close
+    virtualcam: Callable[[], object] | None = None  # makes the virtual camera sink (None: not configured)
+    virtualcam_on: bool = False
+
+
+class ViewerWindow(QtWidgets.QMainWindow):
+    """The main window around a started ``Pipeline`` whose sinks include ``bridge``, ``recording``
+    and ``virtualcam`` (SwitchableSinks the window switches)."""
+
+    def __init__(self, pipeline: Pipeline, bridge: ResultBridge, recording: SwitchableSink, virtualcam: SwitchableSink, options: ViewerOptions) -> None:
+        super().__init__()
+        self.pipeline, self.bridge, self.recording, self.virtualcam = pipeline, bridge, recording, virtualcam
+        self.options = options
+        self.tracker = pipeline.tracker
+        self.head = self.tracker.head
+        self.mesh_style, self.show_landmarks = options.mesh_style, options.landmarks
+        self.faces_overlay = self.head.render_faces
+        self.faces_3d = self.head.render_faces.numpy()
+        self.shown = 0
+        self.error: BaseException | None = None
+        self._last_result: TrackingResult | None = None
+        self._closing = False
+
+        self.setWindowTitle(f"N2F tracker - {options.source_name}")
+        self.video = VideoView()
+        self.mesh_view = create_mesh_view(options.software_3d)
+        self.plots = LivePlots()
+        right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        right.addWidget(self.mesh_view.widget)
+        right.addWidget(self.plots)
+        splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
+        splitter.addWidget(self.video)
+        splitter.addWidget(right)
+        splitter.setSizes([800, 600])
+        self.setCentralWidget(splitter)
+        self.status = QtWidgets.QLabel()
+        self.statusBar().addWidget(self.status, 1)
+        self._make_actions()
+        self.bridge.arrived.connect(self.on_result)
+        self._watch = QtCore.QTimer(self)
+        self._watch.timeout.connect(self._check_pipeline)
+        self._watch.start(100)
+        if options.record_path:
+            self.start_recording(options.record_path)
+        if options.virtualcam_on:
+            self.toggle_virtualcam()
+        self._update_status()
+
+    # -- controls --------------------------------------------------------------------------------
+    def _make_actions(self) -> None:
+        toolbar = self.addToolBar("controls")
+        toolbar.setMovable(False)
+        entries = [
+            ("Record", "R", self.toggle_recording),
+            ("Virtual camera", "V", self.toggle_virtualcam),
+            ("Smoothing", "S", self.toggle_smoothing),
+            ("Mesh style", "M", self.cycle_mesh_style),
+            ("Landmarks", "L", self.toggle_landmarks),
+            ("Screenshot", "P", self.screenshot),
+            ("Quit", "Q", self.close),
+        ]
+        self.actions_by_name: dict[str, QtGui.QAction] = {}
+        for text, key, slot in entries:
+            action = QtGui.QAction(f"{text} ({key})", self)
+            action.setShortcut(QtGui.QKeySequence(key))
+            action.triggered.connect(slot)
+            toolbar.addAction(action)
+            self.actions_by_name[text] = action
+        escape = QtGui.QShortcut(QtGui.QKeySequence("Esc"), self)
+        escape.activated.connect(self.close)
+
+    def start_recording(self, path: str | Path | None = None) -> None:
+        if path is None:
+            folder = Path(self.options.record_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"take-{datetime.now():%Y%m%d-%H%M%S}.npz"
+        sink = RecordingSink(path, self.head, source=self.options.source_name, overwrite=self.options.overwrite, metadata={"checkpoint": self.options.checkpoint})
+        self.recording.set(sink)
+        self._update_status()
+
+    def toggle_recording(self) -> None:
+        if self.recording.current is None:
+            try:
+                self.start_recording()
+            except Exception as error:
+                self._report(f"cannot record: {error}")
+        else:
+            self.recording.set(None)  # finalises the take
+        self._update_status()
+
+    def toggle_virtualcam(self) -> None:
+        if self.virtualcam.current is not None:
+            self.virtualcam.set(None)
+        elif self.options.virtualcam is None:
+            self._report("virtual camera not configured: start with --virtualcam")
+        else:
+            try:
+                self.virtualcam.set(self.options.virtualcam())
+            except Exception as error:
+                self._report(str(error))
+        self._update_status()
+
+    def toggle_smoothing(self) -> None:
+        self.tracker.smoothing = not self.tracker.smoothing
+        self._update_status()
+
+    def cycle_mesh_style(self) -> None:
+        self.mesh_style = MESH_STYLES[(MESH_STYLES.index(self.mesh_style) + 1) % len(MESH_STYLES)]
+        self._redraw_last()
+
+    def toggle_landmarks(self) -> None:
+        self.show_landmarks = not self.show_landmarks
+        self._redraw_last()
+
+    def screenshot(self, path: str | Path | None = None) -> Path:
+        if path is None:
+            folder = Path(self.options.screenshot_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"screenshot-{datetime.now():%Y%m%d-%H%M%S}.png"
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.grab().save(str(path)):
+            self._report(f"cannot write screenshot {path}")
+        else:
+            self.statusBar().showMessage(f"screenshot saved: {path}", 4000)
+        return path
+
+    # -- results ---------------------------------------------------------------------------------
+    def on_result(self) -> None:
+        result = self.bridge.take()
+        if result is None:
+            return
+        self.shown += 1
+        self._last_result = result
+        self._draw(result)
+        stats = self.pipeline.stats.snapshot()
+        values = {"fps": stats.fps, "latency": stats.latency_p50_ms}
+        if result.faces:
+            values.update(plotted_parameters(self.head, result.faces[0].params))
+        self.plots.add(values)
+        self._update_status(stats)
+
+    def _draw(self, result: TrackingResult) -> None:
+        image = draw_overlay(result.frame.image, result, self.faces_overlay, self.mesh_style, landmarks=self.show_landmarks)
+        self.video.show_image(image)
+        if result.faces:
+            self.mesh_view.set_mesh(head_centred_vertices(result.faces[0]), self.faces_3d)
+
+    def _redraw_last(self) -> None:
+        if self._last_result is not None:
+            self._draw(self._last_result)
+
+    def _update_status(self, stats=None) -> None:
+        stats = stats or self.pipeline.stats.snapshot()
+        recorder = self.recording.current
+        rec = f"REC {recorder.path.name} ({recorder.recorder.frames} frames)" if recorder is not None else "not recording"
+        cam = "virtual camera ON" if self.virtualcam.current is not None else "virtual camera off"
+        self.status.setText(
+            f"{self.options.source_name} | {self.head.name.upper()} | {Path(self.options.checkpoint).name} | {self.options.device} | "
+            f"{stats.fps:.1f} fps, latency {stats.latency_p50_ms:.0f} ms | faces {stats.faces_found}/{stats.frames_out} | "
+            f"smoothing {'on' if self.tracker.smoothing else 'off'} | {rec} | {cam} | 3D: {self.mesh_view.kind}"
+        )
+
+    def _report(self, message: str) -> None:
+        print(message)
+        self.statusBar().showMessage(message, 8000)
+
+    def _check_pipeline(self) -> None:
+        """Poll for the end of the source or a pipeline error (GUI thread)."""
+        if self.pipeline.running:
+            return
+        self._watch.stop()
+        try:
+            self.pipeline.wait(0)
+        except BaseException as error:  # shown, then the window closes and main() reports it
+            self.error = error
+            self._report(f"tracking stopped: {error}")
+        self.on_result()  # the last result, if the GUI had not taken it yet
+        if self.options.screenshot_at_end:
+            self.screenshot(self.options.screenshot_at_end)
+            self.close()
+        elif self.error is None:
+            self.statusBar().showMessage("source ended", 0)
+
+    # -- shutdown --------------------------------------------------------------------------------
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:
+        if not self._closing:
+            self._closing = True
+            self._watch.stop()
+            self.pipeline.stop()  # frames in flight reach the sinks; recording finalised
+        event.accept()

@@ -1,0 +1,188 @@
+"""A pipeline sink that feeds a virtual camera (``pyvirtualcam``): ``--virtualcam``.
+
+Two modes: ``overlay`` sends the video with the tracked mesh drawn over it; ``key`` sends the
+mesh alone on a flat key colour, for chroma-key compositing in OBS or a video call. Frames are
+sent at a fixed rate (the source's) from a thread of the sink's own, so the pipeline never waits
+for the camera; when no new result has arrived the previous frame is sent again, so the camera
+keeps its rate.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import cv2
+import numpy as np
+import pyvirtualcam
+import torch
+
+from tracker.errors import TrackerError
+from tracker.overlay import MESH_STYLES, draw_landmarks, draw_mesh, draw_overlay
+from tracker.tracking import TrackingResult
+
+VIRTUALCAM_MODES = ("overlay", "key")
+
+NO_DEVICE = """no virtual camera could be opened ({cause}).
+To get one:
+  Linux:         sudo apt install v4l2loopback-dkms
+                 sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label="N2F tracker"
+  Windows/macOS: install OBS Studio (26 or newer) and start its Virtual Camera once
+                 (Controls > Start Virtual Camera), then stop it again.
+Pick a device with --virtualcam-device (Linux: /dev/videoN; Windows/macOS: "OBS Virtual Camera")."""
+
+
+class VirtualCameraSink:
+    """Sends every pipeline result, drawn, to a virtual camera at ``fps`` frames per second.
+
+    faces_tri       (F, 3) int64 triangles of the head model's mesh
+    width, height   the camera's frame size in pixels; each composed frame is resized to it with
+                    a plain resize (the whole frame is kept, stretched if the aspect ratio differs)
+    fps             frames per second sent to the camera (use the source's rate)
+    mode            "overlay": the video with the mesh over it; "key": the mesh alone (opacity 1)
+                    on ``key_colour_bgr``, for chroma keying
+    style           mesh style, one of ``tracker.overlay.MESH_STYLES``
+    landmarks       also draw the head model's 68 projected landmarks (both modes)
+    key_colour_bgr  (B, G, R) 0-255 background of the key mode
+    device, backend passed to ``pyvirtualcam.Camera`` (None: the first available one)
+
+    The camera is opened here, so a missing device fails at start-up with a ``TrackerError`` that
+    says how to get one. ``__call__`` only keeps the newest result; the sender thread draws and
+    sends. An error in the sender thread is raised by the next ``__call__`` or by ``close()``.
+    """
+
+    def __init__(
+        self,
+        faces_tri: torch.Tensor,
+        width: int,
+        height: int,
+        fps: float,
+        mode: str = "overlay",
+        style: str = "shaded",
+        landmarks: bool = False,
+        key_colour_bgr: tuple[int, int, int] = (0, 255, 0),
+        device: str | None = None,
+        backend: str | None = None,
+    ) -> None:
+        if mode not in VIRTUALCAM_MODES:
+            raise TrackerError(f"virtual camera mode must be one of {VIRTUALCAM_MODES}, got {mode!r}")
+        if style not in MESH_STYLES:
+            raise TrackerError(f"mesh style must be one of {MESH_STYLES}, got {style!r}")
+        if int(width) != width or int(height) != height or width < 1 or height < 1:
+            raise TrackerError(f"virtual camera size must be positive whole pixels, got {width}x{height}")
+        if not math.isfinite(fps) or fps <= 0:
+            raise TrackerError(f"virtual camera frame rate must be a positive number of frames per second, got {fps}")
+        if len(key_colour_bgr) != 3 or not all(0 <= int(c) <= 255 for c in key_colour_bgr):
+            raise TrackerError(f"key colour must be three 0-255 values (B, G, R), got {key_colour_bgr!r}")
+        self.faces_tri, self.mode, self.style, self.landmarks = faces_tri, mode, style, landmarks
+        self.width, self.height, self.fps = int(width), int(height), float(fps)
+        self.key_colour_bgr = tuple(int(c) for c in key_colour_bgr)
+        try:
+            self._camera = pyvirtualcam.Camera(self.width, self.height, self.fps, fmt=pyvirtualcam.PixelFormat.BGR, device=device, backend=backend)
+        except Exception as error:  # pyvirtualcam raises RuntimeError (KeyError for an unknown backend)
+            cause = " ".join(str(error).split()) or type(error).__name__
+            raise TrackerError(NO_DEVICE.format(cause=cause)) from error
+
+        self._lock = threading.Lock()  # guards the newest result and the counters
+        self._camera_lock = threading.Lock()  # a send never overlaps close()
+        self._newest: TrackingResult | None = None
+        self._has_new = False
+        self._received = 0
+        self._sent = 0
+        self._composed = 0
+        self._error: BaseException | None = None
+        self._first = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._send_loop, name="virtual camera", daemon=True)
+        self._thread.start()
+
+    @property
+    def device(self) -> str:
+        """The virtual camera device in use (e.g. ``/dev/video2``, ``OBS Virtual Camera``)."""
+        return self._camera.device
+
+    @property
+    def results_received(self) -> int:
+        """Results handed to the sink so far."""
+        with self._lock:
+            return self._received
+
+    @property
+    def frames_composed(self) -> int:
+        """Frames drawn so far (one per result the sender took; fewer than received if results came faster than ``fps``)."""
+        with self._lock:
+            return self._composed
+
+    @property
+    def frames_sent(self) -> int:
+        """Frames sent to the camera so far, re-sent ones included."""
+        with self._lock:
+            return self._sent
+
+    def __call__(self, result: TrackingResult) -> None:
+        """Keep ``result`` as the newest (O(1), never blocks); raises an error of the sender thread."""
+        self._raise_error()
+        with self._lock:
+            self._newest, self._has_new = result, True
+            self._received += 1
+        self._first.set()
+
+    def close(self) -> None:
+        """Stop the sender thread and close the camera. Idempotent; raises an error of the sender thread."""
+        if not self._closed:
+            self._closed = True
+            self._stop.set()
+            self._first.set()  # wake a sender still waiting for the first result
+            self._thread.join(timeout=1.0 + 2.0 / self.fps)
+            with self._camera_lock:
+                self._camera.close()
+        self._raise_error()
+
+    def compose(self, result: TrackingResult) -> np.ndarray:
+        """The frame to send for ``result``: (height, width, 3) uint8 BGR."""
+        image = result.frame.image
+        if self.mode == "overlay":
+            image = draw_overlay(image, result, self.faces_tri, self.style, self.landmarks)
+        else:
+            image = np.full(image.shape, self.key_colour_bgr, np.uint8)
+            if self.style != "none":
+                draw_mesh(image, result, self.faces_tri, self.style, opacity=1.0)
+            if self.landmarks:
+                draw_landmarks(image, result)
+        source_height, source_width = image.shape[:2]
+        if (source_width, source_height) == (self.width, self.height):
+            return image
+        shrinking = self.width * self.height < source_width * source_height
+        return cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+    def _raise_error(self) -> None:
+        """Raise the sender thread's error once (the pipeline reports the first error it sees)."""
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _send_loop(self) -> None:
+        """Sender thread: wait for the first result, then compose the newest and send, once per 1 / fps."""
+        try:
+            self._first.wait()
+            frame: np.ndarray | None = None
+            while not self._stop.is_set():
+                with self._lock:
+                    result, fresh = self._newest, self._has_new
+                    self._has_new = False
+                if fresh or frame is None:
+                    frame = self.compose(result)
+                    with self._lock:
+                        self._composed += 1
+                with self._camera_lock:
+                    if self._stop.is_set():
+                        break
+                    self._camera.send(frame)
+                with self._lock:
+                    self._sent += 1
+                self._camera.sleep_until_next_frame()
+        except Exception as error:
+            with self._lock:
+                self._error = error

@@ -1,0 +1,211 @@
+"""The Qt viewer under Xvfb on a real video: screenshot from the command line, the OpenGL and the
+software 3D views, controls, the GUI/pipeline hand-over, the virtual camera from the CLI, and
+clean shutdown.
+
+The OpenGL view is tested in its own process (the CLI test): pyqtgraph keeps its shader programs
+per process, and a second GL window in the same process fails to draw (GLError), so the
+in-process window tests use the software view."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import pyvirtualcam
+import torch
+
+from tests.test_virtualcam import MemoryBackend
+
+MEMORY_BACKEND = "n2f-viewer-test-memory"
+pyvirtualcam.register_backend(MEMORY_BACKEND, MemoryBackend)
+
+
+@pytest.fixture(scope="session")
+def display() -> str:
+    """An X display: the session's own Xvfb (as `.ci/run` installs), or the one already set."""
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    if shutil.which("Xvfb") is None:
+        pytest.skip("no X display and no Xvfb: install xvfb (Debian: apt install xvfb) to test the viewer")
+    for number in range(90, 110):
+        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
+            break
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{number}").exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            pytest.skip(f"Xvfb :{number} did not start")
+        time.sleep(0.05)
+    os.environ["DISPLAY"] = f":{number}"
+    yield os.environ["DISPLAY"]
+    server.terminate()
+    server.wait(5)
+    del os.environ["DISPLAY"]
+
+
+@pytest.fixture(scope="session")
+def qapp(display: str):
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    from PyQt6 import QtWidgets
+
+    torch.set_num_threads(1)  # as the live app: GUI and pipeline threads share torch's pool otherwise
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-tests"])
+    yield app
+
+
+@pytest.fixture(scope="module")
+def video(shared_path: Path) -> Path:
+    return shared_path / "real-faces" / "videos" / "single_face.mp4"
+
+
+def process_events_until(qapp, condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        qapp.processEvents()
+        time.sleep(0.01)
+
+
+def make_window(qapp, checkpoint: Path, video: Path, tmp_path: Path, max_frames: int | None = 12, **options):
+    from app.viewer import ResultBridge, ViewerOptions, ViewerWindow
+    from tracker.pipeline import Pipeline
+    from tracker.sinks import SwitchableSink
+    from tracker.sources import open_source
+    from tracker.tracking import FaceTracker
+
+    tracker = FaceTracker.from_checkpoint(checkpoint)
+    source = open_source(video, loop=max_frames is None)  # open-ended windows: the clip repeats
+    bridge, recording, virtualcam = ResultBridge(), SwitchableSink(), SwitchableSink()
+    pipeline = Pipeline(source, tracker, [recording, virtualcam, bridge], max_frames=max_frames)
+    settings = dict(source_name=str(video), checkpoint=str(checkpoint), device="cpu", record_dir=str(tmp_path / "takes"), screenshot_dir=str(tmp_path / "shots"))
+    window = ViewerWindow(pipeline, bridge, recording, virtualcam, ViewerOptions(**{**settings, **options}))
+    window.resize(1200, 700)
+    window.show()
+    pipeline.start()
+    return window, pipeline, tracker
+
+
+def test_cli_screenshot_of_a_tracked_real_video(display: str, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "shot.png"
+    command = [sys.executable, "-m", "app.live", "--video", str(video), "--checkpoint", str(untrained_checkpoint), "--screenshot", str(shot), "--max-frames", "10", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "PYTHONFAULTHANDLER": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "faces found in 10 frames (100.0%)" in done.stdout
+    assert "3D view: OpenGL" in done.stdout, "Xvfb's Mesa gives the OpenGL view (in-process tests use the software one: one GL window per process)"
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[0] >= 600 and image.shape[1] >= 1000
+    assert image.std() > 20, "the screenshot shows the window's content, not a blank"
+
+
+def test_window_tracks_records_and_closes_cleanly(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    from tracker.recording import read_take
+
+    take = tmp_path / "take.npz"
+    window, pipeline, tracker = make_window(qapp, untrained_checkpoint, video, tmp_path, max_frames=None, record_path=str(take), software_3d=True)
+    process_events_until(qapp, lambda: window.shown >= 5)
+    assert window.video.pixmap() is not None and not window.video.pixmap().isNull()
+    window.close()  # while the pipeline is running
+    assert not pipeline.running
+    loaded = read_take(take)
+    assert loaded.complete and len(loaded) == pipeline.stats.frames_out >= 5
+    assert np.all(np.diff(loaded.frame_index) == 1)
+    tracker.close()
+
+
+def test_controls_switch_recording_smoothing_style_and_screenshot(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    from tracker.recording import read_take
+
+    window, pipeline, tracker = make_window(qapp, untrained_checkpoint, video, tmp_path, max_frames=None, software_3d=True)
+    process_events_until(qapp, lambda: window.shown >= 2)
+    window.actions_by_name["Record"].trigger()
+    path = window.recording.current.path
+    process_events_until(qapp, lambda: window.recording.current.recorder.frames >= 3)
+    window.actions_by_name["Record"].trigger()  # stop: the take is finalised now
+    assert window.recording.current is None and read_take(path).complete and len(read_take(path)) >= 3
+    assert path.parent == tmp_path / "takes"
+    window.actions_by_name["Smoothing"].trigger()
+    assert tracker.smoothing is False
+    styles = []
+    for _ in range(3):
+        window.actions_by_name["Mesh style"].trigger()
+        styles.append(window.mesh_style)
+    assert styles == ["wireframe", "none", "shaded"]
+    shot = window.screenshot()
+    assert shot.is_file() and shot.parent == tmp_path / "shots"
+    window.actions_by_name["Virtual camera"].trigger()  # not configured: reported, nothing breaks
+    assert window.virtualcam.current is None
+    window.close()
+    tracker.close()
+
+
+def test_software_3d_view_renders_and_orbits(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    window, pipeline, tracker = make_window(qapp, untrained_checkpoint, video, tmp_path, software_3d=True)
+    process_events_until(qapp, lambda: window.shown >= 3)
+    view = window.mesh_view
+    assert view.kind == "software"
+    front = view.render()
+    covered = (front != front[0, 0]).any(-1)
+    assert 0.05 < covered.mean() < 0.9, "the head fills part of the view"
+    view.orbit(90.0, 0.0)
+    side = view.render()
+    assert (side != front).any(-1).mean() > 0.02, "orbiting changes the picture"
+    window.close()
+    tracker.close()
+
+
+def test_opengl_failure_falls_back_to_software(qapp, monkeypatch) -> None:
+    import app.viewer as viewer
+
+    def broken():
+        raise RuntimeError("no OpenGL context")
+
+    monkeypatch.setattr(viewer, "GLMeshView", broken)
+    assert isinstance(viewer.create_mesh_view(software=False), viewer.SoftwareMeshView)
+
+
+def test_bridge_never_blocks_the_pipeline_and_keeps_the_newest(qapp) -> None:
+    """A GUI that does not take results (busy) must not slow the sink thread: 10,000 results
+    handed over from another thread, none taken, then only the newest is there."""
+    from app.viewer import ResultBridge
+
+    bridge = ResultBridge()
+    signals = []
+    bridge.arrived.connect(lambda: signals.append(1))
+
+    def push() -> None:
+        for index in range(10_000):
+            bridge(index)
+
+    thread = threading.Thread(target=push)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    qapp.processEvents()
+    assert bridge.received == 10_000 and len(signals) == 1, "one pending signal, not one per result"
+    assert bridge.take() == 9_999 and bridge.take() is None
+
+
+def test_headless_virtual_camera_gets_the_tracked_frames(untrained_checkpoint: Path, video: Path, monkeypatch) -> None:
+    from app import live
+
+    opened: list = []
+    monkeypatch.setattr(MemoryBackend, "instances", opened)
+    code = live.main(["--video", str(video), "--headless", "--max-frames", "15", "--checkpoint", str(untrained_checkpoint), "--quiet",
+                      "--virtualcam", "--virtualcam-backend", MEMORY_BACKEND, "--virtualcam-size", "320x180", "--virtualcam-mode", "key"])
+    assert code == 0
+    assert len(opened) == 1 and opened[0].close_calls == 1
+    frames = opened[0].rgb
+    assert frames and all(frame.shape == (180, 320, 3) for frame in frames)
+    last = frames[-1]
+    assert tuple(last[0, 0]) == (0, 255, 0), "key mode: the key colour (green) around the mesh"
+    assert ((last != (0, 255, 0)).any(-1)).mean() > 0.05, "and the tracked mesh on it"

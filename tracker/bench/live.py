@@ -1,0 +1,121 @@
+"""Live-pipeline benchmark: FPS and latency of MediaPipe alone, the pipeline run sequentially, and
+the pipeline with overlapping stages, on a video file.
+
+    python -m tracker.bench live --video clip.mp4 [--checkpoint C | --untrained resnet18] [--device cuda]
+
+Runs, each on the same frames, one after the other in this process:
+    mediapipe   FaceMeshDetector.detect on frames decoded beforehand (no decode in the timing);
+                latency = the detect call
+    sequential  Pipeline(mode="sequential"): read, detect, crop, cue, network, decode, smooth,
+                sinks, one frame at a time
+    async       Pipeline(mode="async"): the same stages in their threads (and on CUDA, pinned
+                double-buffered uploads on a copy stream)
+The pipelines read the file as fast as they can (every frame), so FPS is throughput; their
+latency is ``processing`` (the pipeline taking the frame -> result), since a file read ahead has
+no meaningful capture time. ``--realtime`` paces the file at its frame rate instead, like a
+camera: then FPS is capped by the source and latency is capture -> result.
+
+The network's weights do not change its speed: without a checkpoint, ``--untrained BACKBONE``
+times an untrained network of that backbone (said so in the output). Last line:
+``mediapipe_fps=<a> sequential_fps=<b> async_fps=<c>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from tracker.face_detection import FaceMeshDetector
+from tracker.head_models import load_head_model
+from tracker.n2fnet import N2FNet
+from tracker.pipeline import Pipeline, StatsSnapshot
+from tracker.sources import open_source
+from tracker.tracking import FaceTracker
+
+
+def decode_frames(video: str, limit: int | None) -> list[np.ndarray]:
+    with open_source(video) as source:
+        frames = []
+        for frame in source:
+            frames.append(frame.image)
+            if limit is not None and len(frames) >= limit:
+                break
+    return frames
+
+
+def time_mediapipe(frames: list[np.ndarray]) -> tuple[float, float, float, float]:
+    """-> (fps, latency p50 ms, p95 ms, detection rate) of FaceMeshDetector.detect alone."""
+    with FaceMeshDetector() as detector:
+        detector.detect(frames[0])  # graph start-up
+        detector.reset()
+        times, found = [], 0
+        start = time.perf_counter()
+        for image in frames:
+            t0 = time.perf_counter()
+            found += bool(detector.detect(image))
+            times.append((time.perf_counter() - t0) * 1000.0)
+        total = time.perf_counter() - start
+    return len(frames) / total, float(np.percentile(times, 50)), float(np.percentile(times, 95)), found / len(frames)
+
+
+def make_tracker(args: argparse.Namespace) -> FaceTracker:
+    if args.checkpoint:
+        return FaceTracker.from_checkpoint(args.checkpoint, device=args.device, head_model_path=args.ict_model)
+    head = load_head_model("ict", args.ict_model)
+    net = N2FNet.for_head_model(head, backbone=args.untrained, input_size=args.input_size)
+    return FaceTracker.assemble(net, head, device=args.device)
+
+
+def time_pipeline(args: argparse.Namespace, mode: str, frames: int) -> tuple[StatsSnapshot, float]:
+    """One pipeline run -> (stats over every frame, wall-clock fps)."""
+    tracker = make_tracker(args)
+    source = open_source(args.video, realtime=True if args.realtime else None)
+    pipeline = Pipeline(source, tracker, [], mode=mode, max_frames=frames, stats_window=frames)
+    start = time.perf_counter()
+    try:
+        stats = pipeline.run()
+    finally:
+        tracker.close()
+    return stats, stats.frames_out / (time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine")
+    if not args.checkpoint and not args.untrained:
+        raise SystemExit("give --checkpoint C, or --untrained BACKBONE to time an untrained network of that backbone")
+    frames = decode_frames(args.video, args.frames)
+    count = len(frames)
+    height, width = frames[0].shape[:2]
+    network = f"checkpoint {args.checkpoint}" if args.checkpoint else f"UNTRAINED {args.untrained} at {args.input_size} px (timing only)"
+    print(f"video {args.video}: {count} frames {width}x{height}; network: {network}; device {args.device}; torch threads {torch.get_num_threads()}")
+    mp_fps, mp_p50, mp_p95, rate = time_mediapipe(frames)
+    print(f"mediapipe   {mp_fps:7.1f} fps  latency p50 {mp_p50:6.1f} ms  p95 {mp_p95:6.1f} ms  faces in {100 * rate:.1f}% of frames")
+    fps = {}
+    for mode in ("sequential", "async"):
+        stats, fps[mode] = time_pipeline(args, mode, count)
+        p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
+        print(f"{mode:11s} {fps[mode]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
+              f"dropped {stats.dropped}  stage ms: {stages}")
+    print(f"async/sequential speed-up: {fps['async'] / fps['sequential']:.2f}x")
+    print(f"mediapipe_fps={mp_fps:.1f} sequential_fps={fps['sequential']:.1f} async_fps={fps['async']:.1f}")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``live`` subcommand."""
+    parser = subparsers.add_parser("live", help="FPS and latency: MediaPipe alone, pipeline sequential, pipeline async")
+    parser.add_argument("--video", required=True, help="video file (or image folder)")
+    parser.add_argument("--checkpoint", help="N2FNet checkpoint to time")
+    parser.add_argument("--untrained", metavar="BACKBONE", help="time an untrained ICT network with this backbone instead (speed does not depend on weights)")
+    parser.add_argument("--input-size", type=int, default=256, help="input size of the --untrained network (default 256)")
+    parser.add_argument("--ict-model", help="ICT-FaceKit npz (default: the shared folder)")
+    parser.add_argument("--device", default="cpu", help="network device: cpu, cuda, cuda:N (default cpu)")
+    parser.add_argument("--frames", type=int, help="use the first N frames (default: all)")
+    parser.add_argument("--realtime", action="store_true", help="pace the file at its frame rate, like a camera")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the live app)")
+    parser.set_defaults(func=run)

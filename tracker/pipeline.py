@@ -1,0 +1,336 @@
+"""The frame loop: capture -> detect/crop/cue -> N2FNet -> decode/smooth -> sinks, stages overlapping.
+
+    capture thread   FrameSource (live sources keep only the newest frame; files every frame)
+    prepare thread   FaceTracker.prepare: MediaPipe, smoothed crop, geometry cue        (CPU)
+    network thread   DeviceFeeder.submit / Pending.result, FaceTracker.finish            (device)
+    sink thread      every sink in turn, then the statistics
+
+Threads are joined by FIFO queues of one slot (``put`` waits while the slot is full), so at most
+one frame waits between two stages; a slow stage makes the prepare thread read less often and a
+live source then drops the frames it overwrote (counted, never queued). Every frame that enters
+the prepare stage reaches the sinks exactly once, in order. The network thread submits frame k+1
+before it finishes frame k, so on CUDA the upload of k+1 overlaps the compute of k (see
+``tracker.device_feed``).
+
+``mode="sequential"`` runs every stage of a frame in one thread before reading the next (the
+benchmark's baseline, and a simpler path to debug with).
+
+Stopping: ``stop()`` (Ctrl-C, window closed) stops reading frames; the frames already inside
+finish and reach the sinks, then every sink is closed (a recording is finalised). An error in any
+stage aborts all threads and ``run()`` / ``wait()`` raise it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from tracker.device_feed import Pending, create_feeder
+from tracker.sources import FrameSource
+from tracker.tracking import FaceTracker, Prepared, Stopwatch, TrackingResult
+
+MODES = ("async", "sequential")
+_END = object()  # end of stream marker passed down the queues
+
+
+class Sink(Protocol):
+    """Receives every TrackingResult, in frame order, on the sink thread."""
+
+    def __call__(self, result: TrackingResult) -> None: ...
+
+
+@dataclass
+class StatsSnapshot:
+    """Running figures of a pipeline (window = the last ``window`` results).
+
+    frames_read, frames_out: frames taken from the source / delivered to sinks
+    faces_found:  delivered frames with at least one face
+    dropped:      frames the source dropped (live sources only)
+    fps:          delivered frames per second over the window
+    latency_p50_ms, latency_p95_ms: capture -> result over the window
+    processing_p50_ms, processing_p95_ms: pipeline takes the frame -> result, over the window
+    stage_ms:     {stage: mean ms} over the window
+    """
+
+    frames_read: int
+    frames_out: int
+    faces_found: int
+    dropped: int
+    fps: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    processing_p50_ms: float
+    processing_p95_ms: float
+    stage_ms: dict[str, float]
+
+    @property
+    def detection_rate(self) -> float:
+        return self.faces_found / self.frames_out if self.frames_out else 0.0
+
+
+class PipelineStats:
+    """Thread-safe counters and windows; ``snapshot()`` reads them."""
+
+    def __init__(self, window: int = 120) -> None:
+        self._lock = threading.Lock()
+        self.frames_read = self.frames_out = self.faces_found = self.dropped = 0
+        self._times: deque[float] = deque(maxlen=window)
+        self._latency: deque[float] = deque(maxlen=window)
+        self._processing: deque[float] = deque(maxlen=window)
+        self._stages: deque[dict[str, float]] = deque(maxlen=window)
+
+    def count_read(self) -> None:
+        with self._lock:
+            self.frames_read += 1
+
+    def add(self, result: TrackingResult, delivered_at: float) -> None:
+        with self._lock:
+            self.frames_out += 1
+            self.faces_found += result.face_found
+            self.dropped = result.dropped
+            self._times.append(delivered_at)
+            self._latency.append(result.latency_ms)
+            self._processing.append(result.processing_ms)
+            self._stages.append(result.timings)
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            times, stages = list(self._times), list(self._stages)
+            latency, processing = np.array(self._latency), np.array(self._processing)
+            counts = (self.frames_read, self.frames_out, self.faces_found, self.dropped)
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        names = sorted({name for s in stages for name in s})
+        stage_ms = {name: float(np.mean([s.get(name, 0.0) for s in stages])) for name in names}
+        return StatsSnapshot(*counts, fps, *_percentiles(latency), *_percentiles(processing), stage_ms)
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    """(p50, p95) of ``values``; zeros when empty."""
+    if not len(values):
+        return 0.0, 0.0
+    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
+
+
+class Pipeline:
+    """Runs ``tracker`` on ``source`` and hands results to ``sinks`` (module docstring).
+
+    max_frames: stop after this many frames read from the source (None: until it ends / stop()).
+    Sinks with a ``close()`` method are closed when the pipeline ends. Use ``run()`` to block
+    until the end, or ``start()`` / ``stop()`` / ``wait()`` around a GUI event loop.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        tracker: FaceTracker,
+        sinks: Sequence[Sink | Callable[[TrackingResult], None]] = (),
+        *,
+        mode: str = "async",
+        max_frames: int | None = None,
+        stats_window: int = 120,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.source, self.tracker, self.sinks = source, tracker, list(sinks)
+        self.mode, self.max_frames = mode, max_frames
+        self.stats = PipelineStats(stats_window)
+        self.feeder = create_feeder(tracker.run_network, tracker.device)
+        self._stopping = threading.Event()  # graceful: read no more frames
+        self._abort = threading.Event()  # an error: every thread leaves now
+        self._error: BaseException | None = None
+        self._prepared: queue.Queue = queue.Queue(maxsize=1)
+        self._results: queue.Queue = queue.Queue(maxsize=1)
+        self._threads: list[threading.Thread] = []
+        self._done = threading.Event()
+        self._closed = False
+
+    # -- control ---------------------------------------------------------------------------------
+    def start(self) -> Pipeline:
+        if self._threads:
+            raise RuntimeError("a Pipeline can be started only once")
+        self.source.start()
+        if self.mode == "async":
+            targets = {"prepare": self._prepare_loop, "network": self._network_loop, "sinks": self._sink_loop}
+        else:
+            targets = {"sequential": self._sequential_loop}
+        self._threads = [threading.Thread(target=self._guard(t), name=f"pipeline {n}", daemon=True) for n, t in targets.items()]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop reading, let the frames inside reach the sinks, close sinks and source. Idempotent."""
+        self._stopping.set()
+        self.wait(timeout, raise_error=False)
+        self._abort.set()
+        self._close()
+
+    def wait(self, timeout: float | None = None, raise_error: bool = True) -> bool:
+        """Wait until the source ended (or max_frames) and every result is delivered; True when
+        done. Raises the error that stopped a stage."""
+        done = self._done.wait(timeout) if self._threads else True
+        if done:
+            for thread in self._threads:
+                thread.join()
+        if raise_error and self._error is not None:
+            raise self._error
+        return done
+
+    def run(self) -> StatsSnapshot:
+        """start(), wait for the end, stop(); Ctrl-C stops cleanly and is re-raised."""
+        self.start()
+        try:
+            self.wait()
+        finally:
+            self.stop()
+        if self._error is not None:
+            raise self._error
+        return self.stats.snapshot()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and not self._done.is_set()
+
+    # -- threads ---------------------------------------------------------------------------------
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as error:  # handed to wait()/run()
+                if self._error is None:
+                    self._error = error
+                self._abort.set()
+                self._done.set()
+
+        return run
+
+    def _frames(self):
+        """Frames from the source until it ends, max_frames, or stop()."""
+        while not self._stopping.is_set() and not self._abort.is_set():
+            if self.max_frames is not None and self.stats.frames_read >= self.max_frames:
+                return
+            frame = self.source.read(timeout=0.1)
+            if frame is None:
+                if self.source.finished:
+                    return
+                continue
+            self.stats.count_read()
+            yield frame
+
+    def _put(self, target: queue.Queue, item) -> bool:
+        while not self._abort.is_set():
+            try:
+                target.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, source: queue.Queue, timeout: float):
+        """Next item, or None after ``timeout``; raises _Aborted when the pipeline aborts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._abort.is_set():
+                raise _Aborted
+            try:
+                return source.get(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return None
+
+    def _prepare_loop(self) -> None:
+        for frame in self._frames():
+            if not self._put(self._prepared, self.tracker.prepare(frame)):
+                return
+        self._put(self._prepared, _END)
+
+    def _network_loop(self) -> None:
+        previous: tuple[Prepared, Pending | None] | None = None
+        try:
+            while True:
+                item = self._get(self._prepared, 0.0 if previous else 3600.0)
+                if item is None:  # nothing new: finish the frame in flight now
+                    if previous is not None:
+                        self._put(self._results, self._finish(*previous))
+                        previous = None
+                    continue
+                if item is _END:
+                    break
+                current = (item, self._submit(item))
+                if previous is not None:  # frame k finishes while frame k+1 computes
+                    self._put(self._results, self._finish(*previous))
+                previous = current
+            if previous is not None:
+                self._put(self._results, self._finish(*previous))
+            self._put(self._results, _END)
+        except _Aborted:
+            return
+
+    def _sink_loop(self) -> None:
+        try:
+            while (result := self._get(self._results, 3600.0)) is not _END:
+                if result is not None:
+                    self._deliver(result)
+        except _Aborted:
+            return
+        finally:
+            self._done.set()
+
+    def _sequential_loop(self) -> None:
+        try:
+            for frame in self._frames():
+                prepared = self.tracker.prepare(frame)
+                self._deliver(self._finish(prepared, self._submit(prepared)))
+        finally:
+            self._done.set()
+
+    # -- stage work ------------------------------------------------------------------------------
+    def _submit(self, prepared: Prepared) -> Pending | None:
+        if prepared.inputs is None:
+            return None
+        with Stopwatch(prepared.timings)("network"):
+            return self.feeder.submit(prepared.inputs)
+
+    def _finish(self, prepared: Prepared, pending: Pending | None) -> TrackingResult:
+        raw = None
+        if pending is not None:
+            with Stopwatch(prepared.timings)("network"):
+                raw = pending.result()
+        result = self.tracker.finish(prepared, raw)
+        now = time.monotonic()
+        result.latency_ms = (now - prepared.frame.timestamp) * 1000.0
+        result.processing_ms = (now - prepared.started) * 1000.0
+        result.dropped = self.source.frames_dropped
+        return result
+
+    def _deliver(self, result: TrackingResult) -> None:
+        for sink in self.sinks:
+            sink(result)
+        self.stats.add(result, time.monotonic())
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.source.stop()
+        errors = []
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as error:  # close the others, then report
+                    errors.append(error)
+        if errors and self._error is None:
+            self._error = errors[0]
+
+
+class _Aborted(Exception):
+    """Raised inside a stage thread when another stage failed."""

@@ -1,0 +1,104 @@
+"""Pipeline sinks that ship with the library: recording a take, and a progress log for headless runs.
+
+A sink is any callable taking a ``TrackingResult``; one with a ``close()`` method is closed when
+the pipeline ends (a recording is finalised there, also after Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from tracker.head_models.base import HeadModel
+from tracker.recording import Recorder
+from tracker.tracking import TrackingResult
+
+log = logging.getLogger(__name__)
+
+
+class RecordingSink:
+    """Records the largest face of every frame to a take (``tracker.recording``).
+
+    Every head-model group is stored (those the network does not regress at their neutral
+    values), with the rotation (6D), translation, crop box and the frame camera's intrinsics.
+    A frame without a face is stored with face_found False.
+    """
+
+    def __init__(self, path: str | Path, head: HeadModel, source: str = "", metadata: dict | None = None, overwrite: bool = False) -> None:
+        groups = {name: group.size for name, group in head.param_groups.items()}
+        self.recorder = Recorder(path, head.name, groups, source=source, metadata=metadata, overwrite=overwrite)
+
+    @property
+    def path(self) -> Path:
+        return self.recorder.path
+
+    def __call__(self, result: TrackingResult) -> None:
+        frame = result.frame
+        if not result.faces:
+            self.recorder.append(frame.timestamp, frame.index, None, focal=result.focal, principal=result.principal)
+            return
+        face = result.faces[0]
+        self.recorder.append(
+            frame.timestamp,
+            frame.index,
+            {g: v.numpy() for g, v in face.params.items()},
+            rotation_6d=face.rotation_6d.numpy(),
+            translation=face.translation.numpy(),
+            crop_box=face.crop_box,
+            focal=result.focal,
+            principal=result.principal,
+        )
+
+    def close(self) -> Path:
+        return self.recorder.close()
+
+
+class SwitchableSink:
+    """A slot for a sink that the user switches on and off while the pipeline runs (recording,
+    virtual camera). ``set(sink)`` / ``set(None)`` from any thread; the previous sink is closed
+    (a recording finalised) outside the pipeline's sink call, which never waits on it long."""
+
+    def __init__(self) -> None:
+        self._sink = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self):
+        return self._sink
+
+    def set(self, sink) -> None:
+        with self._lock:
+            previous, self._sink = self._sink, sink
+        close = getattr(previous, "close", None)
+        if close is not None:
+            close()
+
+    def __call__(self, result: TrackingResult) -> None:
+        with self._lock:
+            sink = self._sink
+            if sink is not None:
+                sink(result)
+
+    def close(self) -> None:
+        self.set(None)
+
+
+class ProgressLog:
+    """Logs the pipeline's figures every ``interval`` seconds (headless runs)."""
+
+    def __init__(self, stats, interval: float = 2.0) -> None:
+        self.stats, self.interval = stats, interval
+        self._last = time.monotonic()
+
+    def __call__(self, result: TrackingResult) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        s = self.stats.snapshot()
+        log.info(
+            "frame %d: %.1f fps, latency p50 %.0f ms p95 %.0f ms, faces in %d/%d frames, %d dropped",
+            result.frame.index, s.fps, s.latency_p50_ms, s.latency_p95_ms, s.faces_found, s.frames_out, s.dropped,
+        )

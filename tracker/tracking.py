@@ -1,0 +1,396 @@
+"""Per-frame face tracking: frame -> faces found -> crops -> geometry cue -> N2FNet -> head mesh.
+
+``FaceTracker`` holds the models and the per-face state (crop smoothing, parameter smoothing) and
+splits the work of one frame into the three stages the pipeline overlaps:
+
+    prepare(frame)          CPU: MediaPipe landmarks, smoothed DECA crop, geometry cue  -> Prepared
+    run_network(inputs)     device: N2FNet on the stacked normal maps                   -> raw outputs
+    finish(prepared, raw)   CPU: head-model decode, smoothing, projection to the frame  -> TrackingResult
+
+The frame's own camera is unknown for a webcam or a video: it is assumed to be a pinhole with the
+principal point at the image centre and focal ``focal_ratio * max(W, H)`` pixels (default: the
+checkpoint's synthetic focal mean, the camera the network was trained for; ``focal_px`` sets it
+exactly). The crop camera follows by eqs. 6-9 (``crop_intrinsics``), and the network's rotation
+and translation are then in that frame camera: X_cam = R diag(1,-1,-1) X_head + t (OpenCV axes).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tracker.cues import CueOutput, GeometryCue, create_cue
+from tracker.errors import TrackerError
+from tracker.face_detection import DEFAULT_BOX_SMOOTHING, FaceCrop, FaceCropper, FaceMeshDetector
+from tracker.geometry import camera
+from tracker.geometry.crop import crop_intrinsics
+from tracker.geometry.rotations import rotation_6d_to_matrix
+from tracker.head_models import HeadModel, load_head_model
+from tracker.n2fnet import N2FNet
+from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
+from tracker.smoothing import FrameParameters, ParameterSmoother, live_smoother
+from tracker.sources import Frame
+
+
+@dataclass
+class NetworkInputs:
+    """Stacked network inputs of the faces of one frame (F faces, crop size S).
+
+    normals (F, 3, S, S) float32 masked unit normals; mask (F, 1, S, S) float32;
+    focal, principal (F, 2) float32 crop intrinsics in crop pixels.
+    """
+
+    normals: torch.Tensor
+    mask: torch.Tensor
+    focal: torch.Tensor
+    principal: torch.Tensor
+
+
+@dataclass
+class Prepared:
+    """A frame after the CPU stage: its face crops, their cues and the stacked network inputs
+    (None when no face was found)."""
+
+    frame: Frame
+    crops: list[FaceCrop]
+    cues: list[CueOutput]
+    inputs: NetworkInputs | None
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
+    started: float = field(default_factory=time.monotonic)  # when the pipeline took the frame
+
+
+@dataclass
+class RawOutput:
+    """N2FNet outputs for the F faces of a frame, on the CPU: params {group: (F, n)},
+    rotation_6d (F, 6), translation (F, 3)."""
+
+    params: dict[str, torch.Tensor]
+    rotation_6d: torch.Tensor
+    translation: torch.Tensor
+
+
+@dataclass
+class FaceResult:
+    """One tracked face in a frame (after smoothing).
+
+    params        {group: (n,)} every group of the head model (non-regressed groups neutral)
+    rotation_6d   (6,) and rotation (3, 3): head rotation in the frame camera
+    translation   (3,) metres in the frame camera
+    vertices      (V, 3) metres in the frame camera (OpenCV axes: x right, y down, z forward)
+    landmarks68   (68, 2) frame pixels, the head model's landmarks projected
+    mesh_landmarks68 (68, 2) frame pixels, MediaPipe's 68-point subset (what the crop used)
+    crop_box      (3,) (x0, y0, side) frame pixels of the crop fed to the network
+    track_id      the face's identity across frames
+    """
+
+    params: dict[str, torch.Tensor]
+    rotation_6d: torch.Tensor
+    rotation: torch.Tensor
+    translation: torch.Tensor
+    vertices: torch.Tensor
+    landmarks68: np.ndarray
+    mesh_landmarks68: np.ndarray
+    crop_box: np.ndarray
+    track_id: int
+    crop: FaceCrop
+    cue: CueOutput
+
+
+@dataclass
+class TrackingResult:
+    """Everything the tracker knows about one frame; what sinks receive.
+
+    faces      tracked faces, largest first (empty: no face in this frame)
+    focal, principal  (2,) the frame camera's assumed intrinsics, pixels
+    timings    {stage: ms} time spent in each stage of this frame (detect, crop, cue, upload,
+               network, decode, smooth; queue waits are not counted)
+    latency_ms capture -> result ready (includes queue waits; a file read as fast as possible
+               is decoded ahead, so there it includes the source's read-ahead queue)
+    processing_ms  the pipeline taking the frame -> result ready
+    dropped    frames the source had dropped (never processed) up to this frame
+    """
+
+    frame: Frame
+    faces: list[FaceResult]
+    focal: np.ndarray
+    principal: np.ndarray
+    timings: dict[str, float]
+    latency_ms: float = 0.0
+    processing_ms: float = 0.0
+    dropped: int = 0
+
+    @property
+    def face_found(self) -> bool:
+        return bool(self.faces)
+
+
+def frame_intrinsics(width: int, height: int, focal_ratio: float = 1.0, focal_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Assumed pinhole of a (height, width) frame -> focal (2,), principal (2,) in pixels."""
+    focal = float(focal_px) if focal_px is not None else focal_ratio * max(width, height)
+    if focal <= 0:
+        raise TrackerError(f"the focal length must be positive, got {focal} px")
+    return np.array([focal, focal]), np.array([width / 2.0, height / 2.0])
+
+
+class Stopwatch:
+    """Accumulates named durations in milliseconds: ``with watch("cue"): ...``."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    def __call__(self, name: str):
+        return _Lap(self.timings, name)
+
+
+class _Lap:
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + (time.perf_counter() - self.start) * 1000.0
+
+
+class FaceTracker:
+    """Models and per-face state of the tracker (see the module docstring).
+
+    net, head     a trained N2FNet (eval mode) and the head model it regresses
+    detector      MediaPipe landmarks; cropper  the smoothed crop (its alpha and out_size must be
+                  the network's: the training crop rule and input size)
+    cue           crop -> normal map + mask, in the frame the network was trained on
+    smoother      One-Euro smoothing of the parameters (one per tracked face), or None
+    device        where the network runs; decode and projection run on the CPU
+    focal_ratio / focal_px   the frame camera (module docstring)
+    """
+
+    def __init__(
+        self,
+        net: N2FNet,
+        head: HeadModel,
+        detector: FaceMeshDetector,
+        cropper: FaceCropper,
+        cue: GeometryCue,
+        *,
+        normal_frame: str = "camera",
+        smoother_factory=live_smoother,
+        smoothing: bool = True,
+        device: str | torch.device = "cpu",
+        focal_ratio: float = 1.0,
+        focal_px: float | None = None,
+    ) -> None:
+        if net.config.head_model != head.name:
+            raise TrackerError(f"the checkpoint regresses the {net.config.head_model!r} head model but {head.name!r} is loaded")
+        if cropper.out_size != net.config.input_size:
+            raise TrackerError(f"crop size {cropper.out_size} does not match the network's input size {net.config.input_size}")
+        if cue.frame != normal_frame:
+            raise TrackerError(f"the {cue.name} cue gives {cue.frame}-frame normals; the network was trained on {normal_frame}-frame normals")
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.head = head.to("cpu")
+        self.detector, self.cropper, self.cue = detector, cropper, cue
+        self.focal_ratio, self.focal_px = focal_ratio, focal_px
+        self._smoother_factory = smoother_factory
+        self._smoothing = smoothing
+        self._smoothers: dict[int, ParameterSmoother] = {}
+
+    @property
+    def input_size(self) -> int:
+        return self.net.config.input_size
+
+    @property
+    def smoothing(self) -> bool:
+        return self._smoothing
+
+    @smoothing.setter
+    def smoothing(self, value: bool) -> None:
+        """Switch parameter smoothing; takes effect on the pipeline's thread at the next frame."""
+        self._smoothing = bool(value)
+
+    def reset(self) -> None:
+        """Forget every tracked face (new clip, source switched)."""
+        self.detector.reset()
+        self.cropper.reset()
+        self._smoothers.clear()
+
+    def intrinsics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image.shape[:2]
+        return frame_intrinsics(width, height, self.focal_ratio, self.focal_px)
+
+    # -- stage 1: CPU ---------------------------------------------------------------------------
+    def prepare(self, frame: Frame) -> Prepared:
+        """Landmarks, smoothed crops and geometry cues of ``frame``."""
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        lap = Stopwatch(timings)
+        with lap("detect"):
+            faces = self.detector.detect(frame.image)
+        with lap("crop"):
+            crops = self.cropper(frame.image, faces, frame.timestamp)
+        with lap("cue"):
+            cues = [self.cue(c.image, c.landmarks) for c in crops]
+        if not crops:
+            return Prepared(frame, [], [], None, timings, started)
+        focal, principal = self.intrinsics(frame.image)
+        boxes = torch.from_numpy(np.stack([c.box for c in crops]))
+        count = len(crops)
+        focal_c, principal_c = crop_intrinsics(
+            torch.from_numpy(focal)[None].expand(count, 2), torch.from_numpy(principal)[None].expand(count, 2), boxes, self.input_size
+        )
+        normals = torch.from_numpy(np.stack([c.normals for c in cues])).permute(0, 3, 1, 2)
+        mask = torch.from_numpy(np.stack([c.mask for c in cues]))[:, None]
+        inputs = NetworkInputs(normals.contiguous(), mask.contiguous(), focal_c.float(), principal_c.float())
+        return Prepared(frame, crops, cues, inputs, timings, started)
+
+    # -- stage 2: device -------------------------------------------------------------------------
+    @torch.no_grad()
+    def run_network(self, inputs: NetworkInputs) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Device-resident inputs -> (params {group: (F, n)}, rotation_6d (F, 6), translation (F, 3)),
+        on the device (the caller copies them back when they are ready)."""
+        mask = inputs.mask if self.net.config.use_mask_input else None
+        out = self.net(inputs.normals, inputs.focal, inputs.principal, mask)
+        return out.params, out.rotation_6d, out.translation
+
+    # -- stage 3: CPU ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def finish(self, prepared: Prepared, raw: RawOutput | None) -> TrackingResult:
+        """Decode, smooth and project the network's outputs of ``prepared``."""
+        frame = prepared.frame
+        timings = dict(prepared.timings)
+        lap = Stopwatch(timings)
+        focal, principal = self.intrinsics(frame.image)
+        if raw is None or not prepared.crops:
+            self._drop_lost_tracks(set())
+            return TrackingResult(frame, [], focal, principal, timings)
+        faces = []
+        with lap("smooth"):
+            smoothed = [self._smooth(prepared.crops[i], raw, i, frame.timestamp) for i in range(len(prepared.crops))]
+        self._drop_lost_tracks({c.track_id for c in prepared.crops})
+        with lap("decode"):
+            params = {g: torch.stack([s.params[g] for s in smoothed]) for g in smoothed[0].params}
+            params = self.head.complete_params(params)
+            rotation_6d = torch.stack([s.rotation_6d for s in smoothed])
+            rotation = rotation_6d_to_matrix(rotation_6d)
+            translation = torch.stack([s.translation for s in smoothed])
+            vertices = self.head.decode(params)
+            landmarks_3d = self.head.landmarks(vertices, params, view_rotation=rotation)
+            count = len(smoothed)
+            focal_t = torch.from_numpy(focal).float()[None].expand(count, 2)
+            principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
+            landmarks = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal_t, principal_t)
+            vertices_cam = camera.head_to_camera(vertices, rotation, translation)
+        for i, crop in enumerate(prepared.crops):
+            faces.append(
+                FaceResult(
+                    params={g: v[i] for g, v in params.items()},
+                    rotation_6d=rotation_6d[i],
+                    rotation=rotation[i],
+                    translation=translation[i],
+                    vertices=vertices_cam[i],
+                    landmarks68=landmarks[i].numpy(),
+                    mesh_landmarks68=crop.face.landmarks68,
+                    crop_box=crop.box,
+                    track_id=crop.track_id,
+                    crop=crop,
+                    cue=prepared.cues[i],
+                )
+            )
+        return TrackingResult(frame, faces, focal, principal, timings)
+
+    def _smooth(self, crop: FaceCrop, raw: RawOutput, index: int, timestamp: float) -> FrameParameters:
+        values = FrameParameters(
+            params={g: v[index] for g, v in raw.params.items()},
+            rotation_6d=raw.rotation_6d[index],
+            translation=raw.translation[index],
+        )
+        smoother = self._smoothers.get(crop.track_id)
+        if smoother is None:
+            smoother = self._smoothers[crop.track_id] = self._smoother_factory()
+        smoother.enabled = self._smoothing
+        return smoother(values, timestamp)
+
+    def _drop_lost_tracks(self, alive: set[int]) -> None:
+        for track_id in list(self._smoothers):
+            if track_id not in alive:
+                del self._smoothers[track_id]
+
+    def close(self) -> None:
+        self.detector.close()
+        self.cue.close()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        *,
+        head_model_path: str | Path | None = None,
+        head_model: str | None = None,
+        device: str | torch.device = "cpu",
+        cue: str = "mediapipe",
+        cue_options: dict | None = None,
+        max_faces: int = 1,
+        smoothing: bool = True,
+        crop_smoothing: bool = True,
+        focal_px: float | None = None,
+    ) -> FaceTracker:
+        """Everything the live tracker needs from an N2FNet checkpoint: its network, its head model
+        (``head_model_path``: ICT npz / FLAME folder; None: the head model's default place), the
+        crop rule and input size it was trained with, the frame camera it assumes.
+
+        ``head_model``: the name the user asked for; a TrackerError when the checkpoint was
+        trained for another one. ``cue``/``cue_options``: ``tracker.cues.create_cue``.
+        """
+        state = load_checkpoint(checkpoint)
+        trained_for = state["n2fnet"]["head_model"]
+        if head_model is not None and head_model != trained_for:
+            raise TrackerError(
+                f"checkpoint {checkpoint} was trained for the {trained_for!r} head model, not {head_model!r}: "
+                f"pass a checkpoint trained for {head_model!r} (python -m train --head-model {head_model}) or --head-model {trained_for}"
+            )
+        sampler = state.get("sampler", {})
+        return cls.assemble(
+            model_from_checkpoint(state),
+            load_head_model(trained_for, head_model_path),
+            alpha=float(sampler.get("alpha", 1.4)),
+            normal_frame=sampler.get("normal_frame", "camera"),
+            focal_ratio=float(sampler.get("focal_mean", 1.0)),
+            device=device,
+            cue=cue,
+            cue_options=cue_options,
+            max_faces=max_faces,
+            smoothing=smoothing,
+            crop_smoothing=crop_smoothing,
+            focal_px=focal_px,
+        )
+
+    @classmethod
+    def assemble(
+        cls,
+        net: N2FNet,
+        head: HeadModel,
+        *,
+        alpha: float = 1.4,
+        normal_frame: str = "camera",
+        focal_ratio: float = 1.0,
+        device: str | torch.device = "cpu",
+        cue: str = "mediapipe",
+        cue_options: dict | None = None,
+        max_faces: int = 1,
+        smoothing: bool = True,
+        crop_smoothing: bool = True,
+        focal_px: float | None = None,
+    ) -> FaceTracker:
+        """A tracker around ``net`` with the standard detector, cropper (``alpha``, the network's
+        input size) and cue; the training settings (alpha, normal frame, focal) as given."""
+        detector = FaceMeshDetector(max_faces=max_faces)
+        cropper = FaceCropper(alpha=alpha, out_size=net.config.input_size, max_faces=max_faces, smoothing=DEFAULT_BOX_SMOOTHING if crop_smoothing else None)
+        geometry_cue = create_cue(cue, device=device if cue != "mediapipe" else None, **(cue_options or {}))
+        return cls(
+            net, head, detector, cropper, geometry_cue,
+            normal_frame=normal_frame, smoothing=smoothing, device=device, focal_ratio=focal_ratio, focal_px=focal_px,
+        )
