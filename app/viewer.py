@@ -1,8 +1,9 @@
 """The live viewer: video with the tracked mesh, an interactive 3D head, live plots, controls.
 
 Threads: the pipeline runs in its own threads; its sink ``ResultBridge`` keeps only the newest
-result and signals the GUI thread (a queued Qt signal, at most one pending), so a slow GUI skips
-display frames and never slows tracking, and the GUI never waits on the pipeline. Closing the
+result (a one-slot mailbox, O(1) under a lock) and the GUI thread takes it on a display timer
+(every DISPLAY_INTERVAL_MS), so a slow GUI skips display frames and never slows tracking, the
+GUI never waits on the pipeline, and drawing can never flood Qt's event queue. Closing the
 window stops the pipeline (frames in flight finish, the recording is finalised).
 
 Keys: R record on/off, V virtual camera on/off, S smoothing on/off, M mesh style (shaded,
@@ -33,35 +34,29 @@ from tracker.pipeline import Pipeline
 from tracker.sinks import RecordingSink, SwitchableSink
 from tracker.tracking import FaceResult, TrackingResult
 
+DISPLAY_INTERVAL_MS = 15  # the GUI looks for a new result this often (up to ~66 displayed fps)
 PLOT_SECONDS = 10.0
 EXPRESSION_CURVES = 3  # plotted besides the jaw: these named ones when the model has them, else the first ones
 PLOTTED_EXPRESSIONS = ("eyeBlink_L", "mouthSmile_L", "browInnerUp_L")
 
 
-class ResultBridge(QtCore.QObject):
-    """Pipeline sink -> GUI thread: keeps the newest result, emits ``arrived`` when the GUI has
-    taken the previous one (so the event queue never fills up)."""
-
-    arrived = QtCore.pyqtSignal()
+class ResultBridge:
+    """Pipeline sink -> GUI thread: a one-slot mailbox holding the newest result."""
 
     def __init__(self) -> None:
-        super().__init__()
         self._lock = threading.Lock()
         self._latest: TrackingResult | None = None
-        self._pending = False
         self.received = 0
 
     def __call__(self, result: TrackingResult) -> None:
         with self._lock:
             self._latest = result
             self.received += 1
-            notify, self._pending = not self._pending, True
-        if notify:
-            self.arrived.emit()
 
     def take(self) -> TrackingResult | None:
+        """The newest result not taken yet, or None."""
         with self._lock:
-            result, self._latest, self._pending = self._latest, None, False
+            result, self._latest = self._latest, None
         return result
 
 
@@ -360,7 +355,9 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.status = QtWidgets.QLabel()
         self.statusBar().addWidget(self.status, 1)
         self._make_actions()
-        self.bridge.arrived.connect(self.on_result)
+        self._display = QtCore.QTimer(self)
+        self._display.timeout.connect(self.on_result)
+        self._display.start(DISPLAY_INTERVAL_MS)
         self._watch = QtCore.QTimer(self)
         self._watch.timeout.connect(self._check_pipeline)
         self._watch.start(100)
@@ -511,5 +508,6 @@ class ViewerWindow(QtWidgets.QMainWindow):
         if not self._closing:
             self._closing = True
             self._watch.stop()
+            self._display.stop()
             self.pipeline.stop()  # frames in flight reach the sinks; recording finalised
         event.accept()

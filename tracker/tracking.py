@@ -164,7 +164,9 @@ class FaceTracker:
     detector      MediaPipe landmarks; cropper  the smoothed crop (its alpha and out_size must be
                   the network's: the training crop rule and input size)
     cue           crop -> normal map + mask, in the frame the network was trained on
-    smoother      One-Euro smoothing of the parameters (one per tracked face), or None
+    smoother_factory  makes the One-Euro smoothing of one tracked face's parameters
+    smoothing     smoothing on/off (switchable while running: the ``smoothing`` property)
+    normal_frame  the normal-map frame the network was trained on (the cue must give it)
     device        where the network runs; decode and projection run on the CPU
     focal_ratio / focal_px   the frame camera (module docstring)
     """
