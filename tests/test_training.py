@@ -176,6 +176,41 @@ def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
         load_checkpoint(path)
 
 
+def test_release_checkpoint_is_small_and_close_to_the_training_one(tmp_path, untrained_checkpoint):
+    from tracker.n2fnet.checkpoint import export_release, main
+
+    out = tmp_path / "release.pt"
+    assert main([str(untrained_checkpoint), str(out)]) == 0
+    source = load_checkpoint(untrained_checkpoint)
+    released = load_checkpoint(out)
+    assert released["release"]["weights"] == "int8-per-channel" and "optimizer" not in released
+    assert set(released["model"]) == set(source["model"])
+    assert out.stat().st_size < 0.4 * untrained_checkpoint.stat().st_size
+    # per-channel int8: every weight within half a quantisation step of the original
+    for name, weight in source["model"].items():
+        if weight.is_floating_point() and weight.dim() >= 2 and weight.numel() >= 1024:
+            step = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True) / 127
+            assert ((released["model"][name] - weight).abs() <= step / 2 + 1e-7).all(), name
+        else:
+            assert torch.equal(released["model"][name], weight.float() if weight.is_floating_point() else weight), name
+    a, b = model_from_checkpoint(source), model_from_checkpoint(released)
+    size = source["n2fnet"]["input_size"]
+    normals = torch.nn.functional.normalize(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)), dim=1)
+    focal, principal = torch.full((2, 2), 1.2 * size), torch.full((2, 2), size / 2)
+    with torch.no_grad():
+        pa, pb = a(normals, focal, principal), b(normals, focal, principal)
+    for group in pa.params:
+        assert (pa.params[group] - pb.params[group]).abs().max() < 0.05 * pa.params[group].abs().max() + 1e-3
+    # a release whose int8 tensors and scales disagree is refused
+    broken = torch.load(out, weights_only=True)
+    broken["model_scale"].popitem()
+    torch.save(broken, tmp_path / "broken.pt")
+    from tracker.errors import TrackerError
+
+    with pytest.raises(TrackerError, match="corrupt release"):
+        load_checkpoint(tmp_path / "broken.pt")
+
+
 def _write_real_dataset(root, ict, size):
     """A tiny fine-tuning folder made from synthetic renders (format of train/real_data.py)."""
     batch = SyntheticSampler(ict, SamplerConfig(output_size=size), seed=11).sample(3)

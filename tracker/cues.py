@@ -74,6 +74,7 @@ __all__ = [
     "create_cue",
     "mediapipe_triangles",
     "mediapipe_boundary_loops",
+    "render_mediapipe_mesh",
 ]
 
 Frame = Literal["camera", "head"]
@@ -261,6 +262,31 @@ def mediapipe_triangles(fill_eyes: bool = True, fill_mouth: bool = False) -> np.
     return _triangles(bool(fill_eyes), bool(fill_mouth))
 
 
+def render_mediapipe_mesh(points: torch.Tensor, faces: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded cue's rendering (module docstring, "Surface"), batched.
+
+    points (B, 468, 3): MediaPipe-topology points in crop pixels, x right, y down, z relative
+    depth in pixel units (smaller = nearer); faces (F, 3) long, e.g. ``mediapipe_triangles()``.
+    Returns view-frame unit normals (B, S, S, 3), zero outside the mesh, and the mask (B, S, S)
+    float in {0, 1}. The normals are differentiable w.r.t. ``points``; the mask is not.
+    """
+    surface = points * points.new_tensor([1.0, -1.0, -1.0])  # view frame: +y up, +z towards the camera
+    normals = vertex_normals(surface, faces)
+    focal, depth = 1000.0 * size, 1000.0
+    batch = points.shape[0]
+    with torch.no_grad():
+        z = depth + points[..., 2] * (depth / focal)
+        centre = size / 2.0
+        camera = torch.stack(((points[..., 0] - centre) * z / focal, (points[..., 1] - centre) * z / focal, z), -1)
+        focal_t = points.new_full((batch, 2), focal)
+        principal = points.new_full((batch, 2), centre)
+        fragments = rasterize(camera, faces, focal_t, principal, (size, size))
+    image = interpolate(normals, faces, fragments)
+    image = image * image.square().sum(-1, keepdim=True).clamp_min(1e-30).rsqrt()
+    mask = fragments.mask.to(points.dtype)
+    return image * mask[..., None], mask
+
+
 class MediaPipeMeshCue(GeometryCue):
     """The embedded cue: the MediaPipe face mesh rasterised in the crop (see the module docstring).
 
@@ -300,19 +326,8 @@ class MediaPipeMeshCue(GeometryCue):
         if landmarks_crop.ndim != 2 or landmarks_crop.shape[0] < 468 or landmarks_crop.shape[1] != 3:
             raise TrackerError(f"the MediaPipe mesh cue needs (468 or 478, 3) landmarks, got {landmarks_crop.shape}")
         points = torch.as_tensor(landmarks_crop[:468], dtype=torch.float32, device=self.device)
-        surface = points * points.new_tensor([1.0, -1.0, -1.0])  # view frame: +y up, +z towards the camera
-        normals = vertex_normals(surface[None], self.faces)
-        focal, depth = 1000.0 * size, 1000.0
-        z = depth + points[:, 2] * (depth / focal)
-        centre = size / 2.0
-        camera = torch.stack(((points[:, 0] - centre) * z / focal, (points[:, 1] - centre) * z / focal, z), -1)
-        focal_t = torch.full((1, 2), focal, device=self.device)
-        principal = torch.full((1, 2), centre, device=self.device)
-        fragments = rasterize(camera[None], self.faces, focal_t, principal, (size, size))
-        image = interpolate(normals, self.faces, fragments)[0]
-        image = image * image.square().sum(-1, keepdim=True).clamp_min(1e-30).rsqrt()
-        mask = fragments.mask[0]
-        return image.mul_(mask[..., None]).cpu().numpy(), mask.float().cpu().numpy()
+        normals, mask = render_mediapipe_mesh(points[None], self.faces, size)
+        return normals[0].cpu().numpy(), mask[0].cpu().numpy()
 
     def _detect(self, crop_bgr: np.ndarray) -> np.ndarray | None:
         if self._detector is None:

@@ -4,6 +4,8 @@ Settings (environment variables; CLIs offer matching flags):
     N2F_SHARED_DIR   folder holding ``ict-facekit/``, ``flame-aux/``, ``real-faces/``
                      (default: ``../shared`` beside the project checkout, if present)
     N2F_ICT_MODEL    the packed ICT-FaceKit npz (default: ``$N2F_SHARED_DIR/ict-facekit/ict_face_model.npz``)
+    N2F_CACHE_DIR    where derived data is cached (default: ``$XDG_CACHE_HOME/n2f-tracker``,
+                     i.e. ``~/.cache/n2f-tracker``)
 """
 
 from __future__ import annotations
@@ -30,3 +32,12 @@ def default_ict_model_path() -> Path | None:
         return Path(configured).expanduser()
     shared = shared_dir()
     return shared / "ict-facekit" / "ict_face_model.npz" if shared else None
+
+
+def cache_dir() -> Path:
+    """The folder for derived data (converted models, landmark embeddings); not created here."""
+    configured = os.environ.get("N2F_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "n2f-tracker"

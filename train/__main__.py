@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-stem", type=float, default=d.lr_stem, help="first conv / patch embedding (stage 1)")
     g.add_argument("--lr-flame-module", type=float, default=d.lr_flame_module, help="stage 1")
     g.add_argument("--lr-camera-module", type=float, default=d.lr_camera_module, help="stage 2")
+    g.add_argument(
+        "--param-weight",
+        action="append",
+        default=[],
+        metavar="GROUP=LAMBDA",
+        help="override L_param's weight of a parameter group (repeatable), e.g. identity=25; defaults: train.losses.PARAM_WEIGHTS",
+    )
     g = p.add_argument_group("synthetic data (paper leaves these open; recorded in checkpoints)")
     g.add_argument("--image-size", type=int, default=s.image_size, help="S_orig of the original image")
     g.add_argument("--focal-mean", type=float, default=s.focal_mean, help="focal / S_orig, Gaussian mean")
@@ -46,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-shift-std", type=float, default=s.crop_shift_std, help="crop centre jitter, fraction of the side")
     g.add_argument("--crop-scale-std", type=float, default=s.crop_scale_std, help="crop side log-scale jitter")
     g.add_argument("--normal-frame", choices=("camera", "head"), default=s.normal_frame, help="frame of the normal maps")
+    g.add_argument(
+        "--surface",
+        choices=("mesh", "mediapipe"),
+        default=s.surface,
+        help="mesh: the head model's face rendered from its own mesh (paper); mediapipe: as the live MediaPipe cue renders it (runtime-matched, for the embedded cue)",
+    )
+    g.add_argument("--proxy-position-mm", type=float, default=s.proxy_position_mm, help="mediapipe surface: per-landmark noise across the view")
+    g.add_argument("--proxy-depth-mm", type=float, default=s.proxy_depth_mm, help="mediapipe surface: per-landmark noise along the view")
+    g.add_argument("--proxy-depth-scale-std", type=float, default=s.proxy_depth_scale_std, help="mediapipe surface: log-normal scale of the relative depth")
+    g.add_argument("--proxy-smoothing-mm", type=float, default=s.proxy_smoothing_mm, help="mediapipe surface: width of the noise's smoothing kernel")
     g = p.add_argument_group("run")
     g.add_argument("--val-every", type=int, default=d.val_every)
     g.add_argument("--val-size", type=int, default=d.val_size, help="fixed synthetic validation samples")
@@ -70,8 +87,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         crop_shift_std=args.crop_shift_std,
         crop_scale_std=args.crop_scale_std,
         normal_frame=args.normal_frame,
+        surface=args.surface,
+        proxy_position_mm=args.proxy_position_mm,
+        proxy_depth_mm=args.proxy_depth_mm,
+        proxy_depth_scale_std=args.proxy_depth_scale_std,
+        proxy_smoothing_mm=args.proxy_smoothing_mm,
     )
+    weights = {}
+    for item in args.param_weight:
+        group, _, value = item.partition("=")
+        try:
+            weights[group.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"--param-weight expects GROUP=NUMBER, got {item!r}") from None
     return TrainConfig(
+        param_weights=weights or None,
         head_model=args.head_model,
         head_model_path=args.head_model_path,
         backbone=args.backbone,

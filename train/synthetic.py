@@ -18,6 +18,11 @@ Settings the paper does not give, and our choices (recorded in every checkpoint)
     crop jitter: the live detector's box is never exact, so the box centre moves by
         N(0, (0.03 side)^2) and its side scales by exp(N(0, 0.05^2)) (0 switches it off).
     normal frame: "camera" (the view frame of tracker.geometry.camera) or "head" (Pixel3DMM).
+    surface: "mesh" (the paper: the head model's face region rendered from its own mesh) or
+        "mediapipe" (runtime-matched: the head seen through the embedded MediaPipe cue, see
+        train.mediapipe_proxy; normals in the camera frame, mask up to MediaPipe's outline, crop
+        box from MediaPipe's 68-point subset as the live cropper builds it, MediaPipe-like noise
+        ``proxy_position_mm``, ``proxy_depth_mm``, ``proxy_depth_scale_std``, ``proxy_smoothing_mm``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tracker.geometry import camera, crop
 from tracker.geometry.rotations import euler_to_matrix, matrix_to_rotation_6d
 from tracker.head_models.base import HeadModel
 from tracker.render import render_maps
+from train.mediapipe_proxy import MediaPipeProxy, ProxyNoise
 
 
 @dataclass
@@ -50,6 +56,21 @@ class SamplerConfig:
     crop_shift_std: float = 0.03
     crop_scale_std: float = 0.05
     normal_frame: str = "camera"
+    surface: str = "mesh"
+    proxy_position_mm: float = 1.5
+    proxy_depth_mm: float = 3.0
+    proxy_depth_scale_std: float = 0.15
+    proxy_smoothing_mm: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.surface not in ("mesh", "mediapipe"):
+            raise ValueError(f"surface must be 'mesh' or 'mediapipe', got {self.surface!r}")
+        if self.surface == "mediapipe" and self.normal_frame != "camera":
+            raise ValueError("the MediaPipe surface renders normals in the camera frame (as the live cue does); use normal_frame='camera'")
+
+    @property
+    def proxy_noise(self) -> ProxyNoise:
+        return ProxyNoise(self.proxy_position_mm, self.proxy_depth_mm, self.proxy_depth_scale_std, self.proxy_smoothing_mm)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,30 +122,48 @@ def render_face(
     principal: torch.Tensor,
     size: int,
     normal_frame: str = "camera",
+    proxy: MediaPipeProxy | None = None,
+    noise: ProxyNoise | None = None,
+    generator: torch.Generator | None = None,
 ) -> RenderedFace:
     """Render N_face, S_face and lmk_2D of head-frame ``vertices`` (B, V, 3) in a crop camera.
+
+    ``proxy``: render the normals and mask as the live MediaPipe cue would (with ``noise`` drawn
+    from ``generator``); None: the head model's own face region.
 
     Gradients: the landmarks are differentiable w.r.t. vertices, rotation and translation; the
     normals w.r.t. the vertices and (camera frame only) the rotation, not the translation; the
     mask is a hard coverage test with no gradient (the rasteriser is not differentiable). So in
     stage 2 the translation learns from the landmark term alone.
     """
-    maps = render_maps(
-        vertices, head.render_faces, rotation, translation, focal, principal, (size, size), frame=normal_frame, region=head.region_masks["face"]
-    )
-    mask = maps.region_mask[..., None]  # (B, S, S, 1): pixel inside a triangle of the face region
-    normals = maps.normals * mask
+    if proxy is not None:
+        normals, mask = proxy.render(vertices, rotation, translation, focal, principal, size, noise, generator)
+    else:
+        maps = render_maps(
+            vertices, head.render_faces, rotation, translation, focal, principal, (size, size), frame=normal_frame, region=head.region_masks["face"]
+        )
+        mask = maps.region_mask[..., None]  # (B, S, S, 1): pixel inside a triangle of the face region
+        normals, mask = (maps.normals * mask).permute(0, 3, 1, 2), mask.permute(0, 3, 1, 2)
     landmarks_3d = head.landmarks(vertices, params, view_rotation=rotation)
     landmarks = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal, principal)
-    return RenderedFace(normals.permute(0, 3, 1, 2), mask.permute(0, 3, 1, 2), landmarks)
+    return RenderedFace(normals, mask, landmarks)
+
+
+def make_proxy(head: HeadModel, config: SamplerConfig) -> MediaPipeProxy | None:
+    """The MediaPipe proxy the ``config``'s surface needs (None for the head model's own mesh)."""
+    return MediaPipeProxy(head) if config.surface == "mediapipe" else None
 
 
 class SyntheticSampler:
-    """Draws SyntheticBatch-es from a head model's priors and the camera distributions."""
+    """Draws SyntheticBatch-es from a head model's priors and the camera distributions.
 
-    def __init__(self, head: HeadModel, config: SamplerConfig = SamplerConfig(), seed: int | None = None) -> None:
+    ``proxy``: the runtime-matched surface's renderer (default: built from ``config.surface``).
+    """
+
+    def __init__(self, head: HeadModel, config: SamplerConfig = SamplerConfig(), seed: int | None = None, proxy: MediaPipeProxy | None = None) -> None:
         self.head = head
         self.config = config
+        self.proxy = proxy if proxy is not None else make_proxy(head, config)
         self.generator = torch.Generator(device=head.device)
         self.generator.manual_seed(seed if seed is not None else secrets.randbits(63))
 
@@ -135,8 +174,10 @@ class SyntheticSampler:
     def sample(self, batch: int) -> SyntheticBatch:
         """A fresh rendered batch of ``batch`` samples."""
         scene = self.sample_scene(batch)
+        cfg = self.config
         rendered = render_face(
-            self.head, scene.vertices, scene.params, scene.rotation, scene.translation, scene.focal, scene.principal, self.config.output_size, self.config.normal_frame
+            self.head, scene.vertices, scene.params, scene.rotation, scene.translation, scene.focal, scene.principal, cfg.output_size, cfg.normal_frame,
+            proxy=self.proxy, noise=cfg.proxy_noise, generator=self.generator,
         )
         scene.normals, scene.mask, scene.landmarks_2d = rendered.normals, rendered.mask, rendered.landmarks_2d
         return scene
@@ -158,8 +199,11 @@ class SyntheticSampler:
         focal = (cfg.focal_mean + cfg.focal_std * self._randn(batch, 1)).clamp_min(0.2).expand(batch, 2) * s_orig
         principal = (0.5 + cfg.principal_std * self._randn(batch, 2)) * s_orig
 
-        landmarks_3d = head.landmarks(vertices, params, rotation)
-        landmarks_orig = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal, principal)
+        if self.proxy is not None:  # the live cropper's box comes from MediaPipe's 68-point subset
+            landmarks_orig = self.proxy.landmarks68(vertices, rotation, translation, focal, principal)
+        else:
+            landmarks_3d = head.landmarks(vertices, params, rotation)
+            landmarks_orig = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal, principal)
         box = self._jitter(crop.square_box_from_landmarks(landmarks_orig, cfg.alpha))
         focal_c, principal_c = crop.crop_intrinsics(focal, principal, box, cfg.output_size)
         return SyntheticBatch(params, vertices, rotation, matrix_to_rotation_6d(rotation), translation, focal_c, principal_c, None, None, None)

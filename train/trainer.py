@@ -26,7 +26,7 @@ from train import metrics
 from tracker.n2fnet.checkpoint import load_checkpoint, save_checkpoint
 from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_weights, param_loss, render_loss
 from train.real_data import RealBatch
-from train.synthetic import SamplerConfig, SyntheticBatch, SyntheticSampler, render_face
+from train.synthetic import SamplerConfig, SyntheticBatch, SyntheticSampler, make_proxy, render_face
 from tracker.errors import TrackerError
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet, N2FNetConfig, N2FNetOutput
@@ -56,6 +56,7 @@ class TrainConfig:
     lr_stem: float = 1e-3
     lr_flame_module: float = 1e-3
     lr_camera_module: float = 1e-4
+    param_weights: dict[str, float] | None = None  # L_param's lambda per group (None: PARAM_WEIGHTS of the head model)
     val_every: int = 500
     val_size: int = 64
     val_seed: int = 1234
@@ -159,6 +160,10 @@ class Trainer:
 
         self.head = load_head_model(config.head_model, config.head_model_path).to(self.device)
         self.coefficient_weights = coefficient_weights(self.head)
+        self.param_weights = {**PARAM_WEIGHTS[self.head.name], **(config.param_weights or {})}
+        unknown = set(self.param_weights) - set(self.head.param_groups)
+        if unknown:
+            raise TrackerError(f"param_weights name groups {sorted(unknown)} that the {self.head.name} model does not have ({list(self.head.param_groups)})")
         start = load_checkpoint(resume or init) if (resume or init) else None
         if start is not None:  # the network exactly as it was built, then its weights
             self.net = N2FNet(N2FNetConfig(**start["n2fnet"]))
@@ -176,7 +181,8 @@ class Trainer:
         self.net.to(self.device)
         sampler_config = SamplerConfig(**{**config.sampler.to_dict(), "output_size": config.input_size})
         self.config.sampler = sampler_config
-        self.data = data if data is not None else SyntheticSampler(self.head, sampler_config, seed=config.seed * 1000 + self.rank)
+        self.proxy = make_proxy(self.head, sampler_config)  # the runtime-matched surface, or None
+        self.data = data if data is not None else SyntheticSampler(self.head, sampler_config, seed=config.seed * 1000 + self.rank, proxy=self.proxy)
         self.out_dir = Path(config.out_dir)
         self.log = CsvLog(self.out_dir / "metrics.csv") if self.is_main else None
         self.stage_index, self.step, self.best = 0, 0, {}
@@ -194,7 +200,7 @@ class Trainer:
     # -- data ----------------------------------------------------------------------------------
     def _validation_set(self) -> list[SyntheticBatch]:
         """Fixed validation batches (same seed every run), rendered once."""
-        sampler = SyntheticSampler(self.head, self.config.sampler, seed=self.config.val_seed)
+        sampler = SyntheticSampler(self.head, self.config.sampler, seed=self.config.val_seed, proxy=self.proxy)
         size, chunk = self.config.val_size, self.config.batch_size
         return [sampler.sample(min(chunk, size - i)) for i in range(0, size, chunk)]
 
@@ -238,12 +244,12 @@ class Trainer:
             groups = [g for g in out.params if g in batch.params]
             if not groups:
                 raise TrackerError(f"the batch's parameters {sorted(batch.params)} include none of the regressed groups {list(out.params)}")
-            return param_loss({g: out.params[g] for g in groups}, {g: batch.params[g] for g in groups}, PARAM_WEIGHTS[self.head.name], self.coefficient_weights)
+            return param_loss({g: out.params[g] for g in groups}, {g: batch.params[g] for g in groups}, self.param_weights, self.coefficient_weights)
         out = module(*self._inputs(batch), modules=("flame", "camera"))
         with torch.no_grad():
             vertices = self.head.decode(out.params)
         rendered = render_face(
-            self.head, vertices, out.params, out.rotation, out.translation, batch.focal, batch.principal, self.config.input_size, self.config.sampler.normal_frame
+            self.head, vertices, out.params, out.rotation, out.translation, batch.focal, batch.principal, self.config.input_size, self.config.sampler.normal_frame, proxy=self.proxy
         )
         return render_loss(
             rendered.normals,
@@ -318,7 +324,7 @@ class Trainer:
             mean_face = self.head.decode({g: self.head.param_groups[g].mean(len(vertices), device=self.device) for g in out.params})
             baseline_mm.append(metrics.region_errors(mean_face, batch.vertices, {"face": face})["face"])
             rendered = render_face(
-                self.head, vertices, out.params, out.rotation, out.translation, batch.focal, batch.principal, self.config.input_size, self.config.sampler.normal_frame
+                self.head, vertices, out.params, out.rotation, out.translation, batch.focal, batch.principal, self.config.input_size, self.config.sampler.normal_frame, proxy=self.proxy
             )
             landmark_px.append((rendered.landmarks_2d - batch.landmarks_2d).norm(dim=-1).mean(-1))
             nme_values.append(metrics.nme(rendered.landmarks_2d, batch.landmarks_2d))
