@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", help="N2FNet checkpoint (default: assets/n2fnet_ict_resnet18.pt, when present)")
     model.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
-    model.add_argument("--ict-model", help="ICT-FaceKit npz (default: $N2F_ICT_MODEL or the shared folder)")
+    model.add_argument("--ict-model", help="ICT-FaceKit npz or upstream checkout (default, first found: $N2F_ICT_MODEL, "
+                       "$N2F_SHARED_DIR/ict-facekit/ict_face_model.npz, the cache ~/.cache/n2f-tracker, $N2F_ICT_FACEKIT, "
+                       "else a download of the pinned upstream archive unless N2F_OFFLINE=1)")
     model.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
     model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     model.add_argument("--cue", default="mediapipe", help="geometry cue: mediapipe (embedded), mediapipe+farl, pixel3dmm, pixel3dmm+farl")

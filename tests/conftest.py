@@ -1,7 +1,12 @@
-"""Shared fixtures: the shared-material folder and the ICT model (skipped with a reason when absent)."""
+"""Shared fixtures: the shared-material folder and the ICT model (skipped with a reason when absent).
+
+No test may download anything: N2F_OFFLINE=1 for the whole session (tests of the download pass
+``allow_download=True`` with a loopback URL).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,8 @@ from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import save_checkpoint
 from tracker.paths import default_ict_model_path, shared_dir
+
+os.environ["N2F_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,9 @@ def load_head_model(name: str, path: str | Path | None = None, **options) -> Hea
     """Load a head model by name.
 
     ``flame``: ``path`` is the folder with the FLAME files (see ``FlameFiles.from_dir``).
-    ``ict``: ``path`` is the packed ICT-FaceKit npz (None: ``tracker.paths.default_ict_model_path()``).
+    ``ict``: ``path`` is the packed ICT-FaceKit npz or an upstream checkout; it and the default
+    locations are resolved by ``tracker.head_models.ict_source.locate_ict_model`` (which may
+    convert or download the model into the cache).
     """
     if name == "flame":
         from tracker.head_models.flame import FLAME
@@ -33,8 +35,9 @@ def load_head_model(name: str, path: str | Path | None = None, **options) -> Hea
         return FLAME.from_dir(path, **options)
     if name == "ict":
         from tracker.head_models.ict import ICT
+        from tracker.head_models.ict_source import locate_ict_model
 
-        return ICT.from_npz(path, **options)
+        return ICT.from_npz(locate_ict_model(path), **options)
     raise ValueError(f"unknown head model {name!r}; choose one of {HEAD_MODELS}")
 
 

@@ -98,7 +98,8 @@ EYE_MARGIN, NOSE_MARGIN, MOUTH_MARGIN = 0.3, 0.2, 0.1  # times the inner-eye-cor
 HOW_TO_GET = (
     "Set N2F_ICT_MODEL to the npz (or N2F_SHARED_DIR to the folder holding ict-facekit/ict_face_model.npz). "
     "To make it, clone the public ICT-FaceKit repository github.com/ICT-VGL/ICT-FaceKit (MIT licence) and run "
-    "`python -m tracker.head_models.ict_convert ICT-FaceKit/ ict_face_model.npz`."
+    "`python -m tracker.head_models.ict_convert ICT-FaceKit/ ict_face_model.npz`, or fetch and convert it into the "
+    "cache with `python -m tracker.head_models.ict_source --download`."
 )
 
 
