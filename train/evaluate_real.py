@@ -1,0 +1,573 @@
+"""``python -m train.evaluate_real --checkpoint C``: the whole live pipeline (MediaPipe -> crop ->
+cue -> N2FNet -> head mesh) on real faces: landmark accuracy on annotated photos, detection, speed
+and temporal jitter on videos.
+
+Images: the dlib example photos (``real-faces/dlib-faces/*_with_face_landmarks.xml``, dlib's imglab
+XML, 43 faces with 37-109 px boxes in 9 PASCAL VOC photos). Their 68 iBUG-order points were produced by
+dlib's own 68-point model: PSEUDO ground truth, not human labels. Every photo is tracked on its
+own (fresh tracker state, no smoothing) with MediaPipe's full-range face detector (Face Mesh's own
+short-range detector finds 11 of these faces) and upscaled ``--upscale`` times first (default 2:
+the detector then finds 42 faces, 41 at native size); landmarks are mapped back to the photo's
+pixels. Each annotation is matched to the detected face whose MediaPipe 68-point box overlaps the
+annotation's box most (greedy one-to-one, highest IoU first; IoU > 0.3, else not detected).
+NME: mean point distance divided by the inter-ocular distance, the annotation's outer eye corners
+(iBUG points 36 and 45), in %; NME-51 leaves out the 17 jaw-contour points (0-16), which
+landmark schemes place differently. Two rows over the same detected faces: the head model's 68
+landmarks projected into the photo (``FaceResult.landmarks68``, ours) and MediaPipe's own 68-point
+subset (``mesh_landmarks68``, what the crop was cut from).
+
+Videos (``real-faces/videos/*.mp4|*.mov`` or ``--videos``): every frame in order through the
+app's tracker (``Pipeline`` in sequential mode; smoothing on as in the app unless
+``--no-smoothing``). The frames are stamped with their media time (index / the video's frame
+rate), so the One-Euro smoothing sees a camera at the video's rate whatever the processing speed.
+FPS: steady-state throughput of the whole per-frame pipeline, (frames - 1) / wall-clock time from
+the first result to the last (decoding runs ahead on the source's thread). Jitter: the mean norm of
+the second temporal difference x[t-1] - 2 x[t] + x[t+1], which is zero for motion at constant
+velocity, taken over every triple of consecutive frames of one tracked face (a frame without a
+face, or a new track, starts a new run): (i) per 68-point landmark in frame pixels divided by the
+inter-ocular distance of MediaPipe's landmarks at the middle frame (%), for ours and for MediaPipe's
+raw landmarks; (ii) per mesh vertex (the head model's face region) in the camera frame, mm. (For
+independent noise of std s per coordinate the second difference has std sqrt(6) s per coordinate
+and a mean norm of about 3.1 s in 2D, 3.9 s in 3D.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from app import live
+from tracker.device_feed import CpuFeeder, CudaFeeder, create_feeder
+from tracker.errors import TrackerError
+from tracker.face_detection import FaceMeshDetector
+from tracker.paths import shared_dir
+from tracker.pipeline import Pipeline
+from tracker.sources import Frame, FrameSource, open_source
+from tracker.tracking import FaceTracker, TrackingResult
+from train import metrics
+
+ANNOTATION_FILES = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
+VIDEO_SUFFIXES = (".mp4", ".mov")
+JAW_POINTS = 17  # iBUG points 0-16: the jaw contour
+MATCH_IOU = 0.3
+DEFAULT_UPSCALE = 2.0
+IMAGE_MAX_FACES = 20  # faces tracked per photo (the dlib photos hold up to 10)
+
+
+# ----------------------------------------------------------------------------- annotations
+
+
+@dataclass(frozen=True, eq=False)
+class AnnotatedFace:
+    """One annotated face of an imglab XML.
+
+    image   the photo's path; split  the XML's name ("training", "testing", ...); face  its index
+    in the photo; box  (4,) x0, y0, x1, y1 continuous pixels; points  (68, 2) iBUG-68 landmarks
+    in continuous pixels (dlib's integer pixel centres + 0.5, the tracker's convention).
+    """
+
+    image: Path
+    split: str
+    face: int
+    box: np.ndarray
+    points: np.ndarray
+
+
+def parse_imglab(path: str | Path) -> list[AnnotatedFace]:
+    """dlib imglab XML (``<image file><box top left width height><part name x y/>``) -> its faces
+    with 68 points each; image paths are relative to the XML's folder. Boxes marked ignore='1' are
+    skipped; a box without exactly parts 0-67 is an error."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as error:
+        raise TrackerError(f"cannot read the landmark XML {path}: {error}") from error
+    split = path.stem.replace("_with_face_landmarks", "")
+    faces = []
+    for image in root.iter("image"):
+        boxes = [box for box in image.iter("box") if box.get("ignore", "0") != "1"]
+        for index, box in enumerate(boxes):
+            parts = {int(p.get("name")): (float(p.get("x")), float(p.get("y"))) for p in box.iter("part")}
+            if sorted(parts) != list(range(68)):
+                raise TrackerError(f"{path}: box {index} of {image.get('file')} has parts {sorted(parts)}, expected 0-67")
+            left, top, width, height = (float(box.get(k)) for k in ("left", "top", "width", "height"))
+            points = np.array([parts[k] for k in range(68)]) + 0.5
+            faces.append(AnnotatedFace(path.parent / image.get("file"), split, index, np.array([left, top, left + width, top + height]), points))
+    return faces
+
+
+def annotated_faces(folder: Path) -> list[AnnotatedFace]:
+    """The faces of both dlib landmark XMLs in ``folder``."""
+    missing = [name for name in ANNOTATION_FILES if not (folder / name).is_file()]
+    if missing:
+        raise TrackerError(f"{folder}: missing {', '.join(missing)} (dlib's example faces with 68-point landmarks)")
+    return [face for name in ANNOTATION_FILES for face in parse_imglab(folder / name)]
+
+
+# ----------------------------------------------------------------------------- matching and NME
+
+
+def landmark_box(points: np.ndarray) -> np.ndarray:
+    """(N, 2) points -> (4,) x0, y0, x1, y1 of their bounding box."""
+    return np.concatenate((points.min(0), points.max(0)))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two (4,) x0, y0, x1, y1 boxes."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def match_boxes(annotations: np.ndarray, detections: np.ndarray, threshold: float = MATCH_IOU) -> list[tuple[int | None, float]]:
+    """(A, 4) annotation boxes, (D, 4) detection boxes -> per annotation (detection index or None,
+    its IoU): greedy one-to-one, highest IoU first; pairs with IoU <= ``threshold`` never match."""
+    ious = np.array([[box_iou(a, d) for d in detections] for a in annotations]).reshape(len(annotations), len(detections))
+    matches: list[tuple[int | None, float]] = [(None, float(row.max()) if row.size else 0.0) for row in ious]
+    taken: set[int] = set()
+    for flat in np.argsort(-ious, axis=None):
+        a, d = divmod(int(flat), len(detections))
+        if ious[a, d] <= threshold:
+            break
+        if matches[a][0] is None and d not in taken:
+            matches[a] = (d, float(ious[a, d]))
+            taken.add(d)
+    return matches
+
+
+def nme_percent(pred: np.ndarray, truth: np.ndarray, with_jaw: bool = True) -> np.ndarray:
+    """(B, 68, 2) predicted and annotated landmarks -> (B,) NME in % of the annotation's
+    inter-ocular distance (points 36-45); ``with_jaw=False``: over points 17-67 only."""
+    visible = None
+    if not with_jaw:
+        visible = torch.ones(len(pred), 68, dtype=torch.bool)
+        visible[:, :JAW_POINTS] = False
+    return 100.0 * metrics.nme(torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(truth, dtype=torch.float64), visible).numpy()
+
+
+# ----------------------------------------------------------------------------- images
+
+
+@dataclass
+class FaceRow:
+    """One annotated face: detected or not, the IoU of its best detection, the annotation's
+    inter-ocular distance (px) and the four NMEs (%, NaN when not detected)."""
+
+    image: str
+    split: str
+    face: int
+    box_left: float
+    box_top: float
+    box_width: float
+    box_height: float
+    detected: bool
+    iou: float
+    inter_ocular_px: float
+    nme68_head_model: float = math.nan
+    nme51_head_model: float = math.nan
+    nme68_mediapipe: float = math.nan
+    nme51_mediapipe: float = math.nan
+
+
+@dataclass
+class LandmarkSummary:
+    """One row of the image table: NMEs (%) over the detected faces."""
+
+    name: str
+    faces: int
+    detected: int
+    nme68_mean: float
+    nme68_median: float
+    nme51_mean: float
+    nme51_median: float
+
+    @property
+    def detection_rate(self) -> float:
+        return self.detected / self.faces if self.faces else math.nan
+
+
+def image_tracker(args: argparse.Namespace) -> FaceTracker:
+    """The app's tracker without smoothing, for unrelated photos: MediaPipe's full-range detector
+    in static mode, up to IMAGE_MAX_FACES faces."""
+    tracker = build_tracker(args, max_faces=IMAGE_MAX_FACES, smoothing=False)
+    tracker.detector.close()
+    tracker.detector = FaceMeshDetector(max_faces=IMAGE_MAX_FACES, static_images=True, full_range=True)
+    return tracker
+
+
+def track_image(tracker: FaceTracker, feeder: CpuFeeder | CudaFeeder, image: np.ndarray, upscale: float = 1.0) -> TrackingResult:
+    """One (H, W, 3) BGR photo through every stage of ``tracker`` (network via ``feeder``, made
+    by ``create_feeder``) from a fresh state, resized by ``upscale`` first; the result's pixels
+    are those of the resized photo (divide by ``upscale``)."""
+    if upscale != 1.0:
+        image = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_LINEAR)
+    tracker.reset()
+    prepared = tracker.prepare(Frame(image, 0, 0.0, None))
+    raw = feeder.submit(prepared.inputs).result() if prepared.inputs is not None else None
+    return tracker.finish(prepared, raw)
+
+
+def evaluate_images(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: float = DEFAULT_UPSCALE) -> tuple[list[FaceRow], int]:
+    """Track every photo of ``faces`` -> (one row per annotated face, detections matched to no
+    annotation: unannotated faces or false detections)."""
+    rows, unmatched = [], 0
+    feeder = create_feeder(tracker.run_network, tracker.device)
+    by_image: dict[Path, list[AnnotatedFace]] = {}
+    for face in faces:
+        by_image.setdefault(face.image, []).append(face)
+    for path, annotations in by_image.items():
+        image = cv2.imread(str(path))
+        if image is None:
+            raise TrackerError(f"cannot read the image {path}")
+        result = track_image(tracker, feeder, image, upscale)
+        ours = [f.landmarks68 / upscale for f in result.faces]
+        mediapipe = [f.mesh_landmarks68 / upscale for f in result.faces]
+        matches = match_boxes(np.stack([a.box for a in annotations]), np.array([landmark_box(m) for m in mediapipe]).reshape(-1, 4))
+        unmatched += len(result.faces) - sum(d is not None for d, _ in matches)
+        for annotation, (detection, iou) in zip(annotations, matches):
+            x0, y0, x1, y1 = annotation.box
+            ocular = float(np.linalg.norm(annotation.points[metrics.RIGHT_EYE_OUTER] - annotation.points[metrics.LEFT_EYE_OUTER]))
+            row = FaceRow(path.name, annotation.split, annotation.face, x0, y0, x1 - x0, y1 - y0, detection is not None, iou, ocular)
+            if detection is not None:
+                truth = annotation.points[None]
+                row.nme68_head_model, row.nme51_head_model = (float(nme_percent(ours[detection][None], truth, jaw)[0]) for jaw in (True, False))
+                row.nme68_mediapipe, row.nme51_mediapipe = (float(nme_percent(mediapipe[detection][None], truth, jaw)[0]) for jaw in (True, False))
+            rows.append(row)
+    return rows, unmatched
+
+
+def summarise_faces(rows: list[FaceRow]) -> list[LandmarkSummary]:
+    """Per landmark source (head model, MediaPipe): mean and median NME over the detected faces."""
+    detected = [r for r in rows if r.detected]
+    summaries = []
+    for name, key in (("head model, projected (ours)", "head_model"), ("MediaPipe 68 subset (raw)", "mediapipe")):
+        all68 = np.array([getattr(r, f"nme68_{key}") for r in detected])
+        inner = np.array([getattr(r, f"nme51_{key}") for r in detected])
+        stats = [float(f(v)) if len(v) else math.nan for v in (all68, inner) for f in (np.mean, np.median)]
+        summaries.append(LandmarkSummary(name, len(rows), len(detected), *stats))
+    return summaries
+
+
+def format_image_table(summaries: list[LandmarkSummary]) -> str:
+    """Table: Landmarks | faces | detected | NME-68 mean, median | NME-51 mean, median (%)."""
+    lines = [
+        "| Landmarks | faces | detected | NME-68 mean % | NME-68 median % | NME-51 mean % | NME-51 median % |",
+        "|" + "---|" * 7,
+    ]
+    for s in summaries:
+        nmes = " | ".join(_number(v) for v in (s.nme68_mean, s.nme68_median, s.nme51_mean, s.nme51_median))
+        lines.append(f"| {s.name} | {s.faces} | {s.detected} ({_number(100 * s.detection_rate, 1)}%) | {nmes} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- jitter
+
+
+def jitter(track: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """(T, N, D) positions of N points in T consecutive frames -> (T-2,) mean over the points of
+    |x[t-1] - 2 x[t] + x[t+1]|, divided by ``scale`` (T,) at the middle frame t when given."""
+    track = np.asarray(track, dtype=np.float64)
+    second = track[:-2] - 2.0 * track[1:-1] + track[2:]
+    values = np.linalg.norm(second, axis=-1).mean(-1)
+    return values if scale is None else values / np.asarray(scale, dtype=np.float64)[1:-1]
+
+
+class JitterMeter:
+    """Running mean of ``jitter`` over runs of consecutive frames of one tracked face: ``push``
+    each frame's (N, D) points; a gap in the frame index or a new track id starts a new run."""
+
+    def __init__(self) -> None:
+        self._window: deque[tuple[np.ndarray, float]] = deque(maxlen=3)
+        self._last: tuple[int, int] | None = None
+        self.total, self.count = 0.0, 0
+
+    def push(self, index: int, track_id: int, points: np.ndarray, scale: float = 1.0) -> None:
+        if self._last is None or self._last != (index - 1, track_id):
+            self._window.clear()
+        self._last = (index, track_id)
+        self._window.append((np.asarray(points, dtype=np.float64), float(scale)))
+        if len(self._window) == 3:
+            self.total += float(jitter(np.stack([p for p, _ in self._window]), np.array([s for _, s in self._window]))[0])
+            self.count += 1
+
+    @property
+    def mean(self) -> float:
+        """Mean over every triple pushed so far (NaN when none)."""
+        return self.total / self.count if self.count else math.nan
+
+
+# ----------------------------------------------------------------------------- videos
+
+
+@dataclass
+class VideoRow:
+    """One video: frames tracked, frames with a face, steady-state FPS, mean per-frame processing
+    (ms), jitter of our projected landmarks and of MediaPipe's (% inter-ocular), of the face
+    mesh (mm), and the number of frame triples the jitter averages."""
+
+    video: str
+    frames: int
+    detected: int
+    fps: float
+    processing_ms: float
+    jitter_landmarks_percent: float
+    jitter_mediapipe_percent: float
+    jitter_mesh_mm: float
+    triples: int
+
+    @property
+    def detection_rate(self) -> float:
+        return self.detected / self.frames if self.frames else math.nan
+
+
+class MediaClockSource:
+    """A file's FrameSource whose frames carry their media time, index / the nominal frame rate
+    (30 when the file gives none), as ``timestamp``: the smoothing then sees a camera at the
+    file's rate, whatever the processing speed."""
+
+    def __init__(self, source: FrameSource) -> None:
+        self.source = source
+        self.period = 1.0 / (source.fps or 30.0)
+
+    @property
+    def finished(self) -> bool:
+        return self.source.finished
+
+    @property
+    def frames_dropped(self) -> int:
+        return self.source.frames_dropped
+
+    def start(self) -> MediaClockSource:
+        self.source.start()
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self.source.stop(timeout)
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        frame = self.source.read(timeout)
+        return None if frame is None else dataclasses.replace(frame, timestamp=frame.index * self.period)
+
+
+class VideoMeter:
+    """Pipeline sink: counts frames and faces, result times and the three jitters of the first
+    (largest) face; ``face_vertices`` (V,) bool selects the mesh vertices (None: all)."""
+
+    def __init__(self, face_vertices: torch.Tensor | None) -> None:
+        self.face_vertices = face_vertices
+        self.times: list[float] = []
+        self.processing_ms: list[float] = []
+        self.detected = 0
+        self.ours, self.mediapipe, self.mesh = JitterMeter(), JitterMeter(), JitterMeter()
+
+    def __call__(self, result: TrackingResult) -> None:
+        self.times.append(time.perf_counter())
+        self.processing_ms.append(result.processing_ms)
+        if not result.faces:
+            return
+        self.detected += 1
+        face, index = result.faces[0], result.frame.index
+        ocular = float(np.linalg.norm(face.mesh_landmarks68[metrics.RIGHT_EYE_OUTER] - face.mesh_landmarks68[metrics.LEFT_EYE_OUTER]))
+        self.ours.push(index, face.track_id, face.landmarks68, ocular / 100.0)
+        self.mediapipe.push(index, face.track_id, face.mesh_landmarks68, ocular / 100.0)
+        vertices = face.vertices if self.face_vertices is None else face.vertices[self.face_vertices]
+        self.mesh.push(index, face.track_id, vertices.numpy() * metrics.MM_PER_METRE)
+
+    def row(self, name: str) -> VideoRow:
+        frames = len(self.times)
+        fps = (frames - 1) / (self.times[-1] - self.times[0]) if frames > 1 and self.times[-1] > self.times[0] else math.nan
+        processing = float(np.mean(self.processing_ms)) if frames else math.nan
+        return VideoRow(name, frames, self.detected, fps, processing, self.ours.mean, self.mediapipe.mean, self.mesh.mean, self.ours.count)
+
+
+def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None) -> VideoRow:
+    """Every frame of ``path`` (at most ``max_frames``) in order through the sequential pipeline,
+    from a fresh tracker state."""
+    tracker.reset()
+    meter = VideoMeter(tracker.head.region_masks.get("face"))
+    source = MediaClockSource(open_source(path, realtime=False))
+    Pipeline(source, tracker, [meter], mode="sequential", max_frames=max_frames).run()
+    return meter.row(path.name)
+
+
+def format_video_table(rows: list[VideoRow]) -> str:
+    """Table: Video | frames | face found | FPS | ms/frame | jitter: ours 2D, MediaPipe 2D, mesh."""
+    lines = [
+        "| Video | frames | face found | FPS | ms/frame | jitter 68 ours % IOD | jitter 68 MediaPipe % IOD | jitter mesh mm |",
+        "|" + "---|" * 8,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.video} | {r.frames} | {_number(100 * r.detection_rate, 1)}% | {_number(r.fps, 1)} | {_number(r.processing_ms, 1)} | "
+            f"{_number(r.jitter_landmarks_percent, 3)} | {_number(r.jitter_mediapipe_percent, 3)} | {_number(r.jitter_mesh_mm, 3)} |"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool) -> FaceTracker:
+    """The tracker exactly as ``python -m app.live`` builds it from the same options."""
+    argv = ["--checkpoint", str(args.checkpoint), "--device", args.device, "--max-faces", str(max_faces)]
+    for flag, value in (("--head-model", args.head_model), ("--ict-model", args.ict_model), ("--flame-dir", args.flame_dir)):
+        if value:
+            argv += [flag, str(value)]
+    if not smoothing:
+        argv.append("--no-smoothing")
+    return live.build_tracker(live.build_parser().parse_args(argv))
+
+
+def data_folder(path: str | None) -> Path:
+    """``--data`` or the shared folder's real-faces/; a TrackerError that says how to set it when absent."""
+    if path is not None:
+        folder = Path(path)
+    else:
+        shared = shared_dir()
+        if shared is None:
+            raise TrackerError("the real-face material was not found: set N2F_SHARED_DIR, place the shared folder at ../shared, or pass --data DIR")
+        folder = shared / "real-faces"
+    if not folder.is_dir():
+        raise TrackerError(f"the real-face material folder {folder} does not exist (set N2F_SHARED_DIR or pass --data DIR)")
+    return folder
+
+
+def video_paths(args: argparse.Namespace, folder: Path) -> list[Path]:
+    if args.videos:
+        paths = [Path(p) for p in args.videos]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise TrackerError(f"videos not found: {', '.join(missing)}")
+        return paths
+    paths = sorted(p for p in (folder / "videos").glob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not paths:
+        raise TrackerError(f"no .mp4/.mov videos in {folder / 'videos'}")
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.evaluate_real", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="N2FNet checkpoint (.pt)")
+    p.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
+    p.add_argument("--ict-model", help="ICT-FaceKit model (default: as python -m app.live finds it)")
+    p.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
+    p.add_argument("--device", default="cpu", help="network device: cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--data", help="real-face material folder (default: the shared folder's real-faces/)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--images-only", action="store_true", help="only the annotated photos")
+    only.add_argument("--videos-only", action="store_true", help="only the videos")
+    p.add_argument("--videos", nargs="+", help="video files (default: DATA/videos/*.mp4|*.mov)")
+    p.add_argument("--max-frames", type=int, help="track at most this many frames of each video")
+    p.add_argument("--no-smoothing", action="store_true", help="videos: switch off the parameter and crop smoothing (the app's --no-smoothing)")
+    p.add_argument("--upscale", type=float, default=DEFAULT_UPSCALE, help=f"resize the photos by this factor before tracking (default {DEFAULT_UPSCALE:g})")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the app)")
+    p.add_argument("--csv", help="write the per-face rows of the photos to this CSV")
+    p.add_argument("--json", help="write every figure (settings, per-face rows, tables) to this JSON")
+    return p
+
+
+def report_images(args: argparse.Namespace, folder: Path) -> dict:
+    """Track the annotated photos, print their table (and write --csv) -> the JSON part."""
+    faces = annotated_faces(folder / "dlib-faces")
+    tracker = image_tracker(args)
+    try:
+        rows, unmatched = evaluate_images(tracker, faces, args.upscale)
+    finally:
+        tracker.close()
+    summaries = summarise_faces(rows)
+    print(
+        f"Photos: {len(rows)} annotated faces in {len({r.image for r in rows})} dlib example photos (PASCAL VOC), checkpoint {args.checkpoint}.\n"
+        "PSEUDO ground truth: the 68 points come from dlib's 68-point model, not from human labelling.\n"
+        "NME: mean point distance / inter-ocular distance (the annotation's outer eye corners, points 36 and 45), in %; "
+        "NME-51 leaves out the 17 jaw-contour points 0-16.\n"
+        f"Detection: MediaPipe full-range detector + face mesh, photos upscaled {args.upscale:g}x, one photo at a time, no smoothing; "
+        f"a face is found when the box of MediaPipe's 68 points overlaps its annotation box with IoU > {MATCH_IOU}; "
+        f"{unmatched} detections matched no annotation."
+    )
+    print(format_image_table(summaries))
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(FaceRow)])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(r) for r in rows)
+    return {
+        "upscale": args.upscale,
+        "unmatched_detections": unmatched,
+        "summary": [dataclasses.asdict(s) for s in summaries],
+        "faces": [dataclasses.asdict(r) for r in rows],
+    }
+
+
+def report_videos(args: argparse.Namespace, folder: Path) -> dict:
+    """Track the videos, print their table -> the JSON part."""
+    paths = video_paths(args, folder)
+    tracker = build_tracker(args, max_faces=1, smoothing=not args.no_smoothing)
+    try:
+        rows = [evaluate_video(tracker, path, args.max_frames) for path in paths]
+    finally:
+        tracker.close()
+    limit = f", at most {args.max_frames} frames each" if args.max_frames else ""
+    print(
+        f"Videos: every frame in order{limit}, sequential pipeline, smoothing {'off' if args.no_smoothing else 'on (app default)'}, "
+        f"device {args.device}, torch threads {torch.get_num_threads()}.\n"
+        "FPS: (frames - 1) / wall clock from the first result to the last; ms/frame: the pipeline taking a frame -> its result.\n"
+        "Jitter: mean norm of the second temporal difference over consecutive frames with a face (motion at constant velocity "
+        "counts zero); 68 landmarks in % of MediaPipe's inter-ocular distance, face-region mesh vertices in mm (camera frame)."
+    )
+    print(format_video_table(rows))
+    return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    report: dict = {"checkpoint": str(args.checkpoint), "device": args.device, "torch_threads": torch.get_num_threads()}
+    try:
+        if args.upscale <= 0:
+            raise TrackerError(f"--upscale must be positive, got {args.upscale}")
+        folder = data_folder(args.data)
+        if not args.videos_only:
+            report["images"] = report_images(args, folder)
+        if not args.images_only:
+            if not args.videos_only:
+                print()
+            report["videos"] = report_videos(args, folder)
+    except TrackerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(_finite_or_none(report), handle, indent=1)
+    return 0
+
+
+def _number(value: float, digits: int = 2) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _finite_or_none(value):
+    """NaN and infinities -> None, recursively (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
