@@ -258,7 +258,7 @@ def test_export_writes_decoded_meshes_of_a_take(tmp_path, ict_npz_path, capsys):
     with pytest.raises(TrackerError, match="posed"):
         export_meshes(take, model, tmp_path / "none", posed=True)
     assert export_main([str(path), "--out", str(out), "--head-model-path", str(tmp_path / "missing.npz")]) == 2
-    assert "ICT-FaceKit model not found" in capsys.readouterr().err
+    assert "missing.npz does not exist" in capsys.readouterr().err
     (tmp_path / "broken.npz").write_bytes(b"garbage")
     assert export_main([str(tmp_path / "broken.npz"), "--out", str(out)]) == 2
     assert "not a readable take" in capsys.readouterr().err

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1, help="export every N-th frame of the take")
     parser.add_argument(
         "--head-model-path", "--flame-dir", dest="head_model_path", type=Path, default=None,
-        help="ICT: the packed npz (default: N2F_ICT_MODEL or the shared folder); FLAME: the folder with its files",
+        help="ICT: the packed npz or an upstream checkout (default: found as python -m app.live finds it); FLAME: the folder with its files",
     )
     parser.add_argument(
         "--posed", action="store_true", help="camera-frame vertices (recorded rotation and translation) instead of head-frame"

@@ -16,6 +16,7 @@ and translation are then in that frame camera: X_cam = R diag(1,-1,-1) X_head + 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from tracker.smoothing import FrameParameters, ParameterSmoother, live_smoother
 from tracker.sources import Frame
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -355,6 +358,8 @@ class FaceTracker:
                 f"pass a checkpoint trained for {head_model!r} (python -m train --head-model {head_model}) or --head-model {trained_for}"
             )
         sampler = state.get("sampler", {})
+        if sampler.get("surface") == "mediapipe" and cue != "mediapipe":
+            log.warning("checkpoint %s was trained on normal maps like the embedded MediaPipe cue's; with the %r cue its input looks different", checkpoint, cue)
         return cls.assemble(
             model_from_checkpoint(state),
             load_head_model(trained_for, head_model_path),

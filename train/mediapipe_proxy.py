@@ -56,16 +56,22 @@ class MediaPipeProxy:
         self.faces = torch.from_numpy(np.array(mediapipe_triangles(fill_eyes=True))).to(head.device)
         self.subset68 = torch.tensor(MEDIAPIPE_68, device=head.device)
         self.neutral_points = self.embedding.points(head.decode(head.neutral_params(1)))[0]  # (468, 3)
+        self._kernels: dict[float, torch.Tensor] = {}
 
     def smooth_noise(self, batch: int, sigma: torch.Tensor, smoothing_mm: float, generator: torch.Generator | None) -> torch.Tensor:
         """(B, 468, 3) smooth Gaussian noise with per-axis standard deviation ``sigma`` (3,) metres."""
         white = _randn((batch, len(self.neutral_points), 3), generator, self.neutral_points)
         if smoothing_mm > 0:
+            white = self._kernel(smoothing_mm) @ white
+        return white * sigma
+
+    def _kernel(self, smoothing_mm: float) -> torch.Tensor:
+        """(468, 468) Gaussian smoothing over the neutral proxy, rows of unit norm (unit-variance output)."""
+        if smoothing_mm not in self._kernels:
             distance = torch.cdist(self.neutral_points, self.neutral_points)
             kernel = torch.exp(-0.5 * (distance / (smoothing_mm / 1000.0)).square())
-            kernel = kernel / kernel.norm(dim=1, keepdim=True)  # unit-variance output per point
-            white = kernel @ white
-        return white * sigma
+            self._kernels[smoothing_mm] = kernel / kernel.norm(dim=1, keepdim=True)
+        return self._kernels[smoothing_mm]
 
     def points_camera(self, vertices: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) head-frame vertices -> (B, 468, 3) proxy points in the camera frame (metres)."""

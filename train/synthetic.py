@@ -132,9 +132,9 @@ def render_face(
     from ``generator``); None: the head model's own face region.
 
     Gradients: the landmarks are differentiable w.r.t. vertices, rotation and translation; the
-    normals w.r.t. the vertices and (camera frame only) the rotation, not the translation; the
-    mask is a hard coverage test with no gradient (the rasteriser is not differentiable). So in
-    stage 2 the translation learns from the landmark term alone.
+    mesh surface's normals w.r.t. the vertices and (camera frame only) the rotation, not the
+    translation (the MediaPipe proxy's w.r.t. all three: they come from projected points); the
+    mask is a hard coverage test with no gradient (the rasteriser is not differentiable).
     """
     if proxy is not None:
         normals, mask = proxy.render(vertices, rotation, translation, focal, principal, size, noise, generator)
