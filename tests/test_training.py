@@ -280,8 +280,20 @@ def test_evaluate_prints_the_paper_table(tmp_path, ict_npz_path, capsys):
 
 def test_help_documents_the_settings():
     out = subprocess.run([sys.executable, "-m", "train", "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("--backbone-weights", "--normal-frame", "--alpha", "--focal-mean", "--resume", "--stage1-steps", "--lr-stem", "torchrun"):
+    for flag in ("--backbone-weights", "--normal-frame", "--alpha", "--focal-mean", "--resume", "--stage1-steps", "--lr-stem", "torchrun", "--surface", "--param-weight"):
         assert flag in out
+
+
+def test_param_weight_overrides_reach_the_loss_and_unknown_groups_are_refused(tmp_path, ict_npz_path):
+    from train.__main__ import build_parser, config_from_args
+    from tracker.errors import TrackerError
+
+    config = config_from_args(build_parser().parse_args(["--param-weight", "identity=25", "--surface", "mediapipe"]))
+    assert config.param_weights == {"identity": 25.0} and config.sampler.surface == "mediapipe"
+    trainer = Trainer(tiny_config(tmp_path, ict_npz_path, param_weights={"identity": 25.0}))
+    assert trainer.param_weights == {"identity": 25.0, "expression": PARAM_WEIGHTS["ict"]["expression"]}
+    with pytest.raises(TrackerError, match="shape"):
+        Trainer(tiny_config(tmp_path, ict_npz_path, param_weights={"shape": 1.0}))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test on Linux")
