@@ -100,6 +100,42 @@ def test_rigid_align_ignores_vertices_outside_the_mask():
     np.testing.assert_allclose(t.numpy(), trans, atol=1e-12)
 
 
+# --- similarity_align ----------------------------------------------------------------------------
+
+def test_similarity_align_recovers_a_random_similarity():
+    rng = np.random.default_rng(11)
+    source = rng.normal(size=(4, 50, 3))
+    rot, trans = _random_rigid(4, seed=12)
+    scale = rng.uniform(0.5, 2.0, size=4)
+    target = scale[:, None, None] * np.einsum("bij,bvj->bvi", rot, source) + trans[:, None]
+    aligned, s, r, t = metrics.similarity_align(_t(source), _t(target))
+    np.testing.assert_allclose(s.numpy(), scale, atol=1e-12)
+    np.testing.assert_allclose(r.numpy(), rot, atol=1e-12)
+    np.testing.assert_allclose(t.numpy(), trans, atol=1e-12)
+    np.testing.assert_allclose(aligned.numpy(), target, atol=1e-12)
+
+
+def test_similarity_align_minimises_the_weighted_error_like_a_generic_optimiser():
+    """Against scipy's general-purpose minimiser over (rotation vector, log scale, translation)."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(13)
+    source = rng.normal(size=(30, 3))
+    rot, trans = _random_rigid(1, seed=14)
+    target = 1.3 * source @ rot[0].T + trans[0] + 0.2 * rng.normal(size=source.shape)
+    weights = rng.uniform(0.0, 2.0, size=30)
+
+    def cost(x):
+        moved = np.exp(x[3]) * source @ Rotation.from_rotvec(x[:3]).as_matrix().T + x[4:]
+        return float(weights @ np.square(moved - target).sum(1))
+
+    best = min((minimize(cost, np.r_[Rotation.from_matrix(rot[0]).as_rotvec() * f, 0.0, np.zeros(3)], method="BFGS", options={"gtol": 1e-10}) for f in (0.9, 1.1)), key=lambda r: r.fun)
+    aligned, s, r, t = metrics.similarity_align(_t(source[None]), _t(target[None]), _t(weights))
+    assert cost(np.r_[Rotation.from_matrix(r[0].numpy()).as_rotvec(), np.log(s[0].item()), t[0].numpy()]) == pytest.approx(best.fun, rel=1e-9)
+    assert s[0].item() == pytest.approx(np.exp(best.x[3]), rel=1e-5)
+    np.testing.assert_allclose(t[0].numpy(), best.x[4:], atol=1e-5)
+
+
 # --- CD -----------------------------------------------------------------------------------------
 
 def test_cd_is_zero_for_a_rigidly_moved_copy():
@@ -120,8 +156,10 @@ def test_cd_of_an_inflated_sphere_is_the_radius_offset():
     gt = radius * v[None]
     rot, trans = _random_rigid(1, seed=9)
     pred = (radius + delta) * v[None] @ rot[0].T + trans[:, None]
-    cd = metrics.chamfer_vertex_distance(_t(pred), _t(gt))
+    cd = metrics.chamfer_vertex_distance(_t(pred), _t(gt), scale=False)
     assert cd.item() == pytest.approx(delta, abs=1e-12)
+    # NoW-style (the default) aligns the scale away too
+    assert metrics.chamfer_vertex_distance(_t(pred), _t(gt)).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_region_errors_align_on_the_face_and_report_millimetres():

@@ -18,7 +18,8 @@ from tracker.head_models import load_head_model
 from tracker.render import normals_to_rgb
 from train import evaluate, finetune
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
-from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_weights, param_loss, render_loss
+from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_metrics, param_loss, render_loss
+from train.metrics import similarity_align
 from train.real_data import RealDataset
 from train.synthetic import SamplerConfig, SyntheticSampler
 from train.trainer import TrainConfig, Trainer, warmup_cosine
@@ -66,29 +67,50 @@ def test_param_loss_uses_the_paper_weights():
     assert total.item() == pytest.approx(410.0)
 
 
-def test_ict_coefficient_weights_follow_face_displacement(ict):
-    """w_i ~ squared face-vertex displacement of a unit step in coefficient i, measured through
-    decode (not through the basis buffers the weights are computed from); mean 1 per group."""
-    weights = coefficient_weights(ict)
+def test_ict_coefficient_metrics_measure_face_displacement_after_now_alignment(ict):
+    """e^T G e is proportional to the squared face-vertex displacement an error e leaves after the
+    NoW-style alignment (Umeyama, nonlinear, through decode -- not the basis buffers the metric is
+    built from); small errors, where the linearised similarity motions are exact enough."""
+    metrics_by_group = coefficient_metrics(ict)
     face = ict.region_masks["face"]
-    rest = ict.decode(ict.neutral_params(1))[0, face]
-    for group, sizes in (("identity", [0, 1, 50, 99]), ("expression", [0, 26, 52])):
-        assert weights[group].mean().item() == pytest.approx(1.0, rel=1e-5)
+    rest = ict.decode(ict.neutral_params(1)).double()
+    generator = torch.Generator().manual_seed(0)
+    for group in ("identity", "expression"):
+        metric = metrics_by_group[group].double()
+        assert metric.diagonal().mean().item() == pytest.approx(1.0, rel=1e-5)
+        assert torch.allclose(metric, metric.T) and torch.linalg.eigvalsh(metric).min() > -1e-5
         n = ict.param_groups[group].size
-        energy = []
-        for i in sizes:
+        ratios = []
+        for _ in range(4):
+            error = 1e-3 * torch.randn(1, n, generator=generator)
             params = ict.neutral_params(1)
-            params[group] = params[group] + torch.nn.functional.one_hot(torch.tensor([i]), n).float()
-            energy.append((ict.decode(params)[0, face] - rest).double().square().sum().item())
-        ratios = weights[group][sizes].double() / torch.tensor(energy)
-        assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-3)
-    assert coefficient_weights(type("Flame", (), {"name": "flame"})()) == {}
+            params[group] = params[group] + error
+            moved = ict.decode(params).double()
+            aligned = similarity_align(moved[:, face], rest[:, face])[0]
+            displacement = (aligned - rest[:, face]).square().sum()
+            ratios.append((error.double() @ metric @ error.double().T).item() / displacement.item())
+        assert max(ratios) / min(ratios) == pytest.approx(1.0, abs=2e-2), ratios
+    assert coefficient_metrics(type("Flame", (), {"name": "flame"})()) == {}
 
 
-def test_param_loss_applies_coefficient_weights():
+def test_ict_identity_metric_ignores_the_scale_mode(ict):
+    """ICT's first identity mode is mostly a uniform scale, which NoW-style CD aligns away: its
+    metric weight falls below the raw face displacement's share."""
+    metric = coefficient_metrics(ict)["identity"]
+    face = ict.region_masks["face"]
+    raw = ict.identity_basis.reshape(-1, ict.num_vertices, 3)[:, face].double().square().sum(dim=(1, 2))
+    raw = raw / raw.mean()
+    assert raw[0] > 20 and metric[0, 0] < 0.3 * raw[0]
+
+
+def test_param_loss_applies_coefficient_metrics():
     pred, target = {"identity": torch.ones(4, 3)}, {"identity": torch.zeros(4, 3)}
-    total, _ = param_loss(pred, target, {"identity": 2.0}, {"identity": torch.tensor([0.0, 1.0, 2.0])})
+    total, _ = param_loss(pred, target, {"identity": 2.0}, {"identity": torch.diag(torch.tensor([0.0, 1.0, 2.0]))})
     assert total.item() == pytest.approx(2.0 * (0 + 1 + 2) / 3)
+    pred = {"identity": torch.tensor([[1.0, 2.0]])}
+    metric = torch.tensor([[2.0, 1.0], [1.0, 3.0]])  # e^T G e = 2 + 2 * 2 + 12 = 18
+    total, _ = param_loss(pred, {"identity": torch.zeros(1, 2)}, {"identity": 1.0}, {"identity": metric})
+    assert total.item() == pytest.approx(18 / 2)
 
 
 def test_render_loss_terms():

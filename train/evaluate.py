@@ -1,7 +1,8 @@
 """``python -m train.evaluate --checkpoint C``: a checkpoint on a held-out synthetic set, in the
 paper's table layout, beside the "predict the mean parameters" baseline.
 
-Columns: CD (mm; rigidly aligned on the face region, then mean vertex distance per region: face,
+Columns: CD (mm; NoW-style alignment on the face region -- rotation, translation, uniform scale --
+then mean vertex distance per region: face,
 eyes, nose, mouth, ears), MNE (radians) and CR (share within 2 mm) of every 4th face-region GT
 vertex against the reconstruction's face surface (closest points, not same-index vertices), NME (% of the inter-ocular distance, projected landmarks in
 the crop), FPS (the N2FNet forward pass alone, batch 1, on the chosen device; the paper's FPS
@@ -65,7 +66,7 @@ def evaluate(net: N2FNet, head: HeadModel, sampler_config: SamplerConfig, sample
         for key, (params, rotation, translation) in candidates.items():
             vertices = head.decode(params)
             cd = metrics.region_errors(vertices, batch.vertices, regions, align_region="face")
-            aligned = metrics.rigid_align(vertices, batch.vertices, face_mask)[0][:, face_vertices]
+            aligned = metrics.align(vertices, batch.vertices, face_mask)[:, face_vertices]  # as CD aligns
             gt_face = batch.vertices[:, face_vertices]  # both surfaces: the face submesh
             mne = metrics.mean_normal_error(gt_face, face_faces, aligned, face_faces, gt_vertex_mask=probes)
             cr = metrics.completeness_ratio(gt_face, aligned, face_faces, gt_vertex_mask=probes)

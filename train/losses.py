@@ -15,14 +15,18 @@ its sparse expression prior 0.2/3 - 0.1^2 = 0.057, hence identity 6.4 and expres
 = 440. (With FLAME's weights ICT's identity term would dominate four to one, and it is the part
 of the face a normal map shows least.)
 
-Within an ICT group the coefficients are further weighted by how far each one moves the face:
-w_i = ||B_i||^2 over the face-region vertices, normalised to mean 1 in the group (so the group
-balance above is unchanged). ICT's identity modes are very unequal (the first moves the face by
-2.7 mm RMS per unit, the median one by 0.13 mm) and so are its expressions (jawOpen 10.7 mm, the
-median 1.0 mm); with equal weights 90 % of the identity term is spent on modes the normal map can
-hardly show, and the first CPU runs learned only jawOpen. With these weights each group's term is
-close to the mean squared face-vertex displacement the error causes, the quantity the evaluation
-measures. FLAME keeps the paper's plain MSE.
+Within an ICT group the error is measured by the face displacement it causes: the group's term is
+lambda_g * e^T G e / n for the error e = pred - gt (B, n), with G (n, n) the Gram matrix of the
+group's basis over the face-region vertices after the motions CD aligns away (translation,
+rotation, uniform scale, linearised about the neutral face) are projected out, normalised to mean
+diagonal 1 (so the group balance above holds for errors as wide as the prior). e^T G e is then, up to that constant, the
+squared face-vertex displacement the error leaves after NoW-style alignment, the quantity the
+evaluation measures. Plain MSE would weigh alike coefficients that matter very unequally: ICT's
+identity modes differ widely
+(the first moves the face 2.7 mm RMS per unit, the median one 0.13 mm), and the first is almost
+a pure scale, which a normal map cannot show (2.6 mm RMS after rigid alignment, 0.7 mm after
+scaling); with equal weights 90 % of the identity term is spent on modes the normal map can hardly
+show, and the first CPU runs learned only jawOpen. FLAME keeps the paper's plain MSE.
 """
 
 from __future__ import annotations
@@ -47,35 +51,45 @@ class RenderWeights:
     landmarks: float = 100.0  # 10000 on real data
 
 
-def coefficient_weights(head: HeadModel) -> dict[str, torch.Tensor]:
-    """{group: (n,)} per-coefficient weights of L_param (mean 1 per group; see the module
-    docstring): ICT's linear groups by their face-region displacement, nothing for FLAME."""
+def coefficient_metrics(head: HeadModel) -> dict[str, torch.Tensor]:
+    """{group: (n, n)} L_param's face-displacement metric G per ICT linear group (see the module
+    docstring; mean diagonal 1); nothing for FLAME (plain MSE)."""
     if head.name != "ict":
         return {}
     face = head.region_masks["face"]
-    weights = {}
+    rest = head.neutral.reshape(head.num_vertices, 3)[face].double()
+    rest = rest - rest.mean(0)
+    axes = torch.eye(3, dtype=torch.float64, device=rest.device)
+    motions = [axes[i].expand_as(rest) for i in range(3)]  # translations
+    motions += [torch.linalg.cross(axes[i].expand_as(rest), rest) for i in range(3)]  # rotations
+    motions.append(rest)  # uniform scale
+    aligned_away, _ = torch.linalg.qr(torch.stack([m.reshape(-1) for m in motions], 1))  # (3V_face, 7)
+    metrics = {}
     for group in PARAM_WEIGHTS["ict"]:
-        basis = getattr(head, f"{group}_basis").reshape(-1, head.num_vertices, 3)[:, face]  # (n, V_face, 3)
-        energy = basis.double().square().sum(dim=(1, 2))
-        weights[group] = (energy / energy.mean()).float()
-    return weights
+        basis = getattr(head, f"{group}_basis").reshape(-1, head.num_vertices, 3)[:, face].reshape(-1, 3 * int(face.sum())).double()
+        residual = basis - (basis @ aligned_away) @ aligned_away.T  # (n, 3V_face)
+        gram = residual @ residual.T
+        metrics[group] = (gram / gram.diagonal().mean()).float()
+    return metrics
 
 
 def param_loss(
     pred: dict[str, torch.Tensor],
     target: dict[str, torch.Tensor],
     weights: dict[str, float],
-    coefficient: dict[str, torch.Tensor] | None = None,
+    metrics: dict[str, torch.Tensor] | None = None,
 ):
     """{group: (B, n)} x2, {group: lambda} (e.g. ``PARAM_WEIGHTS["flame"]``), optional
-    {group: (n,)} per-coefficient weights (``coefficient_weights``) -> (total scalar,
-    {group: scalar}) for the groups in ``pred``."""
-    coefficient = coefficient or {}
+    {group: (n, n)} metrics (``coefficient_metrics``; plain MSE for groups without one) ->
+    (total scalar, {group: scalar}) for the groups in ``pred``."""
+    metrics = metrics or {}
     terms = {}
     for g in pred:
-        squared = (pred[g] - target[g]).square()
-        if g in coefficient:
-            squared = squared * coefficient[g].to(squared)
+        error = pred[g] - target[g]
+        if g in metrics:
+            squared = (error @ metrics[g].to(error)) * error  # (B, n): rows sum to e^T G e
+        else:
+            squared = error.square()
         terms[g] = weights[g] * squared.mean()
     return sum(terms.values()), terms
 

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train import metrics
 from tracker.n2fnet.checkpoint import load_checkpoint, save_checkpoint
-from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_weights, param_loss, render_loss
+from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_metrics, param_loss, render_loss
 from train.real_data import RealBatch
 from train.synthetic import SamplerConfig, SyntheticBatch, SyntheticSampler, make_proxy, render_face
 from tracker.errors import TrackerError
@@ -159,7 +159,7 @@ class Trainer:
         torch.manual_seed(config.seed + self.rank)
 
         self.head = load_head_model(config.head_model, config.head_model_path).to(self.device)
-        self.coefficient_weights = coefficient_weights(self.head)
+        self.coefficient_metrics = coefficient_metrics(self.head)
         self.param_weights = {**PARAM_WEIGHTS[self.head.name], **(config.param_weights or {})}
         unknown = set(self.param_weights) - set(self.head.param_groups)
         if unknown:
@@ -244,7 +244,7 @@ class Trainer:
             groups = [g for g in out.params if g in batch.params]
             if not groups:
                 raise TrackerError(f"the batch's parameters {sorted(batch.params)} include none of the regressed groups {list(out.params)}")
-            return param_loss({g: out.params[g] for g in groups}, {g: batch.params[g] for g in groups}, self.param_weights, self.coefficient_weights)
+            return param_loss({g: out.params[g] for g in groups}, {g: batch.params[g] for g in groups}, self.param_weights, self.coefficient_metrics)
         out = module(*self._inputs(batch), modules=("flame", "camera"))
         with torch.no_grad():
             vertices = self.head.decode(out.params)
@@ -312,7 +312,7 @@ class Trainer:
     # -- validation and checkpoints ------------------------------------------------------------
     @torch.no_grad()
     def validate(self, stage: int) -> dict:
-        """Validation figures on the fixed set: vertex error (mm, face region, rigidly aligned),
+        """Validation figures on the fixed set: vertex error (mm, face region, NoW-style aligned),
         landmark error (crop px) and NME; the stage's key metric decides the best checkpoint."""
         self.net.eval()
         face = self.head.region_masks["face"]
