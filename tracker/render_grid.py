@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tracker.render_grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="normals_grid.png", help="PNG to write")
     p.add_argument("--head-model", choices=("ict", "flame"), default="ict")
-    p.add_argument("--head-model-path", default=None, help="ICT npz (default: N2F_ICT_MODEL / shared folder) or FLAME folder")
+    p.add_argument("--head-model-path", default=None, help="ICT npz (default: found or fetched as README's Quick start says: N2F_ICT_MODEL, shared folder, cache, download) or FLAME folder")
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--cols", type=int, default=4)
     p.add_argument("--size", type=int, default=256, help="tile size in pixels")

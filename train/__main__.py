@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("head model")
     g.add_argument("--head-model", choices=("ict", "flame"), default=d.head_model, help="head model to regress")
-    g.add_argument("--head-model-path", default=None, help="ICT npz file (default: N2F_ICT_MODEL / shared folder) or FLAME folder")
+    g.add_argument("--head-model-path", default=None, help="ICT npz (default: found or fetched as README's Quick start says: N2F_ICT_MODEL, shared folder, cache, download) or FLAME folder")
     g = p.add_argument_group("network")
     g.add_argument("--backbone", default=d.backbone, help="timm name: vit_large_patch16_dinov3 (paper), vit_small_patch16_dinov3, resnet18, mobilenetv3_large_100, ...")
     g.add_argument("--backbone-weights", default=None, help="pretrained backbone weights file (timm or original DINOv3 format); nothing is downloaded")

@@ -113,7 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", help="N2FNet checkpoint to time")
     parser.add_argument("--untrained", metavar="BACKBONE", help="time an untrained ICT network with this backbone instead (speed does not depend on weights)")
     parser.add_argument("--input-size", type=int, default=256, help="input size of the --untrained network (default 256)")
-    parser.add_argument("--ict-model", help="ICT-FaceKit npz (default: the shared folder)")
+    parser.add_argument("--ict-model", help="ICT npz (default: found or fetched as README's Quick start says: N2F_ICT_MODEL, shared folder, cache, download)")
     parser.add_argument("--device", default="cpu", help="network device: cpu, cuda, cuda:N (default cpu)")
     parser.add_argument("--frames", type=int, help="use the first N frames (default: all)")
     parser.add_argument("--realtime", action="store_true", help="pace the file at its frame rate, like a camera")

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tracker.paths import default_ict_model_path
+from tracker.errors import TrackerError
+from tracker.head_models.ict_source import locate_ict_model
 from tracker.render.maps import render_normal_map
 
 FLAME_VERTICES = 5023
@@ -107,8 +108,12 @@ def ict_face_head_mesh(path: Path | None = None) -> tuple[np.ndarray, np.ndarray
     Returns:
         vertices (V', 3) float32 (the vertices of the two regions), faces (F', 3) int64.
     """
-    path = path or default_ict_model_path()
-    if path is None or not Path(path).is_file():
+    if path is None:
+        try:
+            path = locate_ict_model(allow_download=False, log=lambda message: None)
+        except TrackerError:
+            return None
+    if not Path(path).is_file():
         return None
     with np.load(path) as data:
         names = [str(n) for n in data["region_names"]]
@@ -167,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
     meshes = {"flame-size": (torch.from_numpy(vertices), torch.from_numpy(faces))}
     ict = ict_face_head_mesh()
     if ict is None:
-        print("ict: skipped, ICT-FaceKit npz not found (set N2F_ICT_MODEL or N2F_SHARED_DIR)")
+        print("ict: skipped, ICT-FaceKit npz not found (python -m tracker.head_models.ict_source --download fetches it)")
     else:
         meshes["ict face+head"] = (torch.from_numpy(ict[0]), torch.from_numpy(ict[1]))
     print(f"normal map {args.size}x{args.size}, focal {FOCAL_RATIO:g} * size, torch threads {torch.get_num_threads()}")
