@@ -1,14 +1,14 @@
 """``python -m train.evaluate --checkpoint C``: a checkpoint on a held-out synthetic set, in the
 paper's table layout, beside the "predict the mean parameters" baseline.
 
-Columns: CD (mm; NoW-style alignment on the face region -- rotation, translation, uniform scale --
-then mean vertex distance per region: face,
-eyes, nose, mouth, ears), MNE (radians) and CR (share within 2 mm) of every 4th face-region GT
-vertex against the reconstruction's face surface (closest points, not same-index vertices), NME (% of the inter-ocular distance, projected landmarks in
-the crop), FPS (the N2FNet forward pass alone, batch 1, on the chosen device; the paper's FPS
-also includes its normal and segmentation networks). The baseline predicts the
-priors' mean parameters and the camera module's zero output (head origin at the
-crop centre, the configured depth per focal); its FPS is not applicable.
+Columns: CD (mm; NoW-style alignment on the face region -- rotation, translation, uniform
+scale -- then mean vertex distance per region: face, eyes, nose, mouth, ears), MNE (radians) and
+CR (share within 2 mm) of every 4th face-region GT vertex against the reconstruction's face
+surface (closest points, not same-index vertices; the reconstruction aligned as for CD), NME (%
+of the inter-ocular distance, projected landmarks in the crop), FPS (the N2FNet forward pass
+alone, batch 1, on the chosen device; the paper's FPS also includes its normal and segmentation
+networks). The baseline predicts the priors' mean parameters and the camera module's zero output
+(head origin at the crop centre, the configured depth per focal); its FPS is not applicable.
 """
 
 from __future__ import annotations
