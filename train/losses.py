@@ -15,18 +15,18 @@ its sparse expression prior 0.2/3 - 0.1^2 = 0.057, hence identity 6.4 and expres
 = 440. (With FLAME's weights ICT's identity term would dominate four to one, and it is the part
 of the face a normal map shows least.)
 
-Within an ICT group the error is measured by the face displacement it causes: the group's term is
-lambda_g * e^T G e / n for the error e = pred - gt (B, n), with G (n, n) the Gram matrix of the
-group's basis over the face-region vertices after the motions CD aligns away (translation,
-rotation, uniform scale, linearised about the neutral face) are projected out, normalised to mean
-diagonal 1 (so the group balance above holds for errors as wide as the prior). e^T G e is then, up to that constant, the
-squared face-vertex displacement the error leaves after NoW-style alignment, the quantity the
-evaluation measures. Plain MSE would weigh alike coefficients that matter very unequally: ICT's
-identity modes differ widely
-(the first moves the face 2.7 mm RMS per unit, the median one 0.13 mm), and the first is almost
-a pure scale, which a normal map cannot show (2.6 mm RMS after rigid alignment, 0.7 mm after
-scaling); with equal weights 90 % of the identity term is spent on modes the normal map can hardly
-show, and the first CPU runs learned only jawOpen. FLAME keeps the paper's plain MSE.
+Within an ICT group the error is measured by the face displacement it causes: the group's term
+is lambda_g * e^T G e / n for the error e = pred - gt (B, n), with G (n, n) the Gram matrix of
+the group's basis over the face-region vertices after the motions CD aligns away (translation,
+rotation, uniform scale, linearised about the neutral face) are projected out, normalised to
+mean diagonal 1 (so the group balance above holds for errors as wide as the prior). e^T G e is
+then, up to that constant, the squared face-vertex displacement the error leaves after NoW-style
+alignment, the quantity the evaluation measures. Plain MSE would weigh alike coefficients that
+matter very unequally: ICT's identity modes differ widely (the first moves the face 2.7 mm RMS
+per unit, the median one 0.13 mm), and the first is almost a pure scale, which a normal map
+cannot show (2.6 mm RMS after rigid alignment, 0.7 mm after scaling); with equal weights 90 % of
+the identity term is spent on modes the normal map can hardly show, and the first CPU runs
+learned only jawOpen. FLAME keeps the paper's plain MSE.
 """
 
 from __future__ import annotations
