@@ -223,7 +223,7 @@ def run_viewer(args: argparse.Namespace) -> int:
         virtualcam_on=args.virtualcam,
     )
     window = ViewerWindow(pipeline, bridge, recording, virtualcam, options)
-    window.resize(1400, 800)
+    window.fit_to_screen()
     window.show()
     pipeline.start()
     interrupted = []

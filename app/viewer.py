@@ -257,7 +257,7 @@ def plotted_parameters(head: HeadModel, params: dict[str, torch.Tensor]) -> dict
 
 
 class LivePlots(QtWidgets.QWidget):
-    """FPS, latency and a few parameters over the last PLOT_SECONDS seconds."""
+    """FPS, latency (capture to result, p50) and a few parameters over the last PLOT_SECONDS seconds."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -265,7 +265,7 @@ class LivePlots(QtWidgets.QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         row = QtWidgets.QHBoxLayout()
         self.fps = pg.PlotWidget(title="tracking fps")
-        self.latency = pg.PlotWidget(title="latency ms (capture -> result, p50)")
+        self.latency = pg.PlotWidget(title="latency ms (p50)")
         self.params = pg.PlotWidget(title="parameters")
         self.params.addLegend(offset=(5, 5))
         for plot in (self.fps, self.latency, self.params):
@@ -366,6 +366,18 @@ class ViewerWindow(QtWidgets.QMainWindow):
         if options.virtualcam_on:
             self.toggle_virtualcam()
         self._update_status()
+
+    def fit_to_screen(self, width: int = 1400, height: int = 800, share: float = 0.92) -> None:
+        """Resize to ``width`` x ``height`` or, on a smaller screen, to ``share`` of its free
+        area (never below the layout's minimum), and centre the window there."""
+        area = self.screen().availableGeometry()
+        minimum = self.minimumSizeHint()
+        size = QtCore.QSize(
+            max(minimum.width(), min(width, int(area.width() * share))),
+            max(minimum.height(), min(height, int(area.height() * share))),
+        )
+        self.resize(size)
+        self.move(area.center() - QtCore.QPoint(size.width() // 2, size.height() // 2))
 
     # -- controls --------------------------------------------------------------------------------
     def _make_actions(self) -> None:

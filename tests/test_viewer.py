@@ -123,6 +123,21 @@ def test_window_tracks_records_and_closes_cleanly(qapp, untrained_checkpoint: Pa
     tracker.close()
 
 
+def test_window_fits_the_screen(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    window, pipeline, tracker = make_window(qapp, untrained_checkpoint, video, tmp_path, max_frames=2, software_3d=True)
+    area = window.screen().availableGeometry()  # the test Xvfb's 1600 x 1000
+    window.fit_to_screen(4000, 3000)  # a preferred size larger than the screen
+    qapp.processEvents()
+    assert area.contains(window.frameGeometry()), (area, window.frameGeometry())
+    assert window.width() >= 0.9 * area.width() and window.height() >= 0.9 * area.height()
+    window.fit_to_screen(900, 600)  # a size that fits is taken as asked, centred
+    qapp.processEvents()
+    assert (window.width(), window.height()) == (900, 600)
+    assert abs(window.frameGeometry().center().x() - area.center().x()) <= 2
+    window.close()
+    tracker.close()
+
+
 def test_controls_switch_recording_smoothing_style_and_screenshot(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
     from tracker.recording import read_take
 
