@@ -118,7 +118,8 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
     raise TrackerError(NO_CHECKPOINT.format(path=DEFAULT_CHECKPOINT))
 
 
-def build_tracker(args: argparse.Namespace) -> FaceTracker:
+def build_tracker(args: argparse.Namespace, photos: bool = False) -> FaceTracker:
+    """The tracker of these options (``photos``: ``FaceTracker.assemble``)."""
     checkpoint = checkpoint_path(args)
     cue_options = {}
     if args.cue != "mediapipe":
@@ -135,6 +136,7 @@ def build_tracker(args: argparse.Namespace) -> FaceTracker:
         smoothing=not args.no_smoothing,
         crop_smoothing=not args.no_smoothing,
         focal_px=args.focal,
+        photos=photos,
     )
     log.info("checkpoint %s: %s, %s backbone, %d px input, on %s", checkpoint, tracker.head.name, tracker.net.config.backbone, tracker.input_size, args.device)
     return tracker

@@ -342,13 +342,15 @@ class FaceTracker:
         smoothing: bool = True,
         crop_smoothing: bool = True,
         focal_px: float | None = None,
+        photos: bool = False,
     ) -> FaceTracker:
         """Everything the live tracker needs from an N2FNet checkpoint: its network, its head model
         (``head_model_path``: ICT npz / FLAME folder; None: the head model's default place), the
         crop rule and input size it was trained with, the frame camera it assumes.
 
         ``head_model``: the name the user asked for; a TrackerError when the checkpoint was
-        trained for another one. ``cue``/``cue_options``: ``tracker.cues.create_cue``.
+        trained for another one. ``cue``/``cue_options``: ``tracker.cues.create_cue``. ``photos``:
+        see ``assemble``.
         """
         state = load_checkpoint(checkpoint)
         trained_for = state["n2fnet"]["head_model"]
@@ -373,6 +375,7 @@ class FaceTracker:
             smoothing=smoothing,
             crop_smoothing=crop_smoothing,
             focal_px=focal_px,
+            photos=photos,
         )
 
     @classmethod
@@ -391,10 +394,13 @@ class FaceTracker:
         smoothing: bool = True,
         crop_smoothing: bool = True,
         focal_px: float | None = None,
+        photos: bool = False,
     ) -> FaceTracker:
         """A tracker around ``net`` with the standard detector, cropper (``alpha``, the network's
-        input size) and cue; the training settings (alpha, normal frame, focal) as given."""
-        detector = FaceMeshDetector(max_faces=max_faces)
+        input size) and cue; the training settings (alpha, normal frame, focal) as given.
+        ``photos``: for unrelated still images rather than video, MediaPipe's static-image mode
+        with its full-range face detector (faces of any size, no tracking between frames)."""
+        detector = FaceMeshDetector(max_faces=max_faces, static_images=photos, full_range=photos)
         cropper = FaceCropper(alpha=alpha, out_size=net.config.input_size, max_faces=max_faces, smoothing=DEFAULT_BOX_SMOOTHING if crop_smoothing else None)
         geometry_cue = create_cue(cue, device=device if cue != "mediapipe" else None, **(cue_options or {}))
         return cls(

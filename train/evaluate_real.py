@@ -52,7 +52,6 @@ import torch
 from app import live
 from tracker.device_feed import CpuFeeder, CudaFeeder, create_feeder
 from tracker.errors import TrackerError
-from tracker.face_detection import FaceMeshDetector
 from tracker.paths import shared_dir
 from tracker.pipeline import Pipeline
 from tracker.sources import Frame, FrameSource, open_source
@@ -202,10 +201,7 @@ class LandmarkSummary:
 def image_tracker(args: argparse.Namespace) -> FaceTracker:
     """The app's tracker without smoothing, for unrelated photos: MediaPipe's full-range detector
     in static mode, up to IMAGE_MAX_FACES faces."""
-    tracker = build_tracker(args, max_faces=IMAGE_MAX_FACES, smoothing=False)
-    tracker.detector.close()
-    tracker.detector = FaceMeshDetector(max_faces=IMAGE_MAX_FACES, static_images=True, full_range=True)
-    return tracker
+    return build_tracker(args, max_faces=IMAGE_MAX_FACES, smoothing=False, photos=True)
 
 
 def track_image(tracker: FaceTracker, feeder: CpuFeeder | CudaFeeder, image: np.ndarray, upscale: float = 1.0) -> TrackingResult:
@@ -420,7 +416,7 @@ def format_video_table(rows: list[VideoRow]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool) -> FaceTracker:
+def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool, photos: bool = False) -> FaceTracker:
     """The tracker exactly as ``python -m app.live`` builds it from the same options."""
     argv = ["--checkpoint", str(args.checkpoint), "--device", args.device, "--max-faces", str(max_faces)]
     for flag, value in (("--head-model", args.head_model), ("--ict-model", args.ict_model), ("--flame-dir", args.flame_dir)):
@@ -428,7 +424,7 @@ def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool) 
             argv += [flag, str(value)]
     if not smoothing:
         argv.append("--no-smoothing")
-    return live.build_tracker(live.build_parser().parse_args(argv))
+    return live.build_tracker(live.build_parser().parse_args(argv), photos=photos)
 
 
 def data_folder(path: str | None) -> Path:
