@@ -189,6 +189,23 @@ def test_two_stage_training_checkpoint_and_resume(tmp_path, ict_npz_path, capsys
     assert load_checkpoint(out / "last.pt")["step"] == 4
 
 
+def test_freeze_tokens_retrains_the_flame_module_alone(tmp_path, ict_npz_path):
+    Trainer(tiny_config(tmp_path, ict_npz_path, stage1_steps=1, stage2_steps=1)).run()
+    start = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "best_stage2.pt"))
+    config = tiny_config(tmp_path, ict_npz_path, stages=(1,), stage1_steps=3, freeze_tokens=True)
+    config.out_dir = str(tmp_path / "head")
+    trainer = Trainer(config, init=str(tmp_path / "run" / "best_stage2.pt"))
+    _, optimiser, _, _ = trainer._stage_setup(1)
+    assert [g["name"] for g in optimiser.param_groups] == ["flame_module"]
+    trainer.run()
+    retrained = model_from_checkpoint(load_checkpoint(tmp_path / "head" / "last.pt"))
+    # backbone weights AND normalisation statistics untouched, so the camera module still fits
+    before, after = start.backbone.state_dict(), retrained.backbone.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(a, b) for a, b in zip(_params(start.camera_module), _params(retrained.camera_module)))
+    assert not all(torch.equal(a, b) for a, b in zip(_params(start.flame_module), _params(retrained.flame_module)))
+
+
 def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "n2fnet-checkpoint-v1", "payload": os.system}, path)  # a callable global

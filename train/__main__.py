@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GROUP=LAMBDA",
         help="override L_param's weight of a parameter group (repeatable), e.g. identity=25; defaults: train.losses.PARAM_WEIGHTS",
     )
+    g.add_argument(
+        "--freeze-tokens",
+        action="store_true",
+        help="stage 1 trains only the FLAME module, the backbone's weights and normalisation statistics stay as they are "
+        "(with --init: retrain a checkpoint's FLAME module and keep its trained camera module valid)",
+    )
     g = p.add_argument_group("synthetic data (paper leaves these open; recorded in checkpoints)")
     g.add_argument("--image-size", type=int, default=s.image_size, help="S_orig of the original image")
     g.add_argument("--focal-mean", type=float, default=s.focal_mean, help="focal / S_orig, Gaussian mean")
@@ -118,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr_stem=args.lr_stem,
         lr_flame_module=args.lr_flame_module,
         lr_camera_module=args.lr_camera_module,
+        freeze_tokens=args.freeze_tokens,
         val_every=args.val_every,
         val_size=args.val_size,
         val_seed=args.val_seed,

@@ -57,6 +57,7 @@ class TrainConfig:
     lr_flame_module: float = 1e-3
     lr_camera_module: float = 1e-4
     param_weights: dict[str, float] | None = None  # L_param's lambda per group (None: PARAM_WEIGHTS of the head model)
+    freeze_tokens: bool = False  # stage 1 trains the FLAME module alone on the backbone's tokens as they are
     val_every: int = 500
     val_size: int = 64
     val_seed: int = 1234
@@ -212,7 +213,8 @@ class Trainer:
     def _stage_setup(self, stage: int):
         """Freeze/unfreeze for ``stage``; return (module to call, optimiser, scheduler, steps)."""
         cfg, groups = self.config, self.net.parameter_groups()
-        trainable = {1: ("stem", "token_layers", "backbone", "flame_module"), 2: ("camera_module",)}[stage]
+        stage1 = ("flame_module",) if cfg.freeze_tokens else ("stem", "token_layers", "backbone", "flame_module")
+        trainable = {1: stage1, 2: ("camera_module",)}[stage]
         for name, params in groups.items():
             for p in params:
                 p.requires_grad_(name in trainable)
@@ -232,8 +234,9 @@ class Trainer:
 
     def _set_modes(self, stage: int) -> None:
         self.net.train()
-        if stage == 2:  # frozen parts keep their normalisation statistics
+        if stage == 2 or self.config.freeze_tokens:  # frozen parts keep their normalisation statistics
             self.net.backbone.eval()
+        if stage == 2:
             self.net.flame_module.eval()
 
     def stage_loss(self, module, stage: int, batch: SyntheticBatch | RealBatch):
