@@ -13,8 +13,8 @@ Metrics (paper, "Evaluation"):
          is part of the alignment because a monocular normal map cannot show it: normals do not
          change when a head is scaled, and the crop removes its image size (ICT's first identity
          mode moves the face 2.6 mm RMS per unit after rigid alignment, 0.7 mm after scaling).
-         ``scale=False`` gives the rotation + translation variant. Despite its name CD is not a nearest-neighbour chamfer
-         distance: vertices are compared by index.
+         ``scale=False`` gives the rotation + translation variant. Despite its name CD is not a
+         nearest-neighbour chamfer distance: vertices are compared by index.
     MNE  ``mean_normal_error``: per GT vertex, the angle in radians between its vertex normal and
          the normal of the closest point on the reconstructed surface, averaged.
     CR   ``completeness_ratio``: fraction of GT vertices within 2 mm of the reconstructed surface.
