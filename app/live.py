@@ -5,6 +5,7 @@
     python -m app.live --video clip.mp4 --headless --record take.npz --max-frames 300
     python -m app.live --video clip.mp4 --screenshot shot.png --max-frames 60
     python -m app.live rtsp://host/stream --headless --checkpoint my_n2fnet.pt --device cuda
+    python -m app.live --camera 0 --identity take.npz               # reuse the identity calibrated in a take
 
 Ctrl-C (or SIGTERM) stops cleanly: frames already in the pipeline finish, the recording is
 finalised, and the run's figures are printed.
@@ -22,23 +23,13 @@ from pathlib import Path
 import torch
 
 from tracker.errors import TrackerError
-from tracker.paths import PROJECT_ROOT
+from tracker.options import DETECTORS, TrackerOptions, build_tracker, non_negative_int, positive_int
 from tracker.pipeline import MODES, Pipeline, StatsSnapshot
 from tracker.sinks import ProgressLog, RecordingSink, SwitchableSink
 from tracker.sources import open_source
 from tracker.tracking import FaceTracker
 
 log = logging.getLogger("app.live")
-
-# the checkpoint the app uses when --checkpoint is not given (shipped under assets/ once trained)
-DEFAULT_CHECKPOINT = PROJECT_ROOT / "assets" / "n2fnet_ict_resnet18.pt"
-
-NO_CHECKPOINT = """\
-No N2FNet checkpoint: {path} does not exist and --checkpoint was not given.
-The tracker regresses the head mesh with a trained N2FNet and will not run an untrained one.
-  - train one:  python -m train --head-model ict --out-dir runs/ict   (then --checkpoint runs/ict/best_stage2.pt)
-  - or pass a checkpoint you have:  --checkpoint PATH
-(This release does not ship a trained checkpoint yet.)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--farl-weights", help="FaRL face-parsing weights (+farl cues)")
     model.add_argument("--max-faces", type=int, default=1, help="faces tracked per frame (default: 1)")
     model.add_argument("--focal", type=float, help="the camera's focal length in pixels, if known (default: the training camera's, focal_mean x max(W, H))")
+    model.add_argument("--detector", choices=DETECTORS, default="short-range",
+                       help="face detector: short-range (Face Mesh's own, faces near the camera; default) or full-range "
+                       "(MediaPipe's full-range detector, then a mesh per face: small and distant faces, slower)")
+
+    refine = parser.add_argument_group("refinement and identity")
+    refine.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="fit the head model to MediaPipe's landmarks after the network (Gauss-Newton, from the network's prediction) "
+                        "and pool one identity per tracked person (default: on)")
+    refine.add_argument("--refine-iters", type=positive_int, metavar="N", help="refinement iterations per frame (default: the library's, tracker.refinement.DEFAULT_ITERATIONS)")
+    refine.add_argument("--identity", metavar="TAKE", help="reuse the calibrated identity of a recorded take (.npz): every tracked face uses it, fixed")
+    refine.add_argument("--identity-track", type=non_negative_int, metavar="N", help="the track of --identity to take it from (default: the first whose identity is locked, else given)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--headless", action="store_true", help="no window: track, record, print figures")
@@ -110,36 +112,26 @@ def realtime(args: argparse.Namespace, spec: int | str, viewer: bool) -> bool | 
     return args.pace == "realtime" or (args.pace == "auto" and viewer)
 
 
-def checkpoint_path(args: argparse.Namespace) -> Path:
-    if args.checkpoint:
-        return Path(args.checkpoint)
-    if DEFAULT_CHECKPOINT.is_file():
-        return DEFAULT_CHECKPOINT
-    raise TrackerError(NO_CHECKPOINT.format(path=DEFAULT_CHECKPOINT))
-
-
-def build_tracker(args: argparse.Namespace, photos: bool = False) -> FaceTracker:
-    """The tracker of these options (``photos``: ``FaceTracker.assemble``)."""
-    checkpoint = checkpoint_path(args)
-    cue_options = {}
-    if args.cue != "mediapipe":
-        cue_options = {"pixel3dmm_weights": args.pixel3dmm_weights, "farl_weights": args.farl_weights}
-    head_path = args.flame_dir if (args.head_model == "flame" or args.flame_dir) else args.ict_model
-    tracker = FaceTracker.from_checkpoint(
-        checkpoint,
+def tracker_options(args: argparse.Namespace) -> TrackerOptions:
+    """The command line's tracker settings."""
+    return TrackerOptions(
+        checkpoint=args.checkpoint,
         head_model=args.head_model,
-        head_model_path=head_path,
+        ict_model=args.ict_model,
+        flame_dir=args.flame_dir,
         device=args.device,
         cue=args.cue,
-        cue_options=cue_options,
+        pixel3dmm_weights=args.pixel3dmm_weights,
+        farl_weights=args.farl_weights,
         max_faces=args.max_faces,
         smoothing=not args.no_smoothing,
-        crop_smoothing=not args.no_smoothing,
-        focal_px=args.focal,
-        photos=photos,
+        focal=args.focal,
+        detector=args.detector,
+        refine=args.refine,
+        refine_iters=args.refine_iters,
+        identity_take=args.identity,
+        identity_track=args.identity_track,
     )
-    log.info("checkpoint %s: %s, %s backbone, %d px input, on %s", checkpoint, tracker.head.name, tracker.net.config.backbone, tracker.input_size, args.device)
-    return tracker
 
 
 def summary(stats: StatsSnapshot, recorded: Path | None) -> str:
@@ -175,12 +167,13 @@ def virtualcam_factory(args: argparse.Namespace, tracker: FaceTracker, source) -
 
 def run_headless(args: argparse.Namespace) -> int:
     spec = source_spec(args)
+    options = tracker_options(args)
     source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop)
-    tracker = build_tracker(args)
+    tracker = build_tracker(options)
     sinks = []
     recording = None
     if args.record:
-        recording = RecordingSink(args.record, tracker.head, source=source.name, overwrite=args.overwrite, metadata={"checkpoint": str(checkpoint_path(args))})
+        recording = RecordingSink(args.record, tracker.head, source=source.name, overwrite=args.overwrite, metadata=options.recording_metadata())
         sinks.append(recording)
     if args.virtualcam:
         sinks.append(virtualcam_factory(args, tracker, source)())
@@ -206,19 +199,21 @@ def run_viewer(args: argparse.Namespace) -> int:
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-tracker"])
     spec = source_spec(args)
+    tracker_settings = tracker_options(args)
     source = open_source(spec, realtime=realtime(args, spec, viewer=True), loop=args.loop)
-    tracker = build_tracker(args)
+    tracker = build_tracker(tracker_settings)
     bridge, recording, virtualcam = ResultBridge(), SwitchableSink(), SwitchableSink()
     pipeline = Pipeline(source, tracker, [recording, virtualcam, bridge], mode=args.mode, max_frames=args.max_frames)
     options = ViewerOptions(
         source_name=source.name,
-        checkpoint=str(checkpoint_path(args)),
+        checkpoint=str(tracker_settings.checkpoint_path()),
         device=args.device,
         mesh_style=args.mesh_style,
         landmarks=not args.no_landmarks,
         record_path=args.record,
         record_dir=args.record_dir,
         overwrite=args.overwrite,
+        record_metadata=tracker_settings.recording_metadata(),
         software_3d=args.software_3d,
         screenshot_at_end=args.screenshot,
         virtualcam=virtualcam_factory(args, tracker, source),

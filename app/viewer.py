@@ -8,7 +8,8 @@ window stops the pipeline (frames in flight finish, the recording is finalised).
 
 Keys: R record on/off, V virtual camera on/off, S smoothing on/off, M mesh style (shaded,
 wireframe, none), L landmarks on/off, P screenshot, Q / Esc quit. The 3D view orbits with the
-left mouse button and zooms with the wheel.
+left mouse button and zooms with the wheel. The status bar shows every tracked face's identity
+state (calibrating, locked, given, network: ``identity_text``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -256,6 +257,19 @@ def plotted_parameters(head: HeadModel, params: dict[str, torch.Tensor]) -> dict
     return values
 
 
+def identity_text(faces: list[FaceResult]) -> str:
+    """The identity state of every tracked face for the status bar: "identity: locked" (one face),
+    "face 3 identity: locked, face 5 identity: calibrating" (several), "identity: -" (none).
+
+    States (``FaceResult.identity_state``): calibrating (the track's identity is being pooled),
+    locked, given (--identity), network (no refinement: the network's per-frame identity)."""
+    if not faces:
+        return "identity: -"
+    if len(faces) == 1:
+        return f"identity: {faces[0].identity_state}"
+    return ", ".join(f"face {face.track_id} identity: {face.identity_state}" for face in faces)
+
+
 class LivePlots(QtWidgets.QWidget):
     """FPS, latency (capture to result, p50) and a few parameters over the last PLOT_SECONDS seconds."""
 
@@ -315,6 +329,7 @@ class ViewerOptions:
     record_path: str | None = None  # recording on at start
     record_dir: str = "takes"
     overwrite: bool = False
+    record_metadata: dict = field(default_factory=dict)  # the tracker's settings kept with every take (checkpoint, refine, ...)
     screenshot_dir: str = "screenshots"
     software_3d: bool = False
     screenshot_at_end: str | None = None  # save a screenshot when the source ends, then close
@@ -407,7 +422,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
             folder = Path(self.options.record_dir)
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"take-{datetime.now():%Y%m%d-%H%M%S}.npz"
-        sink = RecordingSink(path, self.head, source=self.options.source_name, overwrite=self.options.overwrite, metadata={"checkpoint": self.options.checkpoint})
+        metadata = {"checkpoint": self.options.checkpoint, **self.options.record_metadata}
+        sink = RecordingSink(path, self.head, source=self.options.source_name, overwrite=self.options.overwrite, metadata=metadata)
         self.recording.set(sink)
         self._update_status()
 
@@ -488,9 +504,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         recorder = self.recording.current
         rec = f"REC {recorder.path.name} ({recorder.recorder.frames} frames)" if recorder is not None else "not recording"
         cam = "virtual camera ON" if self.virtualcam.current is not None else "virtual camera off"
+        identity = identity_text(self._last_result.faces if self._last_result is not None else [])
         self.status.setText(
             f"{self.options.source_name} | {self.head.name.upper()} | {Path(self.options.checkpoint).name} | {self.options.device} | "
-            f"{stats.fps:.1f} fps, latency {stats.latency_p50_ms:.0f} ms | faces {stats.faces_found}/{stats.frames_out} | "
+            f"{stats.fps:.1f} fps, latency {stats.latency_p50_ms:.0f} ms | faces {stats.faces_found}/{stats.frames_out} | {identity} | "
             f"smoothing {'on' if self.tracker.smoothing else 'off'} | {rec} | {cam} | 3D: {self.mesh_view.kind}"
         )
 

@@ -34,6 +34,11 @@ def npz(ict_npz_path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def model(ict_npz_path) -> ICT:
+    return ICT.from_npz(ict_npz_path, contour="jawline")
+
+
+@pytest.fixture(scope="module")
+def calibrated(ict_npz_path) -> ICT:
     return ICT.from_npz(ict_npz_path)
 
 
@@ -116,10 +121,12 @@ def test_priors(model):
 
 
 @pytest.mark.shared
-def test_landmarks_lie_on_the_face_and_are_mirror_symmetric(model, multipie, neutral):
+def test_landmarks_lie_on_the_face_and_are_mirror_symmetric(model, multipie, calibrated, neutral):
     vertices = torch.from_numpy(neutral)[None].repeat(2, 1, 1)
     face = model.region_masks["face"].numpy()
-    for contour, head in (("jawline", model), ("multipie", multipie)):
+    skin = model.region_masks["narrow_face"].numpy()
+    assert calibrated.contour == "calibrated" and skin[calibrated.landmark_indices.numpy()].all()  # lids, not eyeballs
+    for contour, head in (("jawline", model), ("multipie", multipie), ("calibrated", calibrated)):
         lm = head.landmarks(vertices)
         assert lm.shape == (2, 68, 3)
         assert face[head.landmark_indices.numpy()].all()

@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from app import live
+from tracker import options as tracker_options
 from tracker.bench.__main__ import main as bench_main
 from tracker.errors import TrackerError
 from tracker.geometry import camera
-from tracker.recording import journal_path, read_take
+from tracker.recording import IDENTITY_STATES, Recorder, journal_path, read_take
+from tracker.refinement import DEFAULT_ITERATIONS
 from tracker.sources import open_source
 from tracker.tracking import FaceTracker, RawOutput
 
@@ -52,6 +54,11 @@ def test_headless_run_records_a_take_that_loads(checkpoint: Path, videos: Path, 
     x0, y0, side = take.crop_box.T
     assert (side > 50).all() and (x0 + side / 2 > 0).all() and (x0 + side / 2 < 640).all()
     assert not journal_path(take_path).exists()
+    # one face, one track, its identity pooled (calibrating for the first frames) and stored once
+    assert take.metadata["refine"] is True and take.metadata["refine_iters"] == DEFAULT_ITERATIONS and take.metadata["detector"] == "short-range"
+    assert take.metadata["checkpoint"] == str(checkpoint)
+    assert (take.track_id == take.track_id[0]).all() and {IDENTITY_STATES[s] for s in take.identity_state} <= {"calibrating", "locked"}
+    assert len(take.tracks()) == 1 and np.allclose(take.params["identity"], take.tracks().identity[0])
 
 
 def test_video_without_a_face_is_tracked_as_such(checkpoint: Path, videos: Path, tmp_path: Path) -> None:
@@ -62,11 +69,35 @@ def test_video_without_a_face_is_tracked_as_such(checkpoint: Path, videos: Path,
 
 
 def test_missing_checkpoint_is_stated_not_replaced(monkeypatch, videos: Path, tmp_path: Path, capsys) -> None:
-    monkeypatch.setattr(live, "DEFAULT_CHECKPOINT", tmp_path / "absent.pt")
+    monkeypatch.setattr(tracker_options, "DEFAULT_CHECKPOINT", tmp_path / "absent.pt")
     code = live.main(["--video", str(videos / "single_face.mp4"), "--headless", "--max-frames", "2"])
     assert code == 2
     err = capsys.readouterr().err
     assert "No N2FNet checkpoint" in err and "will not run an untrained one" in err and "--checkpoint" in err
+
+
+def test_identity_from_a_take_and_refinement_off(checkpoint: Path, videos: Path, tmp_path: Path, capsys) -> None:
+    calibrated = tmp_path / "calibrated.npz"
+    identity = np.random.default_rng(3).normal(0.0, 0.5, 100).astype(np.float32)
+    with Recorder(calibrated, "ict", {"identity": 100, "expression": 53}) as recorder:
+        recorder.append(0.0, 0, {"identity": identity, "expression": np.zeros(53)}, track_id=6, identity_state="locked")
+    video = ["--video", str(videos / "single_face.mp4"), "--headless", "--max-frames", "3", "--checkpoint", str(checkpoint), "--quiet"]
+    given = tmp_path / "given.npz"
+    assert live.main([*video, "--identity", str(calibrated), "--refine-iters", "2", "--record", str(given)]) == 0
+    take = read_take(given)
+    assert [IDENTITY_STATES[s] for s in take.identity_state] == ["given"] * 3
+    assert np.allclose(take.params["identity"], identity) and take.metadata["identity_take"] == str(calibrated)
+    assert take.metadata["refine_iters"] == 2
+    network = tmp_path / "network.npz"
+    assert live.main([*video, "--no-refine", "--detector", "full-range", "--record", str(network)]) == 0
+    take = read_take(network)
+    assert [IDENTITY_STATES[s] for s in take.identity_state] == ["network"] * 3 and take.face_found.all()
+    assert take.metadata["refine"] is False and take.metadata["refine_iters"] is None and take.metadata["detector"] == "full-range"
+    capsys.readouterr()
+    assert live.main([*video, "--identity", str(network)]) == 2  # refinement off: nothing was locked
+    assert "has a locked identity" in capsys.readouterr().err
+    assert live.main([*video, "--identity", str(tmp_path / "missing.npz")]) == 2
+    assert "take not found" in capsys.readouterr().err
 
 
 def test_checkpoint_for_another_head_model_is_refused(checkpoint: Path) -> None:

@@ -179,6 +179,48 @@ def test_software_3d_view_renders_and_orbits(qapp, untrained_checkpoint: Path, v
     tracker.close()
 
 
+IDENTITY_STATES = ("calibrating", "locked", "given", "network")
+
+
+def hand_made_face(track_id: int, state: str):
+    from tracker.tracking import FaceResult
+
+    return FaceResult(
+        params={}, rotation_6d=torch.zeros(6), rotation=torch.eye(3), translation=torch.tensor([0.0, 0.0, 0.6]), vertices=torch.zeros(3, 3),
+        landmarks68=np.zeros((68, 2)), mesh_landmarks68=np.zeros((68, 2)), crop_box=np.array([0.0, 0.0, 50.0]), track_id=track_id,
+        crop=None, cue=None, identity_state=state, refined=state != "network",
+    )
+
+
+def test_identity_text_names_every_face_state() -> None:
+    from app.viewer import identity_text
+
+    for state in IDENTITY_STATES:
+        assert identity_text([hand_made_face(0, state)]) == f"identity: {state}"
+    assert identity_text([hand_made_face(3, "locked"), hand_made_face(8, "calibrating")]) == "face 3 identity: locked, face 8 identity: calibrating"
+    assert identity_text([]) == "identity: -"
+
+
+def test_status_bar_shows_the_identity_state(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    window, pipeline, tracker = make_window(qapp, untrained_checkpoint, video, tmp_path, max_frames=2, software_3d=True)
+    process_events_until(qapp, lambda: not pipeline.running and window.shown >= 1)
+    tracked = window._last_result
+    assert tracked.faces and f"identity: {tracked.faces[0].identity_state}" in window.status.text()
+    assert tracked.faces[0].identity_state == "calibrating"  # refinement on (default): a new track pools its identity
+    for state in IDENTITY_STATES:  # the tracked face with each state, through the GUI's own path
+        window.bridge(dataclasses.replace(tracked, faces=[dataclasses.replace(tracked.faces[0], identity_state=state)]))
+        window.on_result()
+        assert f"identity: {state} |" in window.status.text(), window.status.text()
+    second = dataclasses.replace(tracked.faces[0], track_id=9, identity_state="given")
+    window.bridge(dataclasses.replace(tracked, faces=[tracked.faces[0], second]))
+    window.on_result()
+    assert f"face {tracked.faces[0].track_id} identity: calibrating, face 9 identity: given" in window.status.text()
+    window.close()
+    tracker.close()
+
+
 def test_opengl_failure_falls_back_to_software(qapp, monkeypatch) -> None:
     import app.viewer as viewer
 

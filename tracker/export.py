@@ -8,8 +8,9 @@ shared-folder default; FLAME: ``--flame-dir``, with the take's shape and express
 every exported frame's recorded parameter groups are decoded to vertices in metres (groups the
 take lacks take their neutral values). Vertices are in the head frame, or with ``--posed`` in the
 camera frame (OpenCV axes) through the recorded rotation and translation (``head_to_camera``).
-Files are named ``frame_<frame index, 6 digits>.<format>``; frames without a face are skipped and
-reported. A take interrupted before ``close()`` exports from its journal (see ``tracker.recording``).
+Files are named ``frame_<frame index, 6 digits>.<format>`` (in a take with several faces in a
+frame, ``frame_<index>_track<track id>.<format>``: one file per face); frames without a face are
+skipped and reported. A take interrupted before ``close()`` exports from its journal (see ``tracker.recording``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ FORMATS = ("obj", "ply")
 
 @dataclass
 class ExportResult:
-    """Files written (in frame order) and the frame indices skipped for having no face."""
+    """Files written (in record order) and the frame indices skipped for having no face."""
 
     written: list[Path]
     skipped: list[int]
@@ -95,6 +96,8 @@ def export_meshes(
     except OSError as err:
         raise TrackerError(f"cannot create the output folder {out_dir}: {err.strerror or err}") from err
     faces = model.faces.cpu()
+    indices = take.frame_index[take.face_found]
+    per_face = len(np.unique(indices)) < len(indices)  # some frame holds several faces: one file per face
     written = []
     for start in range(0, len(found), batch):
         chunk = found[start : start + batch]
@@ -104,7 +107,8 @@ def export_meshes(
             rotation = rotation_6d_to_matrix(torch.from_numpy(take.rotation_6d[chunk]).to(vertices))
             vertices = head_to_camera(vertices, rotation, torch.from_numpy(take.translation[chunk]).to(vertices))
         for row, mesh in zip(chunk, vertices.cpu()):
-            path = out_dir / f"frame_{int(take.frame_index[row]):06d}.{fmt}"
+            track = f"_track{int(take.track_id[row])}" if per_face else ""
+            path = out_dir / f"frame_{int(take.frame_index[row]):06d}{track}.{fmt}"
             try:
                 written.append(write_obj(path, mesh, faces) if fmt == "obj" else write_ply(path, mesh, faces))
             except OSError as err:

@@ -1,39 +1,66 @@
 """Take recording: the tracker's per-frame output, written crash-safe and finalised into one npz.
 
-    with Recorder("take.npz", "flame", {g: p.size for g, p in model.param_groups.items()},
+    with Recorder("take.npz", "ict", {g: p.size for g, p in model.param_groups.items()},
                   focal=(fx, fy), principal=(cx, cy), source="camera 0") as recorder:
-        recorder.append(t, i, params, rotation_6d=r6d, translation=t_cam, crop_box=box)  # per frame
-        recorder.append(t, i, None)                                                   # no face
+        recorder.append(t, i, params, rotation_6d=r6d, translation=t_cam, crop_box=box,
+                        track_id=3, identity_state="locked")                     # per face
+        recorder.append(t, i, None)                                              # no face
     take = read_take("take.npz")     # also loads an interrupted take (from take.npz.partial)
 
-While recording, frames go to an append-only journal next to the output, ``take.npz.partial``;
+A take is a sequence of records: one per tracked face per frame (a frame with two faces has two
+records with the same frame index, each with its face's ``track_id``), and one record with
+face_found False and track_id -1 for a frame without a face.
+
+While recording, records go to an append-only journal next to the output, ``take.npz.partial``;
 ``close()`` (also on leaving the ``with`` block, Ctrl-C included) turns it into ``take.npz`` and
 removes it. A journal left behind by a crash loads with ``read_take`` and is finalised by
 ``python -m tracker.recording --recover take.npz.partial``.
 
-Durability: ``append`` hands each frame to the operating system with one ``write`` before it
+Durability: ``append`` hands each record to the operating system with one ``write`` before it
 returns, so killing the process at any moment (Ctrl-C, SIGKILL, a crash, a closed window) loses
-at most the frame being appended. The journal is fsync'ed when it is created, on ``close``, and by
-the first ``append`` at least ``sync_interval`` seconds (default 1; 0: every frame) after the
-previous fsync, so an OS crash or power cut loses at most the frames of that interval.
+at most the record being appended. The journal is fsync'ed when it is created, on ``close``, and by
+the first ``append`` at least ``sync_interval`` seconds (default 1; 0: every record) after the
+previous fsync, so an OS crash or power cut loses at most the records of that interval.
 
-take.npz arrays (T frames; frames without a face: face_found False, NaN parameters, rotation,
-translation and crop box):
-    timestamp (T,) float64 s, frame_index (T,) int64, face_found (T,) bool,
-    crop_box (T, 3) float32 (x0, y0, side) px, rotation_6d (T, 6) float32 head rotation in the
-    camera frame, translation (T, 3) float32 m, focal (T, 2) float32 px, principal (T, 2) float32 px,
-    params/<group> (T, n) float32 for every head-model parameter group,
-    head_model () str, groups () str JSON {group: size} in order,
-    metadata () str JSON {source, software_version, created, ... caller's entries}.
+Identity: the head model's identity group (``identity_group``: ICT's "identity", FLAME's
+"shape") belongs to the person, not the frame. The journal keeps it in every record (each record
+is self-contained); the finished take.npz stores it once per track, the track's last identity
+(its locked one when the tracker pooled and locked it), and ``read_take`` gives every record its
+track's identity back in ``params``. A take read from a journal has each record's own value.
+
+Identity states (``identity_state``, uint8; ``IDENTITY_STATES``): 0 none (no face, or not
+known), 1 calibrating (the track's identity is still being pooled), 2 locked, 3 given (fixed by
+the caller), 4 network (no refinement: the network's per-frame identity).
+
+take.npz arrays (T records; records without a face: face_found False, track_id -1, NaN
+parameters, rotation, translation and crop box):
+    timestamp (T,) float64 s, frame_index (T,) int64, face_found (T,) bool, track_id (T,) int64,
+    identity_state (T,) uint8, crop_box (T, 3) float32 (x0, y0, side) px, rotation_6d (T, 6)
+    float32 head rotation in the camera frame, translation (T, 3) float32 m, focal (T, 2) float32
+    px, principal (T, 2) float32 px,
+    params/<group> (T, n) float32 for every head-model parameter group but the identity group,
+    identity_group () str, the identity group's name ("": none, then every group is per record),
+    tracks/track_id (N,) int64, tracks/identity (N, K) float32, tracks/identity_state (N,) uint8:
+    the N tracks in increasing id, each with its last identity and identity state,
+    head_model () str, groups () str JSON {group: size} in order (the identity group included),
+    metadata () str JSON {source, software_version, created, ... caller's entries, e.g. checkpoint,
+    refine, refine_iters, detector}.
+Takes written before tracks existed (no track_id / identity_state / identity_group arrays, one
+record per frame, every group per record) still load: track_id 0 where a face was found, -1
+elsewhere, identity_state 0.
 
 Journal format (little-endian):
     8 bytes   magic b"N2FTAKE1" (1: format version)
     4 bytes   uint32 header length H
     4 bytes   uint32 CRC-32 of the header
-    H bytes   UTF-8 JSON {"head_model", "groups": {group: size}, "metadata": {...},
-              "record_fields": [[name, numpy dtype, shape], ...], "record_size": R}
+    H bytes   UTF-8 JSON {"head_model", "groups": {group: size}, "identity_group": name or null,
+              "metadata": {...}, "record_fields": [[name, numpy dtype, shape], ...], "record_size": R}
     records   R bytes each: the record_fields packed in order, then a uint32 CRC-32 of those bytes.
-A reader keeps the records up to the first one that is cut short or fails its CRC.
+The record fields are timestamp, frame_index, face_found, track_id, identity_state, crop_box,
+rotation_6d, translation, focal, principal, then params/<group> for every group (identity
+included). Journals written before tracks existed have no track_id / identity_state fields and
+no "identity_group"; they still load. A reader keeps the records up to the first one that is cut
+short or fails its CRC.
 """
 
 from __future__ import annotations
@@ -67,13 +94,40 @@ _FIXED_FIELDS = (
     ("timestamp", "<f8", ()),
     ("frame_index", "<i8", ()),
     ("face_found", "u1", ()),
+    ("track_id", "<i8", ()),
+    ("identity_state", "u1", ()),
     ("crop_box", "<f4", (3,)),
     ("rotation_6d", "<f4", (6,)),
     ("translation", "<f4", (3,)),
     ("focal", "<f4", (2,)),
     ("principal", "<f4", (2,)),
 )
+_TRACK_FIELDS = ("track_id", "identity_state")
+_LEGACY_FIXED_FIELDS = tuple(field for field in _FIXED_FIELDS if field[0] not in _TRACK_FIELDS)  # takes before tracks
 _VECTORS = ("crop_box", "rotation_6d", "translation", "focal", "principal")
+# identity_state codes (module docstring); the tracker's FaceResult.identity_state is one of these names
+IDENTITY_STATES = ("none", "calibrating", "locked", "given", "network")
+IDENTITY_GROUPS = ("identity", "shape")  # a head model's identity group, first found (ICT, FLAME)
+AUTO = "auto"
+
+
+def default_identity_group(groups: Mapping[str, int] | Any) -> str | None:
+    """The identity group among ``groups`` (names): "identity" (ICT), else "shape" (FLAME), else None."""
+    return next((group for group in IDENTITY_GROUPS if group in groups), None)
+
+
+def identity_state_code(state: int | str | None) -> int:
+    """An identity state (name, code, or None: "none") -> its uint8 code."""
+    if state is None:
+        return 0
+    if isinstance(state, str):
+        if state not in IDENTITY_STATES:
+            raise ValueError(f"identity state must be one of {IDENTITY_STATES}, got {state!r}")
+        return IDENTITY_STATES.index(state)
+    code = int(state)
+    if not 0 <= code < len(IDENTITY_STATES):
+        raise ValueError(f"identity state code must be 0-{len(IDENTITY_STATES) - 1}, got {state!r}")
+    return code
 
 
 def journal_path(path: str | Path) -> Path:
@@ -83,10 +137,32 @@ def journal_path(path: str | Path) -> Path:
 
 
 @dataclass
-class Take:
-    """A recorded take of T frames (array layout: the take.npz arrays of the module docstring).
+class Tracks:
+    """The tracks of a take, in increasing id (N tracks).
 
-    ``params`` {group: (T, n)}; ``complete`` is False for a take read from an unfinished journal.
+    track_id (N,) int64; identity (N, K) float32 each track's last identity (None: the take has
+    no identity group); identity_state (N,) uint8 its last state (IDENTITY_STATES codes);
+    records (N,) int64 how many records (frames) the track has.
+    """
+
+    track_id: np.ndarray
+    identity: np.ndarray | None
+    identity_state: np.ndarray
+    records: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.track_id)
+
+
+@dataclass
+class Take:
+    """A recorded take of T records (array layout: the take.npz arrays of the module docstring).
+
+    ``params`` {group: (T, n)} (the identity group too: in a finished take, each record's track's
+    identity); ``track_id`` (T,) int64 and ``identity_state`` (T,) uint8 (None: as a take from
+    before tracks, track 0 where a face was found, -1 elsewhere, state 0); ``identity_group`` the
+    group stored once per track in the npz (None: every group per record); ``complete`` is False
+    for a take read from an unfinished journal.
     """
 
     head_model: str
@@ -102,14 +178,45 @@ class Take:
     params: dict[str, np.ndarray]
     metadata: dict[str, Any]
     complete: bool = True
+    track_id: np.ndarray | None = None
+    identity_state: np.ndarray | None = None
+    identity_group: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.track_id is None:
+            self.track_id = np.where(self.face_found, 0, -1).astype(np.int64)
+        if self.identity_state is None:
+            self.identity_state = np.zeros(len(self.face_found), np.uint8)
+        if self.identity_group is not None and self.identity_group not in self.groups:
+            raise ValueError(f"identity group {self.identity_group!r} is not one of the take's groups {list(self.groups)}")
 
     def __len__(self) -> int:
         return len(self.timestamp)
 
+    @property
+    def frame_count(self) -> int:
+        """Frames in the take (records of one frame index count once)."""
+        return len(np.unique(self.frame_index))
+
+    def tracks(self) -> Tracks:
+        """The take's tracks, each with its last record's identity and identity state."""
+        rows = np.flatnonzero(self.face_found & (self.track_id >= 0))[::-1]  # last record first
+        ids, first, counts = np.unique(self.track_id[rows], return_index=True, return_counts=True)
+        last = rows[first]
+        identity = None
+        if self.identity_group is not None:
+            size = self.groups[self.identity_group]
+            identity = self.params[self.identity_group][last].astype(np.float32).reshape(len(ids), size)
+        return Tracks(ids.astype(np.int64), identity, self.identity_state[last].astype(np.uint8), counts.astype(np.int64))
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The take.npz content."""
-        out = {name: getattr(self, name) for name in ("timestamp", "frame_index", "face_found", *_VECTORS)}
-        out.update({f"params/{group}": values for group, values in self.params.items()})
+        out = {name: getattr(self, name) for name in ("timestamp", "frame_index", "face_found", *_TRACK_FIELDS, *_VECTORS)}
+        out.update({f"params/{group}": values for group, values in self.params.items() if group != self.identity_group})
+        out["identity_group"] = np.array(self.identity_group or "")
+        if self.identity_group is not None:
+            tracks = self.tracks()
+            out.update({"tracks/track_id": tracks.track_id, "tracks/identity": tracks.identity, "tracks/identity_state": tracks.identity_state})
         out["head_model"] = np.array(self.head_model)
         out["groups"] = np.array(json.dumps(self.groups))
         out["metadata"] = np.array(json.dumps(self.metadata))
@@ -120,14 +227,17 @@ class Recorder:
     """Records a take to ``path`` (an .npz) through the journal ``path + '.partial'``.
 
     head_model     the head model's name ("flame", "ict", ...)
-    groups         {group: size} of the parameters each frame carries, in order
+    groups         {group: size} of the parameters each record carries, in order
+    identity_group the group stored once per track in the finished take (module docstring);
+                   "auto": "identity" if in ``groups``, else "shape" if there, else None (none)
     focal, principal   (2,) camera intrinsics in pixels, the default of every frame (None: NaN)
     source         what is tracked ("camera 0", a file, a URL), stored in the metadata
     metadata       more JSON-serialisable entries for the metadata
     sync_interval  seconds between fsyncs of the journal (0: every frame); see module docstring
     overwrite      replace an existing take at ``path`` (else TrackerError)
 
-    ``append`` may be called from any thread; ``close`` is idempotent.
+    ``append`` (one record: one face of a frame, or a frame without a face) may be called from
+    any thread; ``close`` is idempotent.
     """
 
     def __init__(
@@ -141,6 +251,7 @@ class Recorder:
         metadata: Mapping[str, Any] | None = None,
         sync_interval: float = 1.0,
         overwrite: bool = False,
+        identity_group: str | None = AUTO,
     ) -> None:
         self.path = Path(path)
         self.journal_path = journal_path(self.path)
@@ -149,6 +260,9 @@ class Recorder:
         self.groups = {str(group): int(size) for group, size in groups.items()}
         if any(size < 1 for size in self.groups.values()):
             raise ValueError(f"group sizes must be positive, got {self.groups}")
+        self.identity_group = default_identity_group(self.groups) if identity_group == AUTO else identity_group
+        if self.identity_group is not None and self.identity_group not in self.groups:
+            raise ValueError(f"identity group {self.identity_group!r} is not one of the recorded groups {list(self.groups)}")
         self.focal = _vector(focal, 2, "focal")
         self.principal = _vector(principal, 2, "principal")
         self.sync_interval = float(sync_interval)
@@ -156,6 +270,7 @@ class Recorder:
         header = {
             "head_model": head_model,
             "groups": self.groups,
+            "identity_group": self.identity_group,
             "metadata": {
                 "source": source,
                 "software_version": _software_version(),
@@ -169,6 +284,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._closed = False
         self._frames = 0
+        self._records = 0
+        self._last_frame: int | None = None
         self._fd = _create_journal(self.journal_path)
         self._write(_PREAMBLE.pack(MAGIC, len(header_bytes), zlib.crc32(header_bytes)) + header_bytes)
         os.fsync(self._fd)
@@ -183,8 +300,13 @@ class Recorder:
 
     @property
     def frames(self) -> int:
-        """Frames appended so far."""
+        """Frames appended so far (consecutive records of one frame index count once)."""
         return self._frames
+
+    @property
+    def records(self) -> int:
+        """Records appended so far (one per face, or one for a frame without a face)."""
+        return self._records
 
     @property
     def closed(self) -> bool:
@@ -200,16 +322,28 @@ class Recorder:
         crop_box=None,
         focal=None,
         principal=None,
+        track_id: int | None = None,
+        identity_state: int | str | None = None,
     ) -> None:
-        """Record one frame; ``params`` {group: (n,)} (arrays or tensors) or None when no face was found.
+        """Record one face of a frame; ``params`` {group: (n,)} (arrays or tensors), or None for a
+        frame without a face (its one record).
 
         rotation_6d (6,), translation (3,) m, crop_box (3,) px: None stores NaN; focal, principal
         (2,) px: None stores the recorder's. A leading batch dimension of 1 is accepted.
+        track_id: the face's track (None: 0; always -1 without a face); identity_state: a name of
+        IDENTITY_STATES or its code (None: "none").
         """
         record = np.zeros((), dtype=self._dtype)
         record["timestamp"] = timestamp
         record["frame_index"] = frame_index
         record["face_found"] = params is not None
+        if params is None:
+            record["track_id"] = -1
+        else:
+            record["track_id"] = 0 if track_id is None else int(track_id)
+            if record["track_id"] < 0:
+                raise ValueError(f"a face's track id must be >= 0, got {track_id}")
+            record["identity_state"] = identity_state_code(identity_state)
         for name, value in (("rotation_6d", rotation_6d), ("translation", translation), ("crop_box", crop_box)):
             record[name] = _vector(value, self._dtype[name].shape[0], name)
         record["focal"] = self.focal if focal is None else _vector(focal, 2, "focal")
@@ -227,7 +361,10 @@ class Recorder:
             if self._closed:
                 raise ValueError(f"recorder for {self.path} is closed")
             self._write(payload + _CRC.pack(zlib.crc32(payload)))
-            self._frames += 1
+            self._records += 1
+            if frame_index != self._last_frame:
+                self._frames += 1
+                self._last_frame = frame_index
             if time.monotonic() - self._last_sync >= self.sync_interval:
                 self._sync()
 
@@ -329,24 +466,60 @@ def _read_npz(path: Path) -> Take:
         metadata = json.loads(str(arrays["metadata"]))
     except (ValueError, AttributeError) as err:
         raise TrackerError(f"take {path} has malformed metadata: {err}") from err
+    identity_group = str(arrays["identity_group"]) if "identity_group" in arrays else ""
+    identity_group = identity_group or None
+    if identity_group is not None and identity_group not in groups:
+        raise TrackerError(f"take {path} is malformed: its identity group {identity_group!r} is not in its group list {groups}")
+    legacy = "track_id" not in arrays
     frames = len(arrays["timestamp"])
-    shapes = {name: (frames, *shape) for name, _, shape in _record_fields(groups)}
-    params = {}
+    fields = _record_fields(groups, legacy=legacy)
+    shapes = {name: (frames, *shape) for name, _, shape in fields if name != f"params/{identity_group}"}
     for name, shape in shapes.items():
         if name not in arrays:
             raise TrackerError(f"take {path} lacks the array {name!r} of its group list {groups}")
         if arrays[name].shape != shape:
             raise TrackerError(f"take {path} is malformed: {name} is {arrays[name].shape}, expected {shape}")
-        if name.startswith("params/"):
-            params[name[len("params/") :]] = arrays[name]
+    face_found = arrays["face_found"].astype(bool)
+    track_id = None if legacy else arrays["track_id"].astype(np.int64)
+    params = {}
+    for group in groups:
+        if group == identity_group:
+            params[group] = _identity_per_record(path, arrays, face_found, track_id, groups[group])
+        else:
+            params[group] = arrays[f"params/{group}"]
     return Take(
         head_model=str(arrays["head_model"]),
         groups=groups,
         params=params,
         metadata=metadata,
-        face_found=arrays["face_found"].astype(bool),
+        face_found=face_found,
+        track_id=track_id,
+        identity_state=None if legacy else arrays["identity_state"].astype(np.uint8),
+        identity_group=identity_group,
         **{name: arrays[name] for name in ("timestamp", "frame_index", *_VECTORS)},
     )
+
+
+def _identity_per_record(path: Path, arrays: dict[str, np.ndarray], face_found: np.ndarray, track_id: np.ndarray | None, size: int) -> np.ndarray:
+    """(T, size) float32: every record's track identity from the take's track table (NaN without a face)."""
+    if track_id is None or any(f"tracks/{name}" not in arrays for name in ("track_id", "identity", "identity_state")):
+        raise TrackerError(f"take {path} is malformed: it names an identity group but lacks its track arrays (tracks/track_id, tracks/identity, tracks/identity_state)")
+    ids, identity = arrays["tracks/track_id"].astype(np.int64), arrays["tracks/identity"]
+    if ids.ndim != 1 or identity.shape != (len(ids), size) or arrays["tracks/identity_state"].shape != ids.shape:
+        raise TrackerError(
+            f"take {path} is malformed: its track table is {ids.shape} ids, {identity.shape} identities, "
+            f"{arrays['tracks/identity_state'].shape} states for an identity of {size} values"
+        )
+    values = np.full((len(face_found), size), np.nan, dtype=np.float32)
+    rows = np.flatnonzero(face_found)
+    order = np.argsort(ids, kind="stable")
+    position = np.minimum(np.searchsorted(ids[order], track_id[rows]), max(len(ids) - 1, 0))
+    known = (ids[order][position] == track_id[rows]) if len(ids) else np.zeros(len(rows), bool)
+    if not known.all():
+        unknown = sorted(set(track_id[rows[~known]].tolist()))
+        raise TrackerError(f"take {path} is malformed: tracks {unknown[:10]} have records but no entry in its track table")
+    values[rows] = identity[order[position]]
+    return values
 
 
 def _read_journal(path: Path) -> tuple[Take, int]:
@@ -366,8 +539,12 @@ def _read_journal(path: Path) -> tuple[Take, int]:
         groups = {str(group): int(size) for group, size in header["groups"].items()}
         fields = [(name, dtype, tuple(shape)) for name, dtype, shape in header["record_fields"]]
         dtype = np.dtype([*fields, ("crc32", "<u4")])
-        if dtype.itemsize != header["record_size"] or fields != _record_fields(groups):
+        legacy = fields == _record_fields(groups, legacy=True)  # a journal from before tracks
+        if dtype.itemsize != header["record_size"] or not (legacy or fields == _record_fields(groups)):
             raise ValueError("record layout does not match the group list")
+        identity_group = header.get("identity_group")
+        if identity_group is not None and identity_group not in groups:
+            raise ValueError(f"identity group {identity_group!r} is not in the group list")
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise TrackerError(f"recording journal {path} has a header this version cannot read: {err}") from err
     body = data[_PREAMBLE.size + header_size :]
@@ -387,15 +564,20 @@ def _read_journal(path: Path) -> tuple[Take, int]:
         metadata=header["metadata"],
         face_found=records["face_found"].astype(bool),
         complete=False,
+        track_id=None if legacy else records["track_id"].astype(np.int64),
+        identity_state=None if legacy else records["identity_state"].astype(np.uint8),
+        identity_group=identity_group,
         **{name: records[name].copy() for name in ("timestamp", "frame_index", *_VECTORS)},
     )
     return take, len(body) - good * dtype.itemsize
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _record_fields(groups: Mapping[str, int]) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, dtype, shape) of a frame record's fields."""
-    return [*_FIXED_FIELDS, *((f"params/{group}", "<f4", (size,)) for group, size in groups.items())]
+def _record_fields(groups: Mapping[str, int], legacy: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, dtype, shape) of a record's fields (``legacy``: as written before tracks, without
+    track_id and identity_state)."""
+    fixed = _LEGACY_FIXED_FIELDS if legacy else _FIXED_FIELDS
+    return [*fixed, *((f"params/{group}", "<f4", (size,)) for group, size in groups.items())]
 
 
 def _vector(value, size: int, name: str) -> np.ndarray:
@@ -460,8 +642,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrackerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    note = f"; ignored {ignored} trailing bytes (an incomplete last frame)" if ignored else ""
-    print(f"wrote {out}: {len(take)} frames, {int(take.face_found.sum())} with a face{note}")
+    note = f"; ignored {ignored} trailing bytes (an incomplete last record)" if ignored else ""
+    with_face = len(np.unique(take.frame_index[take.face_found]))
+    faces = f", {int(take.face_found.sum())} face records in {len(take.tracks())} tracks" if len(take) != take.frame_count else ""
+    print(f"wrote {out}: {take.frame_count} frames, {with_face} with a face{faces}{note}")
     return 0
 
 

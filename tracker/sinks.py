@@ -12,23 +12,35 @@ import time
 from pathlib import Path
 
 from tracker.head_models.base import HeadModel
-from tracker.recording import Recorder
+from tracker.recording import AUTO, Recorder
 from tracker.tracking import TrackingResult
 
 log = logging.getLogger(__name__)
 
 
 class RecordingSink:
-    """Records the largest face of every frame to a take (``tracker.recording``).
+    """Records every tracked face of every frame to a take (``tracker.recording``): one record per
+    face with its track id and identity state; a frame without a face is one record with
+    face_found False.
 
     Every head-model group is stored (those the network does not regress at their neutral
-    values), with the rotation (6D), translation, crop box and the frame camera's intrinsics.
-    A frame without a face is stored with face_found False.
+    values), with the rotation (6D), translation, crop box and the frame camera's intrinsics; the
+    identity group (``identity_group``, see ``Recorder``) once per track in the finished take.
+    ``metadata``: the caller's settings to keep with the take (checkpoint, refine, refine_iters,
+    detector: ``tracker.options.TrackerOptions.recording_metadata``).
     """
 
-    def __init__(self, path: str | Path, head: HeadModel, source: str = "", metadata: dict | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        head: HeadModel,
+        source: str = "",
+        metadata: dict | None = None,
+        overwrite: bool = False,
+        identity_group: str | None = AUTO,
+    ) -> None:
         groups = {name: group.size for name, group in head.param_groups.items()}
-        self.recorder = Recorder(path, head.name, groups, source=source, metadata=metadata, overwrite=overwrite)
+        self.recorder = Recorder(path, head.name, groups, source=source, metadata=metadata, overwrite=overwrite, identity_group=identity_group)
 
     @property
     def path(self) -> Path:
@@ -39,17 +51,19 @@ class RecordingSink:
         if not result.faces:
             self.recorder.append(frame.timestamp, frame.index, None, focal=result.focal, principal=result.principal)
             return
-        face = result.faces[0]
-        self.recorder.append(
-            frame.timestamp,
-            frame.index,
-            {g: v.numpy() for g, v in face.params.items()},
-            rotation_6d=face.rotation_6d.numpy(),
-            translation=face.translation.numpy(),
-            crop_box=face.crop_box,
-            focal=result.focal,
-            principal=result.principal,
-        )
+        for face in result.faces:
+            self.recorder.append(
+                frame.timestamp,
+                frame.index,
+                {g: v.numpy() for g, v in face.params.items()},
+                rotation_6d=face.rotation_6d.numpy(),
+                translation=face.translation.numpy(),
+                crop_box=face.crop_box,
+                focal=result.focal,
+                principal=result.principal,
+                track_id=face.track_id,
+                identity_state=face.identity_state,
+            )
 
     def close(self) -> Path:
         return self.recorder.close()

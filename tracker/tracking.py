@@ -23,20 +23,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from tracker.cues import CueOutput, GeometryCue, create_cue
 from tracker.errors import TrackerError
 from tracker.face_detection import DEFAULT_BOX_SMOOTHING, FaceCrop, FaceCropper, FaceMeshDetector
 from tracker.geometry import camera
 from tracker.geometry.crop import crop_intrinsics
-from tracker.geometry.rotations import rotation_6d_to_matrix
+from tracker.geometry.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
 from tracker.head_models import HeadModel, load_head_model
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
+from tracker.refinement import (
+    FrameProblem,
+    IdentityPool,
+    RefineSettings,
+    Refiner,
+    Solution,
+    TrackState,
+    embedded_head,
+    initial_pose,
+    refine_face,
+)
 from tracker.smoothing import FrameParameters, ParameterSmoother, live_smoother
 from tracker.sources import Frame
 
 log = logging.getLogger(__name__)
+
+DETECTORS = ("short-range", "full-range")
 
 
 @dataclass
@@ -88,6 +102,10 @@ class FaceResult:
     mesh_landmarks68 (68, 2) frame pixels, MediaPipe's 68-point subset (what the crop used)
     crop_box      (3,) (x0, y0, side) frame pixels of the crop fed to the network
     track_id      the face's identity across frames
+    identity_state  "calibrating" / "locked" (the track's pooled identity), "given" (fixed by the
+                  caller), "network" (refinement off: the network's per-frame identity)
+    refined       whether the landmark refinement ran on this face
+    refine_iterations  its Levenberg-Marquardt iterations in this frame (0: not refined)
     """
 
     params: dict[str, torch.Tensor]
@@ -101,6 +119,9 @@ class FaceResult:
     track_id: int
     crop: FaceCrop
     cue: CueOutput
+    identity_state: str = "network"
+    refined: bool = False
+    refine_iterations: int = 0
 
 
 @dataclass
@@ -110,7 +131,7 @@ class TrackingResult:
     faces      tracked faces, largest first (empty: no face in this frame)
     focal, principal  (2,) the frame camera's assumed intrinsics, pixels
     timings    {stage: ms} time spent in each stage of this frame (detect, crop, cue, upload,
-               network, decode, smooth; queue waits are not counted)
+               network, smooth, refine, decode; queue waits are not counted)
     latency_ms capture -> result ready (includes queue waits; a file read as fast as possible
                is decoded ahead, so there it includes the source's read-ahead queue)
     processing_ms  the pipeline taking the frame -> result ready
@@ -172,6 +193,14 @@ class FaceTracker:
     normal_frame  the normal-map frame the network was trained on (the cue must give it)
     device        where the network runs; decode and projection run on the CPU
     focal_ratio / focal_px   the frame camera (module docstring)
+    refine        fit the head to MediaPipe's landmarks after the network (``tracker.refinement``;
+                  switchable while running); ``refine_settings`` its weights and iterations
+    refine_start  "network": start from and pull towards N2FNet's prediction; "mean": start from
+                  the mean face at a frontal pose and pull towards the neutral expression (the
+                  no-network ablation of ``train.evaluate_real``)
+    identity      (K,) a fixed identity for every track (state "given"); None: pooled per track
+    photos        unrelated still images: no temporal term, several identity rounds per face
+    embedding     the head model's MediaPipe embedding (None: its default, see ``embedded_head``)
     """
 
     def __init__(
@@ -188,6 +217,12 @@ class FaceTracker:
         device: str | torch.device = "cpu",
         focal_ratio: float = 1.0,
         focal_px: float | None = None,
+        refine: bool = True,
+        refine_settings: RefineSettings | None = None,
+        refine_start: str = "network",
+        identity: torch.Tensor | np.ndarray | None = None,
+        photos: bool = False,
+        embedding=None,
     ) -> None:
         if net.config.head_model != head.name:
             raise TrackerError(f"the checkpoint regresses the {net.config.head_model!r} head model but {head.name!r} is loaded")
@@ -203,6 +238,20 @@ class FaceTracker:
         self._smoother_factory = smoother_factory
         self._smoothing = smoothing
         self._smoothers: dict[int, ParameterSmoother] = {}
+        if refine_start not in ("network", "mean"):
+            raise TrackerError(f"refine_start must be 'network' or 'mean', got {refine_start!r}")
+        self.refine, self.refine_start, self.photos = bool(refine), refine_start, bool(photos)
+        self.refiner = Refiner(embedded_head(self.head, embedding), refine_settings or RefineSettings())
+        model = self.refiner.model
+        if identity is not None:
+            identity = np.asarray(identity.detach().cpu() if isinstance(identity, torch.Tensor) else identity, dtype=np.float64).reshape(-1)
+            if model.identity_group is None or identity.shape != (model.identity_size,):
+                raise TrackerError(
+                    f"the given identity has {identity.size} values; the {head.name} head model's identity group "
+                    f"{model.identity_group!r} has {model.identity_size}"
+                )
+        self.identity = identity
+        self._tracks: dict[int, TrackState] = {}
 
     @property
     def input_size(self) -> int:
@@ -222,6 +271,14 @@ class FaceTracker:
         self.detector.reset()
         self.cropper.reset()
         self._smoothers.clear()
+        self._tracks.clear()
+
+    def track_identity(self, track_id: int) -> tuple[torch.Tensor, str] | None:
+        """(identity (K,), state) of a live track, None when the track is unknown or not refined."""
+        track = self._tracks.get(track_id)
+        if track is None:
+            return None
+        return torch.from_numpy(track.pool.identity).float(), track.pool.state
 
     def intrinsics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = image.shape[:2]
@@ -275,6 +332,12 @@ class FaceTracker:
         faces = []
         with lap("smooth"):
             smoothed = [self._smooth(prepared.crops[i], raw, i, frame.timestamp) for i in range(len(prepared.crops))]
+        refine = self.refine
+        fits = [None] * len(smoothed)
+        if refine:
+            with lap("refine"), threadpool_limits(1, user_api="blas"):
+                for i, crop in enumerate(prepared.crops):
+                    smoothed[i], fits[i] = self._refine(crop, smoothed[i], focal, principal)
         self._drop_lost_tracks({c.track_id for c in prepared.crops})
         with lap("decode"):
             params = {g: torch.stack([s.params[g] for s in smoothed]) for g in smoothed[0].params}
@@ -303,6 +366,9 @@ class FaceTracker:
                     track_id=crop.track_id,
                     crop=crop,
                     cue=prepared.cues[i],
+                    identity_state=fits[i].state if fits[i] is not None else "network",
+                    refined=fits[i] is not None,
+                    refine_iterations=fits[i].iterations if fits[i] is not None else 0,
                 )
             )
         return TrackingResult(frame, faces, focal, principal, timings)
@@ -319,10 +385,44 @@ class FaceTracker:
         smoother.enabled = self._smoothing
         return smoother(values, timestamp)
 
+    def _refine(self, crop: FaceCrop, predicted: FrameParameters, focal: np.ndarray, principal: np.ndarray):
+        """One face's network prediction -> (refined FrameParameters, FrameFit)."""
+        model = self.refiner.model
+        track = self._tracks.get(crop.track_id)
+        if track is None:
+            pool = IdentityPool(model.identity_size, self.refiner.identity_std, self.refiner.settings.calibration_frames, self.identity)
+            track = self._tracks[crop.track_id] = TrackState(pool)
+        observed = crop.face.points[model.mediapipe_ids, :2].astype(np.float64)
+        if self.refine_start == "network":
+            network = self.head.complete_params({g: v[None] for g, v in predicted.params.items()})
+            identity, local = model.to_vectors({g: v[0] for g, v in network.items()})
+            prior = local
+        else:
+            identity, prior = model.to_vectors({g: v[0] for g, v in self.head.neutral_params(1, device="cpu").items()})
+            local = prior
+        if track.last is not None:
+            start = track.last
+        elif self.refine_start == "network":
+            rotation = rotation_6d_to_matrix(predicted.rotation_6d[None].double())[0].numpy()
+            start = Solution(rotation, predicted.translation.double().numpy(), local, identity)
+        else:
+            start = initial_pose(model, observed, focal, principal, identity, local)
+        temporal = self._smoothing and not self.photos
+        problem = FrameProblem(observed, focal, principal, prior, track.last if temporal else None)
+        fit = refine_face(self.refiner, track, problem, start, photo=self.photos)
+        sol = fit.solution
+        params = dict(predicted.params)
+        params.update({g: v for g, v in model.to_params(sol.identity, sol.local).items()})
+        rotation_6d = matrix_to_rotation_6d(torch.from_numpy(sol.rotation)[None])[0].float()
+        return FrameParameters(params, rotation_6d, torch.from_numpy(sol.translation).float()), fit
+
     def _drop_lost_tracks(self, alive: set[int]) -> None:
         for track_id in list(self._smoothers):
             if track_id not in alive:
                 del self._smoothers[track_id]
+        for track_id in list(self._tracks):
+            if track_id not in alive:
+                del self._tracks[track_id]
 
     def close(self) -> None:
         self.detector.close()
@@ -343,14 +443,19 @@ class FaceTracker:
         crop_smoothing: bool = True,
         focal_px: float | None = None,
         photos: bool = False,
+        detector: str = "short-range",
+        refine: bool = True,
+        refine_iters: int | None = None,
+        refine_start: str = "network",
+        identity: torch.Tensor | np.ndarray | None = None,
     ) -> FaceTracker:
         """Everything the live tracker needs from an N2FNet checkpoint: its network, its head model
         (``head_model_path``: ICT npz / FLAME folder; None: the head model's default place), the
         crop rule and input size it was trained with, the frame camera it assumes.
 
         ``head_model``: the name the user asked for; a TrackerError when the checkpoint was
-        trained for another one. ``cue``/``cue_options``: ``tracker.cues.create_cue``. ``photos``:
-        see ``assemble``.
+        trained for another one. ``cue``/``cue_options``: ``tracker.cues.create_cue``. ``photos``,
+        ``detector``, ``refine``, ``refine_iters``, ``refine_start``, ``identity``: see ``assemble``.
         """
         state = load_checkpoint(checkpoint)
         trained_for = state["n2fnet"]["head_model"]
@@ -376,6 +481,11 @@ class FaceTracker:
             crop_smoothing=crop_smoothing,
             focal_px=focal_px,
             photos=photos,
+            detector=detector,
+            refine=refine,
+            refine_iters=refine_iters,
+            refine_start=refine_start,
+            identity=identity,
         )
 
     @classmethod
@@ -395,15 +505,31 @@ class FaceTracker:
         crop_smoothing: bool = True,
         focal_px: float | None = None,
         photos: bool = False,
+        detector: str = "short-range",
+        refine: bool = True,
+        refine_iters: int | None = None,
+        refine_start: str = "network",
+        identity: torch.Tensor | np.ndarray | None = None,
     ) -> FaceTracker:
         """A tracker around ``net`` with the standard detector, cropper (``alpha``, the network's
         input size) and cue; the training settings (alpha, normal frame, focal) as given.
+
         ``photos``: for unrelated still images rather than video, MediaPipe's static-image mode
-        with its full-range face detector (faces of any size, no tracking between frames)."""
-        detector = FaceMeshDetector(max_faces=max_faces, static_images=photos, full_range=photos)
+        with its full-range face detector (faces of any size, no tracking between frames).
+        ``detector``: "short-range" (Face Mesh's own detector, then tracking between frames) or
+        "full-range" (MediaPipe's full-range face detector on every frame, then a mesh per face:
+        small and distant faces, at the detector's cost). ``refine``, ``refine_start``,
+        ``identity``: see the class; ``refine_iters``: the refinement's iterations per frame
+        (None: ``tracker.refinement.DEFAULT_ITERATIONS``)."""
+        if detector not in DETECTORS:
+            raise TrackerError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+        full_range = photos or detector == "full-range"
+        mesh_detector = FaceMeshDetector(max_faces=max_faces, static_images=photos, full_range=full_range)
         cropper = FaceCropper(alpha=alpha, out_size=net.config.input_size, max_faces=max_faces, smoothing=DEFAULT_BOX_SMOOTHING if crop_smoothing else None)
         geometry_cue = create_cue(cue, device=device if cue != "mediapipe" else None, **(cue_options or {}))
+        settings = RefineSettings() if refine_iters is None else RefineSettings(iterations=int(refine_iters))
         return cls(
-            net, head, detector, cropper, geometry_cue,
+            net, head, mesh_detector, cropper, geometry_cue,
             normal_frame=normal_frame, smoothing=smoothing, device=device, focal_ratio=focal_ratio, focal_px=focal_px,
+            refine=refine, refine_settings=settings, refine_start=refine_start, identity=identity, photos=photos,
         )

@@ -29,6 +29,14 @@ inter-ocular distance of MediaPipe's landmarks at the middle frame (%), for ours
 raw landmarks; (ii) per mesh vertex (the head model's face region) in the camera frame, mm. (For
 independent noise of std s per coordinate the second difference has std sqrt(6) s per coordinate
 and a mean norm of about 3.1 s in 2D, 3.9 s in 3D.)
+Agreement with MediaPipe on every frame with a face (MediaPipe's 68-point subset of the same
+frame as reference): NME-51 in % of its inter-ocular distance; the Pearson correlation and the
+standard-deviation ratio of the mouth opening (inner-lip gap, iBUG 62-66) and of the eye opening
+(mean of the lid gaps 37-41, 38-40, 43-47, 44-46), each over the outer-eye-corner distance. The
+refinement's mean iterations and milliseconds per face.
+
+``--ablation`` runs it all for N2FNet alone, the refinement from the mean face without the
+network, and N2FNet plus the refinement, and prints the comparison.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import cv2
 import numpy as np
 import torch
 
-from app import live
+from tracker import options as tracker_options
 from tracker.device_feed import CpuFeeder, CudaFeeder, create_feeder
 from tracker.errors import TrackerError
 from tracker.paths import shared_dir
@@ -198,10 +206,11 @@ class LandmarkSummary:
         return self.detected / self.faces if self.faces else math.nan
 
 
-def image_tracker(args: argparse.Namespace) -> FaceTracker:
+def image_tracker(args: argparse.Namespace, **overrides) -> FaceTracker:
     """The app's tracker without smoothing, for unrelated photos: MediaPipe's full-range detector
-    in static mode, up to IMAGE_MAX_FACES faces."""
-    return build_tracker(args, max_faces=IMAGE_MAX_FACES, smoothing=False, photos=True)
+    in static mode, up to IMAGE_MAX_FACES faces (refinement as ``--refine``; ``overrides``: see
+    ``build_tracker``)."""
+    return build_tracker(args, max_faces=IMAGE_MAX_FACES, smoothing=False, photos=True, detector="full-range", **overrides)
 
 
 def track_image(tracker: FaceTracker, feeder: CpuFeeder | CudaFeeder, image: np.ndarray, upscale: float = 1.0) -> TrackingResult:
@@ -312,7 +321,11 @@ class JitterMeter:
 class VideoRow:
     """One video: frames tracked, frames with a face, steady-state FPS, mean per-frame processing
     (ms), jitter of our projected landmarks and of MediaPipe's (% inter-ocular), of the face
-    mesh (mm), and the number of frame triples the jitter averages."""
+    mesh (mm), and the number of frame triples the jitter averages; agreement with MediaPipe's
+    68 points on the same frames: NME-51 (%, MediaPipe's inter-ocular distance), Pearson
+    correlation and standard-deviation ratio (ours / MediaPipe's) of the mouth and eye openings
+    (``openings``); the refinement's mean iterations and ms per face (0: not refined) and the
+    frames tracked with a locked identity."""
 
     video: str
     frames: int
@@ -323,10 +336,42 @@ class VideoRow:
     jitter_mediapipe_percent: float
     jitter_mesh_mm: float
     triples: int
+    nme51_vs_mediapipe: float = math.nan
+    mouth_correlation: float = math.nan
+    eye_correlation: float = math.nan
+    mouth_std_ratio: float = math.nan
+    eye_std_ratio: float = math.nan
+    refine_iterations: float = 0.0
+    refine_ms: float = 0.0
+    identity_locked_frames: int = 0
 
     @property
     def detection_rate(self) -> float:
         return self.detected / self.frames if self.frames else math.nan
+
+
+MOUTH_PAIRS = ((62, 66),)  # inner-lip centres (iBUG, 0-based)
+EYE_PAIRS = ((37, 41), (38, 40), (43, 47), (44, 46))  # upper and lower lid points of both eyes
+
+
+def openings(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., 68, 2) iBUG landmarks -> (mouth (...), eye (...)) openings: the inner-lip gap and the
+    mean lid gap, each over the outer-eye-corner distance (points 36-45)."""
+    points = np.asarray(points, dtype=np.float64)
+    ocular = np.linalg.norm(points[..., metrics.RIGHT_EYE_OUTER, :] - points[..., metrics.LEFT_EYE_OUTER, :], axis=-1)
+
+    def gap(pairs) -> np.ndarray:
+        return np.mean([np.linalg.norm(points[..., a, :] - points[..., b, :], axis=-1) for a, b in pairs], axis=0) / ocular
+
+    return gap(MOUTH_PAIRS), gap(EYE_PAIRS)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two (T,) series (NaN when either is constant or T < 3)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 class MediaClockSource:
@@ -359,15 +404,21 @@ class MediaClockSource:
 
 
 class VideoMeter:
-    """Pipeline sink: counts frames and faces, result times and the three jitters of the first
-    (largest) face; ``face_vertices`` (V,) bool selects the mesh vertices (None: all)."""
+    """Pipeline sink: counts frames and faces, result times, the three jitters of the first
+    (largest) face and its agreement with MediaPipe (``VideoRow``); ``face_vertices`` (V,) bool
+    selects the mesh vertices (None: all)."""
 
     def __init__(self, face_vertices: torch.Tensor | None) -> None:
         self.face_vertices = face_vertices
         self.times: list[float] = []
         self.processing_ms: list[float] = []
+        self.refine_ms: list[float] = []
+        self.refine_iterations: list[int] = []
         self.detected = 0
+        self.locked = 0
         self.ours, self.mediapipe, self.mesh = JitterMeter(), JitterMeter(), JitterMeter()
+        self.ours68: list[np.ndarray] = []
+        self.mediapipe68: list[np.ndarray] = []
 
     def __call__(self, result: TrackingResult) -> None:
         self.times.append(time.perf_counter())
@@ -381,12 +432,28 @@ class VideoMeter:
         self.mediapipe.push(index, face.track_id, face.mesh_landmarks68, ocular / 100.0)
         vertices = face.vertices if self.face_vertices is None else face.vertices[self.face_vertices]
         self.mesh.push(index, face.track_id, vertices.numpy() * metrics.MM_PER_METRE)
+        self.ours68.append(np.asarray(face.landmarks68, dtype=np.float64))
+        self.mediapipe68.append(np.asarray(face.mesh_landmarks68, dtype=np.float64))
+        self.refine_iterations.append(face.refine_iterations)
+        self.refine_ms.append(result.timings.get("refine", 0.0) / len(result.faces))
+        self.locked += face.identity_state in ("locked", "given")
 
     def row(self, name: str) -> VideoRow:
         frames = len(self.times)
         fps = (frames - 1) / (self.times[-1] - self.times[0]) if frames > 1 and self.times[-1] > self.times[0] else math.nan
         processing = float(np.mean(self.processing_ms)) if frames else math.nan
-        return VideoRow(name, frames, self.detected, fps, processing, self.ours.mean, self.mediapipe.mean, self.mesh.mean, self.ours.count)
+        row = VideoRow(name, frames, self.detected, fps, processing, self.ours.mean, self.mediapipe.mean, self.mesh.mean, self.ours.count)
+        if self.ours68:
+            ours, theirs = np.stack(self.ours68), np.stack(self.mediapipe68)
+            row.nme51_vs_mediapipe = float(np.mean(nme_percent(ours, theirs, with_jaw=False)))
+            (mouth, eye), (mouth_mp, eye_mp) = openings(ours), openings(theirs)
+            row.mouth_correlation, row.eye_correlation = correlation(mouth, mouth_mp), correlation(eye, eye_mp)
+            row.mouth_std_ratio = float(mouth.std() / mouth_mp.std()) if mouth_mp.std() > 0 else math.nan
+            row.eye_std_ratio = float(eye.std() / eye_mp.std()) if eye_mp.std() > 0 else math.nan
+            row.refine_iterations = float(np.mean(self.refine_iterations))
+            row.refine_ms = float(np.mean(self.refine_ms))
+            row.identity_locked_frames = self.locked
+        return row
 
 
 def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None) -> VideoRow:
@@ -400,15 +467,19 @@ def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = No
 
 
 def format_video_table(rows: list[VideoRow]) -> str:
-    """Table: Video | frames | face found | FPS | ms/frame | jitter: ours 2D, MediaPipe 2D, mesh."""
+    """Table: Video | frames | face found | FPS | ms/frame | jitter: ours 2D, MediaPipe 2D, mesh |
+    against MediaPipe: NME-51, mouth and eye correlation and std ratio | refine iterations, ms."""
     lines = [
-        "| Video | frames | face found | FPS | ms/frame | jitter 68 ours % IOD | jitter 68 MediaPipe % IOD | jitter mesh mm |",
-        "|" + "---|" * 8,
+        "| Video | frames | face found | FPS | ms/frame | jitter 68 ours % IOD | jitter 68 MediaPipe % IOD | jitter mesh mm "
+        "| NME-51 vs MediaPipe % | mouth corr | eye corr | mouth std ratio | eye std ratio | refine iters | refine ms |",
+        "|" + "---|" * 15,
     ]
     for r in rows:
         lines.append(
             f"| {r.video} | {r.frames} | {_number(100 * r.detection_rate, 1)}% | {_number(r.fps, 1)} | {_number(r.processing_ms, 1)} | "
-            f"{_number(r.jitter_landmarks_percent, 3)} | {_number(r.jitter_mediapipe_percent, 3)} | {_number(r.jitter_mesh_mm, 3)} |"
+            f"{_number(r.jitter_landmarks_percent, 3)} | {_number(r.jitter_mediapipe_percent, 3)} | {_number(r.jitter_mesh_mm, 3)} | "
+            f"{_number(r.nme51_vs_mediapipe)} | {_number(r.mouth_correlation, 3)} | {_number(r.eye_correlation, 3)} | "
+            f"{_number(r.mouth_std_ratio)} | {_number(r.eye_std_ratio)} | {_number(r.refine_iterations, 1)} | {_number(r.refine_ms)} |"
         )
     return "\n".join(lines)
 
@@ -416,15 +487,22 @@ def format_video_table(rows: list[VideoRow]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool, photos: bool = False) -> FaceTracker:
-    """The tracker exactly as ``python -m app.live`` builds it from the same options."""
-    argv = ["--checkpoint", str(args.checkpoint), "--device", args.device, "--max-faces", str(max_faces)]
-    for flag, value in (("--head-model", args.head_model), ("--ict-model", args.ict_model), ("--flame-dir", args.flame_dir)):
-        if value:
-            argv += [flag, str(value)]
-    if not smoothing:
-        argv.append("--no-smoothing")
-    return live.build_tracker(live.build_parser().parse_args(argv), photos=photos)
+def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool, photos: bool = False, **overrides) -> FaceTracker:
+    """The tracker exactly as ``python -m app.live`` builds it from the same options
+    (``tracker.options``); ``overrides``: TrackerOptions fields to set otherwise (e.g. refine=False)."""
+    options = tracker_options.TrackerOptions(
+        checkpoint=args.checkpoint,
+        head_model=args.head_model,
+        ict_model=args.ict_model,
+        flame_dir=args.flame_dir,
+        device=args.device,
+        max_faces=max_faces,
+        smoothing=smoothing,
+        detector=args.detector,
+        refine=args.refine,
+        refine_iters=args.refine_iters,
+    )
+    return tracker_options.build_tracker(dataclasses.replace(options, **overrides), photos=photos)
 
 
 def data_folder(path: str | None) -> Path:
@@ -461,6 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ict-model", help="ICT-FaceKit model (default: as python -m app.live finds it)")
     p.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
     p.add_argument("--device", default="cpu", help="network device: cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="the refinement after the network (Gauss-Newton fit to MediaPipe's landmarks, pooled identity per track; default: on, as the app)")
+    p.add_argument("--refine-iters", type=tracker_options.positive_int, metavar="N", help="refinement iterations per frame (default: the library's)")
+    p.add_argument("--detector", choices=tracker_options.DETECTORS, default="short-range",
+                   help="videos: the face detector, as the app's --detector (default: short-range); the photos always use full-range")
     p.add_argument("--data", help="real-face material folder (default: the shared folder's real-faces/)")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the annotated photos")
@@ -472,13 +555,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the app)")
     p.add_argument("--csv", help="write the per-face rows of the photos to this CSV")
     p.add_argument("--json", help="write every figure (settings, per-face rows, tables) to this JSON")
+    p.add_argument("--ablation", action="store_true",
+                   help="N2FNet's role: run everything three times (N2FNet alone; refinement from the mean face, no network; "
+                   "N2FNet + refinement) and print a comparison table")
     return p
 
 
-def report_images(args: argparse.Namespace, folder: Path) -> dict:
+# variant name -> TrackerOptions overrides
+ABLATION = {
+    "N2FNet alone": {"refine": False},
+    "refinement from the mean face (no network)": {"refine": True, "refine_start": "mean"},
+    "N2FNet + refinement": {"refine": True, "refine_start": "network"},
+}
+
+
+def format_ablation_table(results: dict[str, dict]) -> str:
+    """One row per ABLATION variant: photo NMEs, then the mean over the videos of the video figures."""
+    lines = [
+        "| Variant | photos NME-68 % | photos NME-51 % | videos NME-51 vs MediaPipe % | mouth corr | eye corr | jitter 68 % IOD "
+        "| MediaPipe jitter | refine iters | refine ms |",
+        "|" + "---|" * 10,
+    ]
+    for name, report in results.items():
+        ours = report.get("images", {}).get("summary", [{}])[0]
+        rows = report.get("videos", {}).get("rows", [])
+        mean = {key: float(np.nanmean([r[key] for r in rows if r[key] is not None])) if rows else math.nan
+                for key in ("nme51_vs_mediapipe", "mouth_correlation", "eye_correlation", "jitter_landmarks_percent",
+                            "jitter_mediapipe_percent", "refine_iterations", "refine_ms")}
+        lines.append(
+            f"| {name} | {_number(ours.get('nme68_mean', math.nan))} | {_number(ours.get('nme51_mean', math.nan))} | "
+            f"{_number(mean['nme51_vs_mediapipe'])} | {_number(mean['mouth_correlation'], 3)} | {_number(mean['eye_correlation'], 3)} | "
+            f"{_number(mean['jitter_landmarks_percent'], 3)} | {_number(mean['jitter_mediapipe_percent'], 3)} | "
+            f"{_number(mean['refine_iterations'], 1)} | {_number(mean['refine_ms'])} |"
+        )
+    return "\n".join(lines)
+
+
+def report_images(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     """Track the annotated photos, print their table (and write --csv) -> the JSON part."""
     faces = annotated_faces(folder / "dlib-faces")
-    tracker = image_tracker(args)
+    tracker = image_tracker(args, **overrides)
     try:
         rows, unmatched = evaluate_images(tracker, faces, args.upscale)
     finally:
@@ -507,10 +623,10 @@ def report_images(args: argparse.Namespace, folder: Path) -> dict:
     }
 
 
-def report_videos(args: argparse.Namespace, folder: Path) -> dict:
+def report_videos(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     """Track the videos, print their table -> the JSON part."""
     paths = video_paths(args, folder)
-    tracker = build_tracker(args, max_faces=1, smoothing=not args.no_smoothing)
+    tracker = build_tracker(args, max_faces=1, smoothing=not args.no_smoothing, **overrides)
     try:
         rows = [evaluate_video(tracker, path, args.max_frames) for path in paths]
     finally:
@@ -535,12 +651,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.upscale <= 0:
             raise TrackerError(f"--upscale must be positive, got {args.upscale}")
         folder = data_folder(args.data)
-        if not args.videos_only:
-            report["images"] = report_images(args, folder)
-        if not args.images_only:
+        variants = ABLATION if args.ablation else {"": {}}
+        results: dict[str, dict] = {}
+        for name, overrides in variants.items():
+            if name:
+                print(f"\n## {name}")
+            part: dict = {}
             if not args.videos_only:
-                print()
-            report["videos"] = report_videos(args, folder)
+                part["images"] = report_images(args, folder, **overrides)
+            if not args.images_only:
+                if not args.videos_only:
+                    print()
+                part["videos"] = report_videos(args, folder, **overrides)
+            results[name] = _finite_or_none(part)
+        if args.ablation:
+            print("\n## Ablation: N2FNet's role (videos: mean over the videos)")
+            print(format_ablation_table(results))
+            report["ablation"] = results
+        else:
+            report.update(results[""])
     except TrackerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,8 +12,9 @@ MediaPipe itself, so it works for any head model MediaPipe recognises as a face 
     ``size`` pixels with the project's rasteriser;
  2. run MediaPipe Face Mesh (static images) on every render;
  3. back-project each landmark through the rasteriser's triangle index and barycentrics of a
-    second rasterisation holding only the face-region triangles (so a point on an eye opening
-    or the mouth lands on the nearest face pixel, the lid or lip, within ``max_snap_px``),
+    second rasterisation holding only the face-region triangles without the eyeballs (so a
+    point on an eye opening or the mouth lands on the nearest face pixel, the lid or lip,
+    within ``max_snap_px``),
     keeping views where that surface faces the camera (cos > ``min_facing``);
  4. per landmark the view whose 3D point is the medoid of all views' points wins; the median
     distance of the other views' points from it (``spread_mm``) measures how much MediaPipe's
@@ -42,7 +43,7 @@ from tracker.render import render_maps
 
 MEDIAPIPE_POINTS = 468
 VIEWS_DEG: tuple[tuple[float, float], ...] = tuple((pitch, yaw) for pitch in (-10.0, 0.0, 10.0) for yaw in (-30.0, -15.0, 0.0, 15.0, 30.0))
-_FORMAT = "n2f-mediapipe-embedding-v1"
+_FORMAT = "n2f-mediapipe-embedding-v2"  # v2: eye-opening points on the lids, not the eyeballs
 
 
 @dataclass
@@ -108,6 +109,7 @@ def head_fingerprint(head: HeadModel) -> str:
     digest.update(head.render_faces.cpu().numpy().astype(np.int64).tobytes())
     digest.update(head.region_masks["face"].cpu().numpy().tobytes())
     digest.update(str(mediapipe.__version__).encode())
+    digest.update(_FORMAT.encode())
     return digest.hexdigest()
 
 
@@ -128,8 +130,14 @@ def mediapipe_embedding(head: HeadModel, cache: str | Path | None = None, log=pr
 
 
 def _face_triangles(head: HeadModel) -> torch.Tensor:
-    face = head.region_masks["face"].to(head.render_faces.device)
-    return head.render_faces[face[head.render_faces].all(-1)]
+    """(F', 3) render triangles of the face region without the eyeballs: a landmark on an eye
+    opening lands on the lid, which moves when the eye closes, not on the eyeball behind it."""
+    skin = head.region_masks["face"].clone()
+    for region, mask in head.region_masks.items():
+        if "eyeball" in region:
+            skin &= ~mask
+    skin = skin.to(head.render_faces.device)
+    return head.render_faces[skin[head.render_faces].all(-1)]
 
 
 def _shade(normals: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

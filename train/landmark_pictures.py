@@ -1,0 +1,171 @@
+"""``python -m train.landmark_pictures --out DIR``: pictures of our 68 landmarks against MediaPipe's
+(videos) and dlib's (photos), with the refinement off (N2FNet alone) and on, side by side.
+
+Per real video: the frames with the widest mouth, the most closed eyes (MediaPipe's openings,
+``train.evaluate_real.openings``) and the middle frame, each tracked in order from the start
+(smoothing on, as the app). Per dlib photo face: the face's neighbourhood. Colours: the shaded
+mesh; ours magenta; MediaPipe's 68 yellow; dlib's annotation green (photos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from tracker.device_feed import create_feeder
+from tracker.errors import TrackerError
+from tracker.overlay import draw_mesh, face_window
+from tracker.pipeline import Pipeline
+from tracker.sources import open_source
+from train.evaluate_real import (
+    MediaClockSource,
+    annotated_faces,
+    build_parser as evaluate_parser,
+    build_tracker,
+    data_folder,
+    image_tracker,
+    landmark_box,
+    match_boxes,
+    openings,
+    track_image,
+    video_paths,
+)
+
+OURS, MEDIAPIPE, ANNOTATION = (255, 0, 255), (0, 255, 255), (0, 200, 0)
+TILE = 320
+
+
+def dots(image: np.ndarray, points: np.ndarray, colour, radius: int = 2) -> None:
+    for x, y in np.round(points * 4).astype(np.int64):
+        cv2.circle(image, (int(x), int(y)), radius * 4, colour, -1, cv2.LINE_AA, shift=2)
+
+
+def tile(image: np.ndarray, window: tuple[int, int, int, int], label: str) -> np.ndarray:
+    x0, y0, x1, y1 = window
+    out = cv2.resize(image[y0:y1, x0:x1], (TILE, TILE), interpolation=cv2.INTER_AREA)
+    cv2.putText(out, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+class Keep:
+    """Sink keeping the results of the given frame indices (all when None), and every frame's
+    MediaPipe 68 points."""
+
+    def __init__(self, wanted: set[int] | None) -> None:
+        self.wanted, self.results, self.mediapipe = wanted, {}, {}
+
+    def __call__(self, result) -> None:
+        if result.faces:
+            self.mediapipe[result.frame.index] = result.faces[0].mesh_landmarks68
+            if self.wanted is not None and result.frame.index in self.wanted:
+                self.results[result.frame.index] = result
+
+
+def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
+    first = Keep(None)
+    trackers = {name: build_tracker(args, max_faces=1, smoothing=True, refine=refine) for name, refine in (("N2FNet alone", False), ("N2FNet + refinement", True))}
+    try:
+        Pipeline(MediaClockSource(open_source(path, realtime=False)), trackers["N2FNet alone"], [first], mode="sequential", max_frames=max_frames).run()
+        if not first.mediapipe:
+            raise TrackerError(f"{path.name}: no face")
+        indices = np.array(sorted(first.mediapipe))
+        mouth, eye = openings(np.stack([first.mediapipe[i] for i in indices]))
+        chosen = [int(indices[np.argmax(mouth)]), int(indices[np.argmin(eye)]), int(indices[len(indices) // 2])]
+        rows = []
+        kept = {}
+        for name, tracker in trackers.items():
+            tracker.reset()
+            keep = Keep(set(chosen))
+            Pipeline(MediaClockSource(open_source(path, realtime=False)), tracker, [keep], mode="sequential", max_frames=max_frames).run()
+            kept[name] = keep.results
+        for label, index in zip(("widest mouth", "eyes most closed", "middle"), chosen):
+            tiles = []
+            for name, tracker in trackers.items():
+                result = kept[name][index]
+                image = result.frame.image.copy()
+                draw_mesh(image, result, tracker.head.render_faces, "shaded", 0.45)
+                face = result.faces[0]
+                dots(image, face.mesh_landmarks68, MEDIAPIPE)
+                dots(image, face.landmarks68, OURS)
+                tiles.append(tile(image, face_window(face, image.shape[1], image.shape[0]), f"{path.stem[:16]} {index} {label}: {name}"))
+            rows.append(np.concatenate(tiles, 1))
+        return np.concatenate(rows, 0)
+    finally:
+        for tracker in trackers.values():
+            tracker.close()
+
+
+def photo_picture(args, folder: Path, count: int) -> np.ndarray:
+    faces = annotated_faces(folder / "dlib-faces")
+    by_image: dict[Path, list] = {}
+    for face in faces:
+        by_image.setdefault(face.image, []).append(face)
+    columns = {}
+    for name, refine in (("N2FNet alone", False), ("N2FNet + refinement", True)):
+        tracker = image_tracker(args, refine=refine)
+        feeder = create_feeder(tracker.run_network, tracker.device)
+        tiles = []
+        try:
+            for path, annotations in by_image.items():
+                image = cv2.imread(str(path))
+                result = track_image(tracker, feeder, image, args.upscale)
+                boxes = np.array([landmark_box(f.mesh_landmarks68 / args.upscale) for f in result.faces]).reshape(-1, 4)
+                for annotation, (index, _) in zip(annotations, match_boxes(np.stack([a.box for a in annotations]), boxes)):
+                    if index is None or len(tiles) >= count:
+                        continue
+                    face = result.faces[index]
+                    big = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+                    scale = 4.0
+                    dots(big, annotation.points * scale, ANNOTATION, 3)
+                    dots(big, face.mesh_landmarks68 / args.upscale * scale, MEDIAPIPE, 3)
+                    dots(big, face.landmarks68 / args.upscale * scale, OURS, 3)
+                    x0, y0, x1, y1 = annotation.box * scale
+                    side = max(x1 - x0, y1 - y0) * 1.5
+                    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                    window = [int(max(0, cx - side / 2)), int(max(0, cy - side / 2)), int(min(big.shape[1], cx + side / 2)), int(min(big.shape[0], cy + side / 2))]
+                    tiles.append(tile(big, window, f"{path.stem} {annotation.face}: {name}"))
+        finally:
+            tracker.close()
+        columns[name] = tiles
+    rows = [np.concatenate(pair, 1) for pair in zip(*columns.values())]
+    return np.concatenate(rows, 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = evaluate_parser()
+    parser.prog = "python -m train.landmark_pictures"
+    parser.description = __doc__
+    parser.add_argument("--out", required=True, help="folder for the pictures")
+    parser.add_argument("--photo-faces", type=int, default=8, help="dlib photo faces in the picture (default 8)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        folder = data_folder(args.data)
+        if not args.videos_only:
+            cv2.imwrite(str(out / "photos.jpg"), photo_picture(args, folder, args.photo_faces))
+            print(out / "photos.jpg")
+        if not args.images_only:
+            for path in video_paths(args, folder):
+                try:
+                    picture = video_picture(args, path, args.max_frames)
+                except TrackerError as error:
+                    print(f"skipped: {error}")
+                    continue
+                target = out / f"{path.stem}.jpg"
+                cv2.imwrite(str(target), picture)
+                print(target)
+    except TrackerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
