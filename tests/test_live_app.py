@@ -132,7 +132,7 @@ def test_ctrl_c_finalises_the_recording(checkpoint: Path, videos: Path, tmp_path
 def test_live_benchmark_prints_its_summary_line(videos: Path, capsys) -> None:
     bench_main(["live", "--video", str(videos / "single_face.mp4"), "--untrained", "resnet18", "--input-size", str(INPUT_SIZE), "--frames", "6"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.fullmatch(r"mediapipe_fps=\d+\.\d sequential_fps=\d+\.\d async_fps=\d+\.\d", last), last
+    assert re.fullmatch(r"mediapipe_fps=\d+\.\d sequential_fps=\d+\.\d async_fps=\d+\.\d sequential_no_refine_fps=\d+\.\d async_no_refine_fps=\d+\.\d", last), last
 
 
 def test_network_camera_lands_on_the_crop_point_it_predicts(checkpoint: Path, videos: Path) -> None:

@@ -35,6 +35,7 @@ from tracker.head_models import HeadModel, load_head_model
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from tracker.refinement import (
+    DecodedEmbeddedHead,
     FrameProblem,
     IdentityPool,
     RefineSettings,
@@ -241,17 +242,35 @@ class FaceTracker:
         if refine_start not in ("network", "mean"):
             raise TrackerError(f"refine_start must be 'network' or 'mean', got {refine_start!r}")
         self.refine, self.refine_start, self.photos = bool(refine), refine_start, bool(photos)
-        self.refiner = Refiner(embedded_head(self.head, embedding), refine_settings or RefineSettings())
-        model = self.refiner.model
+        self._refine_settings, self._embedding = refine_settings or RefineSettings(), embedding
+        self._refiner: Refiner | None = None
         if identity is not None:
             identity = np.asarray(identity.detach().cpu() if isinstance(identity, torch.Tensor) else identity, dtype=np.float64).reshape(-1)
-            if model.identity_group is None or identity.shape != (model.identity_size,):
-                raise TrackerError(
-                    f"the given identity has {identity.size} values; the {head.name} head model's identity group "
-                    f"{model.identity_group!r} has {model.identity_size}"
-                )
+            group = next((g for g in ("identity", "shape") if g in head.param_groups), None)
+            if group is None or identity.shape != (head.param_groups[group].size,):
+                size = head.param_groups[group].size if group else 0
+                raise TrackerError(f"the given identity has {identity.size} values; the {head.name} head model's identity group {group!r} has {size}")
+        if self.refine:  # built now, so that a missing embedding fails at start-up, not at the first face
+            self._refiner = self._make_refiner()
         self.identity = identity
         self._tracks: dict[int, TrackState] = {}
+
+    @property
+    def refiner(self) -> Refiner:
+        """The refinement of this head model (built on first use: it needs the head's MediaPipe
+        embedding, computed once and cached)."""
+        if self._refiner is None:
+            self._refiner = self._make_refiner()
+        return self._refiner
+
+    def _make_refiner(self) -> Refiner:
+        refiner = Refiner(embedded_head(self.head, self._embedding), self._refine_settings)
+        if isinstance(refiner.model, DecodedEmbeddedHead):
+            log.warning(
+                "the %s head model is refined through autodiff Jacobians of its decode (tenths of a second per frame on a CPU, "
+                "more while the identity calibrates): pass --refine-iters 1 or --no-refine where speed matters", self.head.name,
+            )
+        return refiner
 
     @property
     def input_size(self) -> int:

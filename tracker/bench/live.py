@@ -61,17 +61,17 @@ def time_mediapipe(frames: list[np.ndarray]) -> tuple[float, float, float, float
     return len(frames) / total, float(np.percentile(times, 50)), float(np.percentile(times, 95)), found / len(frames)
 
 
-def make_tracker(args: argparse.Namespace) -> FaceTracker:
+def make_tracker(args: argparse.Namespace, refine: bool = True) -> FaceTracker:
     if args.checkpoint:
-        return FaceTracker.from_checkpoint(args.checkpoint, device=args.device, head_model_path=args.ict_model)
+        return FaceTracker.from_checkpoint(args.checkpoint, device=args.device, head_model_path=args.ict_model, refine=refine)
     head = load_head_model("ict", args.ict_model)
     net = N2FNet.for_head_model(head, backbone=args.untrained, input_size=args.input_size)
-    return FaceTracker.assemble(net, head, device=args.device)
+    return FaceTracker.assemble(net, head, device=args.device, refine=refine)
 
 
-def time_pipeline(args: argparse.Namespace, mode: str, frames: int) -> tuple[StatsSnapshot, float]:
+def time_pipeline(args: argparse.Namespace, mode: str, frames: int, refine: bool = True) -> tuple[StatsSnapshot, float]:
     """One pipeline run -> (stats over every frame, wall-clock fps)."""
-    tracker = make_tracker(args)
+    tracker = make_tracker(args, refine)
     source = open_source(args.video, realtime=True if args.realtime else None)
     pipeline = Pipeline(source, tracker, [], mode=mode, max_frames=frames, stats_window=frames)
     start = time.perf_counter()
@@ -96,14 +96,20 @@ def run(args: argparse.Namespace) -> None:
     mp_fps, mp_p50, mp_p95, rate = time_mediapipe(frames)
     print(f"mediapipe   {mp_fps:7.1f} fps  latency p50 {mp_p50:6.1f} ms  p95 {mp_p95:6.1f} ms  faces in {100 * rate:.1f}% of frames")
     fps = {}
+    for refine in (False, True):
+        for mode in ("sequential", "async"):
+            stats, fps[mode, refine] = time_pipeline(args, mode, count, refine)
+            p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
+            name = f"{mode} {'refine' if refine else 'no-refine'}"
+            print(f"{name:21s} {fps[mode, refine]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
+                  f"dropped {stats.dropped}  stage ms: {stages}")
+    for refine in (False, True):
+        print(f"async/sequential speed-up ({'refine' if refine else 'no refine'}): {fps['async', refine] / fps['sequential', refine]:.2f}x")
     for mode in ("sequential", "async"):
-        stats, fps[mode] = time_pipeline(args, mode, count)
-        p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
-        print(f"{mode:11s} {fps[mode]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
-              f"dropped {stats.dropped}  stage ms: {stages}")
-    print(f"async/sequential speed-up: {fps['async'] / fps['sequential']:.2f}x")
-    print(f"mediapipe_fps={mp_fps:.1f} sequential_fps={fps['sequential']:.1f} async_fps={fps['async']:.1f}")
+        print(f"{mode}: fps with refinement / without: {fps[mode, True] / fps[mode, False]:.3f}")
+    print(f"mediapipe_fps={mp_fps:.1f} sequential_fps={fps['sequential', True]:.1f} async_fps={fps['async', True]:.1f} "
+          f"sequential_no_refine_fps={fps['sequential', False]:.1f} async_no_refine_fps={fps['async', False]:.1f}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
