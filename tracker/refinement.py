@@ -46,7 +46,7 @@ from tracker.errors import TrackerError
 from tracker.geometry.rotations import axis_angle_to_rotation_6d, rotation_6d_to_axis_angle
 from tracker.head_models.base import GaussianPrior, HeadModel, RotationPrior, SparseUniformPrior, UniformPrior
 
-DEFAULT_ITERATIONS = 4
+DEFAULT_ITERATIONS = 3
 MEDIAPIPE_POINTS = 468
 FLIP = np.array([1.0, -1.0, -1.0])
 # groups that are never refined per frame: the head's own root pose is the camera's (R, t)
@@ -399,7 +399,10 @@ class Refiner:
         local_basis, _ = model.jacobians(sol.identity, sol.local, with_identity=False)
         j = np.empty((len(z), 2, 6 + model.local_size))
         # d X / d omega = -[v]_x with v = R F P: a row a of d gives a^T (-[v]_x) = (v x a)^T
-        j[:, :, 0:3] = np.cross(rotated[:, None, :], d)
+        v0, v1, v2 = (rotated[:, k, None] for k in range(3))
+        j[:, :, 0] = v1 * d[:, :, 2] - v2 * d[:, :, 1]
+        j[:, :, 1] = v2 * d[:, :, 0] - v0 * d[:, :, 2]
+        j[:, :, 2] = v0 * d[:, :, 1] - v1 * d[:, :, 0]
         j[:, :, 3:6] = d
         projector = d @ rf  # (N, 2, 3)
         np.matmul(projector, local_basis, out=j[:, :, 6:])

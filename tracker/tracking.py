@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from tracker.cues import CueOutput, GeometryCue, create_cue
 from tracker.errors import TrackerError
@@ -52,6 +52,9 @@ from tracker.sources import Frame
 log = logging.getLogger(__name__)
 
 DETECTORS = ("short-range", "full-range")
+# numpy's BLAS libraries, found once (a scan costs milliseconds); the refinement's small solves
+# run on one BLAS thread, as the network runs on one torch thread
+_BLAS = ThreadpoolController()
 
 
 @dataclass
@@ -354,7 +357,7 @@ class FaceTracker:
         refine = self.refine
         fits = [None] * len(smoothed)
         if refine:
-            with lap("refine"), threadpool_limits(1, user_api="blas"):
+            with lap("refine"), _BLAS.limit(limits=1, user_api="blas"):
                 for i, crop in enumerate(prepared.crops):
                     smoothed[i], fits[i] = self._refine(crop, smoothed[i], focal, principal)
         self._drop_lost_tracks({c.track_id for c in prepared.crops})
