@@ -303,3 +303,25 @@ def test_flame_official_mediapipe_embedding_format(tmp_path):
     fit = refine_face(refiner, TrackState(IdentityPool(model.identity_size, 0.8, 1)), FrameProblem(observed, FOCAL, PRINCIPAL, None, None), start)
     after = np.abs(project(model, fit.solution) - observed).mean()
     assert after < 0.2 * before
+
+
+@pytest.mark.shared
+def test_refinement_puts_the_mesh_on_a_real_face_and_locks_the_identity(shared_path):
+    """A real video through the shipped tracker: with the refinement our 68 points agree with
+    MediaPipe's, and the identity calibrates then locks; without it they do not agree."""
+    from tracker.options import DEFAULT_CHECKPOINT
+    from tracker.tracking import FaceTracker
+    from train.evaluate_real import evaluate_video
+
+    video = shared_path / "real-faces" / "videos" / "WolfgangLanger_Pexels.mp4"
+    rows = {}
+    for refine in (False, True):
+        tracker = FaceTracker.from_checkpoint(DEFAULT_CHECKPOINT, refine=refine)
+        try:
+            rows[refine] = evaluate_video(tracker, video, max_frames=40)
+        finally:
+            tracker.close()
+    print({k: (round(r.nme51_vs_mediapipe, 2), round(r.mouth_correlation, 3)) for k, r in rows.items()})
+    assert rows[True].nme51_vs_mediapipe < 4.0 < rows[False].nme51_vs_mediapipe
+    assert rows[True].identity_locked_frames == 40 - 30 and rows[False].identity_locked_frames == 0
+    assert rows[True].refine_iterations > 0 and rows[False].refine_iterations == 0
