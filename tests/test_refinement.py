@@ -323,5 +323,5 @@ def test_refinement_puts_the_mesh_on_a_real_face_and_locks_the_identity(shared_p
             tracker.close()
     print({k: (round(r.nme51_vs_mediapipe, 2), round(r.mouth_correlation, 3)) for k, r in rows.items()})
     assert rows[True].nme51_vs_mediapipe < 4.0 < rows[False].nme51_vs_mediapipe
-    assert rows[True].identity_locked_frames == 40 - 30 and rows[False].identity_locked_frames == 0
+    assert rows[True].identity_locked_frames == 40 - 30 + 1 and rows[False].identity_locked_frames == 0  # the 30th frame locks it
     assert rows[True].refine_iterations > 0 and rows[False].refine_iterations == 0
