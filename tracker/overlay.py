@@ -86,13 +86,18 @@ def project_vertices(face: FaceResult, focal: np.ndarray, principal: np.ndarray)
     return points[:, :2] / np.maximum(points[:, 2:], 1e-6) * focal + principal
 
 
+def draw_points(image: np.ndarray, points: np.ndarray, colour, radius: float = 2.0) -> None:
+    """Draw (N, 2) pixel points as filled dots of ``radius`` pixels (quarter-pixel precise), in place."""
+    for x, y in np.round(points * 4).astype(np.int64):
+        cv2.circle(image, (int(x), int(y)), int(round(radius * 4)), colour, -1, cv2.LINE_AA, shift=2)
+
+
 def draw_landmarks(image: np.ndarray, result: TrackingResult, model: bool = True, detector: bool = False) -> None:
     """Draw the head model's projected 68 landmarks (and MediaPipe's, optionally), in place."""
     for face in result.faces:
         sets = ([(face.landmarks68, MODEL_LANDMARK_COLOUR)] if model else []) + ([(face.mesh_landmarks68, LANDMARK_COLOUR)] if detector else [])
         for points, colour in sets:
-            for x, y in np.round(points * 4).astype(np.int64):
-                cv2.circle(image, (int(x), int(y)), 8, colour, -1, cv2.LINE_AA, shift=2)
+            draw_points(image, points, colour)
 
 
 def draw_overlay(

@@ -45,14 +45,13 @@ import torch
 from tracker.errors import TrackerError
 from tracker.geometry.rotations import axis_angle_to_rotation_6d, rotation_6d_to_axis_angle
 from tracker.head_models.base import GaussianPrior, HeadModel, RotationPrior, SparseUniformPrior, UniformPrior
+from tracker.recording import default_identity_group
 
 DEFAULT_ITERATIONS = 3
 MEDIAPIPE_POINTS = 468
 FLIP = np.array([1.0, -1.0, -1.0])
 # groups that are never refined per frame: the head's own root pose is the camera's (R, t)
 POSE_GROUPS = ("global", "neck", "translation", "eyes")
-IDENTITY_GROUPS = ("identity", "shape")
-IDENTITY_STATES = ("calibrating", "locked", "given", "network")
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ class LocalGroup:
 
 def refinement_groups(head: HeadModel) -> tuple[str | None, list[LocalGroup]]:
     """(identity group name or None, the per-frame groups) of ``head``."""
-    identity = next((g for g in IDENTITY_GROUPS if g in head.param_groups), None)
+    identity = default_identity_group(head.param_groups)
     groups = []
     for name, group in head.param_groups.items():
         if name == identity or name in POSE_GROUPS:
@@ -229,17 +228,16 @@ class DecodedEmbeddedHead(EmbeddedHead):
     """Any head model, through its ``decode``; Jacobians by forward-mode autodiff (torch.func).
 
     ``point_fn`` maps (1, V, 3) vertices to (1, N, 3) points (an embedding's ``points``, FLAME's
-    ``mediapipe_landmarks``); ``fixed`` {group: (n,)} holds the groups the solver does not touch.
+    ``mediapipe_landmarks``); the groups the solver does not touch stay neutral.
     """
 
-    def __init__(self, head: HeadModel, point_fn, mediapipe_ids, sigma_m, fixed: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, head: HeadModel, point_fn, mediapipe_ids, sigma_m) -> None:
         self._setup(head, mediapipe_ids, sigma_m)
         self.point_fn = point_fn
-        self.fixed = {k: v[None] for k, v in (fixed or {}).items()}
         self.dtype = head.decode(head.neutral_params(1)).dtype
 
     def _decode(self, identity: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-        params = dict(self.fixed)
+        params = {}
         if self.identity_group:
             params[self.identity_group] = identity[None]
         start = 0
@@ -365,6 +363,8 @@ class Refiner:
         rotation = model.rotation_coords
         self.prior_precision = np.where(rotation, 1.0 / math.radians(s.prior_rotation_deg) ** 2, 1.0 / s.prior_std**2)
         self.temporal_precision = np.where(rotation, 1.0 / math.radians(s.temporal_rotation_deg) ** 2, 1.0 / s.temporal_std**2) if s.temporal_std > 0 else None
+        self.rotation_precision = 1.0 / math.radians(s.temporal_rotation_deg) ** 2  # temporal, head rotation
+        self.translation_precision = 1.0 / (s.temporal_translation_mm * 1e-3) ** 2  # temporal, head translation
 
     # -- cost and normal equations ---------------------------------------------------------------
     def system(self, sol: Solution, problem: FrameProblem, jacobian: bool = True) -> _System:
@@ -419,11 +419,9 @@ class Refiner:
             cost += float((self.prior_precision * (sol.local - problem.prior_local) ** 2).sum())
         prev = problem.previous
         if prev is not None and self.temporal_precision is not None:
-            s = self.settings
             phi = log_rotation(sol.rotation @ prev.rotation.T)
-            cost += float(phi @ phi) / math.radians(s.temporal_rotation_deg) ** 2
-            step = (sol.translation - prev.translation) / (s.temporal_translation_mm * 1e-3)
-            cost += float(step @ step)
+            step = sol.translation - prev.translation
+            cost += self.rotation_precision * float(phi @ phi) + self.translation_precision * float(step @ step)
             cost += float((self.temporal_precision * (sol.local - prev.local) ** 2).sum())
         return cost
 
@@ -434,13 +432,10 @@ class Refiner:
             gradient[local] += self.prior_precision * (sol.local - problem.prior_local)
         prev = problem.previous
         if prev is not None and self.temporal_precision is not None:
-            s = self.settings
-            rot_precision = 1.0 / math.radians(s.temporal_rotation_deg) ** 2
-            hessian[0:3, 0:3] += rot_precision * np.eye(3)
-            gradient[0:3] += rot_precision * log_rotation(sol.rotation @ prev.rotation.T)
-            trans_precision = 1.0 / (s.temporal_translation_mm * 1e-3) ** 2
-            hessian[3:6, 3:6] += trans_precision * np.eye(3)
-            gradient[3:6] += trans_precision * (sol.translation - prev.translation)
+            hessian[0:3, 0:3] += self.rotation_precision * np.eye(3)
+            gradient[0:3] += self.rotation_precision * log_rotation(sol.rotation @ prev.rotation.T)
+            hessian[3:6, 3:6] += self.translation_precision * np.eye(3)
+            gradient[3:6] += self.translation_precision * (sol.translation - prev.translation)
             hessian[local, local] += np.diag(self.temporal_precision)
             gradient[local] += self.temporal_precision * (sol.local - prev.local)
 
@@ -554,12 +549,11 @@ class TrackState:
 @dataclass
 class FrameFit:
     """One face's refined frame: ``solution``, ``iterations`` run, the identity ``state``
-    ("calibrating", "locked", "given") after this frame, and the final cost."""
+    ("calibrating", "locked", "given") after this frame."""
 
     solution: Solution
     iterations: int
     state: str
-    cost: float
 
 
 def refine_face(
@@ -590,9 +584,8 @@ def refine_face(
             done += more
         track.pool.add(frame_info)
         sol.identity = track.pool.identity.copy()
-        system = refiner.system(sol, problem, jacobian=False)
     track.last = sol
-    return FrameFit(sol, done, track.pool.state, system.cost)
+    return FrameFit(sol, done, track.pool.state)
 
 
 def start_depth(model: EmbeddedHead, sol: Solution) -> float:
@@ -618,7 +611,6 @@ def initial_pose(model: EmbeddedHead, observed: np.ndarray, focal: np.ndarray, p
 
 __all__ = [
     "DEFAULT_ITERATIONS",
-    "IDENTITY_STATES",
     "DecodedEmbeddedHead",
     "EmbeddedHead",
     "FrameFit",

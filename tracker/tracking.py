@@ -34,6 +34,7 @@ from tracker.geometry.rotations import matrix_to_rotation_6d, rotation_6d_to_mat
 from tracker.head_models import HeadModel, load_head_model
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
+from tracker.recording import default_identity_group
 from tracker.refinement import (
     DecodedEmbeddedHead,
     FrameProblem,
@@ -108,7 +109,7 @@ class FaceResult:
     track_id      the face's identity across frames
     identity_state  "calibrating" / "locked" (the track's pooled identity), "given" (fixed by the
                   caller), "network" (refinement off: the network's per-frame identity)
-    refined       whether the landmark refinement ran on this face
+    refined       whether the landmark refinement ran on this face (derived: the state is not "network")
     refine_iterations  its Levenberg-Marquardt iterations in this frame (0: not refined)
     """
 
@@ -124,8 +125,11 @@ class FaceResult:
     crop: FaceCrop
     cue: CueOutput
     identity_state: str = "network"
-    refined: bool = False
     refine_iterations: int = 0
+
+    @property
+    def refined(self) -> bool:
+        return self.identity_state != "network"
 
 
 @dataclass
@@ -249,7 +253,7 @@ class FaceTracker:
         self._refiner: Refiner | None = None
         if identity is not None:
             identity = np.asarray(identity.detach().cpu() if isinstance(identity, torch.Tensor) else identity, dtype=np.float64).reshape(-1)
-            group = next((g for g in ("identity", "shape") if g in head.param_groups), None)
+            group = default_identity_group(head.param_groups)
             if group is None or identity.shape != (head.param_groups[group].size,):
                 size = head.param_groups[group].size if group else 0
                 raise TrackerError(f"the given identity has {identity.size} values; the {head.name} head model's identity group {group!r} has {size}")
@@ -294,13 +298,6 @@ class FaceTracker:
         self.cropper.reset()
         self._smoothers.clear()
         self._tracks.clear()
-
-    def track_identity(self, track_id: int) -> tuple[torch.Tensor, str] | None:
-        """(identity (K,), state) of a live track, None when the track is unknown or not refined."""
-        track = self._tracks.get(track_id)
-        if track is None:
-            return None
-        return torch.from_numpy(track.pool.identity).float(), track.pool.state
 
     def intrinsics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = image.shape[:2]
@@ -354,9 +351,8 @@ class FaceTracker:
         faces = []
         with lap("smooth"):
             smoothed = [self._smooth(prepared.crops[i], raw, i, frame.timestamp) for i in range(len(prepared.crops))]
-        refine = self.refine
         fits = [None] * len(smoothed)
-        if refine:
+        if self.refine:
             with lap("refine"), _BLAS.limit(limits=1, user_api="blas"):
                 for i, crop in enumerate(prepared.crops):
                     smoothed[i], fits[i] = self._refine(crop, smoothed[i], focal, principal)
@@ -389,7 +385,6 @@ class FaceTracker:
                     crop=crop,
                     cue=prepared.cues[i],
                     identity_state=fits[i].state if fits[i] is not None else "network",
-                    refined=fits[i] is not None,
                     refine_iterations=fits[i].iterations if fits[i] is not None else 0,
                 )
             )
@@ -439,12 +434,10 @@ class FaceTracker:
         return FrameParameters(params, rotation_6d, torch.from_numpy(sol.translation).float()), fit
 
     def _drop_lost_tracks(self, alive: set[int]) -> None:
-        for track_id in list(self._smoothers):
-            if track_id not in alive:
-                del self._smoothers[track_id]
-        for track_id in list(self._tracks):
-            if track_id not in alive:
-                del self._tracks[track_id]
+        for per_track in (self._smoothers, self._tracks):
+            for track_id in list(per_track):
+                if track_id not in alive:
+                    del per_track[track_id]
 
     def close(self) -> None:
         self.detector.close()

@@ -225,10 +225,21 @@ def track_image(tracker: FaceTracker, feeder: CpuFeeder | CudaFeeder, image: np.
     return tracker.finish(prepared, raw)
 
 
-def evaluate_images(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: float = DEFAULT_UPSCALE) -> tuple[list[FaceRow], int]:
-    """Track every photo of ``faces`` -> (one row per annotated face, detections matched to no
-    annotation: unannotated faces or false detections)."""
-    rows, unmatched = [], 0
+@dataclass
+class TrackedPhoto:
+    """One dlib photo tracked: its BGR image (photo pixels), the tracking result (pixels of the
+    photo resized by ``upscale``) and, per annotation, (annotation, matched face index or None,
+    IoU of the best detection)."""
+
+    image: np.ndarray
+    result: TrackingResult
+    upscale: float
+    matches: list[tuple[AnnotatedFace, int | None, float]]
+
+
+def tracked_photos(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: float = DEFAULT_UPSCALE):
+    """Yield a ``TrackedPhoto`` per photo of ``faces``: tracked (``track_image``), each annotation
+    matched to a detection by the box of MediaPipe's 68 points (``match_boxes``)."""
     feeder = create_feeder(tracker.run_network, tracker.device)
     by_image: dict[Path, list[AnnotatedFace]] = {}
     for face in faces:
@@ -238,14 +249,23 @@ def evaluate_images(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: f
         if image is None:
             raise TrackerError(f"cannot read the image {path}")
         result = track_image(tracker, feeder, image, upscale)
-        ours = [f.landmarks68 / upscale for f in result.faces]
-        mediapipe = [f.mesh_landmarks68 / upscale for f in result.faces]
-        matches = match_boxes(np.stack([a.box for a in annotations]), np.array([landmark_box(m) for m in mediapipe]).reshape(-1, 4))
-        unmatched += len(result.faces) - sum(d is not None for d, _ in matches)
-        for annotation, (detection, iou) in zip(annotations, matches):
+        boxes = np.array([landmark_box(f.mesh_landmarks68 / upscale) for f in result.faces]).reshape(-1, 4)
+        matches = match_boxes(np.stack([a.box for a in annotations]), boxes)
+        yield TrackedPhoto(image, result, upscale, [(a, d, iou) for a, (d, iou) in zip(annotations, matches)])
+
+
+def evaluate_images(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: float = DEFAULT_UPSCALE) -> tuple[list[FaceRow], int]:
+    """Track every photo of ``faces`` -> (one row per annotated face, detections matched to no
+    annotation: unannotated faces or false detections)."""
+    rows, unmatched = [], 0
+    for photo in tracked_photos(tracker, faces, upscale):
+        ours = [f.landmarks68 / upscale for f in photo.result.faces]
+        mediapipe = [f.mesh_landmarks68 / upscale for f in photo.result.faces]
+        unmatched += len(photo.result.faces) - sum(d is not None for _, d, _ in photo.matches)
+        for annotation, detection, iou in photo.matches:
             x0, y0, x1, y1 = annotation.box
             ocular = float(np.linalg.norm(annotation.points[metrics.RIGHT_EYE_OUTER] - annotation.points[metrics.LEFT_EYE_OUTER]))
-            row = FaceRow(path.name, annotation.split, annotation.face, x0, y0, x1 - x0, y1 - y0, detection is not None, iou, ocular)
+            row = FaceRow(annotation.image.name, annotation.split, annotation.face, x0, y0, x1 - x0, y1 - y0, detection is not None, iou, ocular)
             if detection is not None:
                 truth = annotation.points[None]
                 row.nme68_head_model, row.nme51_head_model = (float(nme_percent(ours[detection][None], truth, jaw)[0]) for jaw in (True, False))

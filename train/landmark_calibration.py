@@ -24,17 +24,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from tracker.device_feed import create_feeder
 from tracker.errors import TrackerError
-from tracker.geometry import camera
 from tracker.head_models.ict import contour_landmarks
 from tracker.options import TrackerOptions, build_tracker
+from tracker.overlay import project_vertices
 from train import metrics
-from train.evaluate_real import DEFAULT_UPSCALE, IMAGE_MAX_FACES, annotated_faces, data_folder, landmark_box, match_boxes, track_image
+from train.evaluate_real import DEFAULT_UPSCALE, IMAGE_MAX_FACES, annotated_faces, data_folder, tracked_photos
 
 # iBUG-68 mirror pairs (0-based): point k <-> MIRROR[k]
 MIRROR = (
@@ -60,26 +58,12 @@ class PhotoFace:
 
 def collect(tracker, faces, candidates: torch.Tensor, upscale: float) -> list[PhotoFace]:
     """Track every photo; per matched face, project the ``candidates`` (C,) vertex ids."""
-    feeder = create_feeder(tracker.run_network, tracker.device)
-    by_image: dict[Path, list] = {}
-    for face in faces:
-        by_image.setdefault(face.image, []).append(face)
     out = []
-    for path, annotations in by_image.items():
-        image = cv2.imread(str(path))
-        if image is None:
-            raise TrackerError(f"cannot read the image {path}")
-        result = track_image(tracker, feeder, image, upscale)
-        boxes = np.array([landmark_box(f.mesh_landmarks68 / upscale) for f in result.faces]).reshape(-1, 4)
-        for annotation, (index, _) in zip(annotations, match_boxes(np.stack([a.box for a in annotations]), boxes)):
+    for photo in tracked_photos(tracker, faces, upscale):
+        for annotation, index, _ in photo.matches:
             if index is None:
                 continue
-            face = result.faces[index]
-            count = 1
-            points = face.vertices[candidates][None]
-            focal = torch.from_numpy(result.focal).float()[None].expand(count, 2)
-            principal = torch.from_numpy(result.principal).float()[None].expand(count, 2)
-            projected = camera.project(points, focal, principal)[0].numpy() / upscale
+            projected = project_vertices(photo.result.faces[index], photo.result.focal, photo.result.principal)[candidates.numpy()] / upscale
             ocular = float(np.linalg.norm(annotation.points[metrics.RIGHT_EYE_OUTER] - annotation.points[metrics.LEFT_EYE_OUTER]))
             out.append(PhotoFace(annotation.split, annotation.points, ocular, projected))
     return out

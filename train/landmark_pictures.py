@@ -17,9 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from tracker.device_feed import create_feeder
 from tracker.errors import TrackerError
-from tracker.overlay import draw_mesh, face_window
+from tracker.overlay import draw_mesh, draw_points, face_window
 from tracker.pipeline import Pipeline
 from tracker.sources import open_source
 from train.evaluate_real import (
@@ -29,20 +28,13 @@ from train.evaluate_real import (
     build_tracker,
     data_folder,
     image_tracker,
-    landmark_box,
-    match_boxes,
     openings,
-    track_image,
+    tracked_photos,
     video_paths,
 )
 
 OURS, MEDIAPIPE, ANNOTATION = (255, 0, 255), (0, 255, 255), (0, 200, 0)
 TILE = 320
-
-
-def dots(image: np.ndarray, points: np.ndarray, colour, radius: int = 2) -> None:
-    for x, y in np.round(points * 4).astype(np.int64):
-        cv2.circle(image, (int(x), int(y)), radius * 4, colour, -1, cv2.LINE_AA, shift=2)
 
 
 def tile(image: np.ndarray, window: tuple[int, int, int, int], label: str) -> np.ndarray:
@@ -90,8 +82,8 @@ def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
                 image = result.frame.image.copy()
                 draw_mesh(image, result, tracker.head.render_faces, "shaded", 0.45)
                 face = result.faces[0]
-                dots(image, face.mesh_landmarks68, MEDIAPIPE)
-                dots(image, face.landmarks68, OURS)
+                draw_points(image, face.mesh_landmarks68, MEDIAPIPE)
+                draw_points(image, face.landmarks68, OURS)
                 tiles.append(tile(image, face_window(face, image.shape[1], image.shape[0]), f"{path.stem[:16]} {index} {label}: {name}"))
             rows.append(np.concatenate(tiles, 1))
         return np.concatenate(rows, 0)
@@ -102,33 +94,29 @@ def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
 
 def photo_picture(args, folder: Path, count: int) -> np.ndarray:
     faces = annotated_faces(folder / "dlib-faces")
-    by_image: dict[Path, list] = {}
-    for face in faces:
-        by_image.setdefault(face.image, []).append(face)
     columns = {}
     for name, refine in (("N2FNet alone", False), ("N2FNet + refinement", True)):
         tracker = image_tracker(args, refine=refine)
-        feeder = create_feeder(tracker.run_network, tracker.device)
         tiles = []
         try:
-            for path, annotations in by_image.items():
-                image = cv2.imread(str(path))
-                result = track_image(tracker, feeder, image, args.upscale)
-                boxes = np.array([landmark_box(f.mesh_landmarks68 / args.upscale) for f in result.faces]).reshape(-1, 4)
-                for annotation, (index, _) in zip(annotations, match_boxes(np.stack([a.box for a in annotations]), boxes)):
+            for photo in tracked_photos(tracker, faces, args.upscale):
+                big = cv2.resize(photo.image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+                scale = 4.0 / args.upscale  # tracked pixels -> picture pixels
+                for annotation, index, _ in photo.matches:
                     if index is None or len(tiles) >= count:
                         continue
-                    face = result.faces[index]
-                    big = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
-                    scale = 4.0
-                    dots(big, annotation.points * scale, ANNOTATION, 3)
-                    dots(big, face.mesh_landmarks68 / args.upscale * scale, MEDIAPIPE, 3)
-                    dots(big, face.landmarks68 / args.upscale * scale, OURS, 3)
-                    x0, y0, x1, y1 = annotation.box * scale
+                    face = photo.result.faces[index]
+                    marked = big.copy()
+                    draw_points(marked, annotation.points * 4.0, ANNOTATION, 3)
+                    draw_points(marked, face.mesh_landmarks68 * scale, MEDIAPIPE, 3)
+                    draw_points(marked, face.landmarks68 * scale, OURS, 3)
+                    x0, y0, x1, y1 = annotation.box * 4.0
                     side = max(x1 - x0, y1 - y0) * 1.5
                     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
                     window = [int(max(0, cx - side / 2)), int(max(0, cy - side / 2)), int(min(big.shape[1], cx + side / 2)), int(min(big.shape[0], cy + side / 2))]
-                    tiles.append(tile(big, window, f"{path.stem} {annotation.face}: {name}"))
+                    tiles.append(tile(marked, window, f"{annotation.image.stem} {annotation.face}: {name}"))
+                if len(tiles) >= count:
+                    break
         finally:
             tracker.close()
         columns[name] = tiles
