@@ -8,7 +8,9 @@
     python -m app.live --camera 0 --identity take.npz               # reuse the identity calibrated in a take
 
 Ctrl-C (or SIGTERM) stops cleanly: frames already in the pipeline finish, the recording is
-finalised, and the run's figures are printed.
+finalised, and the run's figures are printed (rc 130). Ctrl-C during start-up stops with rc 2 and
+leaves nothing behind. An error stops the run the same way: the frames tracked before it are
+recorded, the figures printed, then the error (rc 2).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.options import DETECTORS, TrackerOptions, build_tracker, non_negative_int, positive_int
-from tracker.pipeline import MODES, Pipeline, StatsSnapshot
+from tracker.pipeline import MODES, Pipeline, PipelineStats, StatsSnapshot
+from tracker.recording import check_take_path, journal_path
 from tracker.sinks import ProgressLog, RecordingSink, SwitchableSink
-from tracker.sources import open_source
+from tracker.sources import BAD_FRAME_POLICIES, FrameSource, open_source
 from tracker.tracking import FaceTracker
 
 log = logging.getLogger("app.live")
@@ -43,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="files: realtime plays them at their own frame rate, dropping frames the tracker cannot keep up with; every-frame "
                         "tracks every frame as fast as possible; auto (default): realtime in the viewer, every-frame headless")
     source.add_argument("--loop", action="store_true", help="files: start over at the end")
-    source.add_argument("--max-frames", type=int, help="stop after this many frames")
+    source.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
+    source.add_argument("--on-bad-frame", choices=BAD_FRAME_POLICIES, default="skip",
+                        help="an image of a folder that cannot be decoded: skip it with a warning (default) or stop there")
 
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", help="N2FNet checkpoint (default: assets/n2fnet_ict_resnet18.pt, when present)")
@@ -134,16 +139,21 @@ def tracker_options(args: argparse.Namespace) -> TrackerOptions:
     )
 
 
-def summary(stats: StatsSnapshot, recorded: Path | None) -> str:
+def summary(stats: StatsSnapshot, source: FrameSource, recorded: Path | None) -> str:
     stages = ", ".join(f"{name} {ms:.1f}" for name, ms in stats.stage_ms.items())
+    skipped = f", {source.frames_skipped} bad frames skipped" if source.frames_skipped else ""
     lines = [
-        f"frames: {stats.frames_out} tracked of {stats.frames_read} read, {stats.dropped} dropped by the source",
+        f"frames: {stats.frames_out} tracked of {stats.frames_read} read, {stats.dropped} dropped by the source{skipped}",
         f"faces found in {stats.faces_found} frames ({100 * stats.detection_rate:.1f}%)",
         f"speed: {stats.fps:.1f} fps (last {min(stats.frames_out, 120)} frames), latency (capture -> result) p50 {stats.latency_p50_ms:.0f} ms, p95 {stats.latency_p95_ms:.0f} ms; processing p50 {stats.processing_p50_ms:.0f} ms, p95 {stats.processing_p95_ms:.0f} ms",
         f"stage ms per frame: {stages}",
     ]
     if recorded is not None:
-        lines.append(f"recorded: {recorded}")
+        journal = journal_path(recorded)
+        if recorded.exists() and not journal.exists():
+            lines.append(f"recorded: {recorded}")
+        elif journal.exists():
+            lines.append(f"recording kept in its journal {journal}: finalise it with `python -m tracker.recording --recover {journal}`")
     return "\n".join(lines)
 
 
@@ -168,28 +178,56 @@ def virtualcam_factory(args: argparse.Namespace, tracker: FaceTracker, source) -
 def run_headless(args: argparse.Namespace) -> int:
     spec = source_spec(args)
     options = tracker_options(args)
-    source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop)
-    tracker = build_tracker(options)
-    sinks = []
-    recording = None
     if args.record:
-        recording = RecordingSink(args.record, tracker.head, source=source.name, overwrite=args.overwrite, metadata=options.recording_metadata())
-        sinks.append(recording)
-    if args.virtualcam:
-        sinks.append(virtualcam_factory(args, tracker, source)())
-    pipeline = Pipeline(source, tracker, sinks, mode=args.mode, max_frames=args.max_frames)
-    if not args.quiet:
-        sinks.append(ProgressLog(pipeline.stats))
-    interrupted = False
+        check_take_path(args.record, args.overwrite)  # before the set-up, not after the tracking
+    source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop, on_bad_frame=args.on_bad_frame)
+    tracker, recording, sinks = None, None, []
+    try:
+        tracker = build_tracker(options)
+        if args.virtualcam:
+            sinks.append(virtualcam_factory(args, tracker, source)())
+        stats = PipelineStats()
+        if not args.quiet:
+            sinks.append(ProgressLog(stats, total=None if args.loop else _total(source, args.max_frames)))
+        if args.record:  # opened last: a set-up step that fails leaves no journal behind
+            recording = RecordingSink(args.record, tracker.head, source=source.name, overwrite=args.overwrite, metadata=options.recording_metadata())
+            sinks.insert(0, recording)
+        pipeline = Pipeline(source, tracker, sinks, mode=args.mode, max_frames=args.max_frames, stats=stats)
+    except BaseException:
+        _abandon(source, tracker, recording, sinks)
+        raise
+    interrupted, error = False, None
     try:
         pipeline.run()
     except KeyboardInterrupt:
         interrupted = True
+    except Exception as failure:  # reported after the figures of the frames tracked before it
+        error = failure
     finally:
         pipeline.stop()
         tracker.close()
-    print(summary(pipeline.stats.snapshot(), recording.path if recording else None))
+    print(summary(pipeline.stats.snapshot(), source, recording.path if recording else None))
+    if error is not None:
+        raise error
     return 130 if interrupted else 0
+
+
+def _total(source: FrameSource, max_frames: int | None) -> int | None:
+    """Frames the run will track, when known (a file's declared count, or --max-frames)."""
+    counts = [count for count in (source.frame_count, max_frames) if count is not None]
+    return min(counts) if counts else None
+
+
+def _abandon(source: FrameSource, tracker: FaceTracker | None, recording: RecordingSink | None, sinks: list) -> None:
+    """Undo a set-up that failed: the empty recording's journal removed, sinks, tracker and source closed."""
+    if recording is not None:
+        recording.discard()
+    for sink in sinks:
+        if sink is not recording and hasattr(sink, "close"):
+            sink.close()
+    if tracker is not None:
+        tracker.close()
+    source.stop()
 
 
 def run_viewer(args: argparse.Namespace) -> int:
@@ -200,7 +238,9 @@ def run_viewer(args: argparse.Namespace) -> int:
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-tracker"])
     spec = source_spec(args)
     tracker_settings = tracker_options(args)
-    source = open_source(spec, realtime=realtime(args, spec, viewer=True), loop=args.loop)
+    if args.record:
+        check_take_path(args.record, args.overwrite)
+    source = open_source(spec, realtime=realtime(args, spec, viewer=True), loop=args.loop, on_bad_frame=args.on_bad_frame)
     tracker = build_tracker(tracker_settings)
     bridge, recording, virtualcam = ResultBridge(), SwitchableSink(), SwitchableSink()
     pipeline = Pipeline(source, tracker, [recording, virtualcam, bridge], mode=args.mode, max_frames=args.max_frames)
@@ -238,10 +278,16 @@ def run_viewer(args: argparse.Namespace) -> int:
         window.close()
         pipeline.stop()
         tracker.close()
-    print(summary(pipeline.stats.snapshot(), None))
+    print(summary(pipeline.stats.snapshot(), source, None))
     print(f"3D view: {window.mesh_view.kind}")
-    if window.error is not None:
-        raise TrackerError(f"tracking stopped: {window.error}") from window.error
+    error = window.error
+    if error is None:
+        try:
+            pipeline.wait(0)  # an error of the shutdown itself, e.g. a take that could not be written
+        except Exception as failure:
+            error = failure
+    if error is not None:
+        raise TrackerError(f"tracking stopped: {error}") from error
     return 130 if interrupted else 0
 
 
@@ -250,11 +296,21 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    torch.set_num_threads(max(1, args.threads))
-    signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C raises KeyboardInterrupt even when the run was started with SIGINT ignored (a
+    # background job of a script inherits that), and SIGTERM stops the same clean way
+    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate))}
     try:
+        return _run(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+        torch.set_num_threads(max(1, args.threads))
         if args.headless:
             if args.screenshot:
                 raise TrackerError("--screenshot needs the window: leave out --headless (use xvfb-run on a machine without a display)")
@@ -262,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_viewer(args)
     except TrackerError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # tracking had not started (once it runs, Ctrl-C is handled there)
+        print("error: interrupted during start-up, before tracking began: nothing was tracked or recorded", file=sys.stderr)
         return 2
 
 

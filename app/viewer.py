@@ -28,6 +28,7 @@ import pyqtgraph as pg
 import torch
 from PyQt6 import QtCore, QtGui, QtWidgets
 
+from tracker.errors import TrackerError
 from tracker.geometry.rotations import euler_to_matrix, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
 from tracker.overlay import MESH_STYLES, draw_overlay, shade_mesh
@@ -434,7 +435,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
             except Exception as error:
                 self._report(f"cannot record: {error}")
         else:
-            self.recording.set(None)  # finalises the take
+            try:
+                self.recording.set(None)  # finalises the take
+            except TrackerError as error:  # e.g. a full disk: the journal is kept, the message says how to recover it
+                self._report(f"cannot finish the take: {error}")
         self._update_status()
 
     def toggle_virtualcam(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tracker.device_feed import CpuFeeder, create_feeder
-from tracker.pipeline import Pipeline
+from tracker.pipeline import Pipeline, PipelineStats
 from tracker.sources import FrameSource
 from tracker.tracking import NetworkInputs, Prepared, RawOutput, TrackingResult
 
@@ -135,7 +135,44 @@ def test_stage_error_stops_everything_and_is_raised(mode: str) -> None:
     with pytest.raises(RuntimeError, match="frame 5"):
         Pipeline(source, StandInTracker(fail_at=5), [sink], mode=mode).run()
     assert sink.closed_after is not None, "sinks are closed after an error too"
-    assert sink.indices == sink.indices[:5] and len(sink.indices) <= 5
+    assert sink.indices == list(range(5)), "every frame tracked before the error reaches the sinks"
+
+
+class FailingReader(CountingReader):
+    """A source whose frame ``fail_at`` cannot be read (an unreadable image in a folder)."""
+
+    def __init__(self, count: int, fail_at: int) -> None:
+        super().__init__(count)
+        self.fail_at = fail_at
+
+    def read(self):
+        if self.produced == self.fail_at:
+            raise OSError(f"frame {self.fail_at} cannot be read")
+        return super().read()
+
+
+@pytest.mark.parametrize("mode", ["async", "sequential"])
+def test_source_error_delivers_every_frame_read_before_it(mode: str) -> None:
+    source = FrameSource(FailingReader(100, fail_at=12), name="failing", live=False, paced=False, stop=threading.Event())
+    sink = ClosingSink(delay=0.01)  # a slow sink: frames wait in the queues when the error comes
+    with pytest.raises(OSError, match="frame 12"):
+        Pipeline(source, StandInTracker(network_s=0.005), [sink], mode=mode).run()
+    assert sink.indices == list(range(12)) and sink.closed_after == 12
+
+
+class FailingNetwork(StandInTracker):
+    def run_network(self, inputs: NetworkInputs):
+        if inputs.normals.item() == 7:
+            raise RuntimeError("network failed on frame 7")
+        return super().run_network(inputs)
+
+
+def test_network_error_delivers_the_frames_before_it() -> None:
+    source, _ = make_source(100, live=False)
+    sink = ClosingSink(delay=0.01)
+    with pytest.raises(RuntimeError, match="frame 7"):
+        Pipeline(source, FailingNetwork(prepare_s=0.001), [sink]).run()
+    assert sink.indices == list(range(7)) and sink.closed_after == 7
 
 
 def test_sink_error_is_raised() -> None:
@@ -163,7 +200,7 @@ def test_async_overlaps_stages() -> None:
 
 def test_stats_snapshot_figures() -> None:
     source, _ = make_source(30, live=False)
-    stats = Pipeline(source, StandInTracker(network_s=0.005), stats_window=30).run()
+    stats = Pipeline(source, StandInTracker(network_s=0.005), stats=PipelineStats(30)).run()
     assert stats.fps > 0 and stats.latency_p95_ms >= stats.latency_p50_ms > 0
     assert stats.processing_p50_ms > 0 and "network" in stats.stage_ms
     assert stats.detection_rate == 0.0  # the stand-in finds no faces

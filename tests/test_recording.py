@@ -208,8 +208,8 @@ def test_concurrent_appends_from_threads(tmp_path):
 def test_user_errors(tmp_path):
     path = tmp_path / "take.npz"
     first = _recorder(path)
-    with pytest.raises(TrackerError, match="unfinished recording"):
-        _recorder(path)  # its journal is in the way
+    with pytest.raises(TrackerError, match="another recording is writing"):
+        _recorder(path)  # its journal is in the way, locked
     first.close()
     with pytest.raises(TrackerError, match="exists"):
         _recorder(path)

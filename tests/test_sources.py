@@ -116,13 +116,38 @@ def test_image_folder_in_name_order(tmp_path: Path) -> None:
     assert [f.source_time for f in frames] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
 
 
-def test_damaged_image_in_folder_raises_after_the_good_ones(tmp_path: Path) -> None:
-    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((HEIGHT, WIDTH, 3), np.uint8))
+def test_damaged_image_in_folder_is_skipped_or_stops(tmp_path: Path, caplog) -> None:
+    for name in ("a.png", "c.png", "d.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((HEIGHT, WIDTH, 3), ord(name[0]), np.uint8))
     (tmp_path / "b.png").write_bytes(b"not a png")
-    with open_source(tmp_path) as source:
+    with open_source(tmp_path) as source:  # skip (default): a gap in the index, a warning, a count
+        frames = list(source)
+    assert [f.index for f in frames] == [0, 2, 3] and [f.image[0, 0, 0] for f in frames] == [ord("a"), ord("c"), ord("d")]
+    assert [f.source_time for f in frames] == [0.0, 2 / 30, 3 / 30]
+    assert source.frames_skipped == 1 and "skipped frame 1: cannot decode image" in caplog.text and "b.png" in caplog.text
+    with open_source(tmp_path, on_bad_frame="stop") as source:
         assert source.read(timeout=5).index == 0
         with pytest.raises(TrackerError, match="b.png"):
             source.read(timeout=5)
+    with pytest.raises(TrackerError, match="on_bad_frame must be one of skip, stop"):
+        open_source(tmp_path, on_bad_frame="ignore")
+
+
+def test_video_that_ends_before_its_declared_length_warns(tmp_path: Path, shared_path: Path, caplog) -> None:
+    data = bytearray((shared_path / "real-faces" / "videos" / "single_face.mp4").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 20000] = bytes(b ^ 0xA5 for b in data[middle : middle + 20000])  # damaged from mid-file on
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with open_source(damaged) as source:
+        declared = source.frame_count
+        frames = list(source)
+    assert declared == 72 and 0 < len(frames) < declared
+    assert f"ended after {len(frames)} frames, before the {declared} its header declares" in caplog.text
+    caplog.clear()
+    with open_source(shared_path / "real-faces" / "videos" / "single_face.mp4") as source:
+        assert len(list(source)) == source.frame_count == 72
+    assert "header declares" not in caplog.text
 
 
 def test_stop_while_capture_waits_on_a_full_queue(video: Path) -> None:

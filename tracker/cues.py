@@ -53,7 +53,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -61,6 +61,7 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.render import interpolate, rasterize, vertex_normals
+from tracker.safe_load import load_torch_file
 
 __all__ = [
     "CueOutput",
@@ -375,6 +376,37 @@ _PIXEL3DMM_HOW = (
 )
 
 
+def _omegaconf_classes() -> list:
+    """OmegaConf's config containers and the plain types inside them: what a Lightning checkpoint's
+    hyper-parameters hold when they are an OmegaConf config (Pixel3DMM's ``cfg``); data only."""
+    try:
+        from omegaconf import DictConfig, ListConfig, base, nodes
+    except ImportError:
+        return []
+    node_types = (nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode)
+    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, *node_types, Any, collections.defaultdict, dict, list, int, float, str, bool]
+
+
+def _load_pixel3dmm_network(system: type, path: Path) -> torch.nn.Module:
+    """Pixel3DMM's normal network from its Lightning checkpoint, without running anything in the file.
+
+    The file is read with ``torch.load(weights_only=True)`` (OmegaConf configs allowed); the system is
+    built from the file's "hyper_parameters" (``system(**hyper_parameters)``, as Lightning does) and
+    gets its "state_dict" (keys "net.*"; non-strict like Pixel3DMM's own loading). Returns ``system.net``.
+    """
+    fix = f"Use Pixel3DMM's published checkpoint. {_PIXEL3DMM_HOW}"
+    state = load_torch_file(path, "Pixel3DMM checkpoint", fix, allowed=_omegaconf_classes())
+    weights = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not any(key.startswith("net.") for key in weights):
+        raise TrackerError(f"Pixel3DMM checkpoint {path} holds no network weights (no 'state_dict' with 'net.' entries). {fix}")
+    try:
+        model = system(**state.get("hyper_parameters", {}))
+        model.load_state_dict(weights, strict=False)
+    except Exception as error:  # hyper-parameters or weights that do not fit this pixel3dmm version
+        raise TrackerError(f"Pixel3DMM checkpoint {path} does not fit the installed pixel3dmm ({error}). {fix}") from error
+    return model.net
+
+
 def five_points(landmarks_crop: np.ndarray) -> np.ndarray:
     """(478 or 468, 3) MediaPipe points -> (5, 2) RetinaFace-style points in image order: eye
     centre on the image left, eye centre on the image right, nose tip, mouth corner on the image
@@ -464,7 +496,8 @@ class Pixel3DMMCue(GeometryCue):
     input mask then uses Pixel3DMM's own class set, which adds the ears); otherwise the MediaPipe
     mesh's mask (and an all-ones input mask).
     Pixel3DMM is trained on its own crops (a face-tracker crop, not DECA's box); the DECA crop
-    with alpha = 1.4 is close but not identical.
+    with alpha = 1.4 is close but not identical. Its checkpoint is read without running anything
+    in it (``_load_pixel3dmm_network``).
     """
 
     name = "pixel3dmm"
@@ -484,14 +517,7 @@ class Pixel3DMMCue(GeometryCue):
         self.device = torch.device(device)
         self.parser = FaRLFaceParser(farl_weights, self.device) if farl_weights is not None else None
         system = _require_module("pixel3dmm.lightning.p3dmm_system", "Pixel3DMM normals", _PIXEL3DMM_HOW).system
-        try:
-            try:
-                model = system.load_from_checkpoint(str(path), strict=False, map_location=self.device, weights_only=False)
-            except TypeError:  # older Lightning: no weights_only argument
-                model = system.load_from_checkpoint(str(path), strict=False, map_location=self.device)
-        except Exception as error:
-            raise TrackerError(f"Pixel3DMM checkpoint {path} could not be loaded ({error}). {_PIXEL3DMM_HOW}") from error
-        self.net = model.net.to(self.device).eval()
+        self.net = _load_pixel3dmm_network(system, path).to(self.device).eval()
         self.mesh = MediaPipeMeshCue(fill_eyes=True, device="cpu")
 
     @torch.no_grad()

@@ -3,7 +3,7 @@
 Arrays may be numpy arrays or torch tensors (any device); they are written as given, no unit
 conversion. Indices are 0-based in memory and 1-based inside OBJ files.
 
-Writers:
+Writers (each file is written whole or not at all: ``tracker.atomic_write``):
     write_obj(path, vertices (V, 3), faces (F, 3), normals (V, 3)?, uvs (V, 2)?)
     write_ply(path, vertices (V, 3), faces (F, 3), colors (V, 3)?, binary=True)
 Readers:
@@ -13,11 +13,13 @@ Readers:
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tracker.atomic_write import atomic_write
 from tracker.errors import TrackerError
 
 
@@ -113,8 +115,7 @@ def write_obj(path: str | Path, vertices, faces, normals=None, uvs=None) -> Path
     line = "f " + " ".join([corner[has]] * 3) + "\n"
     columns = np.repeat(f + 1, 1 + sum(has), axis=1)
     blocks.append("".join(line % tuple(row) for row in columns.tolist()))
-    path.write_text("".join(blocks), encoding="utf-8")
-    return path
+    return atomic_write(path, "".join(blocks).encode("utf-8"))
 
 
 def write_ply(path: str | Path, vertices, faces, colors=None, binary: bool = True) -> Path:
@@ -144,19 +145,19 @@ def write_ply(path: str | Path, vertices, faces, colors=None, binary: bool = Tru
     if colors is not None:
         for channel, name in enumerate(("red", "green", "blue")):
             vertex_table[name] = rgb[:, channel]
-    with path.open("wb") as stream:
-        stream.write(("\n".join(header) + "\n").encode("ascii"))
-        if binary:
-            face_table = np.empty(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
-            face_table["n"] = 3
-            face_table["i"] = f
-            stream.write(vertex_table.tobytes())
-            stream.write(face_table.tobytes())
-        else:
-            vertex_format = " ".join(["%.9g"] * 3 + (["%d"] * 3 if colors is not None else []))
-            np.savetxt(stream, np.array(vertex_table.tolist()), fmt=vertex_format)
-            np.savetxt(stream, np.column_stack([np.full(len(f), 3), f]), fmt="%d")
-    return path
+    stream = io.BytesIO()
+    stream.write(("\n".join(header) + "\n").encode("ascii"))
+    if binary:
+        face_table = np.empty(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+        face_table["n"] = 3
+        face_table["i"] = f
+        stream.write(vertex_table.tobytes())
+        stream.write(face_table.tobytes())
+    else:
+        vertex_format = " ".join(["%.9g"] * 3 + (["%d"] * 3 if colors is not None else []))
+        np.savetxt(stream, np.array(vertex_table.tolist()), fmt=vertex_format)
+        np.savetxt(stream, np.column_stack([np.full(len(f), 3), f]), fmt="%d")
+    return atomic_write(path, stream.getbuffer())
 
 
 # -- helpers ---------------------------------------------------------------------------------

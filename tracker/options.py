@@ -89,6 +89,7 @@ class TrackerOptions:
             raise TrackerError("an identity track was given without the take to take it from: add --identity TAKE.npz")
         if self.identity_take is not None and not self.refine:
             raise TrackerError("a given identity (--identity) is used by the refinement, which is off: leave out --no-refine")
+        check_device(self.device)
 
     def checkpoint_path(self) -> Path:
         """``checkpoint``, else the shipped default; a TrackerError saying how to get one when neither exists."""
@@ -128,8 +129,10 @@ def build_tracker(options: TrackerOptions, photos: bool = False) -> FaceTracker:
         cue_options = {"pixel3dmm_weights": options.pixel3dmm_weights, "farl_weights": options.farl_weights}
     head_path = options.flame_dir if (options.head_model == "flame" or options.flame_dir) else options.ict_model
     identity = None
-    if options.identity_take is not None:
+    if options.flame_dir or options.ict_model or options.identity_take is not None:
         head_name, size = _checkpoint_identity(checkpoint)
+        _check_head_files(options, checkpoint, head_name)
+    if options.identity_take is not None:
         identity = torch.from_numpy(take_identity(options.identity_take, head_name, size, options.identity_track))
     tracker = FaceTracker.from_checkpoint(
         checkpoint,
@@ -204,6 +207,37 @@ def _checkpoint_identity(checkpoint: Path) -> tuple[str, int | None]:
     groups = {str(g): int(s) for g, s in config.get("groups", {}).items()}
     group = default_identity_group(groups)
     return str(config["head_model"]), (groups[group] if group is not None else None)
+
+
+def _check_head_files(options: TrackerOptions, checkpoint: Path, head_name: str) -> None:
+    """TrackerError when the head-model files given are for another head model than ``checkpoint``'s."""
+    given = {"flame": ("--flame-dir", options.flame_dir), "ict": ("--ict-model", options.ict_model)}
+    for model, (flag, value) in given.items():
+        if value and model != head_name:
+            raise TrackerError(
+                f"{flag} {value} gives {model.upper()} files, but the checkpoint {checkpoint} regresses the {head_name.upper()} head model: "
+                f"leave out {flag}, or pass a {model.upper()} checkpoint with --checkpoint"
+            )
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:N") as a torch.device this machine has; TrackerError otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise TrackerError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise TrackerError(f"the tracker runs on cpu or cuda, not {device!r}: use cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"a build for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise TrackerError(
+                f"--device {device}: no CUDA GPU is usable on this machine (PyTorch {torch.__version__} is {build}; "
+                "no NVIDIA driver or GPU answered). Run with --device cpu, or check the driver with nvidia-smi"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise TrackerError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return parsed
 
 
 def positive_int(text: str) -> int:

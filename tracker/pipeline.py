@@ -16,8 +16,11 @@ before it finishes frame k, so on CUDA the upload of k+1 overlaps the compute of
 benchmark's baseline, and a simpler path to debug with).
 
 Stopping: ``stop()`` (Ctrl-C, window closed) stops reading frames; the frames already inside
-finish and reach the sinks, then every sink is closed (a recording is finalised). An error in any
-stage aborts all threads and ``run()`` / ``wait()`` raise it.
+finish and reach the sinks, then every sink is closed (a recording is finalised).
+
+Errors: an error in the capture, prepare or network stage stops the reading and travels down the
+queues behind the frames already past that stage, which still finish and reach the sinks (as in
+sequential mode); then ``run()`` / ``wait()`` raise it. An error in a sink stops every thread at once.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ from tracker.sources import FrameSource
 from tracker.tracking import FaceTracker, Prepared, Stopwatch, TrackingResult
 
 MODES = ("async", "sequential")
-_END = object()  # end of stream marker passed down the queues
+
+
+@dataclass(frozen=True)
+class _End:
+    """End of the stream, passed down the queues behind the last frame; ``error``: what ended it."""
+
+    error: BaseException | None = None
 
 
 class Sink(Protocol):
@@ -122,6 +131,8 @@ class Pipeline:
     """Runs ``tracker`` on ``source`` and hands results to ``sinks`` (module docstring).
 
     max_frames: stop after this many frames read from the source (None: until it ends / stop()).
+    stats: where the running figures go (None: a new PipelineStats); pass one to give it to a
+    sink, e.g. a progress display, before the pipeline exists.
     Sinks with a ``close()`` method are closed when the pipeline ends. Use ``run()`` to block
     until the end, or ``start()`` / ``stop()`` / ``wait()`` around a GUI event loop.
     """
@@ -134,13 +145,15 @@ class Pipeline:
         *,
         mode: str = "async",
         max_frames: int | None = None,
-        stats_window: int = 120,
+        stats: PipelineStats | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1 (None: no limit), got {max_frames}")
         self.source, self.tracker, self.sinks = source, tracker, list(sinks)
         self.mode, self.max_frames = mode, max_frames
-        self.stats = PipelineStats(stats_window)
+        self.stats = PipelineStats() if stats is None else stats
         self.feeder = create_feeder(tracker.run_network, tracker.device)
         self._stopping = threading.Event()  # graceful: read no more frames
         self._abort = threading.Event()  # an error: every thread leaves now
@@ -246,38 +259,62 @@ class Pipeline:
                     return None
 
     def _prepare_loop(self) -> None:
-        for frame in self._frames():
-            if not self._put(self._prepared, self.tracker.prepare(frame)):
-                return
-        self._put(self._prepared, _END)
+        end = _End()
+        try:
+            for frame in self._frames():
+                if not self._put(self._prepared, self.tracker.prepare(frame)):
+                    return
+        except Exception as error:  # the frames before it go on to the sinks
+            end = _End(error)
+            self._stopping.set()
+        self._put(self._prepared, end)
 
     def _network_loop(self) -> None:
-        previous: tuple[Prepared, Pending | None] | None = None
+        in_flight: tuple[Prepared, Pending | None] | None = None
+        item, end = None, _End()
         try:
             while True:
-                item = self._get(self._prepared, 0.0 if previous else 3600.0)
-                if item is None:  # nothing new: finish the frame in flight now
-                    if previous is not None:
-                        self._put(self._results, self._finish(*previous))
-                        previous = None
-                    continue
-                if item is _END:
+                item = self._get(self._prepared, 0.0 if in_flight else 3600.0)
+                if isinstance(item, _End):
+                    end = item
                     break
-                current = (item, self._submit(item))
-                if previous is not None:  # frame k finishes while frame k+1 computes
-                    self._put(self._results, self._finish(*previous))
-                previous = current
-            if previous is not None:
-                self._put(self._results, self._finish(*previous))
-            self._put(self._results, _END)
+                submitted = None if item is None else (item, self._submit(item))
+                if in_flight is not None:  # frame k finishes while frame k+1 computes
+                    done, in_flight = in_flight, None
+                    self._put(self._results, self._finish(*done))
+                in_flight = submitted
         except _Aborted:
             return
+        except Exception as error:  # the frame in flight still finishes, then the error goes on
+            self._stopping.set()
+            end = _End(error)
+        try:
+            if in_flight is not None:
+                self._put(self._results, self._finish(*in_flight))
+        except _Aborted:
+            return
+        except Exception as error:
+            self._stopping.set()
+            end = end if end.error is not None else _End(error)
+        if end.error is not None and not isinstance(item, _End):
+            self._drain(self._prepared)
+        self._put(self._results, end)
+
+    def _drain(self, source: queue.Queue) -> None:
+        """Take (and drop) items until the end marker, so the stage above can finish."""
+        try:
+            while not isinstance(self._get(source, 3600.0), _End):
+                pass
+        except _Aborted:
+            pass
 
     def _sink_loop(self) -> None:
         try:
-            while (result := self._get(self._results, 3600.0)) is not _END:
+            while not isinstance(result := self._get(self._results, 3600.0), _End):
                 if result is not None:
                     self._deliver(result)
+            if result.error is not None and self._error is None:
+                self._error = result.error
         except _Aborted:
             return
         finally:

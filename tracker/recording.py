@@ -16,6 +16,20 @@ While recording, records go to an append-only journal next to the output, ``take
 removes it. A journal left behind by a crash loads with ``read_take`` and is finalised by
 ``python -m tracker.recording --recover take.npz.partial``.
 
+Locking: the recorder holds an exclusive OS lock (``flock``) on its journal while it records. The
+kernel releases it when the process ends, however it ends, so a killed run's journal is
+recoverable at once, while recovering a journal that a live run is still writing is refused.
+
+Damage: a journal is read record by record, each checked by its CRC. A damaged record (a flipped
+byte, a torn write) is skipped and the reader resynchronises on the next intact record, so every
+intact frame is kept; the damaged stretches are reported (``JournalScan``). Recovery and
+``close()`` delete a journal only when it was read whole (a last record cut short by a crash
+counts as whole: it was never written); a damaged one is kept unless ``delete_damaged``.
+
+Failures: when the take cannot be written (a full disk), the journal is kept, the half-written
+``take.npz.tmp`` is removed, and the TrackerError gives the ``--recover`` command. A failed
+``append`` truncates the journal back to its last whole record, so the journal stays readable.
+
 Durability: ``append`` hands each record to the operating system with one ``write`` before it
 returns, so killing the process at any moment (Ctrl-C, SIGKILL, a crash, a closed window) loses
 at most the record being appended. The journal is fsync'ed when it is created, on ``close``, and by
@@ -58,16 +72,19 @@ Journal format (little-endian):
     records   R bytes each: the record_fields packed in order, then a uint32 CRC-32 of those bytes.
 The record fields are timestamp, frame_index, face_found, track_id, identity_state, crop_box,
 rotation_6d, translation, focal, principal, then params/<group> for every group (identity
-included). Journals written before tracks existed have no track_id / identity_state fields and
-no "identity_group"; they still load. A reader keeps the records up to the first one that is cut
-short or fails its CRC.
+included). The header also names its writer ("writer": {"pid", "host"}) for the lock message.
+Journals written before tracks existed have no track_id / identity_state fields and no
+"identity_group"; they still load.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import logging
 import os
+import socket
 import struct
 import sys
 import threading
@@ -83,7 +100,15 @@ from typing import Any
 
 import numpy as np
 
+from tracker.atomic_write import atomic_write, fsync_dir
 from tracker.errors import TrackerError
+
+try:
+    import fcntl
+except ImportError:  # Windows: journals are not locked
+    fcntl = None
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"N2FTAKE1"
 JOURNAL_SUFFIX = ".partial"
@@ -128,6 +153,23 @@ def identity_state_code(state: int | str | None) -> int:
     if not 0 <= code < len(IDENTITY_STATES):
         raise ValueError(f"identity state code must be 0-{len(IDENTITY_STATES) - 1}, got {state!r}")
     return code
+
+
+def check_take_path(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` as a Path, when a take can be recorded there: not a folder, not an existing take
+    unless ``overwrite``, in a folder that exists or can be made. TrackerError otherwise. Cheap:
+    call it before a long set-up, so a bad path fails at once."""
+    path = Path(path)
+    if path.is_dir():
+        raise TrackerError(f"the take {path} is a folder: give the take's file name, e.g. {path / 'take.npz'}")
+    if path.exists() and not overwrite:
+        raise TrackerError(f"take {path} exists already: record to another file or allow overwriting it")
+    folder = next((parent for parent in path.parents if parent.exists()), Path("."))
+    if not folder.is_dir():
+        raise TrackerError(f"cannot record to {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TrackerError(f"cannot record to {path}: the folder {folder} is not writable")
+    return path
 
 
 def journal_path(path: str | Path) -> Path:
@@ -253,10 +295,8 @@ class Recorder:
         overwrite: bool = False,
         identity_group: str | None = AUTO,
     ) -> None:
-        self.path = Path(path)
+        self.path = check_take_path(path, overwrite)
         self.journal_path = journal_path(self.path)
-        if self.path.exists() and not overwrite:
-            raise TrackerError(f"take {self.path} exists already: record to another file or allow overwriting it")
         self.groups = {str(group): int(size) for group, size in groups.items()}
         if any(size < 1 for size in self.groups.values()):
             raise ValueError(f"group sizes must be positive, got {self.groups}")
@@ -279,6 +319,7 @@ class Recorder:
             },
             "record_fields": [[name, dtype, list(shape)] for name, dtype, shape in _record_fields(self.groups)],
             "record_size": self._dtype.itemsize + _CRC.size,
+            "writer": {"pid": os.getpid(), "host": socket.gethostname()},
         }
         header_bytes = json.dumps(header).encode("utf-8")
         self._lock = threading.Lock()
@@ -286,10 +327,16 @@ class Recorder:
         self._frames = 0
         self._records = 0
         self._last_frame: int | None = None
+        self._size = 0  # bytes of whole records (and the header) in the journal
         self._fd = _create_journal(self.journal_path)
-        self._write(_PREAMBLE.pack(MAGIC, len(header_bytes), zlib.crc32(header_bytes)) + header_bytes)
-        os.fsync(self._fd)
-        _fsync_dir(self.journal_path.parent)
+        try:
+            self._write(_PREAMBLE.pack(MAGIC, len(header_bytes), zlib.crc32(header_bytes)) + header_bytes)
+            os.fsync(self._fd)
+            fsync_dir(self.journal_path.parent)
+        except BaseException:
+            os.close(self._fd)
+            self.journal_path.unlink(missing_ok=True)
+            raise
         self._last_sync = time.monotonic()
 
     def __enter__(self) -> Recorder:
@@ -369,16 +416,32 @@ class Recorder:
                 self._sync()
 
     def close(self) -> Path:
-        """Finish the take: write ``path`` from the journal, then remove the journal. Idempotent."""
+        """Finish the take: write ``path`` from the journal, then remove the journal (kept when it
+        was damaged, or when the take cannot be written: the TrackerError says how to recover it).
+        The journal stays locked until the take is written. Idempotent."""
         with self._lock:
             if self._closed:
                 return self.path
             self._closed = True
             try:
                 self._sync()
+                scan = _finalise(self.journal_path, self.path)
             finally:
                 os.close(self._fd)
-            return finalise_journal(self.journal_path, self.path)
+            if not scan.whole:
+                log.warning("%s: %s; the take %s has every intact record, the journal was kept", self.journal_path, scan.damage(), self.path)
+            return self.path
+
+    def discard(self) -> None:
+        """Abandon a recording before anything was recorded (a setup step after opening it failed):
+        remove its journal. With records in it, the same as ``close()``: nothing recorded is lost."""
+        with self._lock:
+            if not self._closed and not self._records:
+                self._closed = True
+                os.close(self._fd)
+                self.journal_path.unlink(missing_ok=True)
+                return
+        self.close()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -386,7 +449,15 @@ class Recorder:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as err:
-            raise TrackerError(f"cannot write the recording journal {self.journal_path}: {err.strerror or err} (free disk space?)") from err
+            try:  # drop a partly written record, so the journal ends on a whole one
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise TrackerError(
+                f"cannot write the recording journal {self.journal_path}: {err.strerror or err}. The frames recorded so far are in it: "
+                f"free disk space, then run `python -m tracker.recording --recover {self.journal_path}`"
+            ) from err
+        self._size += len(data)
 
     def _sync(self) -> None:
         os.fsync(self._fd)
@@ -395,11 +466,12 @@ class Recorder:
 
 def read_take(path: str | Path) -> Take:
     """Load a finished take (npz) or an unfinished one (its journal, given directly or found next
-    to a missing ``path``). TrackerError when neither is there or the file is not a take."""
+    to a missing ``path``; every intact record, see ``scan_journal``). TrackerError when neither
+    is there or the file is not a take."""
     path = Path(path)
     if not path.exists():
         if journal_path(path).exists():
-            return _read_journal(journal_path(path))[0]
+            return scan_journal(journal_path(path)).take
         raise TrackerError(f"take not found: {path}")
     try:
         with path.open("rb") as stream:
@@ -407,40 +479,104 @@ def read_take(path: str | Path) -> Take:
     except OSError as err:
         raise TrackerError(f"cannot read take {path}: {err.strerror or err}") from err
     if magic == MAGIC:
-        return _read_journal(path)[0]
+        return scan_journal(path).take
     return _read_npz(path)
 
 
-def finalise_journal(journal: str | Path, out: str | Path | None = None) -> Path:
+@dataclass
+class JournalScan:
+    """What reading a journal found.
+
+    take         every intact record (``complete`` False)
+    offsets      (T,) int64 byte offset in the journal of each of the take's records
+    damaged      (byte offset in the journal, length) of each damaged stretch skipped between or
+                 after intact records
+    cut          bytes of a last record cut short (a write the recording process never finished)
+    record_size  bytes per record
+    """
+
+    take: Take
+    offsets: np.ndarray
+    damaged: list[tuple[int, int]]
+    cut: int
+    record_size: int
+
+    @property
+    def whole(self) -> bool:
+        """No damaged record: everything ever fully written was read."""
+        return not self.damaged
+
+    @property
+    def damaged_records(self) -> int:
+        """Records lost to damage (a stretch of n bytes held at most ceil(n / record_size))."""
+        return sum(-(-length // self.record_size) for _, length in self.damaged)
+
+    def damage(self) -> str:
+        """The damage in words ("" when whole)."""
+        if self.whole:
+            return ""
+        where = ", ".join(f"byte {offset} ({length} bytes{self._between(offset)})" for offset, length in self.damaged[:5])
+        more = f" and {len(self.damaged) - 5} more stretches" if len(self.damaged) > 5 else ""
+        return f"{self.damaged_records} damaged record(s) skipped, at {where}{more}"
+
+    def _between(self, offset: int) -> str:
+        """", after frame a, before frame b" for a damaged stretch at ``offset``."""
+        row = int(np.searchsorted(self.offsets, offset))
+        frames = self.take.frame_index
+        after = f", after frame {int(frames[row - 1])}" if row > 0 else ", before any intact record"
+        before = f", before frame {int(frames[row])}" if row < len(frames) else ""
+        return after + before
+
+
+def finalise_journal(journal: str | Path, out: str | Path | None = None, delete_damaged: bool = False) -> JournalScan:
     """Write the take in ``journal`` to ``out`` (default: the journal's name without '.partial'),
-    atomically, then delete the journal. Returns ``out``."""
+    atomically, then delete the journal unless it was damaged (``delete_damaged``: delete it
+    anyway). TrackerError when a live recording still holds the journal's lock."""
     journal = Path(journal)
     out = _take_path(journal) if out is None else Path(out)
-    _finalise(journal, out, _read_journal(journal)[0])
-    return out
+    try:
+        fd = os.open(journal, os.O_RDONLY)
+    except OSError as err:
+        raise TrackerError(f"cannot open recording journal {journal}: {err.strerror or err}") from err
+    try:
+        if not _lock(fd):
+            writer = _journal_writer(journal)
+            raise TrackerError(
+                f"{journal} is still being written by a running recording{writer}: stop that run instead (it finalises "
+                "its take when it ends). Only a journal whose recording has ended can be recovered"
+            )
+        return _finalise(journal, out, delete_damaged)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_take(take: Take, path: str | Path) -> Path:
-    """Write ``take`` as npz to ``path`` via a temporary file, so ``path`` is always whole."""
+    """Write ``take`` as npz to ``path`` atomically (``tracker.atomic_write``): ``path`` is always whole."""
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
+    stream = io.BytesIO()  # built in memory: a failed disk write cannot leave a half-made zip behind
+    np.savez(stream, **take.arrays())
     try:
-        with temporary.open("wb") as stream:
-            np.savez(stream, **take.arrays())
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        return atomic_write(path, stream.getbuffer())
     except OSError as err:
         raise TrackerError(f"cannot write take {path}: {err.strerror or err}") from err
-    _fsync_dir(path.parent)
-    return path
 
 
-def _finalise(journal: Path, out: Path, take: Take) -> None:
-    take.complete = True
-    write_take(take, out)
-    journal.unlink()
-    _fsync_dir(journal.parent)
+def _finalise(journal: Path, out: Path, delete_damaged: bool = False) -> JournalScan:
+    """Write the take of ``journal`` to ``out``, then delete the journal when it was read whole (or
+    ``delete_damaged``). The caller holds the journal's lock."""
+    scan = scan_journal(journal)
+    scan.take.complete = True
+    try:
+        write_take(scan.take, out)
+    except TrackerError as err:
+        raise TrackerError(
+            f"{err}. Nothing is lost: the recording journal {journal} was kept; free space (or fix the folder), then run "
+            f"`python -m tracker.recording --recover {journal}`"
+        ) from err
+    if scan.whole or delete_damaged:
+        journal.unlink()
+        fsync_dir(journal.parent)
+    return scan
 
 
 def _take_path(journal: Path) -> Path:
@@ -522,8 +658,10 @@ def _identity_per_record(path: Path, arrays: dict[str, np.ndarray], face_found: 
     return values
 
 
-def _read_journal(path: Path) -> tuple[Take, int]:
-    """(the take in journal ``path``, number of trailing bytes ignored: a cut or corrupt record)."""
+def scan_journal(path: str | Path) -> JournalScan:
+    """Read journal ``path``: every record that passes its CRC, resynchronising past damaged ones
+    (module docstring). TrackerError when the file is no journal or its header is damaged."""
+    path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -547,16 +685,9 @@ def _read_journal(path: Path) -> tuple[Take, int]:
             raise ValueError(f"identity group {identity_group!r} is not in the group list")
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise TrackerError(f"recording journal {path} has a header this version cannot read: {err}") from err
-    body = data[_PREAMBLE.size + header_size :]
-    records = np.frombuffer(body, dtype=dtype, count=len(body) // dtype.itemsize)
-    payload = dtype.itemsize - _CRC.size
-    good = 0
-    while good < len(records):
-        start = good * dtype.itemsize
-        if zlib.crc32(body[start : start + payload]) != records["crc32"][good]:
-            break
-        good += 1
-    records = records[:good]
+    start = _PREAMBLE.size + header_size
+    starts, damaged, cut = _intact_records(memoryview(data)[start:], dtype.itemsize)
+    records = np.frombuffer(b"".join(data[start + at : start + at + dtype.itemsize] for at in starts), dtype=dtype)
     take = Take(
         head_model=header["head_model"],
         groups=groups,
@@ -569,7 +700,33 @@ def _read_journal(path: Path) -> tuple[Take, int]:
         identity_group=identity_group,
         **{name: records[name].copy() for name in ("timestamp", "frame_index", *_VECTORS)},
     )
-    return take, len(body) - good * dtype.itemsize
+    offsets = start + np.asarray(starts, dtype=np.int64)
+    return JournalScan(take, offsets, [(start + at, length) for at, length in damaged], cut, dtype.itemsize)
+
+
+def _intact_records(body: memoryview, size: int) -> tuple[list[int], list[tuple[int, int]], int]:
+    """Offsets of the intact ``size``-byte records in ``body`` (each ends with the CRC-32 of the
+    rest), the (offset, length) of every damaged stretch between or after them, and the length of
+    a last record cut short. After a damaged record the next intact one is searched byte by byte
+    (a chance CRC match: 1 in 2**32 per position)."""
+    payload = size - _CRC.size
+
+    def intact(at: int) -> bool:
+        return zlib.crc32(body[at : at + payload]) == _CRC.unpack_from(body, at + payload)[0]
+
+    starts, damaged, at, end = [], [], 0, len(body)
+    while at + size <= end:
+        if intact(at):
+            starts.append(at)
+            at += size
+            continue
+        following = next((candidate for candidate in range(at + 1, end - size + 1) if intact(candidate)), None)
+        if following is None:
+            damaged.append((at, end - at))
+            return starts, damaged, 0
+        damaged.append((at, following - at))
+        at = following
+    return starts, damaged, end - at
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -594,28 +751,93 @@ def _vector(value, size: int, name: str) -> np.ndarray:
 
 
 def _create_journal(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_BINARY", 0)
+    """Create and lock the journal ``path`` (fd, write-only, appending). An unlocked journal in the
+    way that holds no record (a run that failed while setting up) is replaced; one with records,
+    or a locked one, is a TrackerError."""
     try:
-        return os.open(path, flags, 0o644)
-    except FileExistsError:
-        raise TrackerError(
-            f"an unfinished recording is in the way: {path}. Finalise it with "
-            f"`python -m tracker.recording --recover {path}` (or delete it), then record again"
-        ) from None
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise TrackerError(f"cannot create the recording journal {path}: {err.strerror or err}") from err
+        raise TrackerError(f"cannot create the folder {path.parent} for the recording: {err.strerror or err}") from err
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_BINARY", 0)
+    for attempt in range(2):
+        try:
+            fd = os.open(path, flags, 0o644)
+            break
+        except FileExistsError:
+            state = "kept" if attempt else _remove_if_empty(path)
+            if state == "locked":
+                raise TrackerError(f"another recording is writing {path} right now{_journal_writer(path)}: record to another file") from None
+            if state == "kept":
+                raise TrackerError(
+                    f"an unfinished recording is in the way: {path}. Finalise it with "
+                    f"`python -m tracker.recording --recover {path}` (or delete it), then record again"
+                ) from None
+        except OSError as err:
+            raise TrackerError(f"cannot create the recording journal {path}: {err.strerror or err}") from err
+    if not _lock(fd) or not _same_file(fd, path):  # a recovery took it between the create and the lock
+        os.close(fd)
+        raise TrackerError(f"the recording journal {path} was taken by another process while it was being created: record again")
+    return fd
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a file's creation, rename or removal in ``folder`` durable (POSIX; a no-op elsewhere)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _remove_if_empty(path: Path) -> str:
+    """Remove the journal ``path`` if no recording holds it and it has no record: "removed", else
+    "locked" (a recording holds it) or "kept"."""
     try:
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "removed"
+    except OSError:
+        return "kept"
+    try:
+        if not _lock(fd):
+            return "locked"
+        try:
+            scan = scan_journal(path)
+        except TrackerError:  # no header at all (nothing was written), else a damaged one: keep it
+            empty = os.fstat(fd).st_size < _PREAMBLE.size
+        else:
+            empty = len(scan.take) == 0 and scan.whole
+        if not empty:
+            return "kept"
+        path.unlink()
+        log.info("removed %s: an empty journal left by a run that recorded nothing", path)
+        return "removed"
     finally:
         os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive lock of an open journal without waiting; False when another open file
+    holds it (True where the OS or file system has no such locks)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:  # e.g. a network file system without flock
+        log.warning("recording journals cannot be locked here (%s): do not recover a journal while its recording runs", err.strerror or err)
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True when ``path`` still names the open file ``fd``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+def _journal_writer(path: Path) -> str:
+    """" (process N on HOST)" from the journal's header, "" when it does not say."""
+    try:
+        data = path.read_bytes()[:65536]
+        _, size, _ = _PREAMBLE.unpack_from(data)
+        writer = json.loads(data[_PREAMBLE.size : _PREAMBLE.size + size])["writer"]
+        return f" (process {int(writer['pid'])} on {writer['host']})"
+    except (OSError, struct.error, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _software_version() -> str:
@@ -632,20 +854,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recover", type=Path, required=True, metavar="JOURNAL", help="the journal, e.g. take.npz.partial")
     parser.add_argument("--out", type=Path, default=None, help="the take to write (default: the journal's name without .partial)")
     parser.add_argument("--force", action="store_true", help="replace an existing take")
+    parser.add_argument("--delete-damaged", action="store_true", help="delete the journal even when some of its records were damaged "
+                        "(by default such a journal is kept beside the recovered take)")
     args = parser.parse_args(argv)
     try:
         out = args.out or _take_path(args.recover)
         if out.exists() and not args.force:
             raise TrackerError(f"{out} exists already: choose another --out or pass --force to replace it")
-        take, ignored = _read_journal(args.recover)
-        _finalise(args.recover, out, take)
+        scan = finalise_journal(args.recover, out, delete_damaged=args.delete_damaged)
     except TrackerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    note = f"; ignored {ignored} trailing bytes (an incomplete last record)" if ignored else ""
+    take = scan.take
     with_face = len(np.unique(take.frame_index[take.face_found]))
     faces = f", {int(take.face_found.sum())} face records in {len(take.tracks())} tracks" if len(take) != take.frame_count else ""
-    print(f"wrote {out}: {take.frame_count} frames, {with_face} with a face{faces}{note}")
+    cut = f"; ignored {scan.cut} trailing bytes (a last record the recording never finished)" if scan.cut else ""
+    print(f"wrote {out}: {take.frame_count} frames, {with_face} with a face{faces}{cut}")
+    if not scan.whole:
+        kept = "deleted as asked" if args.delete_damaged else "kept (pass --delete-damaged to delete it)"
+        print(f"warning: {scan.damage()}; every intact record was recovered; the journal {args.recover} was {kept}", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Pipeline sinks that ship with the library: recording a take, and a progress log for headless runs.
+"""Pipeline sinks that ship with the library: recording a take, and a progress display for headless runs.
 
 A sink is any callable taking a ``TrackingResult``; one with a ``close()`` method is closed when
 the pipeline ends (a recording is finalised there, also after Ctrl-C).
@@ -7,9 +7,13 @@ the pipeline ends (a recording is finalised there, also after Ctrl-C).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
 
 from tracker.head_models.base import HeadModel
 from tracker.recording import AUTO, Recorder
@@ -68,6 +72,10 @@ class RecordingSink:
     def close(self) -> Path:
         return self.recorder.close()
 
+    def discard(self) -> None:
+        """Give up a recording that has not started (``Recorder.discard``): its empty journal goes."""
+        self.recorder.discard()
+
 
 class SwitchableSink:
     """A slot for a sink that the user switches on and off while the pipeline runs (recording,
@@ -100,14 +108,34 @@ class SwitchableSink:
 
 
 class ProgressLog:
-    """Logs the pipeline's figures every ``interval`` seconds (headless runs)."""
+    """Shows a headless run's progress: frames tracked, fps, latency, faces found, frames dropped.
 
-    def __init__(self, stats, interval: float = 2.0) -> None:
+    On a terminal (``stream.isatty()``) a tqdm progress bar, out of ``total`` frames when the source
+    declares them; elsewhere (a pipe, a log file) plain log lines, the first at the first tracked
+    frame (it tells the start-up time), then one every ``interval`` seconds. ``stats``: the
+    pipeline's PipelineStats.
+    """
+
+    def __init__(self, stats, total: int | None = None, interval: float = 2.0, stream: TextIO | None = None) -> None:
         self.stats, self.interval = stats, interval
-        self._last = time.monotonic()
+        stream = sys.stderr if stream is None else stream
+        self._bar = tqdm(total=total, unit="frame", file=stream, dynamic_ncols=True) if stream.isatty() else None
+        self._started = time.monotonic()
+        self._last: float | None = None
 
     def __call__(self, result: TrackingResult) -> None:
         now = time.monotonic()
+        if self._bar is not None:
+            self._bar.update(1)
+            if self._last is None or now - self._last >= 0.5:
+                self._last = now
+                s = self.stats.snapshot()
+                self._bar.set_postfix_str(f"{s.fps:.1f} fps, latency {s.latency_p50_ms:.0f} ms, faces {s.faces_found}/{s.frames_out}, {s.dropped} dropped", refresh=False)
+            return
+        if self._last is None:
+            self._last = now
+            log.info("tracking: first frame after %.1f s of start-up", now - self._started)
+            return
         if now - self._last < self.interval:
             return
         self._last = now
@@ -116,3 +144,7 @@ class ProgressLog:
             "frame %d: %.1f fps, latency p50 %.0f ms p95 %.0f ms, faces in %d/%d frames, %d dropped",
             result.frame.index, s.fps, s.latency_p50_ms, s.latency_p95_ms, s.faces_found, s.frames_out, s.dropped,
         )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

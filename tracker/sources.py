@@ -11,6 +11,12 @@ Delivery policies:
   capture thread waits while it is full), or with ``realtime=True`` are paced at their own frame
   rate and then behave like a live source.
 Network streams reopen after a drop, waiting 0.5 s, doubling to at most 5 s between attempts.
+
+Bad frames: an image of a folder that cannot be decoded is skipped with a warning (``on_bad_frame``
+"skip", the default; it leaves a gap in ``Frame.index``, counted in ``frames_skipped``) or ends
+the source with a TrackerError ("stop") after the frames before it. A video file that ends before
+the frame count its header declares (damaged or cut short) is tracked to where it ends, with a
+warning.
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ import numpy as np
 
 from tracker.errors import TrackerError
 
-__all__ = ["Frame", "FrameSource", "open_source", "NETWORK_SCHEMES", "IMAGE_SUFFIXES"]
+__all__ = ["Frame", "FrameSource", "open_source", "NETWORK_SCHEMES", "IMAGE_SUFFIXES", "BAD_FRAME_POLICIES"]
 
 log = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+BAD_FRAME_POLICIES = ("skip", "stop")
+SKIPPED = object()  # what a reader returns for a frame it skipped (a gap in the frame index)
 _SCHEME_HINTS = {
     "srt": " The FFmpeg inside the pip opencv wheels is built without libsrt, so srt:// needs an "
     "OpenCV built against an FFmpeg with --enable-libsrt (or relay the stream as rtsp/udp).",
@@ -70,8 +78,12 @@ class _Reader(Protocol):
     @property
     def size(self) -> tuple[int, int]: ...
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
-        """The next (image, source_time), or None at the end."""
+    @property
+    def frame_count(self) -> int | None:
+        """Frames the medium declares (None: unknown, live or endless)."""
+
+    def read(self) -> tuple[np.ndarray, float | None] | object | None:
+        """The next (image, source_time), SKIPPED for a bad frame skipped, or None at the end."""
 
     def close(self) -> None: ...
 
@@ -79,24 +91,43 @@ class _Reader(Protocol):
 class _CaptureReader:
     """A ``cv2.VideoCapture`` checked at opening to deliver a first frame."""
 
-    def __init__(self, capture: cv2.VideoCapture, *, live: bool, error: str) -> None:
+    def __init__(self, capture: cv2.VideoCapture, *, live: bool, error: str, name: str = "") -> None:
         ok, image = capture.read() if capture.isOpened() else (False, None)
         if not ok:
             capture.release()
             raise TrackerError(error)
         self._capture = capture
         self._live = live
+        self._name = name
         self._first: tuple[np.ndarray, float | None] | None = (image, self._position())
+        self._delivered = 0
         rate = capture.get(cv2.CAP_PROP_FPS)
         self.fps = rate if rate > 0 else None
         self.size = (image.shape[1], image.shape[0])
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else 0
+        self.frame_count = declared if declared > 0 else None
 
     def read(self) -> tuple[np.ndarray, float | None] | None:
         if self._first is not None:
             first, self._first = self._first, None
-            return first
-        ok, image = self._capture.read()
-        return (image, self._position()) if ok else None
+        else:
+            ok, image = self._capture.read()
+            if not ok:
+                self._warn_if_early()
+                return None
+            first = (image, self._position())
+        self._delivered += 1
+        return first
+
+    def _warn_if_early(self) -> None:
+        """Warn when a file ends short of its declared frame count (containers may be off by a frame or so)."""
+        declared = self.frame_count
+        if declared is not None and self._delivered < declared - max(1, declared // 100):
+            log.warning(
+                "%s ended after %d frames, before the %d its header declares: the file is damaged or cut short "
+                "(the frames up to there are tracked; re-encode or re-copy it to get the rest)",
+                self._name, self._delivered, declared,
+            )
 
     def close(self) -> None:
         self._capture.release()
@@ -106,21 +137,31 @@ class _CaptureReader:
 
 
 class _FolderReader:
-    """The images of a folder in name order, as a sequence at a fixed frame rate."""
+    """The images of a folder in name order, as a sequence at a fixed frame rate; an image that
+    cannot be decoded is skipped (SKIPPED, with a warning) or raises (``on_bad_frame`` "stop")."""
 
-    def __init__(self, paths: list[Path], fps: float) -> None:
+    def __init__(self, paths: list[Path], fps: float, on_bad_frame: str = "skip") -> None:
         self._paths = paths
         self._next = 0
+        self._on_bad_frame = on_bad_frame
         self.fps = fps
-        height, width = _load_image(paths[0]).shape[:2]
-        self.size = (width, height)
+        self.frame_count = len(paths)
+        first = next((image for path in paths if (image := _load_image(path, required=False)) is not None), None)
+        if first is None:
+            raise TrackerError(f"no image of the folder {paths[0].parent} can be decoded: they are damaged or not images")
+        self.size = (first.shape[1], first.shape[0])
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
+    def read(self) -> tuple[np.ndarray, float | None] | object | None:
         if self._next >= len(self._paths):
             return None
         index = self._next
         self._next += 1
-        return _load_image(self._paths[index]), index / self.fps
+        path = self._paths[index]
+        image = _load_image(path, required=self._on_bad_frame == "stop", hint=" (or skip such images: on_bad_frame \"skip\", --on-bad-frame skip)")
+        if image is None:
+            log.warning("skipped frame %d: cannot decode image %s (damaged or not an image)", index, path)
+            return SKIPPED
+        return image, index / self.fps
 
     def close(self) -> None:
         """Nothing to release: images are read one at a time."""
@@ -133,8 +174,9 @@ class _LoopingReader:
         self._open = open_reader
         self._reader = open_reader()
         self.fps, self.size = self._reader.fps, self._reader.size
+        self.frame_count = None  # endless
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
+    def read(self) -> tuple[np.ndarray, float | None] | object | None:
         item = self._reader.read()
         if item is None:
             self._reader.close()
@@ -164,6 +206,7 @@ class _ReconnectingReader:
         self._max_delay = max_delay
         self._reader = open_reader()
         self.fps, self.size = self._reader.fps, self._reader.size
+        self.frame_count = None  # live
         self.reconnects = 0
 
     def read(self) -> tuple[np.ndarray, float | None] | None:
@@ -293,6 +336,7 @@ class FrameSource:
         self._buffer = _FrameBuffer(1 if keep_latest else queue_size, overwrite=keep_latest)
         self._pacer = _Pacer(self._stop) if paced else None
         self._error: Exception | None = None
+        self._skipped = 0
         self._thread = threading.Thread(target=self._capture, name=f"capture {name}", daemon=True)
 
     @property
@@ -309,6 +353,16 @@ class FrameSource:
     def is_live(self) -> bool:
         """True for cameras and network streams."""
         return self._live
+
+    @property
+    def frame_count(self) -> int | None:
+        """Frames a file or folder declares; None for live or looping sources, or when unknown."""
+        return getattr(self._reader, "frame_count", None)
+
+    @property
+    def frames_skipped(self) -> int:
+        """Bad frames skipped (images that could not be decoded)."""
+        return self._skipped
 
     @property
     def frames_dropped(self) -> int:
@@ -372,6 +426,10 @@ class FrameSource:
         index = 0
         try:
             while not self._stop.is_set() and (item := self._reader.read()) is not None:
+                if item is SKIPPED:
+                    self._skipped += 1
+                    index += 1
+                    continue
                 image, source_time = item
                 if self._pacer is not None and source_time is not None:
                     self._pacer.wait(source_time)
@@ -396,6 +454,7 @@ def open_source(
     fps: float | None = None,
     queue_size: int = 8,
     timeout: float = 5.0,
+    on_bad_frame: str = "skip",
 ) -> FrameSource:
     """Open a camera, video file, network stream or image folder as a FrameSource (not yet started).
 
@@ -411,8 +470,11 @@ def open_source(
         fps is also the frame rate of an image folder (default 30).
     queue_size: frames buffered ahead for files and folders read with realtime=False.
     timeout: seconds a network stream may take to open or to deliver a frame.
+    on_bad_frame: "skip" (default) or "stop" at an image of a folder that cannot be decoded.
     Raises TrackerError when the source cannot be opened or an option does not fit it.
     """
+    if on_bad_frame not in BAD_FRAME_POLICIES:
+        raise TrackerError(f"on_bad_frame must be one of {', '.join(BAD_FRAME_POLICIES)}, got {on_bad_frame!r}")
     stop = threading.Event()
     if isinstance(spec, int) or str(spec).isdigit():
         index = int(spec)
@@ -433,7 +495,7 @@ def open_source(
         return FrameSource(reader, name=name, live=True, paced=False, stop=stop)
     path = Path(text)
     if path.is_dir():
-        open_reader: Callable[[], _Reader] = partial(_open_folder, path, 30.0 if fps is None else fps)
+        open_reader: Callable[[], _Reader] = partial(_open_folder, path, 30.0 if fps is None else fps, on_bad_frame)
     else:
         _check_no_fps(text, fps)
         open_reader = partial(_open_file, path)
@@ -479,6 +541,7 @@ def _open_file(path: Path) -> _CaptureReader:
     return _CaptureReader(
         cv2.VideoCapture(str(path), cv2.CAP_FFMPEG),
         live=False,
+        name=str(path),
         error=f"cannot read video {path}: it is not a video, is damaged, or uses a codec this OpenCV/FFmpeg "
         "build lacks; re-encode it, e.g. `ffmpeg -i INPUT -c:v libx264 out.mp4`",
     )
@@ -503,20 +566,21 @@ def _open_url(url: str, timeout: float) -> _CaptureReader:
     )
 
 
-def _open_folder(folder: Path, fps: float) -> _FolderReader:
+def _open_folder(folder: Path, fps: float, on_bad_frame: str) -> _FolderReader:
     paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise TrackerError(
             f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images: "
             "point to the folder with the frames"
         )
-    return _FolderReader(paths, fps)
+    return _FolderReader(paths, fps, on_bad_frame)
 
 
-def _load_image(path: Path) -> np.ndarray:
+def _load_image(path: Path, required: bool = True, hint: str = "") -> np.ndarray | None:
+    """(H, W, 3) uint8 BGR; None when it cannot be decoded and not ``required`` (else TrackerError)."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise TrackerError(f"cannot decode image {path}: it is damaged or not an image; remove or replace it")
+    if image is None and required:
+        raise TrackerError(f"cannot decode image {path}: it is damaged or not an image; remove or replace it{hint}")
     return image
 
 

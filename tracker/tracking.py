@@ -535,9 +535,18 @@ class FaceTracker:
         "full-range" (MediaPipe's full-range face detector on every frame, then a mesh per face:
         small and distant faces, at the detector's cost). ``refine``, ``refine_start``,
         ``identity``: see the class; ``refine_iters``: the refinement's iterations per frame
-        (None: ``tracker.refinement.DEFAULT_ITERATIONS``)."""
+        (None: ``tracker.refinement.DEFAULT_ITERATIONS``). TrackerError when the network regresses
+        parameter groups (names, sizes) that ``head`` does not have."""
         if detector not in DETECTORS:
             raise TrackerError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+        misfits = {g: n for g, n in net.config.groups.items() if g not in head.param_groups or head.param_groups[g].size != n}
+        if misfits:
+            has = {g: p.size for g, p in head.param_groups.items()}
+            raise TrackerError(
+                f"the network (trained for the {net.config.head_model} head model) regresses parameter groups {misfits} that the loaded "
+                f"{head.name} head model does not have (its groups: {has}): "
+                f"load the head model the checkpoint was trained for, or use a checkpoint trained for this one (python -m train --head-model {head.name})"
+            )
         full_range = photos or detector == "full-range"
         mesh_detector = FaceMeshDetector(max_faces=max_faces, static_images=photos, full_range=full_range)
         cropper = FaceCropper(alpha=alpha, out_size=net.config.input_size, max_faces=max_faces, smoothing=DEFAULT_BOX_SMOOTHING if crop_smoothing else None)

@@ -31,7 +31,7 @@ import torch
 from tracker.face_detection import FaceMeshDetector
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet
-from tracker.pipeline import Pipeline, StatsSnapshot
+from tracker.pipeline import Pipeline, PipelineStats, StatsSnapshot
 from tracker.sources import open_source
 from tracker.tracking import FaceTracker
 
@@ -73,7 +73,7 @@ def time_pipeline(args: argparse.Namespace, mode: str, frames: int, refine: bool
     """One pipeline run -> (stats over every frame, wall-clock fps)."""
     tracker = make_tracker(args, refine)
     source = open_source(args.video, realtime=True if args.realtime else None)
-    pipeline = Pipeline(source, tracker, [], mode=mode, max_frames=frames, stats_window=frames)
+    pipeline = Pipeline(source, tracker, [], mode=mode, max_frames=frames, stats=PipelineStats(frames))
     start = time.perf_counter()
     try:
         stats = pipeline.run()

@@ -127,7 +127,7 @@ def _array(data, key: str, shape: tuple[int | None, ...], details: list[str], in
         return None
     try:
         array = to_numpy(data[key])
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError) as error:  # AttributeError: a sparse matrix pickled without its state
         details.append(f"'{key}' cannot be read ({error})")
         return None
     expected = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"

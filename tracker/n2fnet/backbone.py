@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tracker.errors import TrackerError
+from tracker.safe_load import load_torch_file
 
 
 class Backbone(nn.Module):
@@ -93,15 +94,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise TrackerError(f"backbone weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # malformed or unsafe file
-        raise TrackerError(f"cannot read backbone weights {path}: {err}") from err
+        except Exception as err:  # malformed file
+            raise TrackerError(f"cannot read backbone weights {path}: {err}") from err
+    else:
+        state = load_torch_file(path, "backbone weights", "Use the model's published weights file (a .safetensors file where there is one).")
     for key in ("model_ema", "model", "module", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
