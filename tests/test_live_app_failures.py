@@ -165,7 +165,7 @@ def _command(checkpoint: Path, video: Path, *extra: str) -> list[str]:
 def test_headless_progress_on_a_pipe_and_on_a_terminal(checkpoint, video):
     piped = subprocess.run(_command(checkpoint, video, "--max-frames", "20"), capture_output=True, text=True, cwd=PROJECT, timeout=300)
     assert piped.returncode == 0, piped.stderr[-2000:]
-    assert "tracking: first frame after" in piped.stderr and "\r" not in piped.stderr  # plain lines on a pipe
+    assert "tracking: first frame done" in piped.stderr and "\r" not in piped.stderr  # plain lines on a pipe
     quiet = subprocess.run(_command(checkpoint, video, "--max-frames", "5", "--quiet"), capture_output=True, text=True, cwd=PROJECT, timeout=300)
     assert quiet.returncode == 0 and "tracking:" not in quiet.stderr
     leader, follower = pty.openpty()  # stderr on a terminal of 120 columns: a progress bar

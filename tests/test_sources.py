@@ -147,6 +147,8 @@ def test_video_that_ends_before_its_declared_length_warns(tmp_path: Path, shared
     caplog.clear()
     with open_source(shared_path / "real-faces" / "videos" / "single_face.mp4") as source:
         assert len(list(source)) == source.frame_count == 72
+    with open_source(shared_path / "real-faces" / "videos" / "no_face.mp4") as source:
+        assert (len(list(source)), source.frame_count) == (95, 98)  # a container's count a few frames off is no damage
     assert "header declares" not in caplog.text
 
 

@@ -112,7 +112,7 @@ class ProgressLog:
 
     On a terminal (``stream.isatty()``) a tqdm progress bar, out of ``total`` frames when the source
     declares them; elsewhere (a pipe, a log file) plain log lines, the first at the first tracked
-    frame (it tells the start-up time), then one every ``interval`` seconds. ``stats``: the
+    frame (when it came after the set-up), then one every ``interval`` seconds. ``stats``: the
     pipeline's PipelineStats.
     """
 
@@ -134,7 +134,7 @@ class ProgressLog:
             return
         if self._last is None:
             self._last = now
-            log.info("tracking: first frame after %.1f s of start-up", now - self._started)
+            log.info("tracking: first frame done %.1f s after the set-up", now - self._started)
             return
         if now - self._last < self.interval:
             return

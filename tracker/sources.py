@@ -120,9 +120,10 @@ class _CaptureReader:
         return first
 
     def _warn_if_early(self) -> None:
-        """Warn when a file ends short of its declared frame count (containers may be off by a frame or so)."""
+        """Warn when a file ends clearly short of its declared frame count (a container's count, often derived
+        from its duration, may be a few frames off: 5 % or 2 frames are allowed)."""
         declared = self.frame_count
-        if declared is not None and self._delivered < declared - max(1, declared // 100):
+        if declared is not None and self._delivered < declared - max(2, declared // 20):
             log.warning(
                 "%s ended after %d frames, before the %d its header declares: the file is damaged or cut short "
                 "(the frames up to there are tracked; re-encode or re-copy it to get the rest)",
