@@ -51,7 +51,9 @@ parameters, rotation, translation and crop box):
     timestamp (T,) float64 s, frame_index (T,) int64, face_found (T,) bool, track_id (T,) int64,
     identity_state (T,) uint8, crop_box (T, 3) float32 (x0, y0, side) px, rotation_6d (T, 6)
     float32 head rotation in the camera frame, translation (T, 3) float32 m, focal (T, 2) float32
-    px, principal (T, 2) float32 px,
+    px, principal (T, 2) float32 px, arkit (T, 52) float32 ARKit weights (``tracker.avatar``
+    ARKIT_NAMES order; NaN: none, e.g. a head model without ARKit semantics), eye_angles (T, 2, 2)
+    float32 radians (left, right eye) x (yaw, pitch) in the head frame (NaN: not found),
     params/<group> (T, n) float32 for every head-model parameter group but the identity group,
     identity_group () str, the identity group's name ("": none, then every group is per record),
     tracks/track_id (N,) int64, tracks/identity (N, K) float32, tracks/identity_state (N,) uint8:
@@ -61,7 +63,8 @@ parameters, rotation, translation and crop box):
     refine, refine_iters, detector}.
 Takes written before tracks existed (no track_id / identity_state / identity_group arrays, one
 record per frame, every group per record) still load: track_id 0 where a face was found, -1
-elsewhere, identity_state 0.
+elsewhere, identity_state 0; so do takes and journals from before the avatar values (arkit and
+eye_angles NaN).
 
 Journal format (little-endian):
     8 bytes   magic b"N2FTAKE1" (1: format version)
@@ -71,8 +74,8 @@ Journal format (little-endian):
               "metadata": {...}, "record_fields": [[name, numpy dtype, shape], ...], "record_size": R}
     records   R bytes each: the record_fields packed in order, then a uint32 CRC-32 of those bytes.
 The record fields are timestamp, frame_index, face_found, track_id, identity_state, crop_box,
-rotation_6d, translation, focal, principal, then params/<group> for every group (identity
-included). The header also names its writer ("writer": {"pid", "host"}) for the lock message.
+rotation_6d, translation, focal, principal, arkit, eye_angles, then params/<group> for every group
+(identity included). The header also names its writer ("writer": {"pid", "host"}) for the lock message.
 Journals written before tracks existed have no track_id / identity_state fields and no
 "identity_group"; they still load.
 """
@@ -126,9 +129,13 @@ _FIXED_FIELDS = (
     ("translation", "<f4", (3,)),
     ("focal", "<f4", (2,)),
     ("principal", "<f4", (2,)),
+    ("arkit", "<f4", (52,)),
+    ("eye_angles", "<f4", (2, 2)),
 )
 _TRACK_FIELDS = ("track_id", "identity_state")
-_LEGACY_FIXED_FIELDS = tuple(field for field in _FIXED_FIELDS if field[0] not in _TRACK_FIELDS)  # takes before tracks
+_AVATAR_FIELDS = ("arkit", "eye_angles")
+# the fixed fields each layout leaves out: this version's, takes before the avatar values, takes before tracks
+_LAYOUTS = {"current": (), "before avatar": _AVATAR_FIELDS, "before tracks": (*_TRACK_FIELDS, *_AVATAR_FIELDS)}
 _VECTORS = ("crop_box", "rotation_6d", "translation", "focal", "principal")
 # identity_state codes (module docstring); the tracker's FaceResult.identity_state is one of these names
 IDENTITY_STATES = ("none", "calibrating", "locked", "given", "network")
@@ -223,12 +230,18 @@ class Take:
     track_id: np.ndarray | None = None
     identity_state: np.ndarray | None = None
     identity_group: str | None = None
+    arkit: np.ndarray | None = None
+    eye_angles: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.track_id is None:
             self.track_id = np.where(self.face_found, 0, -1).astype(np.int64)
         if self.identity_state is None:
             self.identity_state = np.zeros(len(self.face_found), np.uint8)
+        if self.arkit is None:
+            self.arkit = np.full((len(self.face_found), 52), np.nan, np.float32)
+        if self.eye_angles is None:
+            self.eye_angles = np.full((len(self.face_found), 2, 2), np.nan, np.float32)
         if self.identity_group is not None and self.identity_group not in self.groups:
             raise ValueError(f"identity group {self.identity_group!r} is not one of the take's groups {list(self.groups)}")
 
@@ -253,7 +266,7 @@ class Take:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The take.npz content."""
-        out = {name: getattr(self, name) for name in ("timestamp", "frame_index", "face_found", *_TRACK_FIELDS, *_VECTORS)}
+        out = {name: getattr(self, name) for name in ("timestamp", "frame_index", "face_found", *_TRACK_FIELDS, *_VECTORS, *_AVATAR_FIELDS)}
         out.update({f"params/{group}": values for group, values in self.params.items() if group != self.identity_group})
         out["identity_group"] = np.array(self.identity_group or "")
         if self.identity_group is not None:
@@ -371,6 +384,8 @@ class Recorder:
         principal=None,
         track_id: int | None = None,
         identity_state: int | str | None = None,
+        arkit=None,
+        eye_angles=None,
     ) -> None:
         """Record one face of a frame; ``params`` {group: (n,)} (arrays or tensors), or None for a
         frame without a face (its one record).
@@ -378,7 +393,8 @@ class Recorder:
         rotation_6d (6,), translation (3,) m, crop_box (3,) px: None stores NaN; focal, principal
         (2,) px: None stores the recorder's. A leading batch dimension of 1 is accepted.
         track_id: the face's track (None: 0; always -1 without a face); identity_state: a name of
-        IDENTITY_STATES or its code (None: "none").
+        IDENTITY_STATES or its code (None: "none"); arkit (52,) ARKit weights, eye_angles (2, 2)
+        (``tracker.avatar.AvatarValues``; None stores NaN).
         """
         record = np.zeros((), dtype=self._dtype)
         record["timestamp"] = timestamp
@@ -391,8 +407,9 @@ class Recorder:
             if record["track_id"] < 0:
                 raise ValueError(f"a face's track id must be >= 0, got {track_id}")
             record["identity_state"] = identity_state_code(identity_state)
-        for name, value in (("rotation_6d", rotation_6d), ("translation", translation), ("crop_box", crop_box)):
+        for name, value in (("rotation_6d", rotation_6d), ("translation", translation), ("crop_box", crop_box), ("arkit", arkit)):
             record[name] = _vector(value, self._dtype[name].shape[0], name)
+        record["eye_angles"] = _vector(eye_angles, 4, "eye_angles").reshape(2, 2)
         record["focal"] = self.focal if focal is None else _vector(focal, 2, "focal")
         record["principal"] = self.principal if principal is None else _vector(principal, 2, "principal")
         if params is not None:
@@ -606,9 +623,10 @@ def _read_npz(path: Path) -> Take:
     identity_group = identity_group or None
     if identity_group is not None and identity_group not in groups:
         raise TrackerError(f"take {path} is malformed: its identity group {identity_group!r} is not in its group list {groups}")
-    legacy = "track_id" not in arrays
+    layout = "before tracks" if "track_id" not in arrays else "before avatar" if "arkit" not in arrays else "current"
+    legacy = layout == "before tracks"
     frames = len(arrays["timestamp"])
-    fields = _record_fields(groups, legacy=legacy)
+    fields = _record_fields(groups, layout)
     shapes = {name: (frames, *shape) for name, _, shape in fields if name != f"params/{identity_group}"}
     for name, shape in shapes.items():
         if name not in arrays:
@@ -633,6 +651,7 @@ def _read_npz(path: Path) -> Take:
         identity_state=None if legacy else arrays["identity_state"].astype(np.uint8),
         identity_group=identity_group,
         **{name: arrays[name] for name in ("timestamp", "frame_index", *_VECTORS)},
+        **{name: arrays[name] for name in _AVATAR_FIELDS if layout == "current"},
     )
 
 
@@ -677,9 +696,10 @@ def scan_journal(path: str | Path) -> JournalScan:
         groups = {str(group): int(size) for group, size in header["groups"].items()}
         fields = [(name, dtype, tuple(shape)) for name, dtype, shape in header["record_fields"]]
         dtype = np.dtype([*fields, ("crc32", "<u4")])
-        legacy = fields == _record_fields(groups, legacy=True)  # a journal from before tracks
-        if dtype.itemsize != header["record_size"] or not (legacy or fields == _record_fields(groups)):
+        layout = next((name for name in _LAYOUTS if fields == _record_fields(groups, name)), None)
+        if dtype.itemsize != header["record_size"] or layout is None:
             raise ValueError("record layout does not match the group list")
+        legacy = layout == "before tracks"
         identity_group = header.get("identity_group")
         if identity_group is not None and identity_group not in groups:
             raise ValueError(f"identity group {identity_group!r} is not in the group list")
@@ -699,6 +719,7 @@ def scan_journal(path: str | Path) -> JournalScan:
         identity_state=None if legacy else records["identity_state"].astype(np.uint8),
         identity_group=identity_group,
         **{name: records[name].copy() for name in ("timestamp", "frame_index", *_VECTORS)},
+        **{name: records[name].copy() for name in _AVATAR_FIELDS if layout == "current"},
     )
     offsets = start + np.asarray(starts, dtype=np.int64)
     return JournalScan(take, offsets, [(start + at, length) for at, length in damaged], cut, dtype.itemsize)
@@ -730,10 +751,10 @@ def _intact_records(body: memoryview, size: int) -> tuple[list[int], list[tuple[
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _record_fields(groups: Mapping[str, int], legacy: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, dtype, shape) of a record's fields (``legacy``: as written before tracks, without
-    track_id and identity_state)."""
-    fixed = _LEGACY_FIXED_FIELDS if legacy else _FIXED_FIELDS
+def _record_fields(groups: Mapping[str, int], layout: str = "current") -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, dtype, shape) of a record's fields in ``layout`` (a ``_LAYOUTS`` name: older takes
+    lack the avatar fields, the oldest the track fields too)."""
+    fixed = tuple(field for field in _FIXED_FIELDS if field[0] not in _LAYOUTS[layout])
     return [*fixed, *((f"params/{group}", "<f4", (size,)) for group, size in groups.items())]
 
 

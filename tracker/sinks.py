@@ -67,6 +67,8 @@ class RecordingSink:
                 principal=result.principal,
                 track_id=face.track_id,
                 identity_state=face.identity_state,
+                arkit=None if face.avatar is None else face.avatar.weights,
+                eye_angles=None if face.avatar is None else face.avatar.eye_angles,
             )
 
     def close(self) -> Path:

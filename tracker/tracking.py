@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
+from tracker.avatar import IRIS_CENTRES, AvatarValues, Eyeballs, eye_gaze, gaze_weights, head_pose, ict_to_arkit_matrix
 from tracker.cues import CueOutput, GeometryCue, create_cue
 from tracker.errors import TrackerError
 from tracker.face_detection import DEFAULT_BOX_SMOOTHING, FaceCrop, FaceCropper, FaceMeshDetector
@@ -111,6 +112,8 @@ class FaceResult:
                   caller), "network" (refinement off: the network's per-frame identity)
     refined       whether the landmark refinement ran on this face (derived: the state is not "network")
     refine_iterations  its Levenberg-Marquardt iterations in this frame (0: not refined)
+    avatar        ARKit-52 weights, head pose and gaze (``tracker.avatar``); None for a head model
+                  without ARKit semantics
     """
 
     params: dict[str, torch.Tensor]
@@ -126,6 +129,7 @@ class FaceResult:
     cue: CueOutput
     identity_state: str = "network"
     refine_iterations: int = 0
+    avatar: AvatarValues | None = None
 
     @property
     def refined(self) -> bool:
@@ -261,6 +265,9 @@ class FaceTracker:
             self._refiner = self._make_refiner()
         self.identity = identity
         self._tracks: dict[int, TrackState] = {}
+        self._arkit = ict_to_arkit_matrix(head.expression_names) if head.name == "ict" else None
+        masks = head.region_masks
+        self._eyeball_masks = tuple(masks[name].cpu().numpy() for name in ("eyeball_left", "eyeball_right")) if "eyeball_left" in masks else None
 
     @property
     def refiner(self) -> Refiner:
@@ -386,9 +393,23 @@ class FaceTracker:
                     cue=prepared.cues[i],
                     identity_state=fits[i].state if fits[i] is not None else "network",
                     refine_iterations=fits[i].iterations if fits[i] is not None else 0,
+                    avatar=self._avatar_values(params, vertices[i], rotation[i], translation[i], crop, focal, principal, i),
                 )
             )
         return TrackingResult(frame, faces, focal, principal, timings)
+
+    def _avatar_values(self, params, vertices, rotation, translation, crop: FaceCrop, focal, principal, index: int) -> AvatarValues | None:
+        """The face's ARKit weights, head pose and gaze (None without ARKit semantics: not ICT)."""
+        if self._arkit is None:
+            return None
+        weights = np.clip(self._arkit @ params["expression"][index].numpy(), 0.0, 1.0)
+        head_rotation, angles, position = head_pose(rotation.numpy(), translation.numpy())
+        eyes = np.full((2, 2), np.nan, np.float32)
+        points = crop.face.points
+        if self._eyeball_masks is not None and len(points) >= IRIS_CENTRES[1] + 1:
+            eyeballs = Eyeballs.from_vertices(vertices.numpy(), self._eyeball_masks)
+            eyes = eye_gaze(eyeballs, rotation.numpy(), translation.numpy(), points[list(IRIS_CENTRES), :2], focal, principal)
+        return AvatarValues(gaze_weights(weights, eyes), head_rotation, angles, position, eyes)
 
     def _smooth(self, crop: FaceCrop, raw: RawOutput, index: int, timestamp: float) -> FrameParameters:
         values = FrameParameters(

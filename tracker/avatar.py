@@ -1,0 +1,190 @@
+"""What drives an avatar: ARKit's 52 blendshape weights, the head's pose and the eyes' gaze.
+
+    values = face.avatar                      # AvatarValues of a tracked face (FaceResult.avatar)
+    values.weights[ARKIT_INDEX["jawOpen"]]    # (52,) in ARKIT_NAMES order, each in [0, 1]
+    values.head_angles                        # (3,) yaw, pitch, roll, radians
+
+ARKit weights from ICT-FaceKit's 53 expression weights (``ict_to_arkit_matrix``): ICT's shapes carry
+ARKit's names, with ``_L`` / ``_R`` for ``Left`` / ``Right`` where these are sides (``jawLeft``,
+``mouthLeft`` are directions and keep their names); sides are the face's own, as in
+ARKit: ICT's ``eyeball_left`` lies on the face's left, +x of the head frame). Two ARKit shapes are
+split in two in ICT: ``browInnerUp`` and ``cheekPuff`` are the mean of their ``_L`` and ``_R``
+halves (both halves at 1 give 1; one half alone gives 0.5). ICT has no tongue: ``tongueOut`` is 0.
+
+Gaze (``eye_gaze``): ICT's eyeLook shapes move the lids, not the eyeballs, so the eyes' direction
+comes from MediaPipe's iris centres. The camera ray through each iris centre meets the eyeball
+sphere of the fitted head (its centre and radius from the head model's eyeball vertices); the
+direction from the eyeball's centre to that point, in the head frame, gives the eye's yaw and
+pitch. ARKit's eight eyeLook weights are then set from the gaze: 1 at ``EYE_LOOK_FULL`` (30 deg)
+in that direction (ARKit gives no angle; 30 deg is about the comfortable range of eye rotation).
+
+Frames and angles. The avatar frame is right-handed with +x to the viewer's right (the face's
+own left), +y up and +z towards the camera, the camera at the origin (ARKit's face-anchor
+convention, and the head frame's: a head facing the camera has the identity rotation).
+``head_angles`` (yaw, pitch, roll) compose the head's rotation as Ry(yaw) Rx(pitch) Rz(roll):
+yaw > 0 turns the face to its own left (the viewer's right), pitch > 0 tips it down, roll > 0
+tilts it towards its own right shoulder (its +x axis turns towards +y). Eye angles
+(yaw, pitch) are in the head frame with the same signs (yaw > 0: the eye looks to the face's
+own left; pitch > 0: down).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Apple's ARFaceAnchor.BlendShapeLocation order (also Unreal's EARFaceBlendShape and Live Link Face's)
+ARKIT_NAMES = (
+    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeSquintLeft", "eyeWideLeft",
+    "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight", "eyeSquintRight", "eyeWideRight",
+    "jawForward", "jawLeft", "jawRight", "jawOpen",
+    "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight", "mouthSmileLeft", "mouthSmileRight",
+    "mouthFrownLeft", "mouthFrownRight", "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight",
+    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "noseSneerLeft", "noseSneerRight", "tongueOut",
+)  # fmt: skip
+ARKIT_INDEX = {name: i for i, name in enumerate(ARKIT_NAMES)}
+EYE_LOOK_FULL = math.radians(30.0)  # the gaze angle at which an eyeLook weight reaches 1
+IRIS_CENTRES = (468, 473)  # MediaPipe Face Mesh's two iris centres (478 points, iris refinement on)
+_SPLIT = ("browInnerUp", "cheekPuff")  # one ARKit shape, two ICT halves
+
+
+def ict_name(arkit_name: str, ict_names: tuple[str, ...] | list[str]) -> str:
+    """ARKit name -> ICT-FaceKit's: 'eyeBlinkLeft' -> 'eyeBlink_L', but 'jawLeft' and 'mouthLeft'
+    (directions, not sides) as they are."""
+    if arkit_name in ict_names:
+        return arkit_name
+    for side, suffix in (("Left", "_L"), ("Right", "_R")):
+        if arkit_name.endswith(side):
+            return arkit_name[: -len(side)] + suffix
+    raise KeyError(f"ICT-FaceKit has no shape for ARKit's {arkit_name!r}")
+
+
+def ict_to_arkit_matrix(ict_names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """(52, 53) float32 M with arkit = M @ ict for ICT's expression names (module docstring)."""
+    index = {name: i for i, name in enumerate(ict_names)}
+    matrix = np.zeros((len(ARKIT_NAMES), len(ict_names)), np.float32)
+    for row, name in enumerate(ARKIT_NAMES):
+        if name in _SPLIT:
+            matrix[row, [index[name + "_L"], index[name + "_R"]]] = 0.5
+        elif name != "tongueOut":
+            matrix[row, index[ict_name(name, ict_names)]] = 1.0
+    return matrix
+
+
+@dataclass
+class AvatarValues:
+    """What drives an avatar for one tracked face (frames and signs: module docstring).
+
+    weights        (52,) float32 ARKit weights in ARKIT_NAMES order, in [0, 1]
+    head_rotation  (3, 3) float32 head frame -> avatar frame (identity: facing the camera)
+    head_angles    (3,) float32 yaw, pitch, roll in radians
+    head_position  (3,) float32 metres, the head frame's origin in the avatar frame
+    eye_angles     (2, 2) float32 radians, (left eye, right eye) x (yaw, pitch) in the head frame;
+                   NaN when the irises were not found
+    """
+
+    weights: np.ndarray
+    head_rotation: np.ndarray
+    head_angles: np.ndarray
+    head_position: np.ndarray
+    eye_angles: np.ndarray
+
+
+# camera frame (OpenCV: +x right, +y down, +z forward) -> avatar frame (+x right, +y up, +z towards the camera)
+CAMERA_TO_AVATAR = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
+
+
+def head_pose(rotation: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tracker's head pose (3, 3) R, (3,) t (``X_cam = R FLIP X_head + t``, ``tracker.geometry.camera``)
+    -> (avatar rotation (3, 3) = FLIP R FLIP, angles (3,) yaw pitch roll, position (3,) FLIP t), float32."""
+    avatar = CAMERA_TO_AVATAR @ np.asarray(rotation, np.float32) @ CAMERA_TO_AVATAR
+    return avatar, rotation_angles(avatar), CAMERA_TO_AVATAR @ np.asarray(translation, np.float32)
+
+
+def rotation_angles(rotation: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) R = Ry(yaw) Rx(pitch) Rz(roll) -> (..., 3) float32 (yaw, pitch, roll) radians."""
+    r = np.asarray(rotation, np.float64)
+    pitch = np.arcsin(np.clip(-r[..., 1, 2], -1.0, 1.0))
+    yaw = np.arctan2(r[..., 0, 2], r[..., 2, 2])
+    roll = np.arctan2(r[..., 1, 0], r[..., 1, 1])
+    return np.stack([yaw, pitch, roll], axis=-1).astype(np.float32)
+
+
+def angles_rotation(angles: np.ndarray) -> np.ndarray:
+    """(..., 3) (yaw, pitch, roll) -> (..., 3, 3) float32 Ry(yaw) Rx(pitch) Rz(roll) (``rotation_angles``'s inverse)."""
+    a = np.asarray(angles, np.float64)
+    cy, sy, cp, sp, cr, sr = np.cos(a[..., 0]), np.sin(a[..., 0]), np.cos(a[..., 1]), np.sin(a[..., 1]), np.cos(a[..., 2]), np.sin(a[..., 2])
+    one, zero = np.ones_like(cy), np.zeros_like(cy)
+    ry = np.stack([np.stack([cy, zero, sy], -1), np.stack([zero, one, zero], -1), np.stack([-sy, zero, cy], -1)], -2)
+    rx = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, cp, -sp], -1), np.stack([zero, sp, cp], -1)], -2)
+    rz = np.stack([np.stack([cr, -sr, zero], -1), np.stack([sr, cr, zero], -1), np.stack([zero, zero, one], -1)], -2)
+    return (ry @ rx @ rz).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Eyeballs:
+    """The head model's eyeballs in its head frame: ``centres`` (2, 3) (left, right: the face's own)
+    and ``radii`` (2,) metres, from the mean and mean distance of each eyeball's vertices."""
+
+    centres: np.ndarray
+    radii: np.ndarray
+
+    @classmethod
+    def from_vertices(cls, vertices: np.ndarray, masks: tuple[np.ndarray, np.ndarray]) -> Eyeballs:
+        """(V, 3) head-frame vertices and the (V,) bool masks of the two eyeballs, in either order
+        (the face's left eye is the one on +x)."""
+        centres = np.stack([vertices[mask].mean(0) for mask in masks])
+        radii = np.array([np.linalg.norm(vertices[mask] - c, axis=1).mean() for mask, c in zip(masks, centres)])
+        order = np.argsort(-centres[:, 0])
+        return cls(centres[order].astype(np.float32), radii[order].astype(np.float32))
+
+
+def eye_gaze(
+    eyeballs: Eyeballs, rotation: np.ndarray, translation: np.ndarray, irises: np.ndarray, focal: np.ndarray, principal: np.ndarray
+) -> np.ndarray:
+    """(2, 2) float32 (left, right) x (yaw, pitch) radians in the head frame, from the (2, 2)
+    pixel positions of the two iris centres (any order: each goes to the eyeball it is nearest
+    to in the image); NaN where an iris is not finite. rotation (3, 3), translation (3,): the
+    tracker's head pose (``head_pose``); focal, principal (2,) px."""
+    rotation = np.asarray(rotation, np.float64) @ CAMERA_TO_AVATAR  # head frame -> camera frame
+    translation = np.asarray(translation, np.float64)
+    centres = eyeballs.centres.astype(np.float64) @ rotation.T + translation  # (2, 3) camera frame
+    projected = centres[:, :2] / centres[:, 2:] * focal + principal
+    out = np.full((2, 2), np.nan, np.float32)
+    irises = np.asarray(irises, np.float64)
+    if not np.isfinite(irises).all():
+        return out
+    swap = np.linalg.norm(irises[0] - projected[1]) + np.linalg.norm(irises[1] - projected[0]) < (
+        np.linalg.norm(irises[0] - projected[0]) + np.linalg.norm(irises[1] - projected[1])
+    )
+    ordered = irises[::-1] if swap else irises
+    for eye in range(2):
+        ray = np.append((ordered[eye] - principal) / focal, 1.0)
+        ray /= np.linalg.norm(ray)
+        centre, radius = centres[eye], float(eyeballs.radii[eye])
+        along = ray @ centre
+        closest = along * ray - centre
+        gap = radius**2 - closest @ closest
+        point = (along - math.sqrt(gap)) * ray if gap >= 0 else centre + closest / np.linalg.norm(closest) * radius
+        direction = rotation.T @ (point - centre)  # head frame
+        x, y, z = direction
+        out[eye] = (math.atan2(x, z), math.atan2(-y, math.hypot(x, z)))
+    return out
+
+
+def gaze_weights(weights: np.ndarray, eye_angles: np.ndarray) -> np.ndarray:
+    """(52,) ARKit weights with the eight eyeLook weights set from (2, 2) eye angles (kept where NaN)."""
+    out = np.array(weights, np.float32, copy=True)
+    for eye, side in enumerate(("Left", "Right")):
+        yaw, pitch = eye_angles[eye]
+        if not (np.isfinite(yaw) and np.isfinite(pitch)):
+            continue
+        outward = yaw if side == "Left" else -yaw  # the face's left is +x: the left eye looks out towards +x
+        for name, amount in (("Out", outward), ("In", -outward), ("Down", pitch), ("Up", -pitch)):
+            out[ARKIT_INDEX[f"eyeLook{name}{side}"]] = float(np.clip(amount / EYE_LOOK_FULL, 0.0, 1.0))
+    return out
