@@ -409,7 +409,7 @@ class Recorder:
             record["identity_state"] = identity_state_code(identity_state)
         for name, value in (("rotation_6d", rotation_6d), ("translation", translation), ("crop_box", crop_box), ("arkit", arkit)):
             record[name] = _vector(value, self._dtype[name].shape[0], name)
-        record["eye_angles"] = _vector(eye_angles, 4, "eye_angles").reshape(2, 2)
+        record["eye_angles"] = _vector(None if eye_angles is None else np.asarray(eye_angles).reshape(-1), 4, "eye_angles").reshape(2, 2)
         record["focal"] = self.focal if focal is None else _vector(focal, 2, "focal")
         record["principal"] = self.principal if principal is None else _vector(principal, 2, "principal")
         if params is not None:
