@@ -44,7 +44,8 @@ class TrackerOptions:
 
     checkpoint      N2FNet checkpoint; None: the shipped DEFAULT_CHECKPOINT
     head_model      "ict" | "flame" | None (the checkpoint's); a TrackerError when it is not the checkpoint's
-    ict_model       ICT-FaceKit npz or upstream checkout (None: found as ``tracker.paths`` finds it)
+    ict_model       ICT-FaceKit npz or upstream checkout (None: found as ``tracker.paths`` finds it);
+                    with a FLAME checkpoint, the model of the ICT fit that gives FLAME its ARKit weights
     flame_dir       folder with the FLAME files
     device          where the network runs ("cpu", "cuda", "cuda:N")
     cue             geometry cue (``tracker.cues.create_cue``); pixel3dmm_weights, farl_weights its weights
@@ -127,11 +128,16 @@ def build_tracker(options: TrackerOptions, photos: bool = False) -> FaceTracker:
     cue_options = {}
     if options.cue != "mediapipe":
         cue_options = {"pixel3dmm_weights": options.pixel3dmm_weights, "farl_weights": options.farl_weights}
-    head_path = options.flame_dir if (options.head_model == "flame" or options.flame_dir) else options.ict_model
+    head_name = options.head_model
     identity = None
     if options.flame_dir or options.ict_model or options.identity_take is not None:
         head_name, size = _checkpoint_identity(checkpoint)
-        _check_head_files(options, checkpoint, head_name)
+        if options.flame_dir and head_name != "flame":
+            raise TrackerError(
+                f"--flame-dir {options.flame_dir} gives FLAME files, but the checkpoint {checkpoint} regresses the {head_name.upper()} head model: "
+                "leave out --flame-dir, or pass a FLAME checkpoint with --checkpoint"
+            )
+    head_path = options.flame_dir if (head_name == "flame" or options.flame_dir) else options.ict_model
     if options.identity_take is not None:
         identity = torch.from_numpy(take_identity(options.identity_take, head_name, size, options.identity_track))
     tracker = FaceTracker.from_checkpoint(
@@ -151,6 +157,7 @@ def build_tracker(options: TrackerOptions, photos: bool = False) -> FaceTracker:
         refine_iters=options.refine_iters,
         refine_start=options.refine_start,
         identity=identity,
+        ict_model_path=options.ict_model,
     )
     log.info(
         "checkpoint %s: %s, %s backbone, %d px input, on %s; refinement %s",
@@ -207,17 +214,6 @@ def _checkpoint_identity(checkpoint: Path) -> tuple[str, int | None]:
     groups = {str(g): int(s) for g, s in config.get("groups", {}).items()}
     group = default_identity_group(groups)
     return str(config["head_model"]), (groups[group] if group is not None else None)
-
-
-def _check_head_files(options: TrackerOptions, checkpoint: Path, head_name: str) -> None:
-    """TrackerError when the head-model files given are for another head model than ``checkpoint``'s."""
-    given = {"flame": ("--flame-dir", options.flame_dir), "ict": ("--ict-model", options.ict_model)}
-    for model, (flag, value) in given.items():
-        if value and model != head_name:
-            raise TrackerError(
-                f"{flag} {value} gives {model.upper()} files, but the checkpoint {checkpoint} regresses the {head_name.upper()} head model: "
-                f"leave out {flag}, or pass a {model.upper()} checkpoint with --checkpoint"
-            )
 
 
 def check_device(device: str) -> torch.device:

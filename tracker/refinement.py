@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 from tracker.errors import TrackerError
 from tracker.geometry.rotations import axis_angle_to_rotation_6d, rotation_6d_to_axis_angle
@@ -52,6 +53,14 @@ MEDIAPIPE_POINTS = 468
 FLIP = np.array([1.0, -1.0, -1.0])
 # groups that are never refined per frame: the head's own root pose is the camera's (R, t)
 POSE_GROUPS = ("global", "neck", "translation", "eyes")
+# numpy's BLAS libraries, found once (a scan costs milliseconds)
+_BLAS = ThreadpoolController()
+
+
+def single_blas_thread():
+    """Context manager: numpy's BLAS on one thread, for the refinement's small solves (they stall
+    in a thread pool that MediaPipe and torch are also using), as the network runs on one torch thread."""
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True)
@@ -628,5 +637,6 @@ __all__ = [
     "log_rotation",
     "refine_face",
     "refinement_groups",
+    "single_blas_thread",
     "start_depth",
 ]

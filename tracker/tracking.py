@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from threadpoolctl import ThreadpoolController
 
+from tracker.arkit_fit import ArkitFit
 from tracker.avatar import IRIS_CENTRES, AvatarValues, Eyeballs, eye_gaze, gaze_weights, head_pose, ict_to_arkit_matrix
 from tracker.cues import CueOutput, GeometryCue, create_cue
 from tracker.errors import TrackerError
@@ -47,6 +47,7 @@ from tracker.refinement import (
     embedded_head,
     initial_pose,
     refine_face,
+    single_blas_thread,
 )
 from tracker.smoothing import FrameParameters, ParameterSmoother, live_smoother
 from tracker.sources import Frame
@@ -54,11 +55,6 @@ from tracker.sources import Frame
 log = logging.getLogger(__name__)
 
 DETECTORS = ("short-range", "full-range")
-# numpy's BLAS libraries, found once (a scan costs milliseconds); the refinement's small solves
-# run on one BLAS thread, as the network runs on one torch thread
-_BLAS = ThreadpoolController()
-
-
 @dataclass
 class NetworkInputs:
     """Stacked network inputs of the faces of one frame (F faces, crop size S).
@@ -213,6 +209,9 @@ class FaceTracker:
     identity      (K,) a fixed identity for every track (state "given"); None: pooled per track
     photos        unrelated still images: no temporal term, several identity rounds per face
     embedding     the head model's MediaPipe embedding (None: its default, see ``embedded_head``)
+    arkit_fit     for a head model without ARKit semantics (FLAME): the ICT-FaceKit fit beside it
+                  that gives its ARKit weights and gaze (``tracker.arkit_fit``; None: no
+                  ``FaceResult.avatar``). ICT's own come from its expression.
     """
 
     def __init__(
@@ -235,6 +234,7 @@ class FaceTracker:
         identity: torch.Tensor | np.ndarray | None = None,
         photos: bool = False,
         embedding=None,
+        arkit_fit: ArkitFit | None = None,
     ) -> None:
         if net.config.head_model != head.name:
             raise TrackerError(f"the checkpoint regresses the {net.config.head_model!r} head model but {head.name!r} is loaded")
@@ -266,8 +266,9 @@ class FaceTracker:
         self.identity = identity
         self._tracks: dict[int, TrackState] = {}
         self._arkit = ict_to_arkit_matrix(head.expression_names) if head.name == "ict" else None
-        masks = head.region_masks
-        self._eyeball_masks = tuple(masks[name].cpu().numpy() for name in ("eyeball_left", "eyeball_right")) if "eyeball_left" in masks else None
+        if self._arkit is not None:
+            self._eyeball_masks = tuple(head.region_masks[name].cpu().numpy() for name in ("eyeball_left", "eyeball_right"))
+        self.arkit_fit = arkit_fit if self._arkit is None else None
 
     @property
     def refiner(self) -> Refiner:
@@ -360,7 +361,7 @@ class FaceTracker:
             smoothed = [self._smooth(prepared.crops[i], raw, i, frame.timestamp) for i in range(len(prepared.crops))]
         fits = [None] * len(smoothed)
         if self.refine:
-            with lap("refine"), _BLAS.limit(limits=1, user_api="blas"):
+            with lap("refine"), single_blas_thread():
                 for i, crop in enumerate(prepared.crops):
                     smoothed[i], fits[i] = self._refine(crop, smoothed[i], focal, principal)
         self._drop_lost_tracks({c.track_id for c in prepared.crops})
@@ -377,6 +378,8 @@ class FaceTracker:
             principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
             landmarks = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal_t, principal_t)
             vertices_cam = camera.head_to_camera(vertices, rotation, translation)
+        with lap("avatar"), single_blas_thread():
+            avatars = [self._avatar_values(params, vertices[i], rotation[i], translation[i], crop, focal, principal, i) for i, crop in enumerate(prepared.crops)]
         for i, crop in enumerate(prepared.crops):
             faces.append(
                 FaceResult(
@@ -393,22 +396,31 @@ class FaceTracker:
                     cue=prepared.cues[i],
                     identity_state=fits[i].state if fits[i] is not None else "network",
                     refine_iterations=fits[i].iterations if fits[i] is not None else 0,
-                    avatar=self._avatar_values(params, vertices[i], rotation[i], translation[i], crop, focal, principal, i),
+                    avatar=avatars[i],
                 )
             )
         return TrackingResult(frame, faces, focal, principal, timings)
 
     def _avatar_values(self, params, vertices, rotation, translation, crop: FaceCrop, focal, principal, index: int) -> AvatarValues | None:
-        """The face's ARKit weights, head pose and gaze (None without ARKit semantics: not ICT)."""
-        if self._arkit is None:
+        """The face's ARKit weights, head pose and gaze: ICT's from its own expression and eyeballs,
+        another head model's from the ICT fit beside it (``arkit_fit``); None without either."""
+        if self._arkit is not None:
+            expression = params["expression"][index].numpy()
+            eyeballs = Eyeballs.from_vertices(vertices.numpy(), self._eyeball_masks)
+            eye_rotation, eye_translation = rotation.numpy(), translation.numpy()
+        elif self.arkit_fit is not None:
+            expression, eyeballs, eye_rotation, eye_translation = self.arkit_fit.fit(
+                crop, focal, principal, temporal=self._smoothing and not self.photos, photo=self.photos
+            )
+        else:
             return None
-        weights = np.clip(self._arkit @ params["expression"][index].numpy(), 0.0, 1.0)
+        matrix = self._arkit if self._arkit is not None else self.arkit_fit.matrix
+        weights = np.clip(matrix @ expression, 0.0, 1.0)
         head_rotation, angles, position = head_pose(rotation.numpy(), translation.numpy())
         eyes = np.full((2, 2), np.nan, np.float32)
         points = crop.face.points
-        if self._eyeball_masks is not None and len(points) >= IRIS_CENTRES[1] + 1:
-            eyeballs = Eyeballs.from_vertices(vertices.numpy(), self._eyeball_masks)
-            eyes = eye_gaze(eyeballs, rotation.numpy(), translation.numpy(), points[list(IRIS_CENTRES), :2], focal, principal)
+        if len(points) > max(IRIS_CENTRES):
+            eyes = eye_gaze(eyeballs, eye_rotation, eye_translation, points[list(IRIS_CENTRES), :2], focal, principal)
         return AvatarValues(gaze_weights(weights, eyes), head_rotation, angles, position, eyes)
 
     def _smooth(self, crop: FaceCrop, raw: RawOutput, index: int, timestamp: float) -> FrameParameters:
@@ -459,6 +471,8 @@ class FaceTracker:
             for track_id in list(per_track):
                 if track_id not in alive:
                     del per_track[track_id]
+        if self.arkit_fit is not None:
+            self.arkit_fit.drop_lost_tracks(alive)
 
     def close(self) -> None:
         self.detector.close()
@@ -484,10 +498,13 @@ class FaceTracker:
         refine_iters: int | None = None,
         refine_start: str = "network",
         identity: torch.Tensor | np.ndarray | None = None,
+        ict_model_path: str | Path | None = None,
     ) -> FaceTracker:
         """Everything the live tracker needs from an N2FNet checkpoint: its network, its head model
         (``head_model_path``: ICT npz / FLAME folder; None: the head model's default place), the
-        crop rule and input size it was trained with, the frame camera it assumes.
+        crop rule and input size it was trained with, the frame camera it assumes. For a FLAME
+        checkpoint also the ICT-FaceKit fit that gives its ARKit weights (``ict_model_path``, None:
+        ICT's default place; without an ICT model a warning, and no ARKit weights).
 
         ``head_model``: the name the user asked for; a TrackerError when the checkpoint was
         trained for another one. ``cue``/``cue_options``: ``tracker.cues.create_cue``. ``photos``,
@@ -522,6 +539,7 @@ class FaceTracker:
             refine_iters=refine_iters,
             refine_start=refine_start,
             identity=identity,
+            arkit_fit=None if trained_for == "ict" else _arkit_fit(ict_model_path, refine_iters),
         )
 
     @classmethod
@@ -546,6 +564,7 @@ class FaceTracker:
         refine_iters: int | None = None,
         refine_start: str = "network",
         identity: torch.Tensor | np.ndarray | None = None,
+        arkit_fit: ArkitFit | None = None,
     ) -> FaceTracker:
         """A tracker around ``net`` with the standard detector, cropper (``alpha``, the network's
         input size) and cue; the training settings (alpha, normal frame, focal) as given.
@@ -555,7 +574,7 @@ class FaceTracker:
         ``detector``: "short-range" (Face Mesh's own detector, then tracking between frames) or
         "full-range" (MediaPipe's full-range face detector on every frame, then a mesh per face:
         small and distant faces, at the detector's cost). ``refine``, ``refine_start``,
-        ``identity``: see the class; ``refine_iters``: the refinement's iterations per frame
+        ``identity``, ``arkit_fit``: see the class; ``refine_iters``: the refinement's iterations per frame
         (None: ``tracker.refinement.DEFAULT_ITERATIONS``). TrackerError when the network regresses
         parameter groups (names, sizes) that ``head`` does not have."""
         if detector not in DETECTORS:
@@ -577,4 +596,15 @@ class FaceTracker:
             net, head, mesh_detector, cropper, geometry_cue,
             normal_frame=normal_frame, smoothing=smoothing, device=device, focal_ratio=focal_ratio, focal_px=focal_px,
             refine=refine, refine_settings=settings, refine_start=refine_start, identity=identity, photos=photos,
+            arkit_fit=arkit_fit,
         )
+
+
+def _arkit_fit(ict_model_path: str | Path | None, refine_iters: int | None) -> ArkitFit | None:
+    """The ICT fit that gives a FLAME tracker its ARKit weights; None (with a warning) without an ICT model."""
+    try:
+        ict = load_head_model("ict", ict_model_path)
+    except TrackerError as error:
+        log.warning("no ARKit weights: they come from an ICT-FaceKit fit beside FLAME, and %s", error)
+        return None
+    return ArkitFit(ict, RefineSettings() if refine_iters is None else RefineSettings(iterations=int(refine_iters)))

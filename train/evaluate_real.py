@@ -58,10 +58,14 @@ import numpy as np
 import torch
 
 from tracker import options as tracker_options
+from tracker.arkit_fit import ArkitFit
+from tracker.avatar import ARKIT_INDEX, ARKIT_NAMES
 from tracker.device_feed import CpuFeeder, CudaFeeder, create_feeder
 from tracker.errors import TrackerError
+from tracker.head_models import load_head_model
 from tracker.paths import shared_dir
 from tracker.pipeline import Pipeline
+from tracker.refinement import single_blas_thread
 from tracker.sources import Frame, FrameSource, open_source
 from tracker.tracking import FaceTracker, TrackingResult
 from train import metrics
@@ -345,7 +349,11 @@ class VideoRow:
     68 points on the same frames: NME-51 (%, MediaPipe's inter-ocular distance), Pearson
     correlation and standard-deviation ratio (ours / MediaPipe's) of the mouth and eye openings
     (``openings``); the refinement's mean iterations and ms per face (0: not refined) and the
-    frames tracked with a locked identity."""
+    frames tracked with a locked identity. ARKit weights (``tracker.avatar``) against MediaPipe's
+    own points: correlation of jawOpen with MediaPipe's mouth opening, and of the mean eyeBlink
+    with MediaPipe's eye closing (minus its opening); with ``--arkit-side-fit`` the same for the
+    ICT fit that gives FLAME its weights (``tracker.arkit_fit``, run beside the tracker on the same
+    faces), its mean absolute difference from the tracker's 52 weights and its ms per face."""
 
     video: str
     frames: int
@@ -364,6 +372,12 @@ class VideoRow:
     refine_iterations: float = 0.0
     refine_ms: float = 0.0
     identity_locked_frames: int = 0
+    jaw_open_correlation: float = math.nan
+    blink_correlation: float = math.nan
+    side_fit_jaw_open_correlation: float = math.nan
+    side_fit_blink_correlation: float = math.nan
+    side_fit_difference: float = math.nan
+    side_fit_ms: float = math.nan
 
     @property
     def detection_rate(self) -> float:
@@ -428,8 +442,12 @@ class VideoMeter:
     (largest) face and its agreement with MediaPipe (``VideoRow``); ``face_vertices`` (V,) bool
     selects the mesh vertices (None: all)."""
 
-    def __init__(self, face_vertices: torch.Tensor | None) -> None:
+    def __init__(self, face_vertices: torch.Tensor | None, side_fit: ArkitFit | None = None) -> None:
         self.face_vertices = face_vertices
+        self.side_fit = side_fit
+        self.arkit: list[np.ndarray] = []
+        self.side_arkit: list[np.ndarray] = []
+        self.side_ms: list[float] = []
         self.times: list[float] = []
         self.processing_ms: list[float] = []
         self.refine_ms: list[float] = []
@@ -457,6 +475,13 @@ class VideoMeter:
         self.refine_iterations.append(face.refine_iterations)
         self.refine_ms.append(result.timings.get("refine", 0.0) / len(result.faces))
         self.locked += face.identity_state in ("locked", "given")
+        self.arkit.append(np.full(len(ARKIT_NAMES), np.nan) if face.avatar is None else face.avatar.weights)
+        if self.side_fit is not None:
+            started = time.perf_counter()
+            with single_blas_thread():
+                expression = self.side_fit.fit(face.crop, result.focal, result.principal)[0]
+            self.side_ms.append((time.perf_counter() - started) * 1000.0)
+            self.side_arkit.append(np.clip(self.side_fit.matrix @ expression, 0.0, 1.0))
 
     def row(self, name: str) -> VideoRow:
         frames = len(self.times)
@@ -473,14 +498,27 @@ class VideoMeter:
             row.refine_iterations = float(np.mean(self.refine_iterations))
             row.refine_ms = float(np.mean(self.refine_ms))
             row.identity_locked_frames = self.locked
+            row.jaw_open_correlation, row.blink_correlation = arkit_correlations(np.stack(self.arkit), mouth_mp, eye_mp)
+            if self.side_arkit:
+                side = np.stack(self.side_arkit)
+                row.side_fit_jaw_open_correlation, row.side_fit_blink_correlation = arkit_correlations(side, mouth_mp, eye_mp)
+                row.side_fit_difference = float(np.nanmean(np.abs(side - np.stack(self.arkit))))
+                row.side_fit_ms = float(np.mean(self.side_ms))
         return row
 
 
-def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None) -> VideoRow:
+def arkit_correlations(weights: np.ndarray, mouth: np.ndarray, eye: np.ndarray) -> tuple[float, float]:
+    """(T, 52) ARKit weights, (T,) MediaPipe mouth and eye openings -> (correlation of jawOpen with
+    the mouth opening, of the mean eyeBlink with the eye closing, i.e. minus the opening)."""
+    blink = weights[:, [ARKIT_INDEX["eyeBlinkLeft"], ARKIT_INDEX["eyeBlinkRight"]]].mean(1)
+    return correlation(weights[:, ARKIT_INDEX["jawOpen"]], mouth), correlation(blink, -eye)
+
+
+def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None, side_fit: ArkitFit | None = None) -> VideoRow:
     """Every frame of ``path`` (at most ``max_frames``) in order through the sequential pipeline,
-    from a fresh tracker state."""
+    from a fresh tracker state (``side_fit``: also run this ARKit fit on every face)."""
     tracker.reset()
-    meter = VideoMeter(tracker.head.region_masks.get("face"))
+    meter = VideoMeter(tracker.head.region_masks.get("face"), side_fit)
     source = MediaClockSource(open_source(path, realtime=False))
     Pipeline(source, tracker, [meter], mode="sequential", max_frames=max_frames).run()
     return meter.row(path.name)
@@ -501,6 +539,24 @@ def format_video_table(rows: list[VideoRow]) -> str:
             f"{_number(r.nme51_vs_mediapipe)} | {_number(r.mouth_correlation, 3)} | {_number(r.eye_correlation, 3)} | "
             f"{_number(r.mouth_std_ratio)} | {_number(r.eye_std_ratio)} | {_number(r.refine_iterations, 1)} | {_number(r.refine_ms)} |"
         )
+    return "\n".join(lines)
+
+
+def format_arkit_table(rows: list[VideoRow]) -> str:
+    """Table: Video | jawOpen vs MediaPipe mouth | eyeBlink vs MediaPipe eye closing | the same for the
+    ICT side fit | its mean |difference| from the tracker's weights | its ms per face."""
+    lines = [
+        "| Video | jawOpen ~ mouth opening | eyeBlink ~ eye closing | side fit: jawOpen ~ mouth | side fit: eyeBlink ~ closing "
+        "| side fit mean abs diff | side fit ms |",
+        "|" + "---|" * 7,
+    ]
+    for r in rows:
+        if r.detected:
+            lines.append(
+                f"| {r.video} | {_number(r.jaw_open_correlation, 3)} | {_number(r.blink_correlation, 3)} | "
+                f"{_number(r.side_fit_jaw_open_correlation, 3)} | {_number(r.side_fit_blink_correlation, 3)} | "
+                f"{_number(r.side_fit_difference, 3)} | {_number(r.side_fit_ms)} |"
+            )
     return "\n".join(lines)
 
 
@@ -575,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the app)")
     p.add_argument("--csv", help="write the per-face rows of the photos to this CSV")
     p.add_argument("--json", help="write every figure (settings, per-face rows, tables) to this JSON")
+    p.add_argument("--arkit-side-fit", action="store_true",
+                   help="videos: also run the ICT fit that gives FLAME its ARKit weights (tracker.arkit_fit) on every face, "
+                   "and compare its weights with the tracker's and with MediaPipe's mouth and eye openings")
     p.add_argument("--ablation", action="store_true",
                    help="N2FNet's role: run everything three times (N2FNet alone; refinement from the mean face, no network; "
                    "N2FNet + refinement) and print a comparison table")
@@ -648,7 +707,10 @@ def report_videos(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     paths = video_paths(args, folder)
     tracker = build_tracker(args, max_faces=1, smoothing=not args.no_smoothing, **overrides)
     try:
-        rows = [evaluate_video(tracker, path, args.max_frames) for path in paths]
+        rows = []
+        for path in paths:
+            side_fit = ArkitFit(load_head_model("ict", args.ict_model)) if args.arkit_side_fit else None
+            rows.append(evaluate_video(tracker, path, args.max_frames, side_fit))
     finally:
         tracker.close()
     limit = f", at most {args.max_frames} frames each" if args.max_frames else ""
@@ -660,6 +722,12 @@ def report_videos(args: argparse.Namespace, folder: Path, **overrides) -> dict:
         "counts zero); 68 landmarks in % of MediaPipe's inter-ocular distance, face-region mesh vertices in mm (camera frame)."
     )
     print(format_video_table(rows))
+    print(
+        "\nARKit weights (tracker.avatar) against MediaPipe's own points on the same frames: Pearson correlation of jawOpen with "
+        "MediaPipe's mouth opening, of the mean eyeBlink with MediaPipe's eye closing (minus the lid gap)."
+        + (" Side fit: ICT fitted from the neutral face beside the tracker, as for FLAME (tracker.arkit_fit)." if args.arkit_side_fit else "")
+    )
+    print(format_arkit_table(rows))
     return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
 
 
