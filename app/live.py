@@ -6,6 +6,8 @@
     python -m app.live --video clip.mp4 --screenshot shot.png --max-frames 60
     python -m app.live rtsp://host/stream --headless --checkpoint my_n2fnet.pt --device cuda
     python -m app.live --camera 0 --identity take.npz               # reuse the identity calibrated in a take
+    python -m app.live --camera 0 --vmc 127.0.0.1:39539             # drive a VSeeFace / VNyan / Warudo avatar
+    python -m app.live --camera 0 --livelink 192.168.1.20 --osc :9000   # Unreal's Live Link, raw values over OSC
 
 Ctrl-C (or SIGTERM) stops cleanly: frames already in the pipeline finish, the recording is
 finalised, and the run's figures are printed (rc 130). Ctrl-C during start-up stops with rc 2 and
@@ -30,6 +32,7 @@ from tracker.pipeline import MODES, Pipeline, PipelineStats, StatsSnapshot
 from tracker.recording import check_take_path, journal_path
 from tracker.sinks import ProgressLog, RecordingSink, SwitchableSink
 from tracker.sources import BAD_FRAME_POLICIES, FrameSource, open_source
+from tracker.streaming import LIVELINK_PORT, OSC_PORT, VMC_NAMES, VMC_PORT, LiveLinkSink, OscSink, StreamSink, VmcSink, parse_endpoint
 from tracker.tracking import FaceTracker
 
 log = logging.getLogger("app.live")
@@ -55,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
     model.add_argument("--ict-model", help="ICT-FaceKit npz or upstream checkout (default, first found: $N2F_ICT_MODEL, "
                        "$N2F_SHARED_DIR/ict-facekit/ict_face_model.npz, the cache ~/.cache/n2f-tracker, $N2F_ICT_FACEKIT, "
-                       "else a download of the pinned upstream archive unless N2F_OFFLINE=1)")
+                       "else a download of the pinned upstream archive unless N2F_OFFLINE=1); with a FLAME checkpoint, the ICT model fitted "
+                       "beside FLAME for its ARKit weights")
     model.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
     model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     model.add_argument("--cue", default="mediapipe", help="geometry cue: mediapipe (embedded), mediapipe+farl, pixel3dmm, pixel3dmm+farl")
@@ -98,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--virtualcam-fps", type=float, help="frame rate sent (default: the source's, else 30)")
     cam.add_argument("--virtualcam-device", help="virtual camera device (e.g. /dev/video10); default: the first one")
     cam.add_argument("--virtualcam-backend", help="pyvirtualcam backend: v4l2loopback, obs, unitycapture (default: the first that works)")
+
+    streams = parser.add_argument_group("avatar streams (UDP; tracker.streaming documents the formats)")
+    streams.add_argument("--vmc", metavar="HOST:PORT", help=f"send the largest face over the VMC protocol (VSeeFace, VNyan, Warudo; key K in the viewer); "
+                         f"HOST alone takes port {VMC_PORT}, :PORT host 127.0.0.1")
+    streams.add_argument("--vmc-names", choices=VMC_NAMES, default="arkit",
+                         help="arkit: the 52 ARKit blendshape names, for perfect-sync avatars (default); vrm: the VRM proxy keys A I U E O Blink_L Blink_R Joy ...")
+    streams.add_argument("--vmc-mirror", action=argparse.BooleanOptionalAction, default=True,
+                         help="VMC: move the avatar as your mirror image, as VTuber apps show it (default: on); --no-vmc-mirror: as a puppet, its left is your left")
+    streams.add_argument("--livelink", metavar="HOST:PORT", help=f"send Live Link Face packets to Unreal (key U in the viewer); default port {LIVELINK_PORT}")
+    streams.add_argument("--livelink-subject", default="N2F", help="the Live Link subject name Unreal shows (default: N2F)")
+    streams.add_argument("--osc", metavar="HOST:PORT", help=f"send every face's raw head-model parameters and pose as OSC under /n2f/... (key O in the viewer); default port {OSC_PORT}")
     return parser
 
 
@@ -175,17 +190,36 @@ def virtualcam_factory(args: argparse.Namespace, tracker: FaceTracker, source) -
     )
 
 
+def stream_endpoints(args: argparse.Namespace) -> dict[str, tuple[str, int]]:
+    """{stream label: (host, port)} of the avatar streams given on the command line (bad addresses raise TrackerError)."""
+    given = ((VmcSink.label, args.vmc, VMC_PORT, "--vmc"), (LiveLinkSink.label, args.livelink, LIVELINK_PORT, "--livelink"), (OscSink.label, args.osc, OSC_PORT, "--osc"))
+    return {label: parse_endpoint(text, port, option) for label, text, port, option in given if text is not None}
+
+
+def stream_factories(args: argparse.Namespace, endpoints: dict[str, tuple[str, int]], source) -> dict[str, Callable[[], StreamSink]]:
+    """{stream label: a function that opens its sink} for ``endpoints`` with the command line's settings."""
+    openers = {
+        VmcSink.label: lambda host, port: VmcSink(host, port, names=args.vmc_names, mirror=args.vmc_mirror),
+        LiveLinkSink.label: lambda host, port: LiveLinkSink(host, port, fps=source.fps or 30.0, subject=args.livelink_subject),
+        OscSink.label: lambda host, port: OscSink(host, port),
+    }
+    return {label: (lambda opener=openers[label], host=host, port=port: opener(host, port)) for label, (host, port) in endpoints.items()}
+
+
 def run_headless(args: argparse.Namespace) -> int:
     spec = source_spec(args)
     options = tracker_options(args)
     if args.record:
         check_take_path(args.record, args.overwrite)  # before the set-up, not after the tracking
+    endpoints = stream_endpoints(args)
     source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop, on_bad_frame=args.on_bad_frame)
     tracker, recording, sinks = None, None, []
     try:
         tracker = build_tracker(options)
         if args.virtualcam:
             sinks.append(virtualcam_factory(args, tracker, source)())
+        for open_stream in stream_factories(args, endpoints, source).values():
+            sinks.append(open_stream())
         stats = PipelineStats()
         if not args.quiet:
             sinks.append(ProgressLog(stats, total=None if args.loop else _total(source, args.max_frames)))
@@ -207,6 +241,9 @@ def run_headless(args: argparse.Namespace) -> int:
         pipeline.stop()
         tracker.close()
     print(summary(pipeline.stats.snapshot(), source, recording.path if recording else None))
+    for sink in sinks:
+        if isinstance(sink, StreamSink):
+            print(sink.describe())
     if error is not None:
         raise error
     return 130 if interrupted else 0
@@ -240,10 +277,12 @@ def run_viewer(args: argparse.Namespace) -> int:
     tracker_settings = tracker_options(args)
     if args.record:
         check_take_path(args.record, args.overwrite)
+    endpoints = stream_endpoints(args)
     source = open_source(spec, realtime=realtime(args, spec, viewer=True), loop=args.loop, on_bad_frame=args.on_bad_frame)
     tracker = build_tracker(tracker_settings)
     bridge, recording, virtualcam = ResultBridge(), SwitchableSink(), SwitchableSink()
-    pipeline = Pipeline(source, tracker, [recording, virtualcam, bridge], mode=args.mode, max_frames=args.max_frames)
+    streams = {label: SwitchableSink() for label in (VmcSink.label, LiveLinkSink.label, OscSink.label)}  # switched with K, U, O
+    pipeline = Pipeline(source, tracker, [recording, virtualcam, *streams.values(), bridge], mode=args.mode, max_frames=args.max_frames)
     options = ViewerOptions(
         source_name=source.name,
         checkpoint=str(tracker_settings.checkpoint_path()),
@@ -258,8 +297,10 @@ def run_viewer(args: argparse.Namespace) -> int:
         screenshot_at_end=args.screenshot,
         virtualcam=virtualcam_factory(args, tracker, source),
         virtualcam_on=args.virtualcam,
+        streams=stream_factories(args, endpoints, source),
+        streams_on=tuple(endpoints),
     )
-    window = ViewerWindow(pipeline, bridge, recording, virtualcam, options)
+    window = ViewerWindow(pipeline, bridge, recording, virtualcam, options, streams=streams)
     window.fit_to_screen()
     window.show()
     pipeline.start()

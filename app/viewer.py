@@ -6,10 +6,12 @@ result (a one-slot mailbox, O(1) under a lock) and the GUI thread takes it on a 
 GUI never waits on the pipeline, and drawing can never flood Qt's event queue. Closing the
 window stops the pipeline (frames in flight finish, the recording is finalised).
 
-Keys: R record on/off, V virtual camera on/off, S smoothing on/off, M mesh style (shaded,
-wireframe, none), L landmarks on/off, P screenshot, Q / Esc quit. The 3D view orbits with the
-left mouse button and zooms with the wheel. The status bar shows every tracked face's identity
-state (calibrating, locked, given, network: ``identity_text``).
+Keys: R record on/off, V virtual camera on/off, K / U / O the VMC / Live Link / OSC avatar stream
+on/off (``tracker.streaming``; configured with --vmc, --livelink, --osc), S smoothing on/off,
+M mesh style (shaded, wireframe, none), L landmarks on/off, P screenshot, Q / Esc quit. The 3D
+view orbits with the left mouse button and zooms with the wheel. The status bar shows every
+tracked face's identity state (calibrating, locked, given, network: ``identity_text``) and the
+streams that are on.
 """
 
 from __future__ import annotations
@@ -28,18 +30,22 @@ import pyqtgraph as pg
 import torch
 from PyQt6 import QtCore, QtGui, QtWidgets
 
+from tracker.avatar import ARKIT_INDEX
 from tracker.errors import TrackerError
 from tracker.geometry.rotations import euler_to_matrix, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
 from tracker.overlay import MESH_STYLES, draw_overlay, shade_mesh
 from tracker.pipeline import Pipeline
 from tracker.sinks import RecordingSink, SwitchableSink
+from tracker.streaming import LiveLinkSink, OscSink, VmcSink
 from tracker.tracking import FaceResult, TrackingResult
 
 DISPLAY_INTERVAL_MS = 15  # the GUI looks for a new result this often (up to ~66 displayed fps)
 PLOT_SECONDS = 10.0
-EXPRESSION_CURVES = 3  # plotted besides the jaw: these named ones when the model has them, else the first ones
-PLOTTED_EXPRESSIONS = ("eyeBlink_L", "mouthSmile_L", "browInnerUp_L")
+EXPRESSION_CURVES = 3  # plotted besides the jaw for a head model without ARKit weights: its first coefficients
+PLOTTED_ARKIT = ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft")  # ARKit weights in the plots
+# the avatar streams the window switches: label -> (key, the command-line option that configures it)
+STREAMS = {VmcSink.label: ("K", "--vmc"), LiveLinkSink.label: ("U", "--livelink"), OscSink.label: ("O", "--osc")}
 
 
 class ResultBridge:
@@ -234,11 +240,8 @@ def create_mesh_view(software: bool) -> MeshView3D:
 
 
 def jaw_opening(head: HeadModel, params: dict[str, torch.Tensor]) -> tuple[str, float]:
-    """(label, value) of how open the jaw is: ICT's jawOpen blendshape weight, FLAME's jaw
+    """(label, value) of how open the jaw is, for a head model without ARKit weights: FLAME's jaw
     rotation angle in degrees."""
-    names = getattr(head, "expression_names", ())
-    if "jawOpen" in names:
-        return "jawOpen", float(params["expression"][names.index("jawOpen")])
     if "jaw" in params:
         rotation = rotation_6d_to_matrix(params["jaw"][None])[0]
         cosine = ((rotation.trace() - 1) / 2).clamp(-1, 1)
@@ -246,15 +249,16 @@ def jaw_opening(head: HeadModel, params: dict[str, torch.Tensor]) -> tuple[str, 
     return "jaw", 0.0
 
 
-def plotted_parameters(head: HeadModel, params: dict[str, torch.Tensor]) -> dict[str, float]:
-    """{label: value} of the jaw opening and EXPRESSION_CURVES expression coefficients."""
-    label, value = jaw_opening(head, params)
+def plotted_parameters(head: HeadModel, face: FaceResult) -> dict[str, float]:
+    """{label: value} of the plotted curves: the ARKit weights PLOTTED_ARKIT (``face.avatar``), else
+    the jaw opening and the first EXPRESSION_CURVES expression coefficients."""
+    if face.avatar is not None:
+        return {name: float(face.avatar.weights[ARKIT_INDEX[name]]) for name in PLOTTED_ARKIT}
+    label, value = jaw_opening(head, face.params)
     values = {label: value}
-    if "expression" in params:
-        names = list(getattr(head, "expression_names", ()))
-        chosen = [names.index(n) for n in PLOTTED_EXPRESSIONS if n in names] or list(range(min(EXPRESSION_CURVES, params["expression"].numel())))
-        for i in chosen:
-            values[names[i] if i < len(names) else f"expression {i}"] = float(params["expression"][i])
+    if "expression" in face.params:
+        for i in range(min(EXPRESSION_CURVES, face.params["expression"].numel())):
+            values[f"expression {i}"] = float(face.params["expression"][i])
     return values
 
 
@@ -281,7 +285,7 @@ class LivePlots(QtWidgets.QWidget):
         row = QtWidgets.QHBoxLayout()
         self.fps = pg.PlotWidget(title="tracking fps")
         self.latency = pg.PlotWidget(title="latency ms (p50)")
-        self.params = pg.PlotWidget(title="parameters")
+        self.params = pg.PlotWidget(title="expression (ARKit weights)")
         self.params.addLegend(offset=(5, 5))
         for plot in (self.fps, self.latency, self.params):
             plot.setMinimumHeight(110)
@@ -336,15 +340,21 @@ class ViewerOptions:
     screenshot_at_end: str | None = None  # save a screenshot when the source ends, then close
     virtualcam: Callable[[], object] | None = None  # makes the virtual camera sink (None: not configured)
     virtualcam_on: bool = False
+    streams: dict[str, Callable[[], object]] = field(default_factory=dict)  # {STREAMS label: makes its sink}, the configured ones
+    streams_on: tuple[str, ...] = ()  # streams switched on at start
 
 
 class ViewerWindow(QtWidgets.QMainWindow):
     """The main window around a started ``Pipeline`` whose sinks include ``bridge``, ``recording``
-    and ``virtualcam`` (SwitchableSinks the window switches)."""
+    and ``virtualcam``, and ``streams`` ({STREAMS label: slot}): SwitchableSinks the window switches."""
 
-    def __init__(self, pipeline: Pipeline, bridge: ResultBridge, recording: SwitchableSink, virtualcam: SwitchableSink, options: ViewerOptions) -> None:
+    def __init__(
+        self, pipeline: Pipeline, bridge: ResultBridge, recording: SwitchableSink, virtualcam: SwitchableSink, options: ViewerOptions,
+        streams: dict[str, SwitchableSink] | None = None,
+    ) -> None:
         super().__init__()
         self.pipeline, self.bridge, self.recording, self.virtualcam = pipeline, bridge, recording, virtualcam
+        self.streams = dict(streams or {})
         self.options = options
         self.tracker = pipeline.tracker
         self.head = self.tracker.head
@@ -381,6 +391,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self.start_recording(options.record_path)
         if options.virtualcam_on:
             self.toggle_virtualcam()
+        for label in options.streams_on:
+            self.toggle_stream(label)
         self._update_status()
 
     def fit_to_screen(self, width: int = 1400, height: int = 800, share: float = 0.92) -> None:
@@ -402,6 +414,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         entries = [
             ("Record", "R", self.toggle_recording),
             ("Virtual camera", "V", self.toggle_virtualcam),
+            *((label, key, lambda checked=False, label=label: self.toggle_stream(label)) for label, (key, _) in STREAMS.items()),
             ("Smoothing", "S", self.toggle_smoothing),
             ("Mesh style", "M", self.cycle_mesh_style),
             ("Landmarks", "L", self.toggle_landmarks),
@@ -453,6 +466,25 @@ class ViewerWindow(QtWidgets.QMainWindow):
                 self._report(str(error))
         self._update_status()
 
+    def toggle_stream(self, label: str) -> None:
+        """Switch the avatar stream ``label`` (a STREAMS key) on or off."""
+        slot, factory = self.streams.get(label), self.options.streams.get(label)
+        if slot is not None and slot.current is not None:
+            slot.set(None)  # the sender sends what it holds, then stops
+        elif slot is None or factory is None:
+            self._report(f"{label} stream not configured: start with {STREAMS[label][1]} HOST:PORT")
+        else:
+            try:
+                slot.set(factory())
+            except Exception as error:
+                self._report(f"cannot start the {label} stream: {error}")
+        self._update_status()
+
+    def streams_text(self) -> str:
+        """The status bar's "streams: VMC, OSC" (those on), or "streams off"."""
+        on = [label for label, slot in self.streams.items() if slot.current is not None]
+        return f"streams: {', '.join(on)}" if on else "streams off"
+
     def toggle_smoothing(self) -> None:
         self.tracker.smoothing = not self.tracker.smoothing
         self._update_status()
@@ -489,7 +521,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         stats = self.pipeline.stats.snapshot()
         values = {"fps": stats.fps, "latency": stats.latency_p50_ms}
         if result.faces:
-            values.update(plotted_parameters(self.head, result.faces[0].params))
+            values.update(plotted_parameters(self.head, result.faces[0]))
         self.plots.add(values)
         self._update_status(stats)
 
@@ -512,7 +544,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.status.setText(
             f"{self.options.source_name} | {self.head.name.upper()} | {Path(self.options.checkpoint).name} | {self.options.device} | "
             f"{stats.fps:.1f} fps, latency {stats.latency_p50_ms:.0f} ms | faces {stats.faces_found}/{stats.frames_out} | {identity} | "
-            f"smoothing {'on' if self.tracker.smoothing else 'off'} | {rec} | {cam} | 3D: {self.mesh_view.kind}"
+            f"smoothing {'on' if self.tracker.smoothing else 'off'} | {rec} | {cam} | {self.streams_text()} | 3D: {self.mesh_view.kind}"
         )
 
     def _report(self, message: str) -> None:
