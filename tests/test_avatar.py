@@ -188,3 +188,18 @@ def test_avatar_values_are_recorded_and_old_layouts_still_read(tmp_path):
     journal_path(old).write_bytes(struct.pack("<8sII", b"N2FTAKE1", len(header), zlib.crc32(header)) + header + body)
     take = read_take(old)
     assert len(take) == 2 and np.isnan(take.arkit).all() and take.eye_angles.shape == (2, 2, 2)
+
+
+@pytest.mark.shared
+def test_a_file_take_keeps_the_videos_own_times_and_avatar_values(shared_path, tmp_path):
+    """Headless, a file is tracked as fast as it goes; its take still carries the video's times
+    (what exports animate at) and every face's ARKit weights and gaze."""
+    from app import live
+
+    take_path = tmp_path / "take.npz"
+    video = shared_path / "real-faces" / "videos" / "single_face.mp4"
+    assert live.main(["--video", str(video), "--headless", "--quiet", "--max-frames", "8", "--record", str(take_path)]) == 0
+    take = read_take(take_path)
+    assert np.allclose(take.media_time, np.arange(8) / 30.0, atol=1e-3) and np.array_equal(take.clock(), take.media_time)
+    assert np.isfinite(take.arkit).all() and (take.arkit >= 0).all() and (take.arkit <= 1).all()
+    assert np.isfinite(take.eye_angles).all() and (np.abs(take.eye_angles) < 0.7).all()

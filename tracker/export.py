@@ -1,9 +1,11 @@
-"""Mesh export of a recorded take: one OBJ or PLY file per frame with a face.
+"""Export of a recorded take: per-frame meshes (OBJ, PLY), an animated glTF (GLB) or a Live Link Face CSV.
 
     python -m tracker.export take.npz --out meshes/ [--format obj|ply] [--every N] [--posed]
                              [--head-model-path ICT_NPZ | --flame-dir FLAME_DIR]
+    python -m tracker.export take.npz --format glb --out take.glb [--track N] [--gaps hold|hide]
+    python -m tracker.export take.npz --format csv --out take.csv [--track N] [--timecode-fps 60]
 
-The head model named in the take is loaded (ICT: ``--head-model-path`` or the N2F_ICT_MODEL /
+Meshes: the head model named in the take is loaded (ICT: ``--head-model-path`` or the N2F_ICT_MODEL /
 shared-folder default; FLAME: ``--flame-dir``, with the take's shape and expression sizes), and
 every exported frame's recorded parameter groups are decoded to vertices in metres (groups the
 take lacks take their neutral values). Vertices are in the head frame, or with ``--posed`` in the
@@ -11,6 +13,12 @@ camera frame (OpenCV axes) through the recorded rotation and translation (``head
 Files are named ``frame_<frame index, 6 digits>.<format>`` (in a take with several faces in a
 frame, ``frame_<index>_track<track id>.<format>``: one file per face); frames without a face are
 skipped and reported. A take interrupted before ``close()`` exports from its journal (see ``tracker.recording``).
+
+GLB (``tracker.export_gltf``): one track's head with its identity baked in, one morph target per
+expression shape, the head pose, FLAME's joints, animated at the take's own timestamps; it opens in
+Blender, Unity (glTFast) and Unreal. CSV (``tracker.export_csv``): Live Link Face's CSV take layout
+(timecode, 52 ARKit weights, head and eye angles) for Unreal's Live Link Face importer; no head
+model needed. Both export one track (``--track``; default: the track with the most records).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from tracker.head_models import HEAD_MODELS, HeadModel, load_head_model
 from tracker.mesh_io import write_obj, write_ply
 from tracker.recording import Take, read_take
 
-FORMATS = ("obj", "ply")
+FORMATS = ("obj", "ply")  # per-frame meshes (export_meshes)
+CLI_FORMATS = (*FORMATS, "glb", "csv")
 
 
 @dataclass
@@ -39,6 +48,21 @@ class ExportResult:
 
     written: list[Path]
     skipped: list[int]
+
+
+def select_track(take: Take, track: int | None = None) -> int:
+    """``track`` if the take has it, else (None) the track with the most records (the lowest id
+    among equals): the one track that a glb or CSV export holds. TrackerError for a take without
+    faces or an unknown track."""
+    tracks = take.tracks()
+    if not len(tracks):
+        raise TrackerError("the take has no frame with a face: there is nothing to export (record a take where a face is tracked)")
+    if track is None:
+        return int(tracks.track_id[np.argmax(tracks.records)])  # argmax: the first (lowest id) of equals
+    if int(track) not in tracks.track_id.tolist():
+        listed = ", ".join(f"{int(t)} ({int(n)} records)" for t, n in zip(tracks.track_id, tracks.records))
+        raise TrackerError(f"the take has no track {track}; its tracks: {listed}")
+    return int(track)
 
 
 def load_take_model(take: Take, path: str | Path | None = None) -> HeadModel:
@@ -122,32 +146,61 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tracker.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("take", type=Path, help="the take (.npz, or its .partial journal)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the meshes (created if missing)")
-    parser.add_argument("--format", choices=FORMATS, default="obj")
-    parser.add_argument("--every", type=int, default=1, help="export every N-th frame of the take")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="obj / ply: folder for the meshes (created if missing); glb / csv: the file to write")
+    parser.add_argument("--format", choices=CLI_FORMATS, default="obj")
+    parser.add_argument("--every", type=int, default=1, help="obj / ply: export every N-th frame of the take")
     parser.add_argument(
         "--head-model-path", "--flame-dir", dest="head_model_path", type=Path, default=None,
         help="ICT: the packed npz or an upstream checkout (default: found as python -m app.live finds it); FLAME: the folder with its files",
     )
     parser.add_argument(
-        "--posed", action="store_true", help="camera-frame vertices (recorded rotation and translation) instead of head-frame"
+        "--posed", action="store_true", help="obj / ply: camera-frame vertices (recorded rotation and translation) instead of head-frame"
     )
+    parser.add_argument("--track", type=int, default=None, help="glb / csv: the track to export (default: the one with the most records)")
+    parser.add_argument("--gaps", choices=("hold", "hide"), default="hold",
+                        help="glb: frames where the track has no face keep the previous pose and weights (hold) or also hide the head (hide)")
+    parser.add_argument("--timecode-fps", type=int, default=60, help="csv: the timecode's frame rate (default 60, Live Link Face's)")
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be >= 1")
+    if args.timecode_fps < 1:
+        parser.error("--timecode-fps must be >= 1")
     try:
         take = read_take(args.take)
+        state = "" if take.complete else " (an unfinished take, read from its journal)"
+        if args.format == "csv":  # export_csv and export_gltf import this module: imported here
+            from tracker.export_csv import export_csv
+
+            written = export_csv(take, args.out, args.track, args.timecode_fps)
+            print(f"wrote {written.path}: Live Link Face CSV, track {written.track}, {written.rows} rows{state}")
+            _report_frames(written.skipped, "skipped {} frames without this track's face (no row)")
+            return 0
         model = load_take_model(take, args.head_model_path)
+        if args.format == "glb":
+            from tracker.export_gltf import export_glb
+
+            glb = export_glb(take, model, args.out, args.track, args.gaps)
+            print(f"wrote {glb.path}: {model.name}, track {glb.track}, {glb.keyframes} keyframes, "
+                  f"{len(glb.morph_targets)} morph targets, {len(glb.joints)} joints{state}")
+            for note in glb.notes:
+                print(f"note: {note}")
+            _report_frames(glb.gaps, "{} frames without this track's face, " + ("holding the previous pose" if args.gaps == "hold" else "hidden"))
+            return 0
         result = export_meshes(take, model, args.out, args.format, args.every, args.posed)
     except TrackerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    state = "" if take.complete else " (an unfinished take, read from its journal)"
     print(f"wrote {len(result.written)} {args.format.upper()} meshes ({model.name}, {model.num_vertices} vertices) to {args.out}{state}")
-    if result.skipped:
-        shown = ", ".join(map(str, result.skipped[:20])) + (", ..." if len(result.skipped) > 20 else "")
-        print(f"skipped {len(result.skipped)} frames without a face: {shown}")
+    _report_frames(result.skipped, "skipped {} frames without a face")
     return 0
+
+
+def _report_frames(frames: list[int], what: str) -> None:
+    """Print ``what`` (its {} the count) and the first frame indices, when there are any."""
+    if frames:
+        shown = ", ".join(map(str, frames[:20])) + (", ..." if len(frames) > 20 else "")
+        print(f"{what.format(len(frames))}: {shown}")
 
 
 if __name__ == "__main__":

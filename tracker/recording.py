@@ -48,7 +48,9 @@ the caller), 4 network (no refinement: the network's per-frame identity).
 
 take.npz arrays (T records; records without a face: face_found False, track_id -1, NaN
 parameters, rotation, translation and crop box):
-    timestamp (T,) float64 s, frame_index (T,) int64, face_found (T,) bool, track_id (T,) int64,
+    timestamp (T,) float64 s (capture time, ``time.monotonic()``), media_time (T,) float64 s (the
+    frame's position in its file; NaN for live sources; ``Take.clock`` picks the one to animate at),
+    frame_index (T,) int64, face_found (T,) bool, track_id (T,) int64,
     identity_state (T,) uint8, crop_box (T, 3) float32 (x0, y0, side) px, rotation_6d (T, 6)
     float32 head rotation in the camera frame, translation (T, 3) float32 m, focal (T, 2) float32
     px, principal (T, 2) float32 px, arkit (T, 52) float32 ARKit weights (``tracker.avatar``
@@ -63,8 +65,8 @@ parameters, rotation, translation and crop box):
     refine, refine_iters, detector}.
 Takes written before tracks existed (no track_id / identity_state / identity_group arrays, one
 record per frame, every group per record) still load: track_id 0 where a face was found, -1
-elsewhere, identity_state 0; so do takes and journals from before the avatar values (arkit and
-eye_angles NaN).
+elsewhere, identity_state 0; so do takes and journals from before the animation fields
+(media_time, arkit and eye_angles NaN).
 
 Journal format (little-endian):
     8 bytes   magic b"N2FTAKE1" (1: format version)
@@ -73,7 +75,7 @@ Journal format (little-endian):
     H bytes   UTF-8 JSON {"head_model", "groups": {group: size}, "identity_group": name or null,
               "metadata": {...}, "record_fields": [[name, numpy dtype, shape], ...], "record_size": R}
     records   R bytes each: the record_fields packed in order, then a uint32 CRC-32 of those bytes.
-The record fields are timestamp, frame_index, face_found, track_id, identity_state, crop_box,
+The record fields are timestamp, media_time, frame_index, face_found, track_id, identity_state, crop_box,
 rotation_6d, translation, focal, principal, arkit, eye_angles, then params/<group> for every group
 (identity included). The header also names its writer ("writer": {"pid", "host"}) for the lock message.
 Journals written before tracks existed have no track_id / identity_state fields and no
@@ -120,6 +122,7 @@ _CRC = struct.Struct("<I")
 # (name, dtype, shape) of every record field before the parameter groups
 _FIXED_FIELDS = (
     ("timestamp", "<f8", ()),
+    ("media_time", "<f8", ()),
     ("frame_index", "<i8", ()),
     ("face_found", "u1", ()),
     ("track_id", "<i8", ()),
@@ -133,9 +136,9 @@ _FIXED_FIELDS = (
     ("eye_angles", "<f4", (2, 2)),
 )
 _TRACK_FIELDS = ("track_id", "identity_state")
-_AVATAR_FIELDS = ("arkit", "eye_angles")
-# the fixed fields each layout leaves out: this version's, takes before the avatar values, takes before tracks
-_LAYOUTS = {"current": (), "before avatar": _AVATAR_FIELDS, "before tracks": (*_TRACK_FIELDS, *_AVATAR_FIELDS)}
+_ANIMATION_FIELDS = ("media_time", "arkit", "eye_angles")
+# the fixed fields each layout leaves out: this version's, takes before the animation fields, takes before tracks
+_LAYOUTS = {"current": (), "before animation": _ANIMATION_FIELDS, "before tracks": (*_TRACK_FIELDS, *_ANIMATION_FIELDS)}
 _VECTORS = ("crop_box", "rotation_6d", "translation", "focal", "principal")
 # identity_state codes (module docstring); the tracker's FaceResult.identity_state is one of these names
 IDENTITY_STATES = ("none", "calibrating", "locked", "given", "network")
@@ -232,8 +235,11 @@ class Take:
     identity_group: str | None = None
     arkit: np.ndarray | None = None
     eye_angles: np.ndarray | None = None
+    media_time: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.media_time is None:
+            self.media_time = np.full(len(self.face_found), np.nan)
         if self.track_id is None:
             self.track_id = np.where(self.face_found, 0, -1).astype(np.int64)
         if self.identity_state is None:
@@ -247,6 +253,11 @@ class Take:
 
     def __len__(self) -> int:
         return len(self.timestamp)
+
+    def clock(self) -> np.ndarray:
+        """(T,) float64 seconds to animate the take at: each record's media time (its frame's position
+        in the file) when every record has one, else its capture timestamp."""
+        return self.media_time if len(self) and np.isfinite(self.media_time).all() else self.timestamp
 
     @property
     def frame_count(self) -> int:
@@ -266,7 +277,7 @@ class Take:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The take.npz content."""
-        out = {name: getattr(self, name) for name in ("timestamp", "frame_index", "face_found", *_TRACK_FIELDS, *_VECTORS, *_AVATAR_FIELDS)}
+        out = {name: getattr(self, name) for name in ("timestamp", "frame_index", "face_found", *_TRACK_FIELDS, *_VECTORS, *_ANIMATION_FIELDS)}
         out.update({f"params/{group}": values for group, values in self.params.items() if group != self.identity_group})
         out["identity_group"] = np.array(self.identity_group or "")
         if self.identity_group is not None:
@@ -386,6 +397,7 @@ class Recorder:
         identity_state: int | str | None = None,
         arkit=None,
         eye_angles=None,
+        media_time: float | None = None,
     ) -> None:
         """Record one face of a frame; ``params`` {group: (n,)} (arrays or tensors), or None for a
         frame without a face (its one record).
@@ -394,10 +406,12 @@ class Recorder:
         (2,) px: None stores the recorder's. A leading batch dimension of 1 is accepted.
         track_id: the face's track (None: 0; always -1 without a face); identity_state: a name of
         IDENTITY_STATES or its code (None: "none"); arkit (52,) ARKit weights, eye_angles (2, 2)
-        (``tracker.avatar.AvatarValues``; None stores NaN).
+        (``tracker.avatar.AvatarValues``; None stores NaN); media_time: the frame's position in
+        its file, seconds (None: NaN, a live source).
         """
         record = np.zeros((), dtype=self._dtype)
         record["timestamp"] = timestamp
+        record["media_time"] = np.nan if media_time is None else media_time
         record["frame_index"] = frame_index
         record["face_found"] = params is not None
         if params is None:
@@ -623,7 +637,7 @@ def _read_npz(path: Path) -> Take:
     identity_group = identity_group or None
     if identity_group is not None and identity_group not in groups:
         raise TrackerError(f"take {path} is malformed: its identity group {identity_group!r} is not in its group list {groups}")
-    layout = "before tracks" if "track_id" not in arrays else "before avatar" if "arkit" not in arrays else "current"
+    layout = "before tracks" if "track_id" not in arrays else "before animation" if "arkit" not in arrays else "current"
     legacy = layout == "before tracks"
     frames = len(arrays["timestamp"])
     fields = _record_fields(groups, layout)
@@ -651,7 +665,7 @@ def _read_npz(path: Path) -> Take:
         identity_state=None if legacy else arrays["identity_state"].astype(np.uint8),
         identity_group=identity_group,
         **{name: arrays[name] for name in ("timestamp", "frame_index", *_VECTORS)},
-        **{name: arrays[name] for name in _AVATAR_FIELDS if layout == "current"},
+        **{name: arrays[name] for name in _ANIMATION_FIELDS if layout == "current"},
     )
 
 
@@ -719,7 +733,7 @@ def scan_journal(path: str | Path) -> JournalScan:
         identity_state=None if legacy else records["identity_state"].astype(np.uint8),
         identity_group=identity_group,
         **{name: records[name].copy() for name in ("timestamp", "frame_index", *_VECTORS)},
-        **{name: records[name].copy() for name in _AVATAR_FIELDS if layout == "current"},
+        **{name: records[name].copy() for name in _ANIMATION_FIELDS if layout == "current"},
     )
     offsets = start + np.asarray(starts, dtype=np.int64)
     return JournalScan(take, offsets, [(start + at, length) for at, length in damaged], cut, dtype.itemsize)

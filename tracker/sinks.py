@@ -53,7 +53,7 @@ class RecordingSink:
     def __call__(self, result: TrackingResult) -> None:
         frame = result.frame
         if not result.faces:
-            self.recorder.append(frame.timestamp, frame.index, None, focal=result.focal, principal=result.principal)
+            self.recorder.append(frame.timestamp, frame.index, None, focal=result.focal, principal=result.principal, media_time=frame.source_time)
             return
         for face in result.faces:
             self.recorder.append(
@@ -69,6 +69,7 @@ class RecordingSink:
                 identity_state=face.identity_state,
                 arkit=None if face.avatar is None else face.avatar.weights,
                 eye_angles=None if face.avatar is None else face.avatar.eye_angles,
+                media_time=frame.source_time,
             )
 
     def close(self) -> Path:
