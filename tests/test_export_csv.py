@@ -141,7 +141,7 @@ def test_other_track_and_errors(take_path, tmp_path, capsys):
     with Recorder(flame, "flame", {"shape": 2, "expression": 2}) as recorder:
         recorder.append(0.0, 0, {"shape": np.zeros(2), "expression": np.ones(2)}, rotation_6d=np.array([1.0, 0, 0, 0, 1, 0]),
                         translation=np.array([0.0, 0, 1]))
-    with pytest.raises(TrackerError, match="FLAME take has no ARKit weights"):
+    with pytest.raises(TrackerError, match="FLAME take has no ARKit weights: they come from an ICT-FaceKit fit"):
         export_csv(read_take(flame), tmp_path / "flame.csv")
     assert export_main([str(flame), "--format", "csv", "--out", str(tmp_path / "f.csv")]) == 2
     assert "no ARKit weights" in capsys.readouterr().err

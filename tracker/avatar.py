@@ -136,8 +136,8 @@ class Eyeballs:
 
     @classmethod
     def from_vertices(cls, vertices: np.ndarray, masks: tuple[np.ndarray, np.ndarray]) -> Eyeballs:
-        """(V, 3) head-frame vertices and the (V,) bool masks of the two eyeballs, in either order
-        (the face's left eye is the one on +x)."""
+        """(V, 3) head-frame vertices and the vertices of the two eyeballs ((V,) bool masks or index
+        arrays), in either order (the face's left eye is the one on +x)."""
         centres = np.stack([vertices[mask].mean(0) for mask in masks])
         radii = np.array([np.linalg.norm(vertices[mask] - c, axis=1).mean() for mask, c in zip(masks, centres)])
         order = np.argsort(-centres[:, 0])

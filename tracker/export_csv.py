@@ -38,8 +38,9 @@ the angles as radians; multiply by pi for them.
 
 One track per file (``tracker.export.select_track``: by default the track with the most
 records); frames where it has no face get no row (a reader holds the last values, and the next
-row's timecode says when the face came back). Takes without ARKit weights (FLAME takes: FLAME has
-no ARKit semantics; takes recorded before the avatar values) are refused with a TrackerError.
+row's timecode says when the face came back). Takes without ARKit weights (recorded before the
+avatar values, or FLAME takes recorded without the ICT model that gives FLAME its weights,
+``tracker.arkit_fit``) are refused with a TrackerError.
 """
 
 from __future__ import annotations
@@ -125,8 +126,8 @@ def export_csv(take: Take, out: str | Path, track: int | None = None, fps: int =
     arkit = take.arkit[rows].astype(np.float64)
     if not np.isfinite(arkit).all():
         if take.head_model == "flame":
-            raise TrackerError("this FLAME take has no ARKit weights (FLAME's expression space has no ARKit semantics): "
-                               "export it with --format glb, or record with the ICT head model for a Live Link Face CSV")
+            raise TrackerError("this FLAME take has no ARKit weights: they come from an ICT-FaceKit fit beside FLAME, which needs the ICT "
+                               "model while recording (--ict-model, or the shared ict-facekit folder); export it with --format glb, or record it again")
         frames = take.frame_index[rows[~np.isfinite(arkit).all(axis=1)]]
         raise TrackerError(f"the take has no ARKit weights for frames {frames[:10].tolist()} (recorded before this version "
                            "stored them?): record it again to export a Live Link Face CSV")

@@ -267,7 +267,7 @@ class FaceTracker:
         self._tracks: dict[int, TrackState] = {}
         self._arkit = ict_to_arkit_matrix(head.expression_names) if head.name == "ict" else None
         if self._arkit is not None:
-            self._eyeball_masks = tuple(head.region_masks[name].cpu().numpy() for name in ("eyeball_left", "eyeball_right"))
+            self._eyeball_masks = tuple(np.flatnonzero(head.region_masks[name].cpu().numpy()) for name in ("eyeball_left", "eyeball_right"))
         self.arkit_fit = arkit_fit if self._arkit is None else None
 
     @property
@@ -378,7 +378,7 @@ class FaceTracker:
             principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
             landmarks = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal_t, principal_t)
             vertices_cam = camera.head_to_camera(vertices, rotation, translation)
-        with lap("avatar"), single_blas_thread():
+        with lap("avatar"):
             avatars = [self._avatar_values(params, vertices[i], rotation[i], translation[i], crop, focal, principal, i) for i, crop in enumerate(prepared.crops)]
         for i, crop in enumerate(prepared.crops):
             faces.append(
@@ -409,9 +409,10 @@ class FaceTracker:
             eyeballs = Eyeballs.from_vertices(vertices.numpy(), self._eyeball_masks)
             eye_rotation, eye_translation = rotation.numpy(), translation.numpy()
         elif self.arkit_fit is not None:
-            expression, eyeballs, eye_rotation, eye_translation = self.arkit_fit.fit(
-                crop, focal, principal, temporal=self._smoothing and not self.photos, photo=self.photos
-            )
+            with single_blas_thread():
+                expression, eyeballs, eye_rotation, eye_translation = self.arkit_fit.fit(
+                    crop, focal, principal, temporal=self._smoothing and not self.photos, photo=self.photos
+                )
         else:
             return None
         matrix = self._arkit if self._arkit is not None else self.arkit_fit.matrix
