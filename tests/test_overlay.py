@@ -25,7 +25,7 @@ def sphere_result() -> tuple[TrackingResult, torch.Tensor]:
     side = 2 * RADIUS / CENTRE[2] * FOCAL[0] * 1.2
     face = FaceResult(
         params={}, rotation_6d=torch.zeros(6), rotation=torch.eye(3), translation=torch.tensor(CENTRE, dtype=torch.float32),
-        vertices=vertices, landmarks68=np.tile(centre_px, (68, 1)), mesh_landmarks68=np.tile(centre_px, (68, 1)),
+        mesh=vertices, landmarks68=np.tile(centre_px, (68, 1)), mesh_landmarks68=np.tile(centre_px, (68, 1)),
         crop_box=np.array([centre_px[0] - side / 2, centre_px[1] - side / 2, side]), track_id=0, crop=None, cue=None,
     )
     frame = Frame(np.zeros((HEIGHT, WIDTH, 3), np.uint8), 0, 0.0, None)

@@ -108,6 +108,49 @@ def test_live_source_drops_old_frames_instead_of_queueing_them() -> None:
     assert tracker.finished == [(i, float(i % 256)) for i in sink.indices]
 
 
+class OrderLog(StandInTracker):
+    """Logs, in order, when each frame's prepare starts, when the network takes it and when it is finished."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.events: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+
+    def _log(self, what: str, index: int) -> None:
+        with self._lock:
+            self.events.append((what, index))
+
+    def prepare(self, frame) -> Prepared:
+        self._log("prepare", frame.index)
+        return super().prepare(frame)
+
+    def run_network(self, inputs: NetworkInputs):
+        self._log("network", int(inputs.normals.item()))
+        return super().run_network(inputs)
+
+    def finish(self, prepared: Prepared, raw: RawOutput | None) -> TrackingResult:
+        self._log("finish", prepared.frame.index)
+        return super().finish(prepared, raw)
+
+
+def test_live_frames_never_wait_behind_a_busy_network_stage() -> None:
+    """A live source in async mode: the next frame is read only once the network stage has taken
+    the previous one, so when a frame's prepare starts, every frame before the previous one is
+    finished (a prepared frame never queues behind a busy network stage, growing stale), and on
+    the CPU no frame is held in flight past its network run."""
+    source, _ = make_source(120, live=True, interval=0.002)
+    tracker = OrderLog(prepare_s=0.004, network_s=0.012)
+    Pipeline(source, tracker, [ClosingSink()], mode="async").run()
+    events = tracker.events
+    prepared = [i for what, i in events if what == "prepare"]
+    assert len(prepared) > 5
+    for position, (what, frame) in enumerate(events):
+        if what == "prepare":
+            finished = {i for w, i in events[:position] if w == "finish"}
+            waiting = [i for i in prepared if i < frame and i not in finished]
+            assert len(waiting) <= 1, f"frame {frame} read while {waiting} were still not finished"
+
+
 def test_max_frames_stops_reading() -> None:
     source, _ = make_source(100, live=False)
     sink = ClosingSink()

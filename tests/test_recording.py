@@ -450,7 +450,7 @@ def test_recording_sink_records_every_face(tmp_path):
         return FaceResult(
             params={"identity": torch.full((4,), identity), "expression": torch.full((3,), float(track))},
             rotation_6d=torch.tensor([1.0, 0, 0, 0, 1, 0]), rotation=torch.eye(3), translation=torch.tensor([0.0, 0.0, 0.8]),
-            vertices=torch.zeros(3, 3), landmarks68=np.zeros((68, 2)), mesh_landmarks68=np.zeros((68, 2)),
+            mesh=torch.zeros(3, 3), landmarks68=np.zeros((68, 2)), mesh_landmarks68=np.zeros((68, 2)),
             crop_box=np.array([1.0, 2.0, 90.0]), track_id=track, crop=None, cue=None, identity_state=state,
         )
 

@@ -125,7 +125,7 @@ def tracking_result(index: int, values: AvatarValues | None = None, fps: float =
         faces.append(FaceResult(
             params={"identity": torch.arange(100, dtype=torch.float32) / 100, "expression": torch.zeros(53)},
             rotation_6d=torch.zeros(6), rotation=rotation, translation=torch.tensor([0.01, 0.02, 0.55]),
-            vertices=torch.zeros(3, 3), landmarks68=np.zeros((68, 2)), mesh_landmarks68=np.zeros((68, 2)),
+            mesh=torch.zeros(3, 3), landmarks68=np.zeros((68, 2)), mesh_landmarks68=np.zeros((68, 2)),
             crop_box=np.zeros(3), track_id=track_id, crop=None, cue=None, identity_state="locked", avatar=values,
         ))  # fmt: skip
     return TrackingResult(frame, faces, np.array([500.0, 500.0]), np.array([320.0, 180.0]), {})

@@ -186,7 +186,7 @@ def hand_made_face(track_id: int, state: str):
     from tracker.tracking import FaceResult
 
     return FaceResult(
-        params={}, rotation_6d=torch.zeros(6), rotation=torch.eye(3), translation=torch.tensor([0.0, 0.0, 0.6]), vertices=torch.zeros(3, 3),
+        params={}, rotation_6d=torch.zeros(6), rotation=torch.eye(3), translation=torch.tensor([0.0, 0.0, 0.6]), mesh=torch.zeros(3, 3),
         landmarks68=np.zeros((68, 2)), mesh_landmarks68=np.zeros((68, 2)), crop_box=np.array([0.0, 0.0, 50.0]), track_id=track_id,
         crop=None, cue=None, identity_state=state,
     )

@@ -18,9 +18,8 @@ README (``python -m train.evaluate_real --arkit-side-fit``).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from tracker.avatar import Eyeballs, ict_to_arkit_matrix
+from tracker.avatar import EyeballDecoder, ict_to_arkit_matrix
 from tracker.face_detection import FaceCrop
 from tracker.head_models.base import HeadModel
 from tracker.refinement import FrameProblem, IdentityPool, LinearEmbeddedHead, RefineSettings, Refiner, TrackState, embedded_head, initial_pose, refine_face
@@ -39,13 +38,7 @@ class ArkitFit:
         assert isinstance(model, LinearEmbeddedHead)
         self.refiner = Refiner(model, settings or RefineSettings())
         self.matrix = ict_to_arkit_matrix(ict.expression_names)  # (52, 53)
-        masks = [ict.region_masks[name].cpu().numpy() for name in ("eyeball_left", "eyeball_right")]
-        self._eye_masks = [np.flatnonzero(mask) for mask in masks]
-        rows = np.concatenate(self._eye_masks)
-        columns = (rows[:, None] * 3 + np.arange(3)).reshape(-1)
-        self._eye_neutral = ict.neutral[rows].double().numpy()  # (N, 3)
-        self._eye_identity = ict.identity_basis[:, columns].double().numpy()  # (K, N*3)
-        self._eye_expression = ict.expression_basis[:, columns].double().numpy()  # (E, N*3)
+        self._eyeballs = EyeballDecoder(ict)
         self._neutral = {g: v[0] for g, v in ict.neutral_params(1, device="cpu").items()}
         self._tracks: dict[int, TrackState] = {}
 
@@ -62,17 +55,10 @@ class ArkitFit:
         start = track.last if track.last is not None else initial_pose(model, observed, focal, principal, identity, prior)
         problem = FrameProblem(observed, focal, principal, prior, track.last if temporal and not photo else None)
         sol = refine_face(self.refiner, track, problem, start, photo=photo).solution
-        params = model.to_params(sol.identity, sol.local, dtype=torch.float64)
-        expression = params["expression"].numpy()
-        return expression.astype(np.float32), self._eyeballs(params["identity"].numpy(), expression), sol.rotation, sol.translation
+        params = model.to_params(sol.identity, sol.local)
+        return params["expression"].numpy(), self._eyeballs(params), sol.rotation, sol.translation
 
     def drop_lost_tracks(self, alive: set[int]) -> None:
         for track_id in list(self._tracks):
             if track_id not in alive:
                 del self._tracks[track_id]
-
-    def _eyeballs(self, identity: np.ndarray, expression: np.ndarray) -> Eyeballs:
-        """The fitted face's eyeballs from the eyeball vertices alone (no full decode)."""
-        points = self._eye_neutral + (identity @ self._eye_identity + expression @ self._eye_expression).reshape(-1, 3)
-        first = np.arange(len(points)) < len(self._eye_masks[0])  # rows: one eyeball's vertices, then the other's
-        return Eyeballs.from_vertices(points, (first, ~first))

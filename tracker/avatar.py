@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 # Apple's ARFaceAnchor.BlendShapeLocation order (also Unreal's EARFaceBlendShape and Live Link Face's)
 ARKIT_NAMES = (
@@ -142,6 +143,20 @@ class Eyeballs:
         radii = np.array([np.linalg.norm(vertices[mask] - c, axis=1).mean() for mask, c in zip(masks, centres)])
         order = np.argsort(-centres[:, 0])
         return cls(centres[order].astype(np.float32), radii[order].astype(np.float32))
+
+
+class EyeballDecoder:
+    """A head model's two eyeballs decoded alone (``decode_vertices``, no full mesh): ``decoder(params)``
+    with {group: (n,)} -> Eyeballs. The head model needs "eyeball_left" / "eyeball_right" regions (ICT)."""
+
+    def __init__(self, head) -> None:
+        left, right = (torch.nonzero(head.region_masks[name].cpu()).squeeze(1) for name in ("eyeball_left", "eyeball_right"))
+        self.head, self.vertices, self.split = head, torch.cat([left, right]), len(left)
+
+    def __call__(self, params: dict[str, torch.Tensor]) -> Eyeballs:
+        eyes = self.head.decode_vertices({g: v[None] for g, v in params.items()}, self.vertices)[0].numpy()
+        first = np.arange(len(eyes)) < self.split  # the rows of one eyeball, then the other's
+        return Eyeballs.from_vertices(eyes, (first, ~first))
 
 
 def eye_gaze(

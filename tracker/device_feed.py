@@ -41,7 +41,10 @@ class Pending:
 
 
 class CpuFeeder:
-    """Runs the network synchronously on CPU tensors."""
+    """Runs the network synchronously on CPU tensors (``overlapped`` False: nothing runs after
+    ``submit`` returns, so holding a frame in flight gains nothing)."""
+
+    overlapped = False
 
     def __init__(self, network: Network) -> None:
         self.network = network
@@ -72,8 +75,11 @@ class CudaFeeder:
     """Pinned double buffering with a copy stream and a compute stream (module docstring).
 
     Buffers are sized for the first frame's face count and re-made when it changes (a face
-    appears or leaves), after the work in flight has finished.
+    appears or leaves), after the work in flight has finished. ``overlapped``: the copy and
+    compute of a submitted frame run on after ``submit`` returns.
     """
+
+    overlapped = True
 
     def __init__(self, network: Network, device: torch.device) -> None:
         if device.type != "cuda" or not torch.cuda.is_available():

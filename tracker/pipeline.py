@@ -8,9 +8,17 @@
 Threads are joined by FIFO queues of one slot (``put`` waits while the slot is full), so at most
 one frame waits between two stages; a slow stage makes the prepare thread read less often and a
 live source then drops the frames it overwrote (counted, never queued). Every frame that enters
-the prepare stage reaches the sinks exactly once, in order. The network thread submits frame k+1
-before it finishes frame k, so on CUDA the upload of k+1 overlaps the compute of k (see
-``tracker.device_feed``).
+the prepare stage reaches the sinks exactly once, in order. On CUDA the network thread submits
+frame k+1 before it finishes frame k, so the upload of k+1 overlaps the compute of k (see
+``tracker.device_feed``); on the CPU, where the network runs inside ``submit``, a frame is
+finished at once (holding it would only add a network time to its latency).
+
+Live sources (``FrameSource.realtime``: cameras, streams, files paced at their rate): a frame must
+not wait in a queue while newer ones arrive. The prepare thread reads the next frame only once
+the network stage has taken the previous one, and then just in time (``_JustInTime``): as late as
+the running means of the stage times allow for it to be prepared when the network stage becomes
+free. So a frame's capture-to-result latency stays near one frame's processing time while the
+stages still overlap. Files read every frame as fast as the stages take them.
 
 ``mode="sequential"`` runs every stage of a frame in one thread before reading the next (the
 benchmark's baseline, and a simpler path to debug with).
@@ -127,6 +135,41 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
+class _JustInTime:
+    """When the prepare stage should read a live source's next frame: so that the frame is prepared
+    as the network stage becomes free, not earlier (module docstring). Stage times are running means
+    (exponential, weight ``rate`` for the newest)."""
+
+    def __init__(self, rate: float = 0.2) -> None:
+        self._lock = threading.Lock()
+        self._rate = rate
+        self._prepare_s = self._network_s = 0.0
+        self._network_since: float | None = None
+
+    def _mean(self, mean: float, seconds: float) -> float:
+        return seconds if mean == 0.0 else (1.0 - self._rate) * mean + self._rate * seconds
+
+    def prepared(self, seconds: float) -> None:
+        with self._lock:
+            self._prepare_s = self._mean(self._prepare_s, seconds)
+
+    def network_took(self, now: float) -> None:
+        with self._lock:
+            self._network_since = now
+
+    def network_done(self, seconds: float) -> None:
+        with self._lock:
+            self._network_s = self._mean(self._network_s, seconds)
+            self._network_since = None
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before reading the next frame (0 when the network stage is idle)."""
+        with self._lock:
+            if self._network_since is None:
+                return 0.0
+            return max(0.0, self._network_since + self._network_s - self._prepare_s - now)
+
+
 class Pipeline:
     """Runs ``tracker`` on ``source`` and hands results to ``sinks`` (module docstring).
 
@@ -160,6 +203,8 @@ class Pipeline:
         self._error: BaseException | None = None
         self._prepared: queue.Queue = queue.Queue(maxsize=1)
         self._results: queue.Queue = queue.Queue(maxsize=1)
+        self._taken = threading.Condition()  # notified when the network stage takes a prepared frame
+        self._schedule = _JustInTime()
         self._threads: list[threading.Thread] = []
         self._done = threading.Event()
         self._closed = False
@@ -224,10 +269,13 @@ class Pipeline:
 
         return run
 
-    def _frames(self):
-        """Frames from the source until it ends, max_frames, or stop()."""
+    def _frames(self, before_read: Callable[[], bool] | None = None):
+        """Frames from the source until it ends, max_frames, or stop(); ``before_read`` runs before
+        each read and ends the frames when it returns False."""
         while not self._stopping.is_set() and not self._abort.is_set():
             if self.max_frames is not None and self.stats.frames_read >= self.max_frames:
+                return
+            if before_read is not None and not before_read():
                 return
             frame = self.source.read(timeout=0.1)
             if frame is None:
@@ -261,13 +309,27 @@ class Pipeline:
     def _prepare_loop(self) -> None:
         end = _End()
         try:
-            for frame in self._frames():
-                if not self._put(self._prepared, self.tracker.prepare(frame)):
+            for frame in self._frames(self._wait_to_read if self.source.realtime else None):
+                started = time.monotonic()
+                prepared = self.tracker.prepare(frame)
+                self._schedule.prepared(time.monotonic() - started)
+                if not self._put(self._prepared, prepared):
                     return
         except Exception as error:  # the frames before it go on to the sinks
             end = _End(error)
             self._stopping.set()
         self._put(self._prepared, end)
+
+    def _wait_to_read(self) -> bool:
+        """Live sources: wait until the network stage has taken the prepared frame, then until the
+        just-in-time moment (``_JustInTime``); False when the pipeline stops meanwhile."""
+        with self._taken:
+            while self._prepared.full():
+                if self._stopping.is_set() or self._abort.is_set():
+                    return False
+                self._taken.wait(0.1)
+        delay = self._schedule.delay(time.monotonic())
+        return not (self._stopping.wait(delay) or self._abort.is_set()) if delay > 0 else True
 
     def _network_loop(self) -> None:
         in_flight: tuple[Prepared, Pending | None] | None = None
@@ -278,11 +340,21 @@ class Pipeline:
                 if isinstance(item, _End):
                     end = item
                     break
+                taken = time.monotonic()
+                if item is not None:
+                    with self._taken:
+                        self._taken.notify_all()
+                    self._schedule.network_took(taken)
                 submitted = None if item is None else (item, self._submit(item))
                 if in_flight is not None:  # frame k finishes while frame k+1 computes
                     done, in_flight = in_flight, None
                     self._put(self._results, self._finish(*done))
                 in_flight = submitted
+                if in_flight is not None and not self.feeder.overlapped:  # CPU: nothing would run meanwhile
+                    done, in_flight = in_flight, None
+                    self._put(self._results, self._finish(*done))
+                if item is not None:
+                    self._schedule.network_done(time.monotonic() - taken)
         except _Aborted:
             return
         except Exception as error:  # the frame in flight still finishes, then the error goes on

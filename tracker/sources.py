@@ -79,6 +79,12 @@ class _Reader(Protocol):
     def size(self) -> tuple[int, int]: ...
 
     @property
+    def realtime(self) -> bool:
+        """True when only the newest frame is kept (cameras, streams, files paced at their own rate):
+        a frame read late is a stale frame."""
+        return self._keep_latest
+
+    @property
     def frame_count(self) -> int | None:
         """Frames the medium declares (None: unknown, live or endless)."""
 
@@ -333,7 +339,7 @@ class FrameSource:
         self._reader = reader
         self._live = live
         self._stop = stop
-        keep_latest = live or paced
+        self._keep_latest = keep_latest = live or paced
         self._buffer = _FrameBuffer(1 if keep_latest else queue_size, overwrite=keep_latest)
         self._pacer = _Pacer(self._stop) if paced else None
         self._error: Exception | None = None
@@ -354,6 +360,12 @@ class FrameSource:
     def is_live(self) -> bool:
         """True for cameras and network streams."""
         return self._live
+
+    @property
+    def realtime(self) -> bool:
+        """True when only the newest frame is kept (cameras, streams, files paced at their own rate):
+        a frame read late is a stale frame."""
+        return self._keep_latest
 
     @property
     def frame_count(self) -> int | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from tracker.arkit_fit import ArkitFit
-from tracker.avatar import IRIS_CENTRES, AvatarValues, Eyeballs, eye_gaze, gaze_weights, head_pose, ict_to_arkit_matrix
+from tracker.avatar import IRIS_CENTRES, AvatarValues, EyeballDecoder, eye_gaze, gaze_weights, head_pose, ict_to_arkit_matrix
 from tracker.cues import CueOutput, GeometryCue, create_cue
 from tracker.errors import TrackerError
 from tracker.face_detection import DEFAULT_BOX_SMOOTHING, FaceCrop, FaceCropper, FaceMeshDetector
@@ -35,6 +36,7 @@ from tracker.geometry.rotations import matrix_to_rotation_6d, rotation_6d_to_mat
 from tracker.head_models import HeadModel, load_head_model
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
+from tracker.n2fnet.runtime import Runner, create_runner
 from tracker.recording import default_identity_group
 from tracker.refinement import (
     DecodedEmbeddedHead,
@@ -99,7 +101,9 @@ class FaceResult:
     params        {group: (n,)} every group of the head model (non-regressed groups neutral)
     rotation_6d   (6,) and rotation (3, 3): head rotation in the frame camera
     translation   (3,) metres in the frame camera
-    vertices      (V, 3) metres in the frame camera (OpenCV axes: x right, y down, z forward)
+    vertices      (V, 3) metres in the frame camera (OpenCV axes: x right, y down, z forward): a
+                  property, decoded on first use (``mesh``: the vertices, or the function that
+                  decodes them), so frames whose sinks never look at the mesh skip its decode
     landmarks68   (68, 2) frame pixels, the head model's landmarks projected
     mesh_landmarks68 (68, 2) frame pixels, MediaPipe's 68-point subset (what the crop used)
     crop_box      (3,) (x0, y0, side) frame pixels of the crop fed to the network
@@ -116,7 +120,7 @@ class FaceResult:
     rotation_6d: torch.Tensor
     rotation: torch.Tensor
     translation: torch.Tensor
-    vertices: torch.Tensor
+    mesh: torch.Tensor | Callable[[], torch.Tensor]
     landmarks68: np.ndarray
     mesh_landmarks68: np.ndarray
     crop_box: np.ndarray
@@ -130,6 +134,12 @@ class FaceResult:
     @property
     def refined(self) -> bool:
         return self.identity_state != "network"
+
+    @property
+    def vertices(self) -> torch.Tensor:
+        if callable(self.mesh):
+            self.mesh = self.mesh()
+        return self.mesh
 
 
 @dataclass
@@ -200,6 +210,9 @@ class FaceTracker:
     smoothing     smoothing on/off (switchable while running: the ``smoothing`` property)
     normal_frame  the normal-map frame the network was trained on (the cue must give it)
     device        where the network runs; decode and projection run on the CPU
+    runtime       what runs the network there (``tracker.n2fnet.runtime``): "torch" (eager, the
+                  default here), "onnxruntime", "openvino" (CPU only), "auto" (the fastest
+                  installed on the CPU, torch on CUDA), or a ready ``Runner`` of ``net``
     focal_ratio / focal_px   the frame camera (module docstring)
     refine        fit the head to MediaPipe's landmarks after the network (``tracker.refinement``;
                   switchable while running); ``refine_settings`` its weights and iterations
@@ -226,6 +239,7 @@ class FaceTracker:
         smoother_factory=live_smoother,
         smoothing: bool = True,
         device: str | torch.device = "cpu",
+        runtime: str | Runner = "torch",
         focal_ratio: float = 1.0,
         focal_px: float | None = None,
         refine: bool = True,
@@ -244,6 +258,8 @@ class FaceTracker:
             raise TrackerError(f"the {cue.name} cue gives {cue.frame}-frame normals; the network was trained on {normal_frame}-frame normals")
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
+        self.runner = runtime if isinstance(runtime, Runner) else create_runner(self.net, runtime, self.device)
+        log.info("network runtime: %s", self.runner.describe())
         self.head = head.to("cpu")
         self.detector, self.cropper, self.cue = detector, cropper, cue
         self.focal_ratio, self.focal_px = focal_ratio, focal_px
@@ -267,7 +283,7 @@ class FaceTracker:
         self._tracks: dict[int, TrackState] = {}
         self._arkit = ict_to_arkit_matrix(head.expression_names) if head.name == "ict" else None
         if self._arkit is not None:
-            self._eyeball_masks = tuple(np.flatnonzero(head.region_masks[name].cpu().numpy()) for name in ("eyeball_left", "eyeball_right"))
+            self._eyeballs = EyeballDecoder(head)
         self.arkit_fit = arkit_fit if self._arkit is None else None
 
     @property
@@ -341,9 +357,7 @@ class FaceTracker:
     def run_network(self, inputs: NetworkInputs) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Device-resident inputs -> (params {group: (F, n)}, rotation_6d (F, 6), translation (F, 3)),
         on the device (the caller copies them back when they are ready)."""
-        mask = inputs.mask if self.net.config.use_mask_input else None
-        out = self.net(inputs.normals, inputs.focal, inputs.principal, mask)
-        return out.params, out.rotation_6d, out.translation
+        return self.runner(inputs.normals, inputs.focal, inputs.principal, inputs.mask)
 
     # -- stage 3: CPU ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -371,15 +385,13 @@ class FaceTracker:
             rotation_6d = torch.stack([s.rotation_6d for s in smoothed])
             rotation = rotation_6d_to_matrix(rotation_6d)
             translation = torch.stack([s.translation for s in smoothed])
-            vertices = self.head.decode(params)
-            landmarks_3d = self.head.landmarks(vertices, params, view_rotation=rotation)
+            landmarks_3d = self.head.decode_landmarks(params, view_rotation=rotation)
             count = len(smoothed)
             focal_t = torch.from_numpy(focal).float()[None].expand(count, 2)
             principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
             landmarks = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal_t, principal_t)
-            vertices_cam = camera.head_to_camera(vertices, rotation, translation)
         with lap("avatar"):
-            avatars = [self._avatar_values(params, vertices[i], rotation[i], translation[i], crop, focal, principal, i) for i, crop in enumerate(prepared.crops)]
+            avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i) for i, crop in enumerate(prepared.crops)]
         for i, crop in enumerate(prepared.crops):
             faces.append(
                 FaceResult(
@@ -387,7 +399,7 @@ class FaceTracker:
                     rotation_6d=rotation_6d[i],
                     rotation=rotation[i],
                     translation=translation[i],
-                    vertices=vertices_cam[i],
+                    mesh=self._mesh(params, rotation, translation, i),
                     landmarks68=landmarks[i].numpy(),
                     mesh_landmarks68=crop.face.landmarks68,
                     crop_box=crop.box,
@@ -401,12 +413,17 @@ class FaceTracker:
             )
         return TrackingResult(frame, faces, focal, principal, timings)
 
-    def _avatar_values(self, params, vertices, rotation, translation, crop: FaceCrop, focal, principal, index: int) -> AvatarValues | None:
+    def _mesh(self, params: dict[str, torch.Tensor], rotation: torch.Tensor, translation: torch.Tensor, index: int) -> Callable[[], torch.Tensor]:
+        """Face ``index``'s decode: () -> (V, 3) camera-frame vertices (``FaceResult.vertices``)."""
+        one = {g: v[index : index + 1] for g, v in params.items()}
+        return lambda: camera.head_to_camera(self.head.decode(one), rotation[index : index + 1], translation[index : index + 1])[0]
+
+    def _avatar_values(self, params, rotation, translation, crop: FaceCrop, focal, principal, index: int) -> AvatarValues | None:
         """The face's ARKit weights, head pose and gaze: ICT's from its own expression and eyeballs,
         another head model's from the ICT fit beside it (``arkit_fit``); None without either."""
         if self._arkit is not None:
             expression = params["expression"][index].numpy()
-            eyeballs = Eyeballs.from_vertices(vertices.numpy(), self._eyeball_masks)
+            eyeballs = self._eyeballs({g: v[index] for g, v in params.items()})
             eye_rotation, eye_translation = rotation.numpy(), translation.numpy()
         elif self.arkit_fit is not None:
             with single_blas_thread():
@@ -500,6 +517,7 @@ class FaceTracker:
         refine_start: str = "network",
         identity: torch.Tensor | np.ndarray | None = None,
         ict_model_path: str | Path | None = None,
+        runtime: str = "torch",
     ) -> FaceTracker:
         """Everything the live tracker needs from an N2FNet checkpoint: its network, its head model
         (``head_model_path``: ICT npz / FLAME folder; None: the head model's default place), the
@@ -509,7 +527,7 @@ class FaceTracker:
 
         ``head_model``: the name the user asked for; a TrackerError when the checkpoint was
         trained for another one. ``cue``/``cue_options``: ``tracker.cues.create_cue``. ``photos``,
-        ``detector``, ``refine``, ``refine_iters``, ``refine_start``, ``identity``: see ``assemble``.
+        ``detector``, ``refine``, ``refine_iters``, ``refine_start``, ``identity``, ``runtime``: see ``assemble``.
         """
         state = load_checkpoint(checkpoint)
         trained_for = state["n2fnet"]["head_model"]
@@ -541,6 +559,7 @@ class FaceTracker:
             refine_start=refine_start,
             identity=identity,
             arkit_fit=None if trained_for == "ict" else _arkit_fit(ict_model_path, refine_iters),
+            runtime=runtime,
         )
 
     @classmethod
@@ -566,6 +585,7 @@ class FaceTracker:
         refine_start: str = "network",
         identity: torch.Tensor | np.ndarray | None = None,
         arkit_fit: ArkitFit | None = None,
+        runtime: str | Runner = "torch",
     ) -> FaceTracker:
         """A tracker around ``net`` with the standard detector, cropper (``alpha``, the network's
         input size) and cue; the training settings (alpha, normal frame, focal) as given.
@@ -575,7 +595,7 @@ class FaceTracker:
         ``detector``: "short-range" (Face Mesh's own detector, then tracking between frames) or
         "full-range" (MediaPipe's full-range face detector on every frame, then a mesh per face:
         small and distant faces, at the detector's cost). ``refine``, ``refine_start``,
-        ``identity``, ``arkit_fit``: see the class; ``refine_iters``: the refinement's iterations per frame
+        ``identity``, ``arkit_fit``, ``runtime``: see the class; ``refine_iters``: the refinement's iterations per frame
         (None: ``tracker.refinement.DEFAULT_ITERATIONS``). TrackerError when the network regresses
         parameter groups (names, sizes) that ``head`` does not have."""
         if detector not in DETECTORS:
@@ -597,7 +617,7 @@ class FaceTracker:
             net, head, mesh_detector, cropper, geometry_cue,
             normal_frame=normal_frame, smoothing=smoothing, device=device, focal_ratio=focal_ratio, focal_px=focal_px,
             refine=refine, refine_settings=settings, refine_start=refine_start, identity=identity, photos=photos,
-            arkit_fit=arkit_fit,
+            arkit_fit=arkit_fit, runtime=runtime,
         )
 
 

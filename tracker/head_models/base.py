@@ -214,6 +214,16 @@ class HeadModel(nn.Module):
         """{group: (B, size)} -> vertices (B, V, 3) in metres."""
         raise NotImplementedError
 
+    def decode_vertices(self, params: dict[str, torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
+        """{group: (B, size)}, (N,) vertex indices -> (B, N, 3): those vertices alone (models that
+        can, ICT, skip the rest of the mesh; by default the whole mesh is decoded)."""
+        return self.decode(params)[:, indices]
+
+    def decode_landmarks(self, params: dict[str, torch.Tensor], view_rotation: torch.Tensor | None = None) -> torch.Tensor:
+        """{group: (B, size)} -> (B, 68, 3) landmarks, without the whole mesh where the model can
+        (``landmarks`` of ``decode`` by default)."""
+        return self.landmarks(self.decode(params), params, view_rotation)
+
     def landmarks(
         self,
         vertices: torch.Tensor,

@@ -209,6 +209,28 @@ class ICT(HeadModel):
         ``params`` and ``view_rotation`` are not used."""
         return vertices[:, self.landmark_indices]
 
+    def decode_vertices(self, params: dict[str, torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
+        """Only the (N,) ``indices`` vertices, (B, N, 3): ICT is linear, so only their rows of the bases
+        are used (cached per index set)."""
+        params = self.complete_params(params)
+        neutral, identity_basis, expression_basis = self._subset_bases(indices)
+        identity = params["identity"].to(neutral.dtype)
+        offsets = torch.addmm(identity @ identity_basis, params["expression"].to(neutral.dtype), expression_basis)
+        return neutral + offsets.view(identity.shape[0], len(neutral), 3)
+
+    def decode_landmarks(self, params: dict[str, torch.Tensor], view_rotation: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 68, 3) the landmark vertices alone (``decode_vertices``)."""
+        return self.decode_vertices(params, self.landmark_indices)
+
+    def _subset_bases(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3) neutral rows, (K, 3N) identity and (E, 3N) expression basis columns of ``indices``."""
+        key = (indices.device, tuple(indices.tolist()))
+        cache = self.__dict__.setdefault("_subset_cache", {})
+        if key not in cache:
+            columns = (indices[:, None] * 3 + torch.arange(3, device=indices.device)).reshape(-1)
+            cache[key] = (self.neutral[indices], self.identity_basis[:, columns], self.expression_basis[:, columns])
+        return cache[key]
+
 
 # -- loading ---------------------------------------------------------------------------------
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
