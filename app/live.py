@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tracker.errors import TrackerError
+from tracker.n2fnet.runtime import PREFERENCE, RUNTIMES
 from tracker.options import DETECTORS, TrackerOptions, build_tracker, non_negative_int, positive_int
 from tracker.pipeline import MODES, Pipeline, PipelineStats, StatsSnapshot
 from tracker.recording import check_take_path, journal_path
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "beside FLAME for its ARKit weights")
     model.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
     model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    model.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
+                       help=f"what runs the network: auto (default: on the CPU the first installed of {', '.join(PREFERENCE)}, the fastest first; "
+                       "torch on CUDA), or one of them; onnxruntime and openvino run on the CPU only, with --threads threads, and export the "
+                       "network at first use into the cache (~/.cache/n2f-tracker/networks)")
     model.add_argument("--cue", default="mediapipe", help="geometry cue: mediapipe (embedded), mediapipe+farl, pixel3dmm, pixel3dmm+farl")
     model.add_argument("--pixel3dmm-weights", help="Pixel3DMM normal-network weights (pixel3dmm cues)")
     model.add_argument("--farl-weights", help="FaRL face-parsing weights (+farl cues)")
@@ -140,6 +145,7 @@ def tracker_options(args: argparse.Namespace) -> TrackerOptions:
         ict_model=args.ict_model,
         flame_dir=args.flame_dir,
         device=args.device,
+        runtime=args.runtime,
         cue=args.cue,
         pixel3dmm_weights=args.pixel3dmm_weights,
         farl_weights=args.farl_weights,

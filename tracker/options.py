@@ -20,6 +20,7 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.n2fnet.checkpoint import load_checkpoint
+from tracker.n2fnet.runtime import check_runtime
 from tracker.paths import PROJECT_ROOT
 from tracker.recording import IDENTITY_STATES, default_identity_group, read_take
 from tracker.refinement import DEFAULT_ITERATIONS
@@ -48,6 +49,9 @@ class TrackerOptions:
                     with a FLAME checkpoint, the model of the ICT fit that gives FLAME its ARKit weights
     flame_dir       folder with the FLAME files
     device          where the network runs ("cpu", "cuda", "cuda:N")
+    runtime         what runs it (``tracker.n2fnet.runtime``): "auto" (the fastest installed on the CPU,
+                    torch on CUDA), "torch", "onnxruntime", "openvino" (the last two: CPU only; a
+                    TrackerError on CUDA, or when not installed, with the pip command)
     cue             geometry cue (``tracker.cues.create_cue``); pixel3dmm_weights, farl_weights its weights
     max_faces       faces tracked per frame
     smoothing       One-Euro smoothing of the parameters and the crop box
@@ -65,6 +69,7 @@ class TrackerOptions:
     ict_model: str | Path | None = None
     flame_dir: str | Path | None = None
     device: str = "cpu"
+    runtime: str = "auto"
     cue: str = "mediapipe"
     pixel3dmm_weights: str | Path | None = None
     farl_weights: str | Path | None = None
@@ -91,6 +96,7 @@ class TrackerOptions:
         if self.identity_take is not None and not self.refine:
             raise TrackerError("a given identity (--identity) is used by the refinement, which is off: leave out --no-refine")
         check_device(self.device)
+        check_runtime(self.runtime, self.device)
 
     def checkpoint_path(self) -> Path:
         """``checkpoint``, else the shipped default; a TrackerError saying how to get one when neither exists."""
@@ -158,10 +164,11 @@ def build_tracker(options: TrackerOptions, photos: bool = False) -> FaceTracker:
         refine_start=options.refine_start,
         identity=identity,
         ict_model_path=options.ict_model,
+        runtime=options.runtime,
     )
     log.info(
-        "checkpoint %s: %s, %s backbone, %d px input, on %s; refinement %s",
-        checkpoint, tracker.head.name, tracker.net.config.backbone, tracker.input_size, options.device,
+        "checkpoint %s: %s, %s backbone, %d px input, on %s (%s); refinement %s",
+        checkpoint, tracker.head.name, tracker.net.config.backbone, tracker.input_size, options.device, tracker.runner.describe(),
         f"{options.resolved_refine_iters()} iterations" if options.refine else "off",
     )
     return tracker

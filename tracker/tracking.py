@@ -259,7 +259,7 @@ class FaceTracker:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.runner = runtime if isinstance(runtime, Runner) else create_runner(self.net, runtime, self.device)
-        log.info("network runtime: %s", self.runner.describe())
+        log.debug("network runtime: %s", self.runner.describe())
         self.head = head.to("cpu")
         self.detector, self.cropper, self.cue = detector, cropper, cue
         self.focal_ratio, self.focal_px = focal_ratio, focal_px

@@ -1,10 +1,10 @@
-"""``python -m tracker.bench <subcommand> [options]``; subcommands: render, live."""
+"""``python -m tracker.bench <subcommand> [options]``; subcommands: render, live, network."""
 
 from __future__ import annotations
 
 import argparse
 
-from tracker.bench import live, render
+from tracker.bench import live, network, render
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     subparsers = parser.add_subparsers(dest="command", required=True)
     render.add_parser(subparsers)
     live.add_parser(subparsers)
+    network.add_parser(subparsers)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,134 @@
+"""Network-runtime benchmark: ms per N2FNet call in each runtime (torch eager, onnxruntime,
+openvino), in one process, on the same real cue maps.
+
+    python -m tracker.bench network [--checkpoint C] [--video V] [--frames N] [--threads 1]
+
+The frames of the video go through the tracker's CPU stage (MediaPipe, crop, cue) once; the
+network inputs of the frames with a face are then fed to every runtime, in turns (round after
+round, the runtimes' order rotated each round, so a busy moment of the machine is shared out).
+Per runtime: median and p95 ms per call (one face), the speed-up over torch eager, the largest
+difference of its outputs from torch's on these inputs, and how its network was made (exported
+now / read from the cache; ``--fresh`` exports into a temporary folder to time the first use).
+Last line: ``torch_ms=<a> onnxruntime_ms=<b> openvino_ms=<c>`` (medians; only the runtimes run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from tracker.n2fnet.runtime import RUNTIMES, Runner, available_runtimes, check_runtime, create_runner
+from tracker.options import DEFAULT_CHECKPOINT
+from tracker.paths import shared_dir
+from tracker.sources import open_source
+from tracker.tracking import FaceTracker, NetworkInputs
+
+
+def default_video() -> str | None:
+    shared = shared_dir()
+    path = shared / "real-faces" / "videos" / "single_face.mp4" if shared else None
+    return str(path) if path is not None and path.is_file() else None
+
+
+def real_inputs(tracker: FaceTracker, video: str, frames: int) -> list[NetworkInputs]:
+    """The network inputs of the first ``frames`` frames of ``video`` that have a face."""
+    inputs = []
+    with open_source(video) as source:
+        for index, frame in enumerate(source):
+            if index >= frames:
+                break
+            prepared = tracker.prepare(frame)
+            if prepared.inputs is not None:
+                inputs.append(prepared.inputs)
+    return inputs
+
+
+def _call(runner: Runner, inputs: NetworkInputs):
+    with torch.no_grad():
+        return runner(inputs.normals, inputs.focal, inputs.principal, inputs.mask)
+
+
+def max_difference(got, want) -> float:
+    """Largest |got - want| over params, rotation_6d and translation."""
+    pairs = [(got[0][g], want[0][g]) for g in want[0]] + [(got[1], want[1]), (got[2], want[2])]
+    return max(float((a - b).abs().max()) for a, b in pairs)
+
+
+def time_runners(runners: dict[str, Runner], inputs: list[NetworkInputs], rounds: int) -> dict[str, list[float]]:
+    """ms per call of each runner: ``rounds`` rounds over every input, runners in rotated order."""
+    for runner in runners.values():  # warm-up
+        for item in inputs[:3]:
+            _call(runner, item)
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        for name in order:
+            for item in inputs:
+                start = time.perf_counter()
+                _call(runners[name], item)
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def run(args: argparse.Namespace) -> None:
+    """The ``network`` subcommand: print each runtime's ms per call, then the summary line."""
+    torch.set_num_threads(max(1, args.threads))
+    video = args.video or default_video()
+    if video is None:
+        raise SystemExit("--video V: no default clip (the shared real-faces folder was not found; set N2F_SHARED_DIR)")
+    names = args.runtimes.split(",") if args.runtimes else list(available_runtimes())
+    for name in names:
+        check_runtime(name)
+    if "torch" not in names:
+        names.insert(0, "torch")
+    tracker = FaceTracker.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, head_model_path=args.ict_model, refine=False, smoothing=False)
+    try:
+        inputs = real_inputs(tracker, video, args.frames)
+    finally:
+        tracker.close()
+    if not inputs:
+        raise SystemExit(f"no face found in the first {args.frames} frames of {video}")
+    net = tracker.net
+    size = net.config.input_size
+    print(f"checkpoint {args.checkpoint or DEFAULT_CHECKPOINT}: {net.config.backbone}, {size} px; {len(inputs)} real cue maps from {video}; "
+          f"{args.threads} thread(s); installed runtimes: {', '.join(available_runtimes())}")
+    folder = tempfile.TemporaryDirectory(prefix="n2f-bench-") if args.fresh else None
+    runners: dict[str, Runner] = {}
+    try:
+        for name in names:
+            start = time.perf_counter()
+            runners[name] = create_runner(net, name, threads=args.threads, cache=folder.name if folder else True)
+            runner = runners[name]
+            if name != "torch":
+                print(f"{name:12s} network {runner.origin}: export/convert {runner.setup_s:.2f} s, load + check {runner.load_s:.2f} s, "
+                      f"set-up in all {time.perf_counter() - start:.2f} s ({runner.path or 'in memory'})")
+        reference = [_call(runners["torch"], item) for item in inputs]
+        errors = {name: max(max_difference(_call(runner, item), want) for item, want in zip(inputs, reference)) for name, runner in runners.items()}
+        times = time_runners(runners, inputs, args.rounds)
+    finally:
+        if folder is not None:
+            folder.cleanup()
+    medians = {name: float(np.median(values)) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"{name:12s} {medians[name]:7.2f} ms median  {float(np.percentile(values, 95)):7.2f} ms p95  "
+              f"x{medians['torch'] / medians[name]:.2f} vs torch eager  max |diff| from torch {errors[name]:.1e}  ({len(values)} calls)")
+    print(" ".join(f"{name}_ms={medians[name]:.1f}" for name in RUNTIMES if name in medians))
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``network`` subcommand."""
+    parser = subparsers.add_parser("network", help="ms per N2FNet call in each runtime (torch, onnxruntime, openvino) on real cue maps")
+    parser.add_argument("--checkpoint", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
+    parser.add_argument("--video", help="video whose frames give the cue maps (default: the shared real-faces single_face.mp4)")
+    parser.add_argument("--frames", type=int, default=30, help="frames of the video to use (default 30)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds over all the cue maps, per runtime (default 5)")
+    parser.add_argument("--runtimes", help=f"comma-separated, of {', '.join(RUNTIMES)} (default: every one installed; torch always runs, as the reference)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of every runtime (default 1, as the live app)")
+    parser.add_argument("--fresh", action="store_true", help="export into a temporary folder, not the cache: times the first use")
+    parser.add_argument("--ict-model", help="ICT npz (default: found as the README's Quick start says)")
+    parser.set_defaults(func=run)

@@ -1,0 +1,533 @@
+"""Where N2FNet runs on the CPU: PyTorch eager, ONNX Runtime or OpenVINO (the network's outputs are
+the same in all three, to a few 1e-6 on real cue maps; the exported two are about twice as fast).
+
+    runner = create_runner(net, "onnxruntime", threads=1)
+    params, rotation_6d, translation = runner(normals, focal, principal, mask)
+
+``torch``        ``net`` itself, eager. The only runtime on CUDA, and the fallback everywhere.
+``onnxruntime``  the network exported to ONNX (``torch.onnx.export``, which needs the ``onnx``
+                 package; ONNX Runtime itself does not), run by an ``InferenceSession``.
+``openvino``     the network converted by OpenVINO straight from the torch module (nothing more
+                 needed), compiled for the CPU in float32.
+
+Nothing is shipped (a float32 copy is about 52 MB, four times the int8 release checkpoint; int8
+weights in the copy broke the 1e-4 parity): the exported network is made at first use (about a
+second for ONNX, a few seconds for OpenVINO) into ``tracker.paths.cache_dir()/networks/`` (``~/.cache/n2f-tracker``),
+named by the network's digest: the sha256 of its settings and of the weights as they are loaded
+(``network_digest``; a release checkpoint's int8 weights after dequantisation, a training
+checkpoint's as they are), so any checkpoint, released or one's own, gets its own copy, and a
+changed checkpoint can never meet an old export. Each exported file records that digest and the
+export recipe; a file that does not record the expected ones, cannot be read, or whose outputs on a
+fixed probe input differ from torch's by more than ``PARITY_TOLERANCE`` is made again. A fresh
+export that still differs is refused (TrackerError).
+
+Threads: each runtime runs with ``threads`` intra-op threads (default: torch's current setting,
+which the live app's ``--threads`` sets; 1 there), since MediaPipe and the rest share the cores.
+
+"auto" (``default_runtime``): torch on CUDA; on the CPU the first installed of ``PREFERENCE``
+(fastest first, as ``python -m tracker.bench network`` measured on this project's CPU); under
+"auto" a runtime that fails to set up is skipped with a warning, down to torch. A runtime asked
+for by name is used or refused (TrackerError), and onnxruntime / openvino are refused on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tracker.errors import TrackerError
+from tracker.n2fnet.checkpoint import content_digest
+from tracker.n2fnet.model import N2FNet
+from tracker.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+# fastest first on this project's CPU (python -m tracker.bench network; README "Network runtime")
+PREFERENCE = ("openvino", "onnxruntime", "torch")
+# what each runtime needs beyond the project's own dependencies, and the command that installs it
+PACKAGES = {"torch": (), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
+INSTALL = {"onnxruntime": "pip install onnxruntime==1.32.0 onnx==1.17.0", "openvino": "pip install openvino==2026.4.1"}
+EXPORT_FORMAT = "n2fnet-export-v1"  # bump when the exported graph's inputs / outputs change
+ONNX_OPSET = 17
+PARITY_TOLERANCE = 1e-4  # max |runtime - torch| on the probe input (absolute, every output)
+
+Outputs = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
+
+
+# -- choosing a runtime ---------------------------------------------------------------------------
+def installed(runtime: str) -> bool:
+    """Whether the packages ``runtime`` needs can be imported (without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in PACKAGES[runtime])
+
+
+def available_runtimes() -> tuple[str, ...]:
+    """The runtimes installed here, in RUNTIMES order."""
+    return tuple(name for name in RUNTIMES if installed(name))
+
+
+def check_runtime(runtime: str | None, device: str | torch.device = "cpu") -> str:
+    """``runtime`` ("auto"/None, or one of RUNTIMES) checked for ``device``: the name itself, "auto"
+    for None; TrackerError for an unknown name, one that is not installed (with the pip command),
+    or a CPU runtime asked for on CUDA."""
+    runtime = "auto" if runtime is None else str(runtime)
+    if runtime != "auto" and runtime not in RUNTIMES:
+        raise TrackerError(f"unknown network runtime {runtime!r}: use auto, {', '.join(RUNTIMES)}")
+    device = torch.device(device)
+    if device.type == "cuda" and runtime not in ("auto", "torch"):
+        raise TrackerError(
+            f"--runtime {runtime} runs the network on the CPU, but --device {device} asks for the GPU, where the network runs on "
+            "PyTorch: leave out --runtime (or pass --runtime torch) to run on the GPU, or pass --device cpu to use " + runtime
+        )
+    if runtime not in ("auto", "torch") and not installed(runtime):
+        missing = [name for name in PACKAGES[runtime] if importlib.util.find_spec(name) is None]
+        raise TrackerError(
+            f"--runtime {runtime} needs the package(s) {', '.join(missing)}, not installed here: {INSTALL[runtime]} "
+            f"(or use --runtime torch; installed: {', '.join(available_runtimes())})"
+        )
+    return runtime
+
+
+def default_runtime(device: str | torch.device = "cpu") -> str:
+    """torch on CUDA; else the first installed runtime of PREFERENCE."""
+    if torch.device(device).type == "cuda":
+        return "torch"
+    return next(name for name in PREFERENCE if installed(name))
+
+
+# -- the runners ----------------------------------------------------------------------------------
+class Runner:
+    """Calls the network: ``runner(normals (F,3,S,S), focal (F,2), principal (F,2), mask (F,1,S,S))``
+    -> (params {group: (F, n)}, rotation_6d (F, 6), translation (F, 3)).
+
+    name     the runtime; threads  its intra-op threads (None: torch's own setting)
+    origin   how the network got here: "eager", "exported" (now, into the cache), "cached", "in memory"
+    setup_s  seconds spent exporting / converting (0 for a cached or eager network); load_s loading it
+    """
+
+    name = "torch"
+
+    def __init__(self, net: N2FNet) -> None:
+        self.net = net
+        self.groups = dict(net.config.groups)
+        self.use_mask = bool(net.config.use_mask_input)
+        self.threads: int | None = None
+        self.origin, self.setup_s, self.load_s, self.path = "eager", 0.0, 0.0, None
+
+    @torch.no_grad()
+    def __call__(self, normals, focal, principal, mask=None) -> Outputs:
+        out = self.net(normals, focal, principal, mask if self.use_mask else None)
+        return out.params, out.rotation_6d, out.translation
+
+    def describe(self) -> str:
+        threads = self.threads
+        if threads is None and next(self.net.parameters()).device.type == "cpu":
+            threads = torch.get_num_threads()
+        threads = f", {threads} thread(s)" if threads is not None else ""
+        where = f" {self.path}" if self.path else ""
+        return f"{self.name} ({self.origin}{where}{threads})"
+
+    def _split(self, flat: np.ndarray, rotation_6d: np.ndarray, translation: np.ndarray) -> Outputs:
+        params = torch.from_numpy(np.array(flat, dtype=np.float32, copy=True))
+        parts = dict(zip(self.groups, params.split(list(self.groups.values()), dim=-1)))
+        return parts, torch.from_numpy(np.array(rotation_6d, dtype=np.float32, copy=True)), torch.from_numpy(np.array(translation, dtype=np.float32, copy=True))
+
+    def _arrays(self, normals, focal, principal, mask) -> list[np.ndarray]:
+        arrays = [normals, focal, principal] + ([mask] if self.use_mask else [])
+        return [np.ascontiguousarray(_numpy(a), dtype=np.float32) for a in arrays]
+
+
+def _numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu":
+            raise TrackerError("the onnxruntime and openvino network runtimes take CPU tensors (run on --device cpu)")
+        return value.detach().numpy()
+    return np.asarray(value)
+
+
+class _Exportable(nn.Module):
+    """N2FNet with plain tensor outputs for export: (normals, focal, principal[, mask]) ->
+    (params (F, P) in group order, rotation_6d (F, 6), translation (F, 3))."""
+
+    def __init__(self, net: N2FNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, normals, focal, principal, mask=None):
+        out = self.net(normals, focal, principal, mask)
+        return torch.cat(list(out.params.values()), dim=-1), out.rotation_6d, out.translation
+
+
+def _input_names(net: N2FNet) -> list[str]:
+    return ["normals", "focal", "principal"] + (["mask"] if net.config.use_mask_input else [])
+
+
+def probe_inputs(net: N2FNet, faces: int = 2) -> list[torch.Tensor]:
+    """Fixed, face-like network inputs (a masked sphere of unit normals, a DECA-crop camera) for
+    export and for the parity check of an exported network."""
+    size = net.config.input_size
+    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    inside = (x**2 + y**2 < 0.8).float()
+    z = torch.sqrt((1 - x**2 - y**2).clamp_min(0.0))
+    normals = (torch.stack((x, y, -z)) * inside)[None].repeat(faces, 1, 1, 1)
+    normals[1:] = normals[1:].flip(-1)  # the faces differ
+    mask = inside[None, None].repeat(faces, 1, 1, 1)
+    focal = torch.full((faces, 2), 2.5 * size)
+    principal = torch.full((faces, 2), size / 2.0) + torch.arange(faces, dtype=torch.float32)[:, None] * 3
+    return [normals, focal, principal] + ([mask] if net.config.use_mask_input else [])
+
+
+def network_digest(net: N2FNet) -> str:
+    """sha256 of the network's settings and weights as loaded (names the exported copies)."""
+    return content_digest({"format": EXPORT_FORMAT, "n2fnet": net.config.to_dict(), "model": net.state_dict()})
+
+
+def network_cache_dir() -> Path:
+    return cache_dir() / "networks"
+
+
+def _recipe(runtime: str) -> dict[str, str]:
+    """What an exported file must have been made with to be reused."""
+    recipe = {"format": EXPORT_FORMAT, "torch": torch.__version__.split("+")[0]}
+    if runtime == "onnxruntime":
+        recipe["opset"] = str(ONNX_OPSET)
+    else:
+        import openvino
+
+        recipe["openvino"] = openvino.get_version().split("-")[0]
+    return recipe
+
+
+class _Exported(Runner):
+    """A runner of an exported network: ``_load(path | bytes)`` and ``_run(arrays)`` per runtime."""
+
+    suffix = ""
+
+    def __init__(self, net: N2FNet, threads: int | None, cache: bool | str | Path) -> None:
+        super().__init__(net)
+        self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
+        self.digest = network_digest(net)
+        self._lock = threading.Lock()
+        if cache is False:
+            folder = None
+        else:
+            folder = network_cache_dir() if cache is True else Path(cache)
+        self._prepare(folder)
+
+    def __call__(self, normals, focal, principal, mask=None) -> Outputs:
+        arrays = self._arrays(normals, focal, principal, mask)
+        with self._lock:
+            outputs = self._run(arrays)
+        return self._split(*outputs)
+
+    # the cache and the checks ------------------------------------------------------------------
+    def _prepare(self, folder: Path | None) -> None:
+        expected = {"digest": self.digest, **_recipe(self.name)}
+        if folder is None:  # export into memory, nothing written
+            start = time.perf_counter()
+            model = self._export(None, expected)
+            self.setup_s = time.perf_counter() - start
+            self.origin = "in memory"
+            self._load_checked(model, fresh=True)
+            return
+        path = folder / f"{self.digest[:40]}{self.suffix}"
+        self.path = path
+        if path.is_file():
+            start = time.perf_counter()
+            try:
+                recorded = self._recorded(path)
+                if recorded != expected:
+                    stale = {k: (recorded.get(k), v) for k, v in expected.items() if recorded.get(k) != v}
+                    raise _Stale(f"it records other settings {stale}")
+                self.origin = "cached"
+                self._load_checked(path, fresh=False)
+                self.load_s = time.perf_counter() - start
+                return
+            except _Stale as why:
+                log.warning("the exported network %s is stale or damaged (%s): exporting it again", path, why)
+            self._session = self._model = None
+        start = time.perf_counter()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._export(path, expected)
+        except OSError as error:  # a read-only or full cache: this run exports into memory
+            log.warning("cannot write the exported network to %s (%s): exporting it into memory for this run", folder, error)
+            self.path = None
+            self._prepare(None)
+            return
+        self.setup_s = time.perf_counter() - start
+        self.origin = "exported"
+        log.info("exported the network for %s in %.1f s: %s", self.name, self.setup_s, path)
+        self._load_checked(path, fresh=True)
+
+    def _load_checked(self, model, fresh: bool) -> None:
+        """Load ``model`` and check its outputs on the probe against torch's: TrackerError for a
+        fresh export that fails, _Stale for a cached one (made again then)."""
+        start = time.perf_counter()
+        try:
+            self._load(model)
+        except Exception as error:
+            if fresh:
+                raise TrackerError(f"{self.name} could not load the network it was given ({error}); use --runtime torch") from None
+            raise _Stale(f"it cannot be read: {error}") from None
+        error = self.parity_error()
+        self.load_s = time.perf_counter() - start
+        if error > PARITY_TOLERANCE:
+            if fresh:
+                raise TrackerError(
+                    f"the network exported for {self.name} gives other outputs than PyTorch (max difference {error:.2g} > {PARITY_TOLERANCE:g}): "
+                    "use --runtime torch"
+                )
+            raise _Stale(f"its outputs differ from torch's by {error:.2g}")
+
+    def parity_error(self, inputs: list[torch.Tensor] | None = None) -> float:
+        """max |this runtime - torch| over every output, on ``inputs`` (default: ``probe_inputs``)."""
+        inputs = probe_inputs(self.net) if inputs is None else inputs
+        want = Runner.__call__(self, *inputs)
+        got = self(*inputs)
+        pairs = [(got[0][g], want[0][g]) for g in self.groups] + [(got[1], want[1]), (got[2], want[2])]
+        return max(float((a - b.float()).abs().max()) for a, b in pairs)
+
+    # per runtime -------------------------------------------------------------------------------
+    def _export(self, path: Path | None, metadata: dict[str, str]):
+        raise NotImplementedError
+
+    def _recorded(self, path: Path) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _load(self, model) -> None:
+        raise NotImplementedError
+
+    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class _Stale(Exception):
+    """A cached export that must be made again (why)."""
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
+    """``write(temporary)`` beside ``path``, then rename: a reader never sees half a file, and two
+    processes exporting at once each write their own temporary file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=suffix)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+class OnnxRuntimeRunner(_Exported):
+    name, suffix = "onnxruntime", ".onnx"
+
+    def _export(self, path: Path | None, metadata: dict[str, str]):
+        try:
+            import onnx
+        except ImportError:
+            raise TrackerError(f"exporting the network for onnxruntime needs the onnx package: {INSTALL['onnxruntime']} (or use --runtime torch)") from None
+        import io
+
+        names = _input_names(self.net)
+        outputs = ["params", "rotation_6d", "translation"]
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), torch.enable_grad():  # grad on: the transformer layers' plain ops, not their fused inference kernel
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Exportable(self.net).eval(), tuple(probe_inputs(self.net, faces=1)), buffer, dynamo=False, opset_version=ONNX_OPSET,
+                input_names=names, output_names=outputs, dynamic_axes={name: {0: "faces"} for name in names + outputs},
+            )
+        model = onnx.load_model_from_string(buffer.getvalue())
+        onnx.helper.set_model_props(model, {f"n2f_{k}": v for k, v in metadata.items()})
+        data = model.SerializeToString()
+        if path is None:
+            return data
+        _write_atomic(path, lambda temporary: temporary.write_bytes(data))
+        return path
+
+    def _recorded(self, path: Path) -> dict[str, str]:
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(path), self._options(), providers=["CPUExecutionProvider"])
+        except Exception as error:
+            raise _Stale(f"it cannot be read: {error}") from None
+        self._session = session
+        props = session.get_modelmeta().custom_metadata_map
+        return {k[len("n2f_"):]: v for k, v in props.items() if k.startswith("n2f_")}
+
+    def _options(self):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads yield the shared cores
+        return options
+
+    def _load(self, model) -> None:
+        import onnxruntime
+
+        session = getattr(self, "_session", None)  # opened by _recorded
+        if session is None:
+            session = onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model), self._options(), providers=["CPUExecutionProvider"])
+        self._session = session
+        self._names = [i.name for i in session.get_inputs()]
+
+    def _run(self, arrays):
+        return self._session.run(None, dict(zip(self._names, arrays)))
+
+
+class OpenVinoRunner(_Exported):
+    name, suffix = "openvino", ".openvino.xml"
+
+    def _convert(self):
+        import openvino
+
+        size = self.net.config.input_size
+        shapes = [[-1, 3, size, size], [-1, 2], [-1, 2]] + ([[-1, 1, size, size]] if self.use_mask else [])
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            model = openvino.convert_model(
+                _Exportable(self.net).eval(), example_input=tuple(probe_inputs(self.net, faces=1)), input=[openvino.PartialShape(s) for s in shapes]
+            )
+        for model_input, name in zip(model.inputs, _input_names(self.net)):
+            model_input.get_tensor().set_names({name})
+        return model
+
+    def _export(self, path: Path | None, metadata: dict[str, str]):
+        import openvino
+
+        model = self._convert()
+        for key, value in metadata.items():
+            model.set_rt_info(value, ["n2f", key])
+        if path is None:
+            return model
+        weights = path.with_suffix(".bin")
+
+        def write(temporary: Path) -> None:  # the .bin first: the .xml, renamed last, is what marks the export complete
+            openvino.save_model(model, str(temporary), compress_to_fp16=False)
+            os.replace(temporary.with_suffix(".bin"), weights)
+
+        _write_atomic(path, write, suffix=".tmp.xml")
+        return path
+
+    def _recorded(self, path: Path) -> dict[str, str]:
+        import openvino
+
+        try:
+            model = openvino.Core().read_model(str(path))
+        except Exception as error:
+            raise _Stale(f"it cannot be read: {error}") from None
+        self._model = model
+        keys = _recipe(self.name).keys() | {"digest"}
+        return {key: model.get_rt_info(["n2f", key]).astype(str) for key in keys if model.has_rt_info(["n2f", key])}
+
+    def _load(self, model) -> None:
+        import openvino
+
+        core = openvino.Core()
+        if not isinstance(model, openvino.Model):
+            read = getattr(self, "_model", None)  # read by _recorded
+            model = read if read is not None else core.read_model(str(model))
+        config = {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",  # not bf16 / f16 on CPUs that have them: the numbers stay torch's
+            "ENABLE_CPU_PINNING": False,  # MediaPipe and the pipeline's threads share the cores
+        }
+        self._compiled = core.compile_model(model, "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._model = None
+
+    def _run(self, arrays):
+        self._request.infer(arrays)
+        return tuple(self._request.get_output_tensor(i).data for i in range(3))
+
+
+RUNNERS: dict[str, type[Runner]] = {"torch": Runner, "onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
+
+
+def create_runner(
+    net: N2FNet,
+    runtime: str | None = "torch",
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    cache: bool | str | Path = True,
+) -> Runner:
+    """The runner of ``net`` (eval mode, on ``device``) for ``runtime`` (module docstring).
+
+    "auto"/None: ``default_runtime(device)``, and when a runtime fails to set up (a warning says
+    why), the next one of PREFERENCE, down to torch. A named runtime that cannot run: TrackerError.
+    ``threads``: intra-op threads of onnxruntime / openvino (None: ``torch.get_num_threads()``).
+    ``cache``: True: the exported network is kept in ``network_cache_dir()``; a folder: kept there;
+    False: exported into memory each time (nothing written)."""
+    requested = check_runtime(runtime, device)
+    if requested != "auto":
+        return _create(net, requested, threads, cache)
+    if torch.device(device).type == "cuda":
+        return Runner(net)
+    for name in PREFERENCE:
+        if not installed(name):
+            continue
+        try:
+            return _create(net, name, threads, cache)
+        except TrackerError as error:
+            log.warning("network runtime %s unavailable (%s); trying the next one", name, error)
+    return Runner(net)
+
+
+def _create(net: N2FNet, runtime: str, threads: int | None, cache: bool | str | Path) -> Runner:
+    if runtime == "torch":
+        return Runner(net)
+    return RUNNERS[runtime](net.eval(), threads, cache)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tracker.n2fnet.runtime [CHECKPOINT] [--runtime NAME]``: export a checkpoint's
+    network into the cache now (e.g. while building an image), print where, its size and its parity."""
+    import argparse
+
+    from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
+
+    parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.runtime", description=main.__doc__)
+    parser.add_argument("checkpoint", nargs="?", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
+    parser.add_argument("--runtime", choices=("all", *RUNTIMES[1:]), default="all", help="the runtime to export for (default: every one installed)")
+    args = parser.parse_args(argv)
+    from tracker.paths import PROJECT_ROOT
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else PROJECT_ROOT / "assets" / "n2fnet_ict_resnet18.pt"
+    names = [n for n in RUNTIMES[1:] if installed(n)] if args.runtime == "all" else [args.runtime]
+    try:
+        net = model_from_checkpoint(load_checkpoint(checkpoint))
+        for name in names:
+            runner = create_runner(net, name)
+            files = [runner.path] + ([runner.path.with_suffix(".bin")] if name == "openvino" else [])
+            size = sum(f.stat().st_size for f in files) / 1e6
+            print(f"{name}: {runner.origin} {runner.path} ({size:.1f} MB; export {runner.setup_s:.1f} s, load + check {runner.load_s:.1f} s; "
+                  f"max |diff| from torch on the probe {runner.parity_error():.1e})")
+    except TrackerError as error:
+        print(f"error: {error}")
+        return 2
+    if not names:
+        print(f"no exporting runtime installed: {INSTALL['openvino']} or {INSTALL['onnxruntime']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
