@@ -1,12 +1,15 @@
 """Shared fixtures: the shared-material folder and the ICT model (skipped with a reason when absent).
 
 No test may download anything: N2F_OFFLINE=1 for the whole session (tests of the download pass
-``allow_download=True`` with a loopback URL).
+``allow_download=True`` with a loopback URL). Derived data (the networks exported for the
+OpenVINO / ONNX Runtime runtimes) goes to a cache folder of the session, not the user's
+(N2F_CACHE_DIR; subprocesses inherit it).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from tracker.n2fnet.checkpoint import save_checkpoint
 from tracker.paths import default_ict_model_path, shared_dir
 
 os.environ["N2F_OFFLINE"] = "1"
+os.environ["N2F_CACHE_DIR"] = tempfile.mkdtemp(prefix="n2f-test-cache-")
 
 
 @pytest.fixture(scope="session")
