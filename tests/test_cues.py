@@ -1,5 +1,6 @@
 """Geometry cues: the MediaPipe triangle list, the embedded mesh cue (analytic planes and a real face,
-signs of the normals in the view frame) and the optional Pixel3DMM / FaRL adapters."""
+signs of the normals in the view frame; its NumPy renderer against the general PyTorch rasteriser,
+on synthetic meshes and on real crops) and the optional Pixel3DMM / FaRL adapters."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from tracker.cues import (
     FARL_FACE_CLASSES,
@@ -23,8 +25,11 @@ from tracker.cues import (
     mediapipe_boundary_loops,
     mediapipe_triangles,
 )
+from tracker.cues import _MeshNormals
 from tracker.errors import TrackerError
 from tracker.face_detection import FaceCropper, FaceMeshDetector
+from tracker.render import rasterize, vertex_normals
+from tracker.render.rasterize_numpy import NumpyRasterizer, fma32
 
 OUT_DIR = Path("/tmp/cue_check")
 
@@ -176,6 +181,168 @@ def test_cue_rejects_bad_input(cue):
         cue(np.zeros((256, 200, 3), np.uint8), np.zeros((478, 3), np.float32))
     with pytest.raises(TrackerError):
         cue(np.zeros((256, 256, 3), np.uint8), np.zeros((68, 2), np.float32))
+
+
+# ----------------------------------------------------------------------------- the NumPy renderer
+# tracker.render.rasterize_numpy reproduces tracker.render.rasterize (the reference, used by the
+# "torch" renderer and the training data) in its float32 arithmetic: the same visible triangle and
+# the same barycentrics (bit for bit where torch's CPU kernels fuse multiply-adds, as here; to the
+# last float32 bits otherwise, hence BARY_TOLERANCE). Only its coverage test rounds differently
+# (float64 row spans from the same float32 edge coefficients), which can flip a pixel centre
+# within ~1e-6 px of an outline: allowed for at most COVERAGE_SLACK pixels per image, never seen.
+
+COVERAGE_SLACK = 2
+BARY_TOLERANCE = 1e-5
+
+
+def _fragments_both(points, faces, focal, principal, size, cull_backfaces=False):
+    """(reference triangle image (H, W), barycentrics (H, W, 3); the same from NumpyRasterizer)."""
+    ref = rasterize(
+        torch.from_numpy(points)[None], torch.from_numpy(faces), torch.tensor([focal], dtype=torch.float32),
+        torch.tensor([principal], dtype=torch.float32), size, cull_backfaces=cull_backfaces,
+    )  # fmt: skip
+    fast = NumpyRasterizer(faces, cull_backfaces=cull_backfaces)(points, focal, principal, size)
+    bary = np.zeros((size[0] * size[1], 3), np.float32)
+    bary[fast.pixels] = fast.bary
+    return (ref.triangle[0].numpy(), ref.bary[0].numpy()), (fast.triangle_image(), bary.reshape(*size, 3))
+
+
+def _assert_same_fragments(points, faces, focal, principal, size, cull_backfaces=False, min_covered=1):
+    (tri_ref, bary_ref), (tri, bary) = _fragments_both(points, faces, focal, principal, size, cull_backfaces)
+    assert (tri_ref >= 0).sum() >= min_covered  # the case covers something
+    assert ((tri_ref >= 0) != (tri >= 0)).sum() <= COVERAGE_SLACK
+    both = (tri_ref >= 0) & (tri >= 0)
+    assert (tri_ref[both] != tri[both]).sum() <= COVERAGE_SLACK  # a flip on a shared edge at most
+    same = both & (tri_ref == tri)
+    assert np.abs(bary[same] - bary_ref[same]).max(initial=0) <= BARY_TOLERANCE  # 0 on this machine
+    return tri
+
+
+def _grid(n, spacing, offset, size, depth=2.0, focal=100.0, tilt=0.0):
+    """An n x n vertex grid at crop pixels (offset + spacing * (i, j)), two triangles per cell."""
+    gx, gy = np.meshgrid(np.arange(n), np.arange(n))
+    xs, ys = gx * spacing + offset, gy * spacing + offset
+    z = depth + tilt * gx
+    points = np.stack([(xs - size / 2) * z / focal, (ys - size / 2) * z / focal, z], -1).reshape(-1, 3)
+    cells = [(i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1) for i in range(n - 1) for j in range(n - 1)]
+    faces = np.array([t for a, b, c, d in cells for t in ((a, b, c), (b, d, c))])
+    return points.astype(np.float32), faces
+
+
+def test_numpy_rasterizer_matches_the_torch_rasterizer_on_overlapping_soups():
+    """Random triangles of both windings through each other: z-tests everywhere, tiles split
+    (boxes over 16 px), a non-square image and an off-centre principal point."""
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        points = np.stack([rng.uniform(-0.3, 0.3, 300), rng.uniform(-0.3, 0.3, 300), rng.uniform(0.8, 1.5, 300)], 1)
+        faces = rng.integers(0, 300, (200, 3))
+        for cull in (False, True):
+            _assert_same_fragments(points.astype(np.float32), faces, (120.0, 110.0), (33.0, 31.5), (64, 72), cull, 1000)
+
+
+@pytest.mark.parametrize("spacing, offset", [(4.0, 2.0), (4.5, 0.5), (3.0, -7.0)])
+def test_numpy_rasterizer_matches_on_grids_through_pixel_centres(spacing, offset):
+    """Horizontal and vertical edges, vertices on pixel corners or centres, shared edges through
+    pixel centres (the widened edge tests and ties), a mesh running off the image."""
+    points, faces = _grid(10, spacing, offset, 40, tilt=0.01)
+    _assert_same_fragments(points, faces, (100.0, 100.0), (20.0, 20.0), (40, 40), min_covered=300)
+
+
+def test_numpy_rasterizer_drops_what_the_torch_rasterizer_drops():
+    """Big overlapping triangles partly off the image, one through the near plane, a degenerate one;
+    and meshes with nothing to draw."""
+    points = np.array([[-1, -1, 2], [1.2, -0.8, 2.5], [0, 1.3, 3], [-1.5, 0.5, 1.8], [1, 1, 2.2], [0.2, -1.4, 2.8], [0, 0, -1]], np.float32)
+    faces = np.array([[0, 1, 2], [3, 4, 5], [0, 4, 5], [0, 1, 6], [2, 2, 3]])
+    for cull in (False, True):
+        tri = _assert_same_fragments(points, faces, (50.0, 50.0), (48.0, 40.0), (80, 96), cull, 1000)
+        assert not np.isin(tri, [3, 4]).any()
+    behind = points * np.float32([1, 1, -1])
+    assert NumpyRasterizer(faces)(behind, 50.0, (48.0, 40.0), (80, 96)).pixels.size == 0
+    far = points + np.float32([100, 0, 0])
+    assert NumpyRasterizer(faces)(far, 50.0, (48.0, 40.0), (80, 96)).pixels.size == 0
+    with pytest.raises(TypeError, match="float32"):
+        NumpyRasterizer(faces)(points.astype(np.float64), 50.0, (48.0, 40.0), (80, 96))
+
+
+def test_fma32_rounds_once_like_torch_addcmul():
+    rng = np.random.default_rng(1)
+    a, b, c = (rng.standard_normal(20000).astype(np.float32) * scale for scale in (100, 3, 7))
+    torch_result = torch.addcmul(torch.from_numpy(c), torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    if np.array_equal(torch_result, a * b + c) and not np.array_equal(torch_result, fma32(a, b, c)):
+        pytest.skip("torch's CPU addcmul rounds twice on this CPU (no fused multiply-add)")
+    assert np.array_equal(fma32(a, b, c), torch_result)
+
+
+def test_cue_vertex_normals_are_torchs():
+    rng = np.random.default_rng(2)
+    faces = np.array(mediapipe_triangles())
+    points = (rng.uniform(20, 100, (468, 3)) * [1, 1, 0.3]).astype(np.float32)
+    reference = vertex_normals(torch.from_numpy(points * np.float32([1, -1, -1]))[None], torch.from_numpy(faces))[0]
+    np.testing.assert_allclose(_MeshNormals(faces, 468)(points).T, reference.numpy(), rtol=0, atol=1e-6)  # bit for bit here
+
+
+@pytest.fixture(scope="module")
+def video_crops(shared_path):
+    """{size: [(478, 3) crop landmarks]} of real faces at the live crop size 128 and at 256: the
+    tracker's MediaPipe detector and cropper on frames of the shared videos."""
+    videos = sorted((shared_path / "real-faces" / "videos").glob("*.mp4"))
+    if not videos:
+        pytest.skip("no real-face videos in the shared material")
+    crops = {128: [], 256: []}
+    for path in videos:
+        capture = cv2.VideoCapture(str(path))
+        with FaceMeshDetector(max_faces=2) as detector:
+            croppers = {size: FaceCropper(alpha=1.4, out_size=size, max_faces=2) for size in crops}
+            for index in range(75):
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if index % 5:
+                    continue
+                faces = detector.detect(frame)
+                for size, cropper in croppers.items():
+                    crops[size] += [crop.landmarks for crop in cropper(frame, faces, index / 30.0)]
+        capture.release()
+    if len(crops[128]) < 10:
+        pytest.skip("too few faces found in the shared videos")
+    return crops
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("size", [128, 256])
+def test_embedded_cue_matches_the_torch_rasteriser_on_real_crops(video_crops, size):
+    """The default (NumPy) renderer against the "torch" one (``render_mediapipe_mesh``: the
+    general rasteriser, vertex normals and interpolation of tracker.render) on real crops: masks
+    equal but for at most COVERAGE_SLACK outline pixels per crop, normals within 1e-5 where both
+    cover the pixel (in fact both are bit for bit equal so far)."""
+    fast, reference = MediaPipeMeshCue(), MediaPipeMeshCue(renderer="torch")
+    assert fast.renderer == "numpy" and reference.renderer == "torch"
+    mask_flips, worst, exact = [], 0.0, True
+    for landmarks in video_crops[size]:
+        normals, mask = fast.render(landmarks, size)
+        normals_ref, mask_ref = reference.render(landmarks, size)
+        assert normals.dtype == mask.dtype == np.float32 and normals.shape == (size, size, 3)
+        assert mask_ref.sum() > 0.2 * size * size
+        mask_flips.append(int((mask != mask_ref).sum()))
+        both = (mask > 0) & (mask_ref > 0)
+        worst = max(worst, float(np.abs(normals[both] - normals_ref[both]).max()))
+        exact &= np.array_equal(normals, normals_ref) and np.array_equal(mask, mask_ref)
+        assert not normals[mask == 0].any()
+    assert max(mask_flips) <= COVERAGE_SLACK, mask_flips
+    assert worst <= 1e-5
+    print(f"{len(mask_flips)} crops of {size} px: mask pixels differing {sum(mask_flips)}, max normal difference {worst:g}, bit-exact {exact}")
+
+
+def test_mesh_cue_renderer_choice():
+    assert MediaPipeMeshCue().renderer == "numpy"
+    with pytest.raises(TrackerError, match="renderer"):
+        MediaPipeMeshCue(renderer="opengl")
+    # landmarks that miss the crop: an empty mask from both renderers
+    points = np.zeros((478, 3), np.float32) + [500.0, 500.0, 0.0]
+    points[:, :2] += np.random.default_rng(3).uniform(0, 30, (478, 2))
+    for renderer in ("numpy", "torch"):
+        normals, mask = MediaPipeMeshCue(renderer=renderer).render(points, 64)
+        assert not mask.any() and not normals.any()
 
 
 # ----------------------------------------------------------------------------- adapters

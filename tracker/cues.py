@@ -38,6 +38,10 @@ The embedded cue (``MediaPipeMeshCue``):
     landmark pixels exactly: a vertex at crop pixel (x, y) with depth z is placed at
     Z = D + z / f', X = (x - c) Z / f, Y = (y - c) Z / f (f = 1000 S, D = 1000), so the
     projection is x, y and the z-test keeps the surface nearest the camera.
+    Rendering: per crop on the CPU, ``tracker.render.rasterize_numpy.NumpyRasterizer`` with this
+    camera, which gives the general PyTorch rasteriser's fragments for this one mesh in a quarter
+    of its time (``render_mediapipe_mesh`` is the batched, differentiable PyTorch version that the
+    synthetic training data renders with).
     The weak-perspective normals ignore the viewing-ray angle of off-centre pixels (a few
     degrees for typical crops) and MediaPipe's depth is only "roughly" in x units, so they
     are a coarse cue next to Pixel3DMM's, but cheap and always available.
@@ -61,6 +65,8 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.render import interpolate, rasterize, vertex_normals
+from tracker.render.rasterize_numpy import NumpyRasterizer, fma32
+from tracker.render.rasterize_numpy import interpolate as interpolate_np
 from tracker.safe_load import load_torch_file
 
 __all__ = [
@@ -288,17 +294,74 @@ def render_mediapipe_mesh(points: torch.Tensor, faces: torch.Tensor, size: int) 
     return image * mask[..., None], mask
 
 
+def _mesh_camera(points: np.ndarray, size: int) -> np.ndarray:
+    """``render_mediapipe_mesh``'s camera-frame vertices in NumPy, in its float32 operation order
+    (the same values bit for bit): (V, 3) float32 crop-pixel points -> (V, 3) float32, seen by
+    focal 1000 S and principal point (S / 2, S / 2)."""
+    focal, centre = np.float32(1000.0 * size), np.float32(size / 2.0)
+    z = np.float32(1000.0) + points[:, 2] * np.float32(1000.0 / (1000.0 * size))
+    return np.stack(((points[:, 0] - centre) * z / focal, (points[:, 1] - centre) * z / focal, z), -1)
+
+
+def _incidence(faces: np.ndarray, num_vertices: int) -> np.ndarray:
+    """(D, V) face indices: column v lists the faces at vertex v in the order torch's
+    ``index_add`` visits them in ``vertex_normals`` (corner 0 of every face, then corner 1, then
+    corner 2), padded with F (a zero normal)."""
+    vertex = faces.T.reshape(-1)  # the vertex of corner k of face f, at k F + f
+    order = np.argsort(vertex, kind="stable")  # by vertex, then in visiting order
+    degree = np.bincount(vertex, minlength=num_vertices)
+    slot = np.arange(vertex.size) - np.repeat(np.cumsum(degree) - degree, degree)
+    table = np.full((max(int(degree.max()), 1), num_vertices), len(faces), np.int64)
+    table[slot, vertex[order]] = order % len(faces)
+    return table
+
+
+class _MeshNormals:
+    """``tracker.render.vertex_normals`` of the cue's view-frame surface (x, -y, -z) of (V, 3)
+    float32 crop points, component-major (3, V), in torch's float32 operation order, so the same
+    values bit for bit: its cross product is fused, and its ``index_add`` adds the face normals to
+    zeros one by one, in the order of ``_incidence``."""
+
+    def __init__(self, faces: np.ndarray, num_vertices: int) -> None:
+        self.num_faces, self.num_vertices = len(faces), num_vertices
+        component = np.arange(3)[:, None, None]
+        self._corners = component * num_vertices + faces.T[None]  # (3, 3, F) into the flat (3, V)
+        self._incidence = component * (len(faces) + 1) + _incidence(faces, num_vertices)[None]  # (3, D, V)
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        surface = points.T * np.array([[1.0], [-1.0], [-1.0]], np.float32)  # (3, V) view frame
+        corners = np.take(surface, self._corners)  # (xyz, corner, F)
+        u, v = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+        normal = np.zeros((3, self.num_faces + 1), np.float32)  # + a zero column for the padding
+        normal[:, :-1] = fma32(u[[1, 2, 0]], v[[2, 0, 1]], -(u[[2, 0, 1]] * v[[1, 2, 0]]))  # u x v
+        # n1 + n2 + ... in order (NumPy sums along a non-innermost axis one slice after another;
+        # torch's 0 + n1 + ... is the same), the padding adding nothing
+        summed = np.take(normal, self._incidence).sum(axis=1)  # (3, D, V) -> (3, V)
+        norm = np.sqrt(summed[0] * summed[0] + summed[1] * summed[1] + summed[2] * summed[2])
+        return summed / np.maximum(norm, np.float32(1e-20))
+
+
 class MediaPipeMeshCue(GeometryCue):
     """The embedded cue: the MediaPipe face mesh rasterised in the crop (see the module docstring).
 
     Args:
         fill_eyes: close the eye openings (mask like FaRL's "face", which includes the eyes).
         fill_mouth: close the inner mouth too (FaRL's and N2FNet's face mask leave it out).
-        device: torch device of the rasteriser ("cpu" is fast enough: about 8 ms per 256 x 256
-            crop on one core of this project's 2-core machine, three quarters of it rasterising).
-            On a CPU busy with other work (training, capture), torch's intra-op thread pool
-            stalls such small ops badly (median 20-500 ms measured with 2 threads here);
-            ``torch.set_num_threads(1)`` in the live process avoids that.
+        device: where ``render_mediapipe_mesh`` runs with the "torch" renderer.
+        renderer: "numpy" (the default on the CPU): ``tracker.render.rasterize_numpy``, which
+            reproduces ``render_mediapipe_mesh`` (the general PyTorch rasteriser) for this one
+            mesh in 1.1-1.8 ms per 128 x 128 crop on one core of this project's 2-core machine
+            instead of 5-8 ms; "torch" (the default on other devices): ``render_mediapipe_mesh`` itself,
+            the reference. With "torch" on a CPU busy with other work (training, capture),
+            torch's intra-op thread pool stalls such small ops badly (median 20-500 ms measured
+            with 2 threads here); ``torch.set_num_threads(1)`` in the live process avoids that.
+
+    The two renderers give the same maps: the same float32 arithmetic decides the z-test and the
+    barycentrics, the vertex normals, interpolation and normalisation are torch's float32
+    operations in torch's order, so the normals come out bit for bit alike; the masks could differ
+    only at a pixel centre within float32 rounding (~1e-6 px) of the mesh outline, where the
+    coverage tests round differently (``tracker.render.rasterize_numpy``). tests/test_cues.py
+    compares them on real crops and finds neither kind of difference.
 
     Landmarks: ``FaceCrop.landmarks`` (crop pixels, MediaPipe's z scaled like x). Without them
     the cue runs its own static-image MediaPipe detector on the crop; no face -> empty mask.
@@ -307,9 +370,24 @@ class MediaPipeMeshCue(GeometryCue):
     name = "mediapipe"
     frame: Frame = "camera"
 
-    def __init__(self, fill_eyes: bool = True, fill_mouth: bool = False, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        fill_eyes: bool = True,
+        fill_mouth: bool = False,
+        device: str | torch.device = "cpu",
+        renderer: Literal["numpy", "torch"] | None = None,
+    ) -> None:
         self.device = torch.device(device)
-        self.faces = torch.from_numpy(np.array(mediapipe_triangles(fill_eyes, fill_mouth))).to(self.device)
+        if renderer is None:
+            renderer = "numpy" if self.device.type == "cpu" else "torch"
+        if renderer not in ("numpy", "torch"):
+            raise TrackerError(f"MediaPipeMeshCue renderer must be 'numpy' or 'torch', got {renderer!r}")
+        self.renderer = renderer
+        triangles = np.array(mediapipe_triangles(fill_eyes, fill_mouth))
+        self.faces = torch.from_numpy(triangles).to(self.device)
+        self._faces_np = triangles
+        self._rasterizer = NumpyRasterizer(triangles)
+        self._normals = _MeshNormals(triangles, 468)
         self._detector = None
 
     def __call__(self, crop_bgr: np.ndarray, landmarks_crop: np.ndarray | None = None) -> CueOutput:
@@ -321,11 +399,26 @@ class MediaPipeMeshCue(GeometryCue):
         normals, mask = self.render(np.asarray(landmarks_crop), size)
         return CueOutput(normals=normals, mask=mask, frame=self.frame)
 
-    @torch.no_grad()
     def render(self, landmarks_crop: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(N >= 468, 3) crop-pixel landmarks -> view-frame normals (S, S, 3), mask (S, S)."""
+        """(N >= 468, 3) crop-pixel landmarks -> view-frame normals (S, S, 3), mask (S, S), float32."""
         if landmarks_crop.ndim != 2 or landmarks_crop.shape[0] < 468 or landmarks_crop.shape[1] != 3:
             raise TrackerError(f"the MediaPipe mesh cue needs (468 or 478, 3) landmarks, got {landmarks_crop.shape}")
+        if self.renderer == "torch":
+            return self._render_torch(landmarks_crop, size)
+        points = np.asarray(landmarks_crop[:468], dtype=np.float32)
+        vertex_normal = self._normals(points)  # (3, V)
+        centre = size / 2.0
+        fragments = self._rasterizer(_mesh_camera(points, size), 1000.0 * size, (centre, centre), (size, size))
+        values = interpolate_np(vertex_normal.T, self._faces_np, fragments)  # (3, N)
+        # unit length as render_mediapipe_mesh: v * rsqrt(max(|v|^2, 1e-30)), in float32
+        squared = values[0] * values[0] + values[1] * values[1] + values[2] * values[2]
+        values *= np.float32(1.0) / np.sqrt(np.maximum(squared, np.float32(1e-30)))
+        mask = np.zeros(size * size, np.float32)
+        mask[fragments.pixels] = 1.0
+        return fragments.to_image(values), mask.reshape(size, size)
+
+    @torch.no_grad()
+    def _render_torch(self, landmarks_crop: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         points = torch.as_tensor(landmarks_crop[:468], dtype=torch.float32, device=self.device)
         normals, mask = render_mediapipe_mesh(points[None], self.faces, size)
         return normals[0].cpu().numpy(), mask[0].cpu().numpy()

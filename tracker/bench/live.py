@@ -31,6 +31,7 @@ import torch
 from tracker.face_detection import FaceMeshDetector
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet
+from tracker.n2fnet.runtime import RUNTIMES
 from tracker.pipeline import Pipeline, PipelineStats, StatsSnapshot
 from tracker.sources import open_source
 from tracker.tracking import FaceTracker
@@ -63,10 +64,10 @@ def time_mediapipe(frames: list[np.ndarray]) -> tuple[float, float, float, float
 
 def make_tracker(args: argparse.Namespace, refine: bool = True) -> FaceTracker:
     if args.checkpoint:
-        return FaceTracker.from_checkpoint(args.checkpoint, device=args.device, head_model_path=args.ict_model, refine=refine)
+        return FaceTracker.from_checkpoint(args.checkpoint, device=args.device, head_model_path=args.ict_model, refine=refine, runtime=args.runtime)
     head = load_head_model("ict", args.ict_model)
     net = N2FNet.for_head_model(head, backbone=args.untrained, input_size=args.input_size)
-    return FaceTracker.assemble(net, head, device=args.device, refine=refine)
+    return FaceTracker.assemble(net, head, device=args.device, refine=refine, runtime=args.runtime)
 
 
 def time_pipeline(args: argparse.Namespace, mode: str, frames: int, refine: bool = True) -> tuple[StatsSnapshot, float]:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
     count = len(frames)
     height, width = frames[0].shape[:2]
     network = f"checkpoint {args.checkpoint}" if args.checkpoint else f"UNTRAINED {args.untrained} at {args.input_size} px (timing only)"
-    print(f"video {args.video}: {count} frames {width}x{height}; network: {network}; device {args.device}; torch threads {torch.get_num_threads()}")
+    print(f"video {args.video}: {count} frames {width}x{height}; network: {network}; device {args.device}; runtime {args.runtime}; torch threads {torch.get_num_threads()}")
     mp_fps, mp_p50, mp_p95, rate = time_mediapipe(frames)
     print(f"mediapipe   {mp_fps:7.1f} fps  latency p50 {mp_p50:6.1f} ms  p95 {mp_p95:6.1f} ms  faces in {100 * rate:.1f}% of frames")
     fps = {}
@@ -124,4 +125,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, help="use the first N frames (default: all)")
     parser.add_argument("--realtime", action="store_true", help="pace the file at its frame rate, like a camera")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the live app)")
+    parser.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES),
+                        help="network runtime, as the app's --runtime (default auto: the fastest installed on the CPU, torch on CUDA)")
     parser.set_defaults(func=run)

@@ -17,6 +17,15 @@ interpolate + normalise the normals, coverage mask), median over ``--repeats`` r
 warm-up runs. Figures are milliseconds per normal map: for batch 16, the batch time / 16.
 The last line printed is ``render_ms_b1=<x> render_ms_b16=<y>`` for the flame-size mesh on the
 last device benchmarked (CUDA when it is available and requested, else CPU).
+
+The embedded MediaPipe cue (``tracker.cues.MediaPipeMeshCue.render``: vertex normals, rasterise
+880 triangles, interpolate, normalise, mask) is timed per call on real crops, old and new in the
+same process and interleaved: the "torch" renderer (``render_mediapipe_mesh``, the general
+rasteriser) and the "numpy" one (``tracker.render.rasterize_numpy``, the default). Crops: MediaPipe
+on the shared real-face videos, ``--cue-size`` pixels (128 by default, the live crop); skipped
+with a message without the shared material. Median and p95 over ``--cue-repeats`` calls (default
+30 x ``--repeats``), printed before the summary line as ``cue_ms_torch=<x> cue_ms_numpy=<y>``
+(medians). Use ``--threads 1`` for the live process's setting.
 """
 
 from __future__ import annotations
@@ -155,6 +164,55 @@ def time_normal_map(
     return statistics.median(times) * 1e3 / batch
 
 
+def cue_landmarks(size: int, count: int = 40, stride: int = 3) -> list[np.ndarray]:
+    """Crop landmarks (478, 3) of up to ``count`` real-face crops of ``size`` pixels: MediaPipe and
+    the tracker's DECA-style cropper on the shared real-face videos (every ``stride``-th frame);
+    empty without the shared material."""
+    import cv2
+
+    from tracker.face_detection import FaceCropper, FaceMeshDetector
+    from tracker.paths import shared_dir
+
+    shared = shared_dir()
+    videos = sorted((shared / "real-faces" / "videos").glob("*.mp4")) if shared is not None else []
+    found: list[np.ndarray] = []
+    for path in videos:
+        capture = cv2.VideoCapture(str(path))
+        with FaceMeshDetector(max_faces=1) as detector:
+            cropper = FaceCropper(alpha=1.4, out_size=size)
+            frame_index = 0
+            while len(found) < count:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                frame_index += 1
+                if frame_index % stride:
+                    continue
+                faces = detector.detect(frame)
+                found += [crop.landmarks for crop in cropper(frame, faces, frame_index / 30.0)]
+        capture.release()
+        if len(found) >= count:
+            break
+    return found[:count]
+
+
+def time_cue(landmarks: list[np.ndarray], size: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """{renderer: (median ms, p95 ms)} per ``MediaPipeMeshCue.render`` call, the renderers
+    interleaved call by call (so a busy CPU slows both alike), after a warm-up."""
+    from tracker.cues import MediaPipeMeshCue
+
+    cues = {name: MediaPipeMeshCue(renderer=name) for name in ("torch", "numpy")}
+    times: dict[str, list[float]] = {name: [] for name in cues}
+    for index in range(repeats + 4):
+        points = landmarks[index % len(landmarks)]
+        for name, cue in cues.items():
+            start = time.perf_counter()
+            cue.render(points, size)
+            if index >= 4:
+                times[name].append(time.perf_counter() - start)
+    return {name: (float(np.median(t)) * 1e3, float(np.percentile(t, 95)) * 1e3) for name, t in times.items()}
+
+
 def devices(requested: str) -> list[torch.device]:
     """``cpu``, ``cuda`` or ``auto`` (CPU, then CUDA when available) -> devices to benchmark."""
     if requested == "auto":
@@ -185,6 +243,17 @@ def run(args: argparse.Namespace) -> None:
                       f"{ms:8.2f} ms per map ({ms * batch:.1f} ms per batch)")
                 if name == "flame-size":
                     summary[batch] = ms
+    cue_repeats = args.cue_repeats if args.cue_repeats is not None else 30 * args.repeats
+    landmarks = cue_landmarks(args.cue_size) if cue_repeats > 0 else []
+    if not landmarks:
+        print("mediapipe cue: skipped (no real-face crops: the shared real-face videos are needed)")
+    else:
+        cue = time_cue(landmarks, args.cue_size, cue_repeats)
+        (old, old_p95), (new, new_p95) = cue["torch"], cue["numpy"]
+        print(f"mediapipe cue {args.cue_size}x{args.cue_size} (880 f, {len(landmarks)} real crops, {cue_repeats} calls, "
+              f"torch threads {torch.get_num_threads()}): torch rasteriser {old:.2f} ms median ({old_p95:.2f} p95), "
+              f"numpy {new:.2f} ms median ({new_p95:.2f} p95), {old / new:.1f}x")
+        print(f"cue_ms_torch={old:.2f} cue_ms_numpy={new:.2f}")
     print(f"render_ms_b1={summary[1]:.2f} render_ms_b16={summary[16]:.2f}")
 
 
@@ -195,4 +264,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per figure (median; default 10)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cue-size", type=int, default=128, help="crop side of the MediaPipe cue timing (default 128)")
+    parser.add_argument("--cue-repeats", type=int, default=None, help="timed cue calls per renderer (default 30 x --repeats; 0: skip)")
     parser.set_defaults(func=run)
