@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_recording import GROUPS, PROJECT, _check, _record, _recorder
+from tests.test_recording import PROJECT, _check, _record, _recorder
 from tracker.atomic_write import temporary_path
 from tracker.errors import TrackerError
 from tracker.mesh_io import write_obj
-from tracker.recording import Recorder, journal_path, main, read_take, scan_journal
+from tracker.recording import journal_path, main, read_take, scan_journal
 
 RECORDING_CHILD = """
 import sys, time
