@@ -105,22 +105,28 @@ def test_checkpoint_for_another_head_model_is_refused(checkpoint: Path) -> None:
         FaceTracker.from_checkpoint(checkpoint, head_model="flame")
 
 
+def interrupt_once_recording(process: subprocess.Popen, take_path: Path, records: int = 5) -> tuple[bytes, bytes]:
+    """Send SIGINT to a running ``app.live`` once its journal for ``take_path`` holds ``records``
+    records (within 120 s); -> its (stdout, stderr) after it exits."""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if journal_path(take_path).exists() and len(read_take(journal_path(take_path))) >= records:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        process.send_signal(signal.SIGINT)
+        return process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+
 def test_ctrl_c_finalises_the_recording(checkpoint: Path, videos: Path, tmp_path: Path) -> None:
     take_path = tmp_path / "interrupted.npz"
     command = [sys.executable, "-m", "app.live", "--video", str(videos / "single_face.mp4"), "--loop", "--headless",
                "--record", str(take_path), "--checkpoint", str(checkpoint), "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if journal_path(take_path).exists() and len(read_take(journal_path(take_path))) >= 5:
-                break
-            time.sleep(0.2)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    out, err = interrupt_once_recording(process, take_path)
     assert process.returncode == 130, err.decode()[-2000:]
     assert take_path.exists() and not journal_path(take_path).exists()
     take = read_take(take_path)

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from app import live
+from tests.test_live_app import interrupt_once_recording
 from tests.test_recording_safety import small_disk  # noqa: F401  (a fixture)
 from tracker.atomic_write import temporary_path
 from tracker.recording import journal_path, read_take
@@ -194,17 +195,7 @@ def test_ctrl_c_works_in_a_background_job_that_inherited_ignored_sigint(checkpoi
     # what `cmd &` in a non-interactive shell does: the job starts with SIGINT ignored
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=PROJECT,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if journal_path(take_path).exists() and len(read_take(journal_path(take_path))) >= 5:
-                break
-            time.sleep(0.2)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    _, err = interrupt_once_recording(process, take_path)
     assert process.returncode == 130, err.decode()[-2000:]
     take = read_take(take_path)
     assert take.complete and len(take) >= 5 and np.all(np.diff(take.frame_index) == 1)

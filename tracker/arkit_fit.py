@@ -22,7 +22,7 @@ import numpy as np
 from tracker.avatar import EyeballDecoder, ict_to_arkit_matrix
 from tracker.face_detection import FaceCrop
 from tracker.head_models.base import HeadModel
-from tracker.refinement import FrameProblem, IdentityPool, LinearEmbeddedHead, RefineSettings, Refiner, TrackState, embedded_head, initial_pose, refine_face
+from tracker.refinement import FrameProblem, IdentityPool, LinearEmbeddedHead, RefineSettings, Refiner, TrackState, embedded_head, initial_pose, refine_face, single_blas_thread
 
 
 class ArkitFit:
@@ -39,22 +39,23 @@ class ArkitFit:
         self.refiner = Refiner(model, settings or RefineSettings())
         self.matrix = ict_to_arkit_matrix(ict.expression_names)  # (52, 53)
         self._eyeballs = EyeballDecoder(ict)
-        self._neutral = {g: v[0] for g, v in ict.neutral_params(1, device="cpu").items()}
+        self._identity, self._prior = model.to_vectors({g: v[0] for g, v in ict.neutral_params(1, device="cpu").items()})
         self._tracks: dict[int, TrackState] = {}
 
     def fit(self, crop: FaceCrop, focal: np.ndarray, principal: np.ndarray, temporal: bool = True, photo: bool = False):
         """One face -> (expression (53,) float32, Eyeballs in ICT's head frame, rotation (3, 3),
-        translation (3,): ICT's pose, ``X_cam = R FLIP X_head + t``)."""
+        translation (3,): ICT's pose, ``X_cam = R FLIP X_head + t``). The solve runs on one BLAS
+        thread (``single_blas_thread``)."""
         model = self.refiner.model
         track = self._tracks.get(crop.track_id)
         if track is None:
             pool = IdentityPool(model.identity_size, self.refiner.identity_std, self.refiner.settings.calibration_frames)
             track = self._tracks[crop.track_id] = TrackState(pool)
         observed = crop.face.points[model.mediapipe_ids, :2].astype(np.float64)
-        identity, prior = model.to_vectors(self._neutral)
-        start = track.last if track.last is not None else initial_pose(model, observed, focal, principal, identity, prior)
-        problem = FrameProblem(observed, focal, principal, prior, track.last if temporal and not photo else None)
-        sol = refine_face(self.refiner, track, problem, start, photo=photo).solution
+        start = track.last if track.last is not None else initial_pose(model, observed, focal, principal, self._identity, self._prior)
+        problem = FrameProblem(observed, focal, principal, self._prior, track.last if temporal and not photo else None)
+        with single_blas_thread():
+            sol = refine_face(self.refiner, track, problem, start, photo=photo).solution
         params = model.to_params(sol.identity, sol.local)
         return params["expression"].numpy(), self._eyeballs(params), sol.rotation, sol.translation
 

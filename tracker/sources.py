@@ -79,12 +79,6 @@ class _Reader(Protocol):
     def size(self) -> tuple[int, int]: ...
 
     @property
-    def realtime(self) -> bool:
-        """True when only the newest frame is kept (cameras, streams, files paced at their own rate):
-        a frame read late is a stale frame."""
-        return self._keep_latest
-
-    @property
     def frame_count(self) -> int | None:
         """Frames the medium declares (None: unknown, live or endless)."""
 

@@ -426,10 +426,9 @@ class FaceTracker:
             eyeballs = self._eyeballs({g: v[index] for g, v in params.items()})
             eye_rotation, eye_translation = rotation.numpy(), translation.numpy()
         elif self.arkit_fit is not None:
-            with single_blas_thread():
-                expression, eyeballs, eye_rotation, eye_translation = self.arkit_fit.fit(
-                    crop, focal, principal, temporal=self._smoothing and not self.photos, photo=self.photos
-                )
+            expression, eyeballs, eye_rotation, eye_translation = self.arkit_fit.fit(
+                crop, focal, principal, temporal=self._smoothing and not self.photos, photo=self.photos
+            )
         else:
             return None
         matrix = self._arkit if self._arkit is not None else self.arkit_fit.matrix

@@ -65,7 +65,6 @@ from tracker.errors import TrackerError
 from tracker.head_models import load_head_model
 from tracker.paths import shared_dir
 from tracker.pipeline import Pipeline
-from tracker.refinement import single_blas_thread
 from tracker.sources import Frame, FrameSource, open_source
 from tracker.tracking import FaceTracker, TrackingResult
 from train import metrics
@@ -478,8 +477,7 @@ class VideoMeter:
         self.arkit.append(np.full(len(ARKIT_NAMES), np.nan) if face.avatar is None else face.avatar.weights)
         if self.side_fit is not None:
             started = time.perf_counter()
-            with single_blas_thread():
-                expression = self.side_fit.fit(face.crop, result.focal, result.principal)[0]
+            expression = self.side_fit.fit(face.crop, result.focal, result.principal)[0]
             self.side_ms.append((time.perf_counter() - started) * 1000.0)
             self.side_arkit.append(np.clip(self.side_fit.matrix @ expression, 0.0, 1.0))
 
@@ -707,10 +705,8 @@ def report_videos(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     paths = video_paths(args, folder)
     tracker = build_tracker(args, max_faces=1, smoothing=not args.no_smoothing, **overrides)
     try:
-        rows = []
-        for path in paths:
-            side_fit = ArkitFit(load_head_model("ict", args.ict_model)) if args.arkit_side_fit else None
-            rows.append(evaluate_video(tracker, path, args.max_frames, side_fit))
+        ict = load_head_model("ict", args.ict_model) if args.arkit_side_fit else None
+        rows = [evaluate_video(tracker, path, args.max_frames, ArkitFit(ict) if ict is not None else None) for path in paths]
     finally:
         tracker.close()
     limit = f", at most {args.max_frames} frames each" if args.max_frames else ""
