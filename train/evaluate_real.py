@@ -68,6 +68,7 @@ from tracker.pipeline import Pipeline
 from tracker.sources import Frame, FrameSource, open_source
 from tracker.tracking import FaceTracker, TrackingResult
 from train import metrics
+from train.real_split import SPLITS, split_paths
 
 ANNOTATION_FILES = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
 VIDEO_SUFFIXES = (".mp4", ".mov")
@@ -594,6 +595,10 @@ def data_folder(path: str | None) -> Path:
 
 
 def video_paths(args: argparse.Namespace, folder: Path) -> list[Path]:
+    if args.videos and args.split:
+        raise TrackerError("give either --videos or --split, not both")
+    if args.split:
+        return split_paths(folder, args.split, "videos")
     if args.videos:
         paths = [Path(p) for p in args.videos]
         missing = [str(p) for p in paths if not p.is_file()]
@@ -623,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     only.add_argument("--images-only", action="store_true", help="only the annotated photos")
     only.add_argument("--videos-only", action="store_true", help="only the videos")
     p.add_argument("--videos", nargs="+", help="video files (default: DATA/videos/*.mp4|*.mov)")
+    p.add_argument("--split", choices=tuple(SPLITS), help="only the videos of that side of train.real_split (heldout: those no fine-tuning saw)")
     p.add_argument("--max-frames", type=int, help="track at most this many frames of each video")
     p.add_argument("--no-smoothing", action="store_true", help="videos: switch off the parameter and crop smoothing (the app's --no-smoothing)")
     p.add_argument("--upscale", type=float, default=DEFAULT_UPSCALE, help=f"resize the photos by this factor before tracking (default {DEFAULT_UPSCALE:g})")

@@ -7,13 +7,20 @@ Folder format (one sample per file stem ``NAME``; all images are square S x S fa
                                 the stored maps
                                 (default: the median crop focal of the checkpoint's synthetic
                                 distribution, principal point at the crop centre)
-      normals/NAME.png          normal map, RGB = (n + 1) / 2 * 255, in the checkpoint's normal
-                                frame (Pixel3DMM output for the paper's recipe)
+      cameras/NAME.json         optional: the same for one sample (``train.pseudo_gt`` writes
+                                every crop's own intrinsics); it overrides camera.json
+      normals/NAME.png          normal map, RGB = (n + 1) / 2 * M with M = 255 (8-bit PNG) or
+                                65535 (16-bit PNG), in the checkpoint's normal frame (Pixel3DMM
+                                output for the paper's recipe, the live cue's for
+                                ``train.pseudo_gt``)
       masks/NAME.png            face mask (non-zero = face; FaRL "face" classes in the paper)
       params/NAME.npz           optional pseudo-GT head-model parameters: one array per group
                                 (stage 1: Pixel3DMM's optimised FLAME fits on CelebA-HQ)
       landmarks/NAME.txt        optional 68 lines "x y" in crop pixels, "nan nan" when missing
                                 (stage 2: the 300W annotations)
+      quality.csv               optional, per sample (``train.pseudo_gt``): a ``name`` and a
+                                ``fit_nme51`` column; ``max_fit_nme`` leaves out the samples
+                                whose fit was worse
 
 Maps of another size than the network input are resized; landmarks and intrinsics are scaled with
 them (they are given in pixels of the stored maps).
@@ -24,13 +31,14 @@ Stage 1 uses the samples that have params (L_param); stage 2 the samples with la
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+import cv2
 
 from tracker.errors import TrackerError
 
@@ -52,7 +60,9 @@ class RealBatch:
 class RealDataset:
     """Samples of a DATASET folder, drawn at random (with replacement) as RealBatch-es."""
 
-    def __init__(self, folder: str | Path, size: int, default_focal: float, stage: int, device="cpu", seed: int = 0) -> None:
+    def __init__(
+        self, folder: str | Path, size: int, default_focal: float, stage: int, device="cpu", seed: int = 0, max_fit_nme: float | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.size, self.stage, self.device = size, stage, torch.device(device)
         normals_dir = self.folder / "normals"
@@ -64,6 +74,11 @@ class RealDataset:
         self.stems = [s for s in stems if (self.folder / needed / f"{s}{suffix}").is_file()]
         if not self.stems:
             raise TrackerError(f"{self.folder}: no sample has {needed}/NAME{suffix}, which fine-tuning stage {stage} needs")
+        if max_fit_nme is not None:
+            good = self._good_fits(max_fit_nme)
+            self.stems = [s for s in self.stems if s in good]
+            if not self.stems:
+                raise TrackerError(f"{self.folder}: no sample's fit_nme51 is at most {max_fit_nme} (quality.csv)")
         camera = self.folder / "camera.json"
         if camera.is_file():
             values = json.loads(camera.read_text())
@@ -72,30 +87,50 @@ class RealDataset:
         else:
             self.focal = torch.tensor([default_focal, default_focal])
             self.principal = torch.tensor([size / 2, size / 2])
+        self.default_camera = not camera.is_file()
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _good_fits(self, limit: float) -> set[str]:
+        path = self.folder / "quality.csv"
+        if not path.is_file():
+            raise TrackerError(f"{path} is missing: a fit-quality limit needs the quality.csv of train.pseudo_gt")
+        with path.open(newline="") as f:
+            return {row["name"] for row in csv.DictReader(f) if float(row["fit_nme51"]) <= limit}
 
     def __len__(self) -> int:
         return len(self.stems)
 
-    def _image(self, path: Path, mode: str) -> tuple[np.ndarray, float]:
-        """(S, S[, 3]) float image and the factor S / stored width."""
+    def _image(self, path: Path, colour: bool) -> tuple[np.ndarray, float]:
+        """(S, S, 3) RGB or (S, S) grey float image in [0, 1] (8- or 16-bit PNG) and the factor
+        S / stored width."""
         if not path.is_file():
             raise TrackerError(f"missing {path}")
-        image = Image.open(path).convert(mode)
-        if image.width != image.height:
-            raise TrackerError(f"{path}: maps must be square crops, got {image.width}x{image.height}")
-        scale = self.size / image.width
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise TrackerError(f"cannot read {path}")
+        if image.dtype not in (np.uint8, np.uint16):
+            raise TrackerError(f"{path}: maps must be 8- or 16-bit, got {image.dtype}")
+        depth = float(np.iinfo(image.dtype).max)
+        if image.ndim == 3:
+            image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB) if colour else image[..., 0]
+        elif colour:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.shape[0] != image.shape[1]:
+            raise TrackerError(f"{path}: maps must be square crops, got {image.shape[1]}x{image.shape[0]}")
+        scale = self.size / image.shape[1]
+        image = image.astype(np.float32) / depth
         if scale != 1:
-            image = image.resize((self.size, self.size), Image.NEAREST if mode == "L" else Image.BILINEAR)
-        return np.asarray(image, dtype=np.float32), scale
+            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR if colour else cv2.INTER_NEAREST)
+        return image, scale
 
     def load(self, stem: str) -> dict:
         """One sample as tensors (unbatched)."""
-        mask_image, _ = self._image(self.folder / "masks" / f"{stem}.png", "L")
-        rgb, scale = self._image(self.folder / "normals" / f"{stem}.png", "RGB")
+        mask_image, _ = self._image(self.folder / "masks" / f"{stem}.png", colour=False)
+        rgb, scale = self._image(self.folder / "normals" / f"{stem}.png", colour=True)
         mask = torch.from_numpy(mask_image > 0).float()[None]
-        normals = torch.nn.functional.normalize(torch.from_numpy(rgb).permute(2, 0, 1) / 255 * 2 - 1, dim=0) * mask
-        sample = {"normals": normals, "mask": mask, "scale": scale}
+        normals = torch.nn.functional.normalize(torch.from_numpy(rgb).permute(2, 0, 1) * 2 - 1, dim=0) * mask
+        focal, principal = self._intrinsics(stem, scale)
+        sample = {"normals": normals, "mask": mask, "focal": focal, "principal": principal}
         if self.stage == 1:
             with np.load(self.folder / "params" / f"{stem}.npz", allow_pickle=False) as data:
                 sample["params"] = {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32).reshape(-1)) for k in data.files}
@@ -107,6 +142,16 @@ class RealDataset:
             sample["landmark_visible"] = torch.from_numpy(~np.isnan(lmk).any(axis=1)).float()
         return sample
 
+    def _intrinsics(self, stem: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample's (2,) focal and principal point in input pixels."""
+        own = self.folder / "cameras" / f"{stem}.json"
+        if own.is_file():
+            values = json.loads(own.read_text())
+            return torch.tensor(values["focal"], dtype=torch.float32) * scale, torch.tensor(values["principal"], dtype=torch.float32) * scale
+        if self.default_camera:  # already in input pixels
+            return self.focal, self.principal
+        return self.focal * scale, self.principal * scale
+
     def sample(self, batch: int) -> RealBatch:
         picks = torch.randint(len(self.stems), (batch,), generator=self.generator).tolist()
         items = [self.load(self.stems[i]) for i in picks]
@@ -117,14 +162,51 @@ class RealDataset:
         params = None
         if self.stage == 1:
             params = {g: torch.stack([item["params"][g] for item in items]).to(self.device) for g in items[0]["params"]}
-        scale = torch.tensor([item["scale"] for item in items], device=self.device)[:, None]
-        default = not (self.folder / "camera.json").is_file()  # the default is already in input pixels
         return RealBatch(
             normals=stack("normals"),
             mask=stack("mask"),
-            focal=self.focal.expand(batch, 2).to(self.device) * (1 if default else scale),
-            principal=self.principal.expand(batch, 2).to(self.device) * (1 if default else scale),
+            focal=stack("focal"),
+            principal=stack("principal"),
             params=params,
             landmarks_2d=stack("landmarks_2d") if self.stage == 2 else None,
             landmark_visible=stack("landmark_visible") if self.stage == 2 else None,
+        )
+
+
+class MixedSource:
+    """Each batch part real (a RealDataset), part synthetic (a sampler's SyntheticBatch), so that
+    fine-tuning on real faces does not forget the synthetic distribution: ``real_fraction`` of
+    every batch (rounded, at least one sample) is real. The parts are joined as a RealBatch:
+    the groups both have, every landmark of a synthetic face visible."""
+
+    def __init__(self, real: RealDataset, synthetic, real_fraction: float) -> None:
+        if not 0 < real_fraction <= 1:
+            raise TrackerError(f"the real fraction of a batch must be in (0, 1], got {real_fraction}")
+        self.real, self.synthetic, self.real_fraction = real, synthetic, real_fraction
+
+    def sample(self, batch: int) -> RealBatch:
+        count = min(batch, max(1, round(batch * self.real_fraction)))
+        real = self.real.sample(count)
+        if count == batch:
+            return real
+        synth = self.synthetic.sample(batch - count)
+        params = None
+        if real.params is not None:
+            params = {g: torch.cat((real.params[g], synth.params[g].to(real.params[g]))) for g in real.params if g in synth.params}
+        landmarks = visible = None
+        if real.landmarks_2d is not None:
+            landmarks = torch.cat((real.landmarks_2d, synth.landmarks_2d.to(real.landmarks_2d)))
+            visible = torch.cat((real.landmark_visible, torch.ones(synth.landmarks_2d.shape[:2]).to(real.landmark_visible)))
+
+        def join(a, b):
+            return torch.cat((a, b.to(a)))
+
+        return RealBatch(
+            normals=join(real.normals, synth.normals),
+            mask=join(real.mask, synth.mask),
+            focal=join(real.focal, synth.focal),
+            principal=join(real.principal, synth.principal),
+            params=params,
+            landmarks_2d=landmarks,
+            landmark_visible=visible,
         )

@@ -1,0 +1,269 @@
+"""``python -m train.pseudo_gt VIDEOS_OR_IMAGES --out DATA/``: pseudo ground truth for
+``train.finetune`` from real faces, made by the live tracker itself.
+
+Every frame (every ``--every``-th) of each video, and every photo, goes through the app's tracker
+with the refinement on (``FaceTracker``: MediaPipe, the smoothed DECA crop, the embedded cue,
+then the Levenberg-Marquardt fit of the head model to MediaPipe's landmarks, identity pooled per
+track). The fit starts from the mean face, not from the network's prediction
+(``refine_start="mean"``), so the labels do not inherit the network they will train; parameter
+smoothing is off (no temporal term: each frame's own fit), crop smoothing on, as live.
+
+Per tracked face NAME = ``{source}_{variant}_{frame:05d}_{face}`` it writes the folder format of
+``train/real_data.py``:
+
+    normals/NAME.png      the cue's normal map exactly as the network gets it: 16-bit RGB,
+                          (n + 1) / 2 * 65535 (error below 1e-5)
+    masks/NAME.png        the cue's mask (255 = face)
+    params/NAME.npz       the refined head-model parameters, one array per group
+    cameras/NAME.json     the crop intrinsics {"focal", "principal"} in crop pixels
+    poses/NAME.json       the refined {"rotation" (3x3), "translation" (m)}: X = R F X_head + t
+                          in the crop camera (the frame camera's axes)
+    landmarks/NAME.txt    MediaPipe's 68 iBUG points in crop pixels
+    quality.csv           per face: source, variant, frame, face, track, identity state,
+                          refinement iterations, fit_nme51 (% of MediaPipe's inter-ocular
+                          distance between the fitted head's 68 landmarks and MediaPipe's, jaw
+                          left out) -- ``train.finetune --max-fit-nme`` leaves poor fits out
+
+``--variants`` re-runs each source through frame transforms (a mirror image, in-plane rotations,
+``flip_rot15`` combines them): MediaPipe and the fit label each transformed frame anew, so they
+add poses and mirrored expressions with labels as good as the originals'.
+``--split train`` takes the training side of ``train.real_split`` from the shared folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from tracker.errors import TrackerError
+from tracker.geometry.crop import crop_intrinsics
+from tracker.options import DEFAULT_CHECKPOINT
+from tracker.sources import Frame
+from tracker.tracking import FaceTracker, RawOutput, TrackingResult
+from train.evaluate_real import JAW_POINTS, data_folder
+from train.real_split import split_paths
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+DEFAULT_VARIANTS = "none,flip,rot15,rot-15,flip_rot15,flip_rot-15"
+PSEUDO_GT_ITERATIONS = 10  # refinement iterations per frame (the live default is 3)
+MAX_PHOTO_FACES = 10
+QUALITY_COLUMNS = ("name", "source", "variant", "frame", "face", "track", "identity_state", "refine_iterations", "fit_nme51")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A frame transform: mirror (left-right) then rotate by ``degrees`` about the frame centre
+    (counter-clockwise in the image), keeping the frame's size."""
+
+    name: str
+    flip: bool
+    degrees: float
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        if name == "none":
+            return cls(name, False, 0.0)
+        match = re.fullmatch(r"(flip)|(flip_)?rot(-?\d+(?:\.\d+)?)", name)
+        if match is None:
+            raise TrackerError(f"unknown variant {name!r}: use none, flip, rotN (degrees, e.g. rot15 or rot-15) or flip_rotN")
+        return cls(name, match.group(1) is not None or match.group(2) is not None, float(match.group(3) or 0.0))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if self.flip:
+            image = image[:, ::-1]
+        if self.degrees:
+            height, width = image.shape[:2]
+            matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), self.degrees, 1.0)  # about the centre, in pixel indices
+            image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return np.ascontiguousarray(image)
+
+
+def fit_nme51(fitted: np.ndarray, mediapipe: np.ndarray) -> float:
+    """(68, 2) fitted landmarks and MediaPipe's -> mean distance over iBUG points 17-67 in % of
+    MediaPipe's outer-eye-corner distance."""
+    iod = float(np.linalg.norm(mediapipe[36] - mediapipe[45]))
+    error = np.linalg.norm(fitted[JAW_POINTS:] - mediapipe[JAW_POINTS:], axis=1).mean()
+    return float(100.0 * error / max(iod, 1e-6))
+
+
+class PseudoGtWriter:
+    """Writes tracked faces into a fine-tuning folder (module docstring), rows into quality.csv."""
+
+    FOLDERS = ("normals", "masks", "params", "cameras", "poses", "landmarks")
+
+    def __init__(self, out: str | Path, overwrite: bool = False) -> None:
+        self.out = Path(out)
+        if (self.out / "quality.csv").exists() and not overwrite:
+            raise TrackerError(f"{self.out} already holds pseudo ground truth (quality.csv): pass --overwrite to add to it, or another --out")
+        for name in self.FOLDERS:
+            (self.out / name).mkdir(parents=True, exist_ok=True)
+        new = not (self.out / "quality.csv").exists()
+        self._file = (self.out / "quality.csv").open("a", newline="")
+        self._csv = csv.writer(self._file)
+        if new:
+            self._csv.writerow(QUALITY_COLUMNS)
+        self.count = 0
+
+    def write(self, source: str, variant: str, frame: int, result: TrackingResult) -> None:
+        for index, face in enumerate(result.faces):
+            name = f"{source}_{variant}_{frame:05d}_{index}"
+            normals = np.clip(np.rint((face.cue.normals + 1.0) / 2.0 * 65535.0), 0, 65535).astype(np.uint16)
+            if not cv2.imwrite(str(self.out / "normals" / f"{name}.png"), normals[..., ::-1]):
+                raise TrackerError(f"cannot write {self.out / 'normals' / name}.png")
+            cv2.imwrite(str(self.out / "masks" / f"{name}.png"), (face.cue.mask > 0).astype(np.uint8) * 255)
+            np.savez(self.out / "params" / f"{name}.npz", **{g: v.numpy().astype(np.float32) for g, v in face.params.items()})
+            size = face.crop.image.shape[0]
+            focal, principal = crop_intrinsics(
+                torch.from_numpy(result.focal)[None], torch.from_numpy(result.principal)[None], torch.from_numpy(face.crop_box)[None], size
+            )
+            _write_json(self.out / "cameras" / f"{name}.json", {"focal": focal[0].tolist(), "principal": principal[0].tolist()})
+            _write_json(self.out / "poses" / f"{name}.json", {"rotation": face.rotation.tolist(), "translation": face.translation.tolist()})
+            np.savetxt(self.out / "landmarks" / f"{name}.txt", face.crop.landmarks68, fmt="%.3f")
+            quality = fit_nme51(face.landmarks68, face.mesh_landmarks68)
+            self._csv.writerow((name, source, variant, frame, index, face.track_id, face.identity_state, face.refine_iterations, f"{quality:.4f}"))
+            self.count += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _write_json(path: Path, values: dict) -> None:
+    path.write_text(json.dumps(values))
+
+
+def _track(tracker: FaceTracker, image: np.ndarray, index: int, timestamp: float) -> TrackingResult:
+    prepared = tracker.prepare(Frame(image, index, timestamp, timestamp))
+    raw = None
+    if prepared.inputs is not None:
+        params, rotation_6d, translation = tracker.run_network(prepared.inputs)
+        raw = RawOutput({g: v.cpu() for g, v in params.items()}, rotation_6d.cpu(), translation.cpu())
+    return tracker.finish(prepared, raw)
+
+
+def video_frames(path: Path, every: int, max_frames: int | None):
+    """Yield (index, timestamp s, BGR image) of every ``every``-th frame of a video file (all are
+    decoded and fed to the tracker's crop smoothing; the ones between are tracked and not written)."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise TrackerError(f"cannot open the video {path}")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    index = 0
+    try:
+        while max_frames is None or index < max_frames:
+            ok, image = capture.read()
+            if not ok:
+                break
+            yield index, index / fps, image
+            index += 1
+    finally:
+        capture.release()
+
+
+def build_tracker(checkpoint: str, photos: bool, runtime: str, refine_iters: int) -> FaceTracker:
+    """The live tracker for labelling: refinement from the mean face, per-frame fits (no parameter
+    smoothing), the live crop smoothing for videos; photos in MediaPipe's static full-range mode."""
+    return FaceTracker.from_checkpoint(
+        checkpoint,
+        max_faces=MAX_PHOTO_FACES if photos else 1,
+        smoothing=False,
+        crop_smoothing=not photos,
+        photos=photos,
+        detector="full-range" if photos else "short-range",
+        refine=True,
+        refine_iters=refine_iters,
+        refine_start="mean",
+        runtime=runtime,
+    )
+
+
+def collect_sources(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """(videos, images) from the positional paths (files or folders) and ``--split``."""
+    videos, images = [], []
+    if args.split:
+        folder = data_folder(args.data)
+        videos += split_paths(folder, args.split, "videos")
+        images += split_paths(folder, args.split, "images")
+    for spec in args.sources:
+        path = Path(spec)
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        if not path.exists():
+            raise TrackerError(f"no such file or folder: {path}")
+        for file in files:
+            suffix = file.suffix.lower()
+            if suffix in VIDEO_SUFFIXES:
+                videos.append(file)
+            elif suffix in IMAGE_SUFFIXES:
+                images.append(file)
+            elif not path.is_dir():
+                raise TrackerError(f"{file}: not a video ({', '.join(VIDEO_SUFFIXES)}) or an image ({', '.join(IMAGE_SUFFIXES)})")
+    if not videos and not images:
+        raise TrackerError("no videos or images given: pass files or folders, or --split train")
+    return videos, images
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.pseudo_gt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", nargs="*", help="video files, image files, or folders of them")
+    p.add_argument("--out", required=True, help="the fine-tuning folder to write")
+    p.add_argument("--split", choices=("train", "heldout"), help="add that side of train.real_split (from --data)")
+    p.add_argument("--data", help="real-face material folder (default: the shared folder's real-faces/)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the tracker's checkpoint: its crop rule, cue and head model (default: the shipped one)")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"frame transforms, comma-separated (default: {DEFAULT_VARIANTS})")
+    p.add_argument("--every", type=int, default=1, help="write every N-th video frame (all are tracked)")
+    p.add_argument("--max-frames", type=int, help="at most this many frames of each video")
+    p.add_argument("--refine-iters", type=int, default=PSEUDO_GT_ITERATIONS, help=f"refinement iterations per frame (default {PSEUDO_GT_ITERATIONS})")
+    p.add_argument("--runtime", default="torch", help="network runtime (default torch; the fit does not start from it)")
+    p.add_argument("--overwrite", action="store_true", help="add to a folder that already holds pseudo ground truth")
+    args = p.parse_args(argv)
+    try:
+        if args.every < 1:
+            raise TrackerError("--every must be at least 1")
+        variants = [Variant.parse(v.strip()) for v in args.variants.split(",") if v.strip()]
+        videos, images = collect_sources(args)
+        writer = PseudoGtWriter(args.out, overwrite=args.overwrite)
+        try:
+            if videos:
+                tracker = build_tracker(args.checkpoint, False, args.runtime, args.refine_iters)
+                for path in videos:
+                    for variant in variants:
+                        tracker.reset()
+                        before = writer.count
+                        for index, timestamp, image in video_frames(path, args.every, args.max_frames):
+                            result = _track(tracker, variant(image), index, timestamp)
+                            if index % args.every == 0:
+                                writer.write(path.stem, variant.name, index, result)
+                        print(f"{path.name} [{variant.name}]: {writer.count - before} faces", flush=True)
+                tracker.close()
+            if images:
+                tracker = build_tracker(args.checkpoint, True, args.runtime, args.refine_iters)
+                for path in images:
+                    image = cv2.imread(str(path))
+                    if image is None:
+                        raise TrackerError(f"cannot read the image {path}")
+                    before = writer.count
+                    for variant in variants:
+                        tracker.reset()
+                        writer.write(path.stem, variant.name, 0, _track(tracker, variant(image), 0, 0.0))
+                    print(f"{path.name}: {writer.count - before} faces over {len(variants)} variants", flush=True)
+                tracker.close()
+        finally:
+            writer.close()
+        print(f"{writer.count} faces written to {args.out}")
+    except TrackerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
