@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
 from tracker.geometry import camera
 from tracker.head_models import load_head_model
 from tracker.render import normals_to_rgb
 from train import evaluate, finetune
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
-from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_metrics, param_loss, render_loss
+from train.losses import PARAM_WEIGHTS, PoseWeights, RenderWeights, coefficient_metrics, param_loss, pose_loss, render_loss
 from train.metrics import similarity_align
 from train.real_data import RealDataset
 from train.synthetic import SamplerConfig, SyntheticSampler
@@ -124,6 +125,20 @@ def test_render_loss_terms():
     assert terms["landmarks"].item() == pytest.approx(10000 * 1.0 / 2)
     _, terms = render_loss(-normals, 1 - mask, lmk, normals, mask, lmk, 8)
     assert terms["normal"].item() == pytest.approx(2.0, abs=1e-5) and terms["mask"].item() == pytest.approx(10.0)
+
+
+def test_pose_loss_is_the_chordal_distance_and_the_relative_translation_error():
+    axis = torch.nn.functional.normalize(torch.tensor([[0.3, -1.0, 0.4]]), dim=-1)
+    theta = 0.2
+    turned = torch.from_numpy(Rotation.from_rotvec((axis * theta).numpy()).as_matrix()).float()
+    base = torch.eye(3)[None]
+    target_t = torch.tensor([[0.01, -0.02, 0.5]])
+    total, terms = pose_loss(turned, target_t + torch.tensor([[0.0, 0.03, 0.04]]), base, target_t, PoseWeights(rotation=2.0, translation=3.0))
+    assert terms["rotation"].item() == pytest.approx(2.0 * 8 * math.sin(theta / 2) ** 2, rel=1e-5)
+    assert terms["translation"].item() == pytest.approx(3.0 * (0.03**2 + 0.04**2) / 0.5**2, rel=1e-5)
+    assert total.item() == pytest.approx(terms["rotation"].item() + terms["translation"].item())
+    zero, _ = pose_loss(base, target_t, base, target_t, PoseWeights(1.0, 1.0))
+    assert zero.item() == 0.0 and not PoseWeights().active
 
 
 def test_synthetic_batch_is_consistent(ict):
@@ -254,7 +269,7 @@ def test_release_checkpoint_is_small_and_close_to_the_training_one(tmp_path, unt
 def _write_real_dataset(root, ict, size):
     """A tiny fine-tuning folder made from synthetic renders (format of train/real_data.py)."""
     batch = SyntheticSampler(ict, SamplerConfig(output_size=size), seed=11).sample(3)
-    for folder in ("normals", "masks", "params", "landmarks"):
+    for folder in ("normals", "masks", "params", "landmarks", "poses"):
         (root / folder).mkdir(parents=True)
     rgb = normals_to_rgb(batch.normals.permute(0, 2, 3, 1), batch.mask[:, 0]).numpy()
     for i in range(3):
@@ -264,6 +279,7 @@ def _write_real_dataset(root, ict, size):
         lmk = batch.landmarks_2d[i].numpy().copy()
         lmk[:17] = np.nan  # contour not annotated
         np.savetxt(root / "landmarks" / f"face{i}.txt", lmk)
+        (root / "poses" / f"face{i}.json").write_text(json.dumps({"rotation": batch.rotation[i].tolist(), "translation": batch.translation[i].tolist()}))
     (root / "camera.json").write_text(json.dumps({"focal": batch.focal[0].tolist(), "principal": batch.principal[0].tolist()}))
 
 
@@ -275,11 +291,13 @@ def test_finetune_both_stages_on_a_tiny_real_folder(tmp_path, ict_npz_path, ict)
     for stage in (1, 2):
         out = tmp_path / f"ft{stage}"
         args = ["--checkpoint", start, "--data", str(data), "--stage", str(stage), "--steps", "2", "--batch-size", "2", "--val-every", "2", "--out-dir", str(out)]
+        if stage == 2:  # known poses supervise the camera too; half of each batch synthetic
+            args += ["--pose-weights", "1000", "10000", "--real-fraction", "0.5"]
         assert finetune.main(args) == 0
         state = load_checkpoint(out / "last.pt")
         assert state["train"]["lr_backbone"] == 1e-6 and state["stage"] == stage and state["step"] == 2
         rows = (out / "metrics.csv").read_text()
-        assert "landmarks" in rows if stage == 2 else "identity" in rows
+        assert ("landmarks" in rows and "train,2,2,rotation," in rows) if stage == 2 else "identity" in rows
         start = str(out / "last.pt")
 
 

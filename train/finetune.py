@@ -18,7 +18,7 @@ import sys
 
 from tracker.errors import TrackerError
 from tracker.n2fnet.checkpoint import load_checkpoint
-from train.losses import RenderWeights
+from train.losses import PoseWeights, RenderWeights
 from train.real_data import MixedSource, RealDataset
 from train.synthetic import SyntheticSampler
 from train.trainer import PAPER_LR_BACKBONE, TrainConfig, Trainer
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-flame-module", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--lr-camera-module", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--landmark-weight", type=float, default=REAL_LANDMARK_WEIGHT, help="lambda_lmk on real data")
+    p.add_argument("--pose-weights", type=float, nargs=2, metavar=("ROTATION", "TRANSLATION"), default=(0.0, 0.0),
+                   help="stage 2: also supervise the camera with the samples' known poses (poses/NAME.json; synthetic faces: their own), "
+                   "weights of train.losses.pose_loss's chordal rotation and relative translation terms (default 0 0: L_render alone, the paper's)")
     p.add_argument("--max-fit-nme", type=float, default=None, help="leave out pseudo-GT samples whose fit_nme51 (quality.csv of train.pseudo_gt) is above this, in %%")
     p.add_argument("--real-fraction", type=float, default=1.0, help="share of every batch drawn from --data; the rest are fresh synthetic faces of the checkpoint's distribution, against forgetting it (default 1: real only, the paper's recipe)")
     p.add_argument("--val-every", type=int, default=500)
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("lr_stem", "lr_flame_module", "lr_camera_module"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
-        trainer = Trainer(config, init=args.checkpoint, render_weights=RenderWeights(landmarks=args.landmark_weight))
+        trainer = Trainer(
+            config, init=args.checkpoint, render_weights=RenderWeights(landmarks=args.landmark_weight), pose_weights=PoseWeights(*args.pose_weights)
+        )
         focal = SyntheticSampler(trainer.head, config.sampler, seed=args.seed).typical_crop_focal()
         real = RealDataset(args.data, config.input_size, focal, stage=args.stage, device=trainer.device, seed=args.seed + trainer.rank, max_fit_nme=args.max_fit_nme)
         trainer.data = real if args.real_fraction >= 1 else MixedSource(real, trainer.data, args.real_fraction)

@@ -132,3 +132,27 @@ def render_loss(
         "landmarks": weights.landmarks * lmk_term,
     }
     return sum(terms.values()), terms
+
+
+@dataclass(frozen=True)
+class PoseWeights:
+    """Weights of the supervised camera term (0: off, the paper's stage 2 has none)."""
+
+    rotation: float = 0.0
+    translation: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.rotation > 0 or self.translation > 0
+
+
+def pose_loss(rotation: torch.Tensor, translation: torch.Tensor, target_rotation: torch.Tensor, target_translation: torch.Tensor, weights: PoseWeights):
+    """Predicted vs known camera -> (total scalar, {term: scalar}): the mean squared chordal
+    distance |R - R*|_F^2 (8 sin^2(theta / 2) for a rotation error theta) and the mean squared
+    translation error relative to the target's depth, |t - t*|^2 / t*_z^2 (scale-free: a face at
+    any distance counts alike). rotation, target_rotation (B, 3, 3); translation, target (B, 3)."""
+    terms = {
+        "rotation": weights.rotation * (rotation - target_rotation).square().sum((-2, -1)).mean(),
+        "translation": weights.translation * ((translation - target_translation).square().sum(-1) / target_translation[:, 2].square().clamp_min(1e-6)).mean(),
+    }
+    return sum(terms.values()), terms

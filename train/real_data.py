@@ -16,6 +16,10 @@ Folder format (one sample per file stem ``NAME``; all images are square S x S fa
       masks/NAME.png            face mask (non-zero = face; FaRL "face" classes in the paper)
       params/NAME.npz           optional pseudo-GT head-model parameters: one array per group
                                 (stage 1: Pixel3DMM's optimised FLAME fits on CelebA-HQ)
+      poses/NAME.json           optional: the sample's camera {"rotation": 3x3, "translation": [m]}
+                                (X = R F X_head + t; ``train.pseudo_gt``: the refined pose), for
+                                ``train.finetune --pose-weights``; a batch has poses when all its
+                                samples do
       landmarks/NAME.txt        optional 68 lines "x y" in crop pixels, "nan nan" when missing
                                 (stage 2: the 300W annotations)
       quality.csv               optional, per sample (``train.pseudo_gt``): a ``name`` and a
@@ -46,7 +50,8 @@ from tracker.errors import TrackerError
 @dataclass
 class RealBatch:
     """normals (B, 3, S, S) masked; mask (B, 1, S, S); focal, principal (B, 2);
-    params {group: (B, n)} or None; landmarks_2d (B, 68, 2) and landmark_visible (B, 68) or None."""
+    params {group: (B, n)} or None; landmarks_2d (B, 68, 2) and landmark_visible (B, 68) or None;
+    rotation (B, 3, 3) and translation (B, 3) the known camera (X = R F X_head + t), or None."""
 
     normals: torch.Tensor
     mask: torch.Tensor
@@ -55,6 +60,8 @@ class RealBatch:
     params: dict[str, torch.Tensor] | None
     landmarks_2d: torch.Tensor | None
     landmark_visible: torch.Tensor | None
+    rotation: torch.Tensor | None = None
+    translation: torch.Tensor | None = None
 
 
 class RealDataset:
@@ -131,6 +138,11 @@ class RealDataset:
         normals = torch.nn.functional.normalize(torch.from_numpy(rgb).permute(2, 0, 1) * 2 - 1, dim=0) * mask
         focal, principal = self._intrinsics(stem, scale)
         sample = {"normals": normals, "mask": mask, "focal": focal, "principal": principal}
+        pose = self.folder / "poses" / f"{stem}.json"
+        if pose.is_file():
+            values = json.loads(pose.read_text())
+            sample["rotation"] = torch.tensor(values["rotation"], dtype=torch.float32)
+            sample["translation"] = torch.tensor(values["translation"], dtype=torch.float32)
         if self.stage == 1:
             with np.load(self.folder / "params" / f"{stem}.npz", allow_pickle=False) as data:
                 sample["params"] = {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32).reshape(-1)) for k in data.files}
@@ -162,6 +174,7 @@ class RealDataset:
         params = None
         if self.stage == 1:
             params = {g: torch.stack([item["params"][g] for item in items]).to(self.device) for g in items[0]["params"]}
+        posed = all("rotation" in item for item in items)
         return RealBatch(
             normals=stack("normals"),
             mask=stack("mask"),
@@ -170,6 +183,8 @@ class RealDataset:
             params=params,
             landmarks_2d=stack("landmarks_2d") if self.stage == 2 else None,
             landmark_visible=stack("landmark_visible") if self.stage == 2 else None,
+            rotation=stack("rotation") if posed else None,
+            translation=stack("translation") if posed else None,
         )
 
 
@@ -177,7 +192,8 @@ class MixedSource:
     """Each batch part real (a RealDataset), part synthetic (a sampler's SyntheticBatch), so that
     fine-tuning on real faces does not forget the synthetic distribution: ``real_fraction`` of
     every batch (rounded, at least one sample) is real. The parts are joined as a RealBatch:
-    the groups both have, every landmark of a synthetic face visible."""
+    the groups both have, every landmark of a synthetic face visible, the synthetic faces' own
+    camera beside the real ones' known poses."""
 
     def __init__(self, real: RealDataset, synthetic, real_fraction: float) -> None:
         if not 0 < real_fraction <= 1:
@@ -201,6 +217,7 @@ class MixedSource:
         def join(a, b):
             return torch.cat((a, b.to(a)))
 
+        posed = real.rotation is not None
         return RealBatch(
             normals=join(real.normals, synth.normals),
             mask=join(real.mask, synth.mask),
@@ -209,4 +226,6 @@ class MixedSource:
             params=params,
             landmarks_2d=landmarks,
             landmark_visible=visible,
+            rotation=join(real.rotation, synth.rotation) if posed else None,
+            translation=join(real.translation, synth.translation) if posed else None,
         )

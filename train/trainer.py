@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train import metrics
 from tracker.n2fnet.checkpoint import load_checkpoint, save_checkpoint
-from train.losses import PARAM_WEIGHTS, RenderWeights, coefficient_metrics, param_loss, render_loss
+from train.losses import PARAM_WEIGHTS, PoseWeights, RenderWeights, coefficient_metrics, param_loss, pose_loss, render_loss
 from train.real_data import RealBatch
 from train.synthetic import SamplerConfig, SyntheticBatch, SyntheticSampler, make_proxy, render_face
 from tracker.errors import TrackerError
@@ -144,11 +144,15 @@ class Trainer:
         init: str | None = None,
         data=None,
         render_weights: RenderWeights = RenderWeights(),
+        pose_weights: PoseWeights = PoseWeights(),
     ) -> None:
         """``data``: a source with ``sample(batch)`` (default: the synthetic sampler), e.g. a
-        ``train.real_data.RealDataset`` for fine-tuning; ``render_weights``: L_render's lambdas."""
+        ``train.real_data.RealDataset`` for fine-tuning; ``render_weights``: L_render's lambdas;
+        ``pose_weights``: stage 2's supervised camera term (``train.losses.pose_loss``) on batches
+        with a known camera (off by default: the paper's stage 2 is L_render alone)."""
         self.config = config
         self.render_weights = render_weights
+        self.pose_weights = pose_weights
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.device = pick_device(config.device)
         if self.distributed and not dist.is_initialized():
@@ -254,7 +258,7 @@ class Trainer:
         rendered = render_face(
             self.head, vertices, out.params, out.rotation, out.translation, batch.focal, batch.principal, self.config.input_size, self.config.sampler.normal_frame, proxy=self.proxy
         )
-        return render_loss(
+        loss, terms = render_loss(
             rendered.normals,
             rendered.mask,
             rendered.landmarks_2d,
@@ -265,6 +269,10 @@ class Trainer:
             self.render_weights,
             landmark_visible=getattr(batch, "landmark_visible", None),
         )
+        if self.pose_weights.active and batch.rotation is not None:
+            pose, pose_terms = pose_loss(out.rotation, out.translation, batch.rotation, batch.translation, self.pose_weights)
+            loss, terms = loss + pose, {**terms, **pose_terms}
+        return loss, terms
 
     def run(self) -> dict:
         metrics_out: dict = {}
