@@ -29,6 +29,7 @@ import torch
 from tracker.errors import TrackerError
 from tracker.n2fnet.runtime import PREFERENCE, RUNTIMES
 from tracker.options import DETECTORS, TrackerOptions, build_tracker, non_negative_int, positive_int
+from tracker.overlay import SHADE_RESOLUTION
 from tracker.pipeline import MODES, Pipeline, PipelineStats, StatsSnapshot
 from tracker.recording import check_take_path, journal_path
 from tracker.sinks import ProgressLog, RecordingSink, SwitchableSink
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
                        help=f"what runs the network: auto (default: on the CPU the first installed of {', '.join(PREFERENCE)}, the fastest first; "
                        "torch on CUDA), or one of them; onnxruntime and openvino run on the CPU only, with --threads threads, and export the "
-                       "network at first use into the cache (~/.cache/n2f-tracker/networks)")
+                       "network at first use into the cache (~/.cache/n2f-tracker/networks); openvino-int8 (CPU only) runs the int8 copy "
+                       "shipped beside the shipped checkpoint (assets/*.int8.xml), refused for another network")
     model.add_argument("--cue", default="mediapipe", help="geometry cue: mediapipe (embedded), mediapipe+farl, pixel3dmm, pixel3dmm+farl")
     model.add_argument("--pixel3dmm-weights", help="Pixel3DMM normal-network weights (pixel3dmm cues)")
     model.add_argument("--farl-weights", help="FaRL face-parsing weights (+farl cues)")
@@ -96,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     view = parser.add_argument_group("viewer")
     view.add_argument("--screenshot", help="save a screenshot of the window when the source ends (or --max-frames), then quit")
     view.add_argument("--mesh-style", choices=("shaded", "wireframe", "none"), default="shaded", help="mesh drawn over the video (key M)")
+    view.add_argument("--full-res-overlay", action="store_true",
+                      help=f"shade the mesh over the video at full resolution (more CPU on the GUI thread; default: at most {SHADE_RESOLUTION} px across, upscaled)")
     view.add_argument("--no-landmarks", action="store_true", help="start without the 68 landmarks drawn (key L)")
     view.add_argument("--software-3d", action="store_true", help="3D view rendered by the project's rasteriser instead of OpenGL")
     view.add_argument("--record-dir", default="takes", help="folder for takes started with the R key (default: takes)")
@@ -294,6 +298,7 @@ def run_viewer(args: argparse.Namespace) -> int:
         checkpoint=str(tracker_settings.checkpoint_path()),
         device=args.device,
         mesh_style=args.mesh_style,
+        shade_resolution=None if args.full_res_overlay else SHADE_RESOLUTION,
         landmarks=not args.no_landmarks,
         record_path=args.record,
         record_dir=args.record_dir,

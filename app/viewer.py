@@ -34,12 +34,13 @@ from tracker.avatar import ARKIT_INDEX
 from tracker.errors import TrackerError
 from tracker.geometry.rotations import euler_to_matrix, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
-from tracker.overlay import MESH_STYLES, draw_overlay, shade_mesh
+from tracker.overlay import MESH_STYLES, SHADE_RESOLUTION, MeshTopology, draw_overlay, shade_mesh
 from tracker.pipeline import Pipeline
 from tracker.sinks import RecordingSink, SwitchableSink
 from tracker.streaming import LiveLinkSink, OscSink, VmcSink
 from tracker.tracking import FaceResult, TrackingResult
 
+PLOT_REFRESH_S = 0.2  # the plots are redrawn 5 times a second
 DISPLAY_INTERVAL_MS = 15  # the GUI looks for a new result this often (up to ~66 displayed fps)
 PLOT_SECONDS = 10.0
 EXPRESSION_CURVES = 3  # plotted besides the jaw for a head model without ARKit weights: its first coefficients
@@ -116,19 +117,13 @@ class MeshView3D:
         raise NotImplementedError
 
 
-def smooth_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3), (F, 3) -> (V, 3) unit area-weighted vertex normals (vectorised; pyqtgraph's own
-    loops over the vertices in Python, seconds per frame for a 10k-vertex head)."""
-    corners = vertices[faces]
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-
-
 class GLMeshView(MeshView3D):
-    """pyqtgraph.opengl GLViewWidget + GLMeshItem (orbit/zoom with the mouse)."""
+    """pyqtgraph.opengl GLViewWidget + GLMeshItem (orbit/zoom with the mouse).
+
+    One MeshData and one GL item live across frames: a new frame replaces the vertex positions
+    and normals, the faces are set once (again only when another face array comes). The normals
+    are ``MeshTopology.vertex_normals`` (one sparse product; pyqtgraph's own loop over the
+    vertices in Python, seconds per frame for a head)."""
 
     kind = "OpenGL"
 
@@ -136,27 +131,36 @@ class GLMeshView(MeshView3D):
         import pyqtgraph.opengl as gl
         from pyqtgraph.opengl.MeshData import MeshData
 
-        class FastMeshData(MeshData):
-            def vertexNormals(self, indexed=None):
-                if self._vertexNormals is None:
-                    self._vertexNormals = smooth_vertex_normals(self._vertexes, self._faces).astype(np.float32)
-                return self._vertexNormals if indexed is None else self._vertexNormals[self._faces]
+        class GivenNormalsMeshData(MeshData):
+            """MeshData whose vertex normals are set (``normals`` (V, 3) float32), not computed."""
 
-        self._mesh_data = FastMeshData
+            normals: np.ndarray
+
+            def vertexNormals(self, indexed=None):
+                return self.normals if indexed is None else self.normals[self._faces]
 
         self.widget = gl.GLViewWidget()
         self.widget.setCameraPosition(distance=0.9, elevation=5, azimuth=-90)  # in front of the face (-y)
         self.widget.setBackgroundColor((30, 30, 34))
         self._item = gl.GLMeshItem(smooth=True, shader="shaded", color=(0.75, 0.8, 0.92, 1.0), glOptions="opaque")
-        self._added = False  # an item without mesh data cannot paint: added with the first mesh
+        self._mesh_data = GivenNormalsMeshData()
+        self._faces: np.ndarray | None = None  # the face array the mesh data holds
+        self._topology: MeshTopology | None = None
 
     def set_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> None:
         # pyqtgraph's view is z-up: x right, y into the screen, z up
         gl_vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1).astype(np.float32)
-        self._item.setMeshData(meshdata=self._mesh_data(vertexes=gl_vertices, faces=faces))
-        if not self._added:
+        first = self._faces is None
+        if faces is not self._faces or len(gl_vertices) != self._topology.num_vertices:
+            self._faces, self._topology = faces, MeshTopology(faces, len(gl_vertices))
+            self._mesh_data.setFaces(faces)
+        self._mesh_data.setVertexes(gl_vertices)
+        self._mesh_data.normals = self._topology.vertex_normals(gl_vertices)
+        if first:  # an item without mesh data cannot paint: added with the first mesh
+            self._item.setMeshData(meshdata=self._mesh_data)
             self.widget.addItem(self._item)
-            self._added = True
+        else:
+            self._item.meshDataChanged()
 
 
 class SoftwareMeshView(MeshView3D):
@@ -192,7 +196,7 @@ class SoftwareMeshView(MeshView3D):
         orbit = euler_to_matrix(torch.tensor([[math.radians(self.pitch), math.radians(self.yaw), 0.0]]))[0].numpy()
         points = vertices @ orbit.T * np.array([1.0, -1.0, -1.0]) + np.array([0.0, 0.0, self.distance])  # y-up view -> camera
         focal = 1.2 * self.size
-        shade, covered = shade_mesh(torch.from_numpy(points.astype(np.float32)), torch.from_numpy(faces), (focal, focal), (self.size / 2, self.size / 2), (self.size, self.size))
+        shade, covered = shade_mesh(torch.from_numpy(points.astype(np.float32)), faces, (focal, focal), (self.size / 2, self.size / 2), (self.size, self.size))
         image = np.empty((self.size, self.size, 3), np.float32)
         image[:] = (34, 30, 30)
         colour = (0.25 + 0.75 * shade[..., None]) * np.array([235, 204, 190], np.float32)
@@ -302,8 +306,11 @@ class LivePlots(QtWidgets.QWidget):
         self._times: deque[float] = deque()
         self._start = time.monotonic()
         self._colours = [(255, 90, 90), (90, 200, 255), (140, 255, 120), (255, 220, 80)]
+        self._drawn_at = -math.inf
 
     def add(self, values: dict[str, float]) -> None:
+        """Keep one frame's values; the curves are redrawn at most every PLOT_REFRESH_S (each
+        redraw repaints every plot, tens of milliseconds of the GUI thread)."""
         now = time.monotonic() - self._start
         self._times.append(now)
         for name, value in values.items():
@@ -316,6 +323,12 @@ class LivePlots(QtWidgets.QWidget):
             for series in self._data.values():
                 if series:
                     series.popleft()
+        if now - self._drawn_at >= PLOT_REFRESH_S:
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Show every value kept so far."""
+        self._drawn_at = time.monotonic() - self._start
         times = np.array(self._times)
         for name, curve in self._curves.items():
             series = np.array(self._data.get(name, ()))
@@ -330,6 +343,7 @@ class ViewerOptions:
     checkpoint: str
     device: str
     mesh_style: str = "shaded"
+    shade_resolution: int | None = SHADE_RESOLUTION  # the overlay's shading resolution (tracker.overlay.shade_face; None: full)
     landmarks: bool = True
     record_path: str | None = None  # recording on at start
     record_dir: str = "takes"
@@ -504,6 +518,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             path = folder / f"screenshot-{datetime.now():%Y%m%d-%H%M%S}.png"
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.plots.redraw()
         if not self.grab().save(str(path)):
             self._report(f"cannot write screenshot {path}")
         else:
@@ -526,7 +541,9 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._update_status(stats)
 
     def _draw(self, result: TrackingResult) -> None:
-        image = draw_overlay(result.frame.image, result, self.faces_overlay, self.mesh_style, landmarks=self.show_landmarks)
+        image = draw_overlay(
+            result.frame.image, result, self.faces_overlay, self.mesh_style, landmarks=self.show_landmarks, resolution=self.options.shade_resolution
+        )
         self.video.show_image(image)
         if result.faces:
             self.mesh_view.set_mesh(head_centred_vertices(result.faces[0]), self.faces_3d)

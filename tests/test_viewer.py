@@ -108,6 +108,45 @@ def test_cli_screenshot_of_a_tracked_real_video(display: str, untrained_checkpoi
     assert image.std() > 20, "the screenshot shows the window's content, not a blank"
 
 
+GL_REUSE_SCRIPT = """
+import sys
+import numpy as np
+from PyQt6 import QtWidgets
+from app.viewer import GLMeshView
+from tests.meshes import icosphere
+
+app = QtWidgets.QApplication(["n2f-tests"])
+view = GLMeshView()
+view.widget.resize(320, 320)
+view.widget.show()
+points, faces = icosphere(3)
+points, faces = points.numpy().astype(np.float32) * 0.12, faces.numpy()
+held = []
+for index, stretch in enumerate((1.0, 1.8)):
+    view.set_mesh(points * np.array([stretch, 1.0, 1.0], np.float32), faces)
+    app.processEvents()
+    held.append((view._mesh_data, view._item.opts["meshdata"], view._mesh_data.vertexNormals()))
+    assert view.widget.grabFramebuffer().save(f"{sys.argv[1]}/shot{index}.png")
+(first, item_first, normals_first), (second, item_second, normals_second) = held
+print("reused", first is second is item_first is item_second, "faces", np.array_equal(second.faces(), faces))
+print("normals", np.abs(np.linalg.norm(normals_second, axis=1) - 1).max() < 1e-5, not np.allclose(normals_first, normals_second))
+"""
+
+
+def test_opengl_view_reuses_its_mesh_data_and_shows_each_new_mesh(display: str, tmp_path: Path) -> None:
+    """In its own process (one GL window per process): a second mesh updates the same MeshData
+    (positions and normals), and the view shows it."""
+    done = subprocess.run([sys.executable, "-c", GL_REUSE_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reused True faces True" in done.stdout and "normals True True" in done.stdout, done.stdout
+    shots = [cv2.imread(str(tmp_path / f"shot{index}.png")) for index in (0, 1)]
+    covered = [(shot.astype(int) - shot[0, 0]).any(-1) for shot in shots]
+    assert 0.03 < covered[0].mean() < 0.6, "the sphere is drawn"
+    assert covered[1].sum() > 1.4 * covered[0].sum(), "the stretched sphere replaced it"
+    assert len(np.unique(shots[1][covered[1]].reshape(-1, 3), axis=0)) > 20, "shaded by its normals, not flat"
+
+
 def test_window_tracks_records_and_closes_cleanly(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
     from tracker.recording import read_take
 
@@ -264,3 +303,16 @@ def test_headless_virtual_camera_gets_the_tracked_frames(untrained_checkpoint: P
     last = frames[-1]
     assert tuple(last[0, 0]) == (0, 255, 0), "key mode: the key colour (green) around the mesh"
     assert ((last != (0, 255, 0)).any(-1)).mean() > 0.05, "and the tracked mesh on it"
+
+
+def test_plots_keep_every_value_but_redraw_at_most_at_their_refresh_rate(qapp, monkeypatch) -> None:
+    from app import viewer
+
+    monkeypatch.setattr(viewer, "PLOT_REFRESH_S", 1e9)  # after the first frame, no redraw falls due
+    plots = viewer.LivePlots()
+    for k in range(10):
+        plots.add({"fps": float(k), "latency": 2.0 * k})
+    assert list(plots._curves["fps"].getData()[1]) == [0.0]  # drawn once, at the first frame
+    plots.redraw()
+    assert list(plots._curves["fps"].getData()[1]) == [float(k) for k in range(10)]
+    assert list(plots._curves["latency"].getData()[1]) == [2.0 * k for k in range(10)]
