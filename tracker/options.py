@@ -50,8 +50,10 @@ class TrackerOptions:
     flame_dir       folder with the FLAME files
     device          where the network runs ("cpu", "cuda", "cuda:N")
     runtime         what runs it (``tracker.n2fnet.runtime``): "auto" (the fastest installed on the CPU,
-                    torch on CUDA), "torch", "onnxruntime", "openvino" (the last two: CPU only; a
-                    TrackerError on CUDA, or when not installed, with the pip command)
+                    torch on CUDA), "torch", "onnxruntime", "openvino", "openvino-int8" (the last
+                    three: CPU only; a TrackerError on CUDA, or when not installed, with the pip
+                    command; "openvino-int8": the int8 copy shipped beside the shipped checkpoint,
+                    refused for another network)
     cue             geometry cue (``tracker.cues.create_cue``); pixel3dmm_weights, farl_weights its weights
     max_faces       faces tracked per frame
     smoothing       One-Euro smoothing of the parameters and the crop box

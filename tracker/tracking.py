@@ -211,8 +211,9 @@ class FaceTracker:
     normal_frame  the normal-map frame the network was trained on (the cue must give it)
     device        where the network runs; decode and projection run on the CPU
     runtime       what runs the network there (``tracker.n2fnet.runtime``): "torch" (eager, the
-                  default here), "onnxruntime", "openvino" (CPU only), "auto" (the fastest
-                  installed on the CPU, torch on CUDA), or a ready ``Runner`` of ``net``
+                  default here), "onnxruntime", "openvino", "openvino-int8" (CPU only; the int8
+                  copy shipped beside the checkpoint), "auto" (the fastest installed on the CPU,
+                  torch on CUDA), or a ready ``Runner`` of ``net``
     focal_ratio / focal_px   the frame camera (module docstring)
     refine        fit the head to MediaPipe's landmarks after the network (``tracker.refinement``;
                   switchable while running); ``refine_settings`` its weights and iterations
@@ -538,8 +539,10 @@ class FaceTracker:
         sampler = state.get("sampler", {})
         if sampler.get("surface") == "mediapipe" and cue != "mediapipe":
             log.warning("checkpoint %s was trained on normal maps like the embedded MediaPipe cue's; with the %r cue its input looks different", checkpoint, cue)
+        net = model_from_checkpoint(state)
+        runner = create_runner(net, runtime, device, checkpoint=checkpoint)  # the checkpoint's int8 copy sits beside it
         return cls.assemble(
-            model_from_checkpoint(state),
+            net,
             load_head_model(trained_for, head_model_path),
             alpha=float(sampler.get("alpha", 1.4)),
             normal_frame=sampler.get("normal_frame", "camera"),
@@ -558,7 +561,7 @@ class FaceTracker:
             refine_start=refine_start,
             identity=identity,
             arkit_fit=None if trained_for == "ict" else _arkit_fit(ict_model_path, refine_iters),
-            runtime=runtime,
+            runtime=runner,
         )
 
     @classmethod

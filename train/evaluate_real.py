@@ -63,6 +63,7 @@ from tracker.avatar import ARKIT_INDEX, ARKIT_NAMES
 from tracker.device_feed import CpuFeeder, CudaFeeder, create_feeder
 from tracker.errors import TrackerError
 from tracker.head_models import load_head_model
+from tracker.n2fnet.runtime import RUNTIMES
 from tracker.paths import shared_dir
 from tracker.pipeline import Pipeline
 from tracker.sources import Frame, FrameSource, open_source
@@ -571,6 +572,7 @@ def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool, 
         ict_model=args.ict_model,
         flame_dir=args.flame_dir,
         device=args.device,
+        runtime=args.runtime,
         max_faces=max_faces,
         smoothing=smoothing,
         detector=args.detector,
@@ -618,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ict-model", help="ICT-FaceKit model (default: as python -m app.live finds it)")
     p.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
     p.add_argument("--device", default="cpu", help="network device: cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto", help="network runtime, as the app's --runtime (default: auto)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="the refinement after the network (Gauss-Newton fit to MediaPipe's landmarks, pooled identity per track; default: on, as the app)")
     p.add_argument("--refine-iters", type=tracker_options.positive_int, metavar="N", help="refinement iterations per frame (default: the library's)")

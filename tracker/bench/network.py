@@ -1,5 +1,5 @@
 """Network-runtime benchmark: ms per N2FNet call in each runtime (torch eager, onnxruntime,
-openvino), in one process, on the same real cue maps.
+openvino, openvino-int8), in one process, on the same real cue maps.
 
     python -m tracker.bench network [--checkpoint C] [--video V] [--frames N] [--threads 1]
 
@@ -8,8 +8,11 @@ network inputs of the frames with a face are then fed to every runtime, in turns
 round, the runtimes' order rotated each round, so a busy moment of the machine is shared out).
 Per runtime: median and p95 ms per call (one face), the speed-up over torch eager, the largest
 difference of its outputs from torch's on these inputs, and how its network was made (exported
-now / read from the cache; ``--fresh`` exports into a temporary folder to time the first use).
-Last line: ``torch_ms=<a> onnxruntime_ms=<b> openvino_ms=<c>`` (medians; only the runtimes run).
+now / read from the cache; ``--fresh`` exports into a temporary folder to time the first use; the
+int8 copy is read from beside the checkpoint, and skipped with a line saying why when the
+checkpoint has none of its own, unless asked for by ``--runtimes``). Then the int8 copy's speed-up
+over openvino's float32. Last line: ``torch_ms=<a> onnxruntime_ms=<b> openvino_ms=<c>
+openvino_int8_ms=<d>`` (medians; only the runtimes run).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from tracker.n2fnet.runtime import RUNTIMES, Runner, available_runtimes, check_runtime, create_runner
+from tracker.n2fnet.runtime import RUNTIMES, NoInt8Copy, Runner, available_runtimes, check_runtime, create_runner
 from tracker.options import DEFAULT_CHECKPOINT
 from tracker.paths import shared_dir
 from tracker.sources import open_source
@@ -81,12 +84,14 @@ def run(args: argparse.Namespace) -> None:
     video = args.video or default_video()
     if video is None:
         raise SystemExit("--video V: no default clip (the shared real-faces folder was not found; set N2F_SHARED_DIR)")
-    names = args.runtimes.split(",") if args.runtimes else list(available_runtimes())
+    asked = args.runtimes.split(",") if args.runtimes else []
+    names = asked or list(available_runtimes())
     for name in names:
         check_runtime(name)
     if "torch" not in names:
         names.insert(0, "torch")
-    tracker = FaceTracker.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, head_model_path=args.ict_model, refine=False, smoothing=False)
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    tracker = FaceTracker.from_checkpoint(checkpoint, head_model_path=args.ict_model, refine=False, smoothing=False)
     try:
         inputs = real_inputs(tracker, video, args.frames)
     finally:
@@ -95,17 +100,23 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"no face found in the first {args.frames} frames of {video}")
     net = tracker.net
     size = net.config.input_size
-    print(f"checkpoint {args.checkpoint or DEFAULT_CHECKPOINT}: {net.config.backbone}, {size} px; {len(inputs)} real cue maps from {video}; "
+    print(f"checkpoint {checkpoint}: {net.config.backbone}, {size} px; {len(inputs)} real cue maps from {video}; "
           f"{args.threads} thread(s); installed runtimes: {', '.join(available_runtimes())}")
     folder = tempfile.TemporaryDirectory(prefix="n2f-bench-") if args.fresh else None
     runners: dict[str, Runner] = {}
     try:
         for name in names:
             start = time.perf_counter()
-            runners[name] = create_runner(net, name, threads=args.threads, cache=folder.name if folder else True)
-            runner = runners[name]
+            try:
+                runner = create_runner(net, name, threads=args.threads, cache=folder.name if folder else True, checkpoint=checkpoint)
+            except NoInt8Copy as error:
+                if name in asked:
+                    raise SystemExit(f"--runtimes {name}: {error}") from None
+                print(f"{name:13s} skipped: {error}")
+                continue
+            runners[name] = runner
             if name != "torch":
-                print(f"{name:12s} network {runner.origin}: export/convert {runner.setup_s:.2f} s, load + check {runner.load_s:.2f} s, "
+                print(f"{name:13s} network {runner.origin}: export/convert {runner.setup_s:.2f} s, load + check {runner.load_s:.2f} s, "
                       f"set-up in all {time.perf_counter() - start:.2f} s ({runner.path or 'in memory'})")
         reference = [_call(runners["torch"], item) for item in inputs]
         errors = {name: max(max_difference(_call(runner, item), want) for item, want in zip(inputs, reference)) for name, runner in runners.items()}
@@ -115,14 +126,16 @@ def run(args: argparse.Namespace) -> None:
             folder.cleanup()
     medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, values in times.items():
-        print(f"{name:12s} {medians[name]:7.2f} ms median  {float(np.percentile(values, 95)):7.2f} ms p95  "
+        print(f"{name:13s} {medians[name]:7.2f} ms median  {float(np.percentile(values, 95)):7.2f} ms p95  "
               f"x{medians['torch'] / medians[name]:.2f} vs torch eager  max |diff| from torch {errors[name]:.1e}  ({len(values)} calls)")
-    print(" ".join(f"{name}_ms={medians[name]:.1f}" for name in RUNTIMES if name in medians))
+    if "openvino" in medians and "openvino-int8" in medians:
+        print(f"openvino-int8 x{medians['openvino'] / medians['openvino-int8']:.2f} vs openvino (float32)")
+    print(" ".join(f"{name.replace('-', '_')}_ms={medians[name]:.1f}" for name in RUNTIMES if name in medians))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``network`` subcommand."""
-    parser = subparsers.add_parser("network", help="ms per N2FNet call in each runtime (torch, onnxruntime, openvino) on real cue maps")
+    parser = subparsers.add_parser("network", help="ms per N2FNet call in each runtime (torch, onnxruntime, openvino, openvino-int8) on real cue maps")
     parser.add_argument("--checkpoint", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
     parser.add_argument("--video", help="video whose frames give the cue maps (default: the shared real-faces single_face.mp4)")
     parser.add_argument("--frames", type=int, default=30, help="frames of the video to use (default 30)")

@@ -1,18 +1,24 @@
-"""Where N2FNet runs on the CPU: PyTorch eager, ONNX Runtime or OpenVINO (the network's outputs are
-the same in all three, to a few 1e-6 on real cue maps; the exported two are about twice as fast).
+"""Where N2FNet runs on the CPU: PyTorch eager, ONNX Runtime, OpenVINO, or OpenVINO's int8 copy
+(the first three give the same outputs, to a few 1e-6 on real cue maps; the exported two are about
+twice as fast, the int8 copy about 2.8 times faster than those, at int8's accuracy).
 
     runner = create_runner(net, "onnxruntime", threads=1)
     params, rotation_6d, translation = runner(normals, focal, principal, mask)
 
-``torch``        ``net`` itself, eager. The only runtime on CUDA, and the fallback everywhere.
-``onnxruntime``  the network exported to ONNX (``torch.onnx.export``, which needs the ``onnx``
-                 package; ONNX Runtime itself does not), run by an ``InferenceSession``.
-``openvino``     the network converted by OpenVINO straight from the torch module (nothing more
-                 needed), compiled for the CPU in float32.
+``torch``          ``net`` itself, eager. The only runtime on CUDA, and the fallback everywhere.
+``onnxruntime``    the network exported to ONNX (``torch.onnx.export``, which needs the ``onnx``
+                   package; ONNX Runtime itself does not), run by an ``InferenceSession``.
+``openvino``       the network converted by OpenVINO straight from the torch module (nothing more
+                   needed), compiled for the CPU in float32.
+``openvino-int8``  the int8 copy shipped beside the checkpoint (``int8_path``: NAME.int8.xml /
+                   .bin beside NAME.pt), made at release time by ``python -m tracker.n2fnet.quantize``
+                   (the ResNet body's convolutions in int8, calibrated on real cue maps; the rest,
+                   both heads among it, in float32). It
+                   records the digest of the network it was made from; a copy of another network
+                   is refused (TrackerError saying the command that remakes it), never run.
 
-Nothing is shipped (a float32 copy is about 52 MB, four times the int8 release checkpoint; int8
-weights in the copy broke the 1e-4 parity): the exported network is made at first use (about a
-second for ONNX, a few seconds for OpenVINO) into ``tracker.paths.cache_dir()/networks/`` (``~/.cache/n2f-tracker``),
+The float32 copies are not shipped (about 52 MB each): the exported network is made at first use
+(about a second for ONNX, a few seconds for OpenVINO) into ``tracker.paths.cache_dir()/networks/`` (``~/.cache/n2f-tracker``),
 named by the network's digest: the sha256 of its settings and of the weights as they are loaded
 (``network_digest``; a release checkpoint's int8 weights after dequantisation, a training
 checkpoint's as they are), so any checkpoint, released or one's own, gets its own copy, and a
@@ -26,8 +32,9 @@ which the live app's ``--threads`` sets; 1 there), since MediaPipe and the rest 
 
 "auto" (``default_runtime``): torch on CUDA; on the CPU the first installed of ``PREFERENCE``
 (fastest first, as ``python -m tracker.bench network`` measured on this project's CPU); under
-"auto" a runtime that fails to set up is skipped with a warning, down to torch. A runtime asked
-for by name is used or refused (TrackerError), and onnxruntime / openvino are refused on CUDA.
+"auto" a runtime that fails to set up is skipped with a warning (a network without an int8 copy
+of its own: quietly), down to torch. A runtime asked for by name is used or refused
+(TrackerError), and the CPU runtimes are refused on CUDA.
 """
 
 from __future__ import annotations
@@ -49,17 +56,24 @@ from torch import nn
 from tracker.errors import TrackerError
 from tracker.n2fnet.checkpoint import content_digest
 from tracker.n2fnet.model import N2FNet
-from tracker.paths import cache_dir
+from tracker.paths import PROJECT_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino-int8")
+EXPORTED = ("onnxruntime", "openvino")  # the runtimes that export the network into the cache
 # fastest first on this project's CPU (python -m tracker.bench network; README "Network runtime")
-PREFERENCE = ("openvino", "onnxruntime", "torch")
+PREFERENCE = ("openvino-int8", "openvino", "onnxruntime", "torch")
 # what each runtime needs beyond the project's own dependencies, and the command that installs it
-PACKAGES = {"torch": (), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
-INSTALL = {"onnxruntime": "pip install onnxruntime==1.32.0 onnx==1.17.0", "openvino": "pip install openvino==2026.4.1"}
+PACKAGES = {"torch": (), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino",), "openvino-int8": ("openvino",)}
+INSTALL = {
+    "onnxruntime": "pip install onnxruntime==1.32.0 onnx==1.17.0",
+    "openvino": "pip install openvino==2026.4.1",
+    "openvino-int8": "pip install openvino==2026.4.1",
+}
 EXPORT_FORMAT = "n2fnet-export-v1"  # bump when the exported graph's inputs / outputs change
+INT8_FORMAT = "n2fnet-int8-v1"  # what tracker.n2fnet.quantize writes; bump when the int8 copy's inputs / outputs change
+SHIPPED_CHECKPOINT = PROJECT_ROOT / "assets" / "n2fnet_ict_resnet18.pt"
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |runtime - torch| on the probe input (absolute, every output)
 
@@ -392,27 +406,29 @@ class OnnxRuntimeRunner(_Exported):
         return self._session.run(None, dict(zip(self._names, arrays)))
 
 
+def convert_openvino(net: N2FNet):
+    """``net`` converted by OpenVINO (an ``openvino.Model``, float32): inputs normals (F, 3, S, S),
+    focal (F, 2), principal (F, 2)[, mask (F, 1, S, S)] (F dynamic), outputs params (F, P) in group
+    order, rotation_6d (F, 6), translation (F, 3)."""
+    import openvino
+
+    size = net.config.input_size
+    shapes = [[-1, 3, size, size], [-1, 2], [-1, 2]] + ([[-1, 1, size, size]] if net.config.use_mask_input else [])
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        model = openvino.convert_model(_Exportable(net).eval(), example_input=tuple(probe_inputs(net, faces=1)), input=[openvino.PartialShape(s) for s in shapes])
+    for model_input, name in zip(model.inputs, _input_names(net)):
+        model_input.get_tensor().set_names({name})
+    return model
+
+
 class OpenVinoRunner(_Exported):
     name, suffix = "openvino", ".openvino.xml"
-
-    def _convert(self):
-        import openvino
-
-        size = self.net.config.input_size
-        shapes = [[-1, 3, size, size], [-1, 2], [-1, 2]] + ([[-1, 1, size, size]] if self.use_mask else [])
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            model = openvino.convert_model(
-                _Exportable(self.net).eval(), example_input=tuple(probe_inputs(self.net, faces=1)), input=[openvino.PartialShape(s) for s in shapes]
-            )
-        for model_input, name in zip(model.inputs, _input_names(self.net)):
-            model_input.get_tensor().set_names({name})
-        return model
 
     def _export(self, path: Path | None, metadata: dict[str, str]):
         import openvino
 
-        model = self._convert()
+        model = convert_openvino(self.net)
         for key, value in metadata.items():
             model.set_rt_info(value, ["n2f", key])
         if path is None:
@@ -448,7 +464,7 @@ class OpenVinoRunner(_Exported):
             "INFERENCE_NUM_THREADS": self.threads,
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",  # not bf16 / f16 on CPUs that have them: the numbers stay torch's
+            "INFERENCE_PRECISION_HINT": "f32",  # not bf16 / f16 on CPUs that have them: the numbers stay torch's (int8 layers stay int8)
             "ENABLE_CPU_PINNING": False,  # MediaPipe and the pipeline's threads share the cores
         }
         self._compiled = core.compile_model(model, "CPU", config)
@@ -460,7 +476,79 @@ class OpenVinoRunner(_Exported):
         return tuple(self._request.get_output_tensor(i).data for i in range(3))
 
 
-RUNNERS: dict[str, type[Runner]] = {"torch": Runner, "onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
+class NoInt8Copy(TrackerError):
+    """No int8 copy of this network beside its checkpoint (none at all, or one of another network)."""
+
+
+def int8_path(checkpoint: str | Path) -> Path:
+    """Where the int8 copy of ``checkpoint``'s network is shipped: NAME.int8.xml (+ .bin) beside NAME.pt."""
+    return Path(checkpoint).with_suffix(".int8.xml")
+
+
+def int8_recorded(path: str | Path) -> dict[str, str]:
+    """What the int8 copy at ``path`` records (``tracker.n2fnet.quantize``): format, digest, source,
+    calibration, command, ...; TrackerError when it cannot be read."""
+    import openvino
+
+    try:
+        model = openvino.Core().read_model(str(path))
+    except Exception as error:
+        raise TrackerError(f"cannot read the int8 copy {path} ({error})") from None
+    return _n2f_rt_info(model)
+
+
+def _n2f_rt_info(model) -> dict[str, str]:
+    info = model.get_rt_info()
+    return {key: value.astype(str) for key, value in info["n2f"].items()} if "n2f" in info else {}
+
+
+class OpenVinoInt8Runner(OpenVinoRunner):
+    """The int8 copy shipped beside ``checkpoint`` (None: the shipped checkpoint), read as it is:
+    nothing is exported, cached or compared with torch here (int8 is not torch to 1e-4; the
+    release and the tests measure it). NoInt8Copy when it is missing or records another network's
+    digest; TrackerError when it cannot be read or records another format."""
+
+    name = "openvino-int8"
+
+    def __init__(self, net: N2FNet, threads: int | None, checkpoint: str | Path | None = None) -> None:
+        Runner.__init__(self, net)  # not _Exported's: nothing is exported or cached
+        self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
+        self.digest = network_digest(net)
+        self._lock = threading.Lock()
+        checkpoint = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
+        self.path, self.origin = int8_path(checkpoint), "shipped"
+        remake = f"python -m tracker.n2fnet.quantize {checkpoint} --calibration DATA_DIR"
+        if not self.path.is_file():
+            raise NoInt8Copy(
+                f"no int8 copy of the network beside {checkpoint}: {self.path} does not exist. Make it (a release step): {remake} "
+                "(DATA_DIR: a fine-tuning folder of real cue maps, e.g. python -m train.pseudo_gt --split train --out DATA_DIR); "
+                "or use --runtime openvino"
+            )
+        start = time.perf_counter()
+        import openvino
+
+        try:
+            model = openvino.Core().read_model(str(self.path))
+        except Exception as error:
+            raise TrackerError(f"cannot read the int8 copy {self.path} ({error}): remake it with {remake}, or use --runtime openvino") from None
+        recorded = _n2f_rt_info(model)
+        remake = recorded.get("command", remake)
+        if recorded.get("format") != INT8_FORMAT:
+            raise TrackerError(f"{self.path} is not an int8 copy of format {INT8_FORMAT} (it records {recorded.get('format')!r}): remake it with {remake}")
+        if recorded.get("digest") != self.digest:
+            raise NoInt8Copy(
+                f"{self.path} is the int8 copy of another network (digest {recorded.get('digest', '?')[:12]}, made from {recorded.get('source', '?')}) "
+                f"than the one loaded (digest {self.digest[:12]}): if {recorded.get('source', 'its checkpoint')} was retrained, remake the copy: {remake}; "
+                "or use --runtime openvino"
+            )
+        try:
+            self._load(model)
+        except Exception as error:  # e.g. a .bin cut short
+            raise TrackerError(f"cannot compile the int8 copy {self.path} ({error}): remake it with {remake}, or use --runtime openvino") from None
+        self.load_s = time.perf_counter() - start
+
+
+RUNNERS: dict[str, type[Runner]] = {"torch": Runner, "onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner, "openvino-int8": OpenVinoInt8Runner}
 
 
 def create_runner(
@@ -469,32 +557,38 @@ def create_runner(
     device: str | torch.device = "cpu",
     threads: int | None = None,
     cache: bool | str | Path = True,
+    checkpoint: str | Path | None = None,
 ) -> Runner:
     """The runner of ``net`` (eval mode, on ``device``) for ``runtime`` (module docstring).
 
     "auto"/None: ``default_runtime(device)``, and when a runtime fails to set up (a warning says
-    why), the next one of PREFERENCE, down to torch. A named runtime that cannot run: TrackerError.
+    why; an info line for a network without an int8 copy), the next one of PREFERENCE, down to
+    torch. A named runtime that cannot run: TrackerError.
     ``threads``: intra-op threads of onnxruntime / openvino (None: ``torch.get_num_threads()``).
     ``cache``: True: the exported network is kept in ``network_cache_dir()``; a folder: kept there;
-    False: exported into memory each time (nothing written)."""
+    False: exported into memory each time (nothing written).
+    ``checkpoint``: the file ``net`` came from; openvino-int8 reads the int8 copy beside it (None:
+    the shipped checkpoint's, ``SHIPPED_CHECKPOINT``)."""
     requested = check_runtime(runtime, device)
     if requested != "auto":
-        return _create(net, requested, threads, cache)
+        return _create(net, requested, threads, cache, checkpoint)
     if torch.device(device).type == "cuda":
         return Runner(net)
     for name in PREFERENCE:
         if not installed(name):
             continue
         try:
-            return _create(net, name, threads, cache)
+            return _create(net, name, threads, cache, checkpoint)
         except TrackerError as error:
-            log.warning("network runtime %s unavailable (%s); trying the next one", name, error)
+            (log.info if isinstance(error, NoInt8Copy) else log.warning)("network runtime %s unavailable (%s); trying the next one", name, error)
     return Runner(net)
 
 
-def _create(net: N2FNet, runtime: str, threads: int | None, cache: bool | str | Path) -> Runner:
+def _create(net: N2FNet, runtime: str, threads: int | None, cache: bool | str | Path, checkpoint: str | Path | None) -> Runner:
     if runtime == "torch":
         return Runner(net)
+    if runtime == "openvino-int8":
+        return OpenVinoInt8Runner(net.eval(), threads, checkpoint)
     return RUNNERS[runtime](net.eval(), threads, cache)
 
 
@@ -507,12 +601,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.runtime", description=main.__doc__)
     parser.add_argument("checkpoint", nargs="?", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
-    parser.add_argument("--runtime", choices=("all", *RUNTIMES[1:]), default="all", help="the runtime to export for (default: every one installed)")
+    parser.add_argument("--runtime", choices=("all", *EXPORTED), default="all", help="the runtime to export for (default: every one installed)")
     args = parser.parse_args(argv)
-    from tracker.paths import PROJECT_ROOT
-
-    checkpoint = Path(args.checkpoint) if args.checkpoint else PROJECT_ROOT / "assets" / "n2fnet_ict_resnet18.pt"
-    names = [n for n in RUNTIMES[1:] if installed(n)] if args.runtime == "all" else [args.runtime]
+    checkpoint = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
+    names = [n for n in EXPORTED if installed(n)] if args.runtime == "all" else [args.runtime]
     try:
         net = model_from_checkpoint(load_checkpoint(checkpoint))
         for name in names:
