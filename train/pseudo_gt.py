@@ -117,24 +117,29 @@ class PseudoGtWriter:
     def write(self, source: str, variant: str, frame: int, result: TrackingResult) -> None:
         for index, face in enumerate(result.faces):
             name = f"{source}_{variant}_{frame:05d}_{index}"
-            normals = np.clip(np.rint((face.cue.normals + 1.0) / 2.0 * 65535.0), 0, 65535).astype(np.uint16)
-            if not cv2.imwrite(str(self.out / "normals" / f"{name}.png"), normals[..., ::-1]):
-                raise TrackerError(f"cannot write {self.out / 'normals' / name}.png")
-            cv2.imwrite(str(self.out / "masks" / f"{name}.png"), (face.cue.mask > 0).astype(np.uint8) * 255)
-            np.savez(self.out / "params" / f"{name}.npz", **{g: v.numpy().astype(np.float32) for g, v in face.params.items()})
             size = face.crop.image.shape[0]
             focal, principal = crop_intrinsics(
                 torch.from_numpy(result.focal)[None], torch.from_numpy(result.principal)[None], torch.from_numpy(face.crop_box)[None], size
             )
             _write_json(self.out / "cameras" / f"{name}.json", {"focal": focal[0].tolist(), "principal": principal[0].tolist()})
             _write_json(self.out / "poses" / f"{name}.json", {"rotation": face.rotation.tolist(), "translation": face.translation.tolist()})
+            np.savez(self.out / "params" / f"{name}.npz", **{g: v.numpy().astype(np.float32) for g, v in face.params.items()})
             np.savetxt(self.out / "landmarks" / f"{name}.txt", face.crop.landmarks68, fmt="%.3f")
+            _write_png(self.out / "masks" / f"{name}.png", (face.cue.mask > 0).astype(np.uint8) * 255)
+            # the normal map last: a sample is listed by it, so an interrupted run leaves none half-written
+            normals = np.clip(np.rint((face.cue.normals + 1.0) / 2.0 * 65535.0), 0, 65535).astype(np.uint16)
+            _write_png(self.out / "normals" / f"{name}.png", normals[..., ::-1])
             quality = fit_nme51(face.landmarks68, face.mesh_landmarks68)
             self._csv.writerow((name, source, variant, frame, index, face.track_id, face.identity_state, face.refine_iterations, f"{quality:.4f}"))
             self.count += 1
 
     def close(self) -> None:
         self._file.close()
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise TrackerError(f"cannot write {path}")
 
 
 def _write_json(path: Path, values: dict) -> None:
@@ -150,9 +155,8 @@ def _track(tracker: FaceTracker, image: np.ndarray, index: int, timestamp: float
     return tracker.finish(prepared, raw)
 
 
-def video_frames(path: Path, every: int, max_frames: int | None):
-    """Yield (index, timestamp s, BGR image) of every ``every``-th frame of a video file (all are
-    decoded and fed to the tracker's crop smoothing; the ones between are tracked and not written)."""
+def video_frames(path: Path, max_frames: int | None):
+    """Yield (index, timestamp s, BGR image) of every frame of a video file (at most ``max_frames``)."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise TrackerError(f"cannot open the video {path}")
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                     for variant in variants:
                         tracker.reset()
                         before = writer.count
-                        for index, timestamp, image in video_frames(path, args.every, args.max_frames):
+                        for index, timestamp, image in video_frames(path, args.max_frames):
                             result = _track(tracker, variant(image), index, timestamp)
                             if index % args.every == 0:
                                 writer.write(path.stem, variant.name, index, result)
