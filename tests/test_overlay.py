@@ -15,6 +15,7 @@ import torch
 from tests.meshes import icosphere
 from tracker.head_models import load_head_model
 from tracker.overlay import SHADE_RESOLUTION, MeshTopology, draw_overlay, mesh_window, project_vertices, shade_face
+from tracker.render.maps import vertex_normals
 from tracker.sources import Frame
 from tracker.tracking import FaceResult, TrackingResult
 
@@ -147,17 +148,6 @@ def test_capped_shading_agrees_with_full_resolution_on_the_ict_head(ict_head, ya
     assert (drawn == (coverage > 0)).mean() > 0.99, "drawn exactly where the mesh covers its window"
 
 
-def reference_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3), (F, 3) -> (V, 3): the face normals summed per vertex with np.add.at, normalised
-    (the viewer's former ``smooth_vertex_normals``)."""
-    corners = vertices[faces]
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-
-
 def test_sparse_vertex_normals_equal_the_direct_sum(ict_head) -> None:
     faces = ict_head.render_faces.numpy()
     topology = MeshTopology(faces, ict_head.num_vertices)
@@ -165,7 +155,8 @@ def test_sparse_vertex_normals_equal_the_direct_sum(ict_head) -> None:
         vertices = ict_result(ict_head, yaw).faces[0].vertices.numpy()  # float32, as the views give them
         normals = topology.vertex_normals(vertices)
         assert normals.dtype == np.float32 and normals.shape == vertices.shape
-        np.testing.assert_allclose(normals, reference_vertex_normals(vertices, faces), rtol=0, atol=1e-6)
+        reference = vertex_normals(torch.from_numpy(vertices)[None], torch.from_numpy(faces))[0].numpy()  # the renderer's (index_add)
+        np.testing.assert_allclose(normals, reference, rtol=0, atol=1e-6)
     unused = np.setdiff1d(np.arange(ict_head.num_vertices), faces)
     assert unused.size and not normals[unused].any(), "vertices of no rendered triangle (the see-through layers) get zero"
 

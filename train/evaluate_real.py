@@ -50,6 +50,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -412,10 +413,11 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 class MediaClockSource:
     """A file's FrameSource whose frames carry their media time, index / the nominal frame rate
     (30 when the file gives none), as ``timestamp``: the smoothing then sees a camera at the
-    file's rate, whatever the processing speed."""
+    file's rate, whatever the processing speed. ``transform``: (H, W, 3) -> (H, W, 3) applied to
+    every image first (e.g. ``train.pseudo_gt.Variant``), None: none."""
 
-    def __init__(self, source: FrameSource) -> None:
-        self.source = source
+    def __init__(self, source: FrameSource, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.source, self.transform = source, transform
         self.period = 1.0 / (source.fps or 30.0)
 
     @property
@@ -435,7 +437,10 @@ class MediaClockSource:
 
     def read(self, timeout: float | None = None) -> Frame | None:
         frame = self.source.read(timeout)
-        return None if frame is None else dataclasses.replace(frame, timestamp=frame.index * self.period)
+        if frame is None:
+            return None
+        image = frame.image if self.transform is None else self.transform(frame.image)
+        return dataclasses.replace(frame, image=image, timestamp=frame.index * self.period)
 
 
 class VideoMeter:

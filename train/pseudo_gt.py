@@ -1,7 +1,7 @@
 """``python -m train.pseudo_gt VIDEOS_OR_IMAGES --out DATA/``: pseudo ground truth for
 ``train.finetune`` from real faces, made by the live tracker itself.
 
-Every frame (every ``--every``-th) of each video, and every photo, goes through the app's tracker
+Every frame of each video (written: every ``--every``-th) and every photo goes through the app's tracker
 with the refinement on (``FaceTracker``: MediaPipe, the smoothed DECA crop, the embedded cue,
 then the Levenberg-Marquardt fit of the head model to MediaPipe's landmarks, identity pooled per
 track). The fit starts from the mean face, not from the network's prediction
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import re
 import sys
@@ -44,12 +45,14 @@ import cv2
 import numpy as np
 import torch
 
+from tracker.device_feed import create_feeder
 from tracker.errors import TrackerError
 from tracker.geometry.crop import crop_intrinsics
 from tracker.options import DEFAULT_CHECKPOINT
-from tracker.sources import Frame
-from tracker.tracking import FaceTracker, RawOutput, TrackingResult
-from train.evaluate_real import JAW_POINTS, data_folder
+from tracker.pipeline import Pipeline
+from tracker.sources import open_source
+from tracker.tracking import FaceTracker, TrackingResult
+from train.evaluate_real import MediaClockSource, data_folder, nme_percent, track_image
 from train.real_split import split_paths
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -88,14 +91,6 @@ class Variant:
         return np.ascontiguousarray(image)
 
 
-def fit_nme51(fitted: np.ndarray, mediapipe: np.ndarray) -> float:
-    """(68, 2) fitted landmarks and MediaPipe's -> mean distance over iBUG points 17-67 in % of
-    MediaPipe's outer-eye-corner distance."""
-    iod = float(np.linalg.norm(mediapipe[36] - mediapipe[45]))
-    error = np.linalg.norm(fitted[JAW_POINTS:] - mediapipe[JAW_POINTS:], axis=1).mean()
-    return float(100.0 * error / max(iod, 1e-6))
-
-
 class PseudoGtWriter:
     """Writes tracked faces into a fine-tuning folder (module docstring), rows into quality.csv."""
 
@@ -129,7 +124,7 @@ class PseudoGtWriter:
             # the normal map last: a sample is listed by it, so an interrupted run leaves none half-written
             normals = np.clip(np.rint((face.cue.normals + 1.0) / 2.0 * 65535.0), 0, 65535).astype(np.uint16)
             _write_png(self.out / "normals" / f"{name}.png", normals[..., ::-1])
-            quality = fit_nme51(face.landmarks68, face.mesh_landmarks68)
+            quality = float(nme_percent(face.landmarks68[None], face.mesh_landmarks68[None], with_jaw=False)[0])
             self._csv.writerow((name, source, variant, frame, index, face.track_id, face.identity_state, face.refine_iterations, f"{quality:.4f}"))
             self.count += 1
 
@@ -146,31 +141,10 @@ def _write_json(path: Path, values: dict) -> None:
     path.write_text(json.dumps(values))
 
 
-def _track(tracker: FaceTracker, image: np.ndarray, index: int, timestamp: float) -> TrackingResult:
-    prepared = tracker.prepare(Frame(image, index, timestamp, timestamp))
-    raw = None
-    if prepared.inputs is not None:
-        params, rotation_6d, translation = tracker.run_network(prepared.inputs)
-        raw = RawOutput({g: v.cpu() for g, v in params.items()}, rotation_6d.cpu(), translation.cpu())
-    return tracker.finish(prepared, raw)
-
-
-def video_frames(path: Path, max_frames: int | None):
-    """Yield (index, timestamp s, BGR image) of every frame of a video file (at most ``max_frames``)."""
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise TrackerError(f"cannot open the video {path}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    index = 0
-    try:
-        while max_frames is None or index < max_frames:
-            ok, image = capture.read()
-            if not ok:
-                break
-            yield index, index / fps, image
-            index += 1
-    finally:
-        capture.release()
+def _write_every(writer: PseudoGtWriter, source: str, variant: str, every: int, result: TrackingResult) -> None:
+    """Pipeline sink: every ``every``-th frame's faces to ``writer``."""
+    if result.frame.index % every == 0:
+        writer.write(source, variant, result.frame.index, result)
 
 
 def build_tracker(checkpoint: str, photos: bool, runtime: str, refine_iters: int) -> FaceTracker:
@@ -242,22 +216,21 @@ def main(argv: list[str] | None = None) -> int:
                     for variant in variants:
                         tracker.reset()
                         before = writer.count
-                        for index, timestamp, image in video_frames(path, args.max_frames):
-                            result = _track(tracker, variant(image), index, timestamp)
-                            if index % args.every == 0:
-                                writer.write(path.stem, variant.name, index, result)
+                        source = MediaClockSource(open_source(path, realtime=False), transform=variant)
+                        sink = functools.partial(_write_every, writer, path.stem, variant.name, args.every)
+                        Pipeline(source, tracker, [sink], mode="sequential", max_frames=args.max_frames).run()
                         print(f"{path.name} [{variant.name}]: {writer.count - before} faces", flush=True)
                 tracker.close()
             if images:
                 tracker = build_tracker(args.checkpoint, True, args.runtime, args.refine_iters)
+                feeder = create_feeder(tracker.run_network, tracker.device)
                 for path in images:
                     image = cv2.imread(str(path))
                     if image is None:
                         raise TrackerError(f"cannot read the image {path}")
                     before = writer.count
-                    for variant in variants:
-                        tracker.reset()
-                        writer.write(path.stem, variant.name, 0, _track(tracker, variant(image), 0, 0.0))
+                    for variant in variants:  # track_image starts each from a fresh state
+                        writer.write(path.stem, variant.name, 0, track_image(tracker, feeder, variant(image)))
                     print(f"{path.name}: {writer.count - before} faces over {len(variants)} variants", flush=True)
                 tracker.close()
         finally:
