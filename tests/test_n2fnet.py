@@ -38,11 +38,29 @@ def test_translation_follows_the_given_intrinsics():
     _, focal, principal = _inputs()
     raw = torch.zeros(2, 9)
     raw[1, 6:8] = torch.tensor([0.5, -0.25])
-    _, translation = net.camera_from_output(raw, focal, principal)
+    _, _, translation = net.camera_from_output(raw, focal, principal)
     origin = camera.project(translation[:, None], focal, principal)[:, 0]
     assert torch.allclose(origin[0], torch.tensor([32.0, 32.0]), atol=1e-4)
     assert torch.allclose(origin[1], torch.tensor([32 + 0.5 * 32, 32 - 0.25 * 32]), atol=1e-4)
     assert torch.allclose(translation[:, 2], net.config.depth_per_focal * focal[:, 0] / 64)
+
+
+def test_camera_anchor_projects_where_the_module_says_whatever_the_rotation():
+    """With an anchor A the predicted (u, v, k) place A, not the head origin: A projects to (u, v)
+    at depth k * f_x / S for any rotation output, and the config rebuilds the same network."""
+    net = N2FNet(N2FNetConfig(head_model="ict", groups={"identity": 4}, backbone="resnet18", input_size=64))
+    anchor = torch.tensor([0.01, 0.004, 0.105])
+    net.set_camera_anchor(anchor.tolist())
+    _, focal, principal = _inputs()
+    raw = torch.randn(2, 9, generator=torch.Generator().manual_seed(2)) * 0.3
+    _, rotation, translation = net.camera_from_output(raw, focal, principal)
+    assert not torch.allclose(rotation, torch.eye(3).expand(2, 3, 3), atol=0.05)
+    anchor_cam = camera.head_to_camera(anchor.expand(2, 1, 3), rotation, translation)
+    expected_uv = raw[:, 6:8] * 32 + 32
+    assert torch.allclose(camera.project(anchor_cam, focal, principal)[:, 0], expected_uv, atol=1e-4)
+    assert torch.allclose(anchor_cam[:, 0, 2], net.config.depth_per_focal * torch.exp(raw[:, 8]) * focal[:, 0] / 64, atol=1e-6)
+    rebuilt = N2FNet(N2FNetConfig(**net.config.to_dict()))
+    assert torch.allclose(rebuilt.camera_from_output(raw, focal, principal)[2], translation)
 
 
 def test_mask_input_is_required_when_configured():

@@ -308,7 +308,7 @@ def test_flame_official_mediapipe_embedding_format(tmp_path):
 @pytest.mark.shared
 def test_refinement_puts_the_mesh_on_a_real_face_and_locks_the_identity(shared_path):
     """A real video through the shipped tracker: with the refinement our 68 points agree with
-    MediaPipe's, and the identity calibrates then locks; without it they do not agree."""
+    MediaPipe's, closer than the network's own, and the identity calibrates then locks."""
     from tracker.options import DEFAULT_CHECKPOINT
     from tracker.tracking import FaceTracker
     from train.evaluate_real import evaluate_video
@@ -322,6 +322,6 @@ def test_refinement_puts_the_mesh_on_a_real_face_and_locks_the_identity(shared_p
         finally:
             tracker.close()
     print({k: (round(r.nme51_vs_mediapipe, 2), round(r.mouth_correlation, 3)) for k, r in rows.items()})
-    assert rows[True].nme51_vs_mediapipe < 4.0 < rows[False].nme51_vs_mediapipe
+    assert rows[True].nme51_vs_mediapipe < min(4.0, 0.9 * rows[False].nme51_vs_mediapipe)  # the refinement improves on the network alone
     assert rows[True].identity_locked_frames == 40 - 30 + 1 and rows[False].identity_locked_frames == 0  # the 30th frame locks it
     assert rows[True].refine_iterations > 0 and rows[False].refine_iterations == 0

@@ -57,11 +57,11 @@ def evaluate(net: N2FNet, head: HeadModel, sampler_config: SamplerConfig, sample
         batch = sampler.sample(min(batch_size, samples - start))
         mask = batch.mask if net.config.use_mask_input else None
         out = net(batch.normals, batch.focal, batch.principal, mask)
-        _, mean_translation = net.camera_from_output(torch.zeros(len(batch.normals), 9, device=device), batch.focal, batch.principal)
+        _, mean_rotation, mean_translation = net.camera_from_output(torch.zeros(len(batch.normals), 9, device=device), batch.focal, batch.principal)
         mean_params = {g: head.param_groups[g].mean(len(batch.normals), device=device) for g in out.params}
         candidates = {
             "net": (out.params, out.rotation, out.translation),
-            "mean": (mean_params, torch.eye(3, device=device).expand(len(batch.normals), 3, 3), mean_translation),
+            "mean": (mean_params, mean_rotation, mean_translation),
         }
         for key, (params, rotation, translation) in candidates.items():
             vertices = head.decode(params)

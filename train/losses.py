@@ -105,6 +105,16 @@ def normalised_landmarks(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return pixels / size * 2 - 1
 
 
+def landmark_mse(landmarks_px: torch.Tensor, target_px: torch.Tensor, size: int, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """L_render's landmark term before its lambda: the MSE per coordinate in normalised crop
+    coordinates. landmarks_px, target_px (B, 68, 2) crop pixels; ``visible`` (B, 68) optionally
+    drops unannotated landmarks -> scalar."""
+    error = (normalised_landmarks(landmarks_px, size) - normalised_landmarks(target_px, size)).square().sum(-1)
+    if visible is None:
+        return error.mean() / 2
+    return (error * visible).sum() / visible.sum().clamp_min(1.0) / 2
+
+
 def render_loss(
     normals: torch.Tensor,
     mask: torch.Tensor,
@@ -121,15 +131,10 @@ def render_loss(
     normals (B, 3, H, W), mask (B, 1, H, W), landmarks_px (B, 68, 2) and the same for the target;
     ``landmark_visible`` (B, 68) optionally drops unannotated landmarks (real data).
     """
-    lmk_error = (normalised_landmarks(landmarks_px, size) - normalised_landmarks(target_landmarks_px, size)).square().sum(-1)
-    if landmark_visible is not None:
-        lmk_term = (lmk_error * landmark_visible).sum() / landmark_visible.sum().clamp_min(1.0) / 2
-    else:
-        lmk_term = lmk_error.mean() / 2
     terms = {
         "normal": weights.normal * cosine_distance_map(normals, target_normals, target_mask),
         "mask": weights.mask * F.mse_loss(mask, target_mask),
-        "landmarks": weights.landmarks * lmk_term,
+        "landmarks": weights.landmarks * landmark_mse(landmarks_px, target_landmarks_px, size, landmark_visible),
     }
     return sum(terms.values()), terms
 

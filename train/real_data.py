@@ -131,7 +131,8 @@ class RealDataset:
         return image, scale
 
     def load(self, stem: str) -> dict:
-        """One sample as tensors (unbatched)."""
+        """One sample as tensors (unbatched): normals, mask, focal, principal, and where the folder
+        has them rotation and translation, params, landmarks_2d and landmark_visible."""
         mask_image, _ = self._image(self.folder / "masks" / f"{stem}.png", colour=False)
         rgb, scale = self._image(self.folder / "normals" / f"{stem}.png", colour=True)
         mask = torch.from_numpy(mask_image > 0).float()[None]
@@ -143,11 +144,13 @@ class RealDataset:
             values = json.loads(pose.read_text())
             sample["rotation"] = torch.tensor(values["rotation"], dtype=torch.float32)
             sample["translation"] = torch.tensor(values["translation"], dtype=torch.float32)
-        if self.stage == 1:
-            with np.load(self.folder / "params" / f"{stem}.npz", allow_pickle=False) as data:
+        params = self.folder / "params" / f"{stem}.npz"
+        if params.is_file():  # every sample of stage 1 has them
+            with np.load(params, allow_pickle=False) as data:
                 sample["params"] = {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32).reshape(-1)) for k in data.files}
-        else:
-            lmk = np.loadtxt(self.folder / "landmarks" / f"{stem}.txt", dtype=np.float32).reshape(-1, 2)
+        landmarks = self.folder / "landmarks" / f"{stem}.txt"
+        if landmarks.is_file():  # every sample of stage 2 has them
+            lmk = np.loadtxt(landmarks, dtype=np.float32).reshape(-1, 2)
             if lmk.shape != (68, 2):
                 raise TrackerError(f"{stem}.txt: expected 68 landmark lines, got {lmk.shape[0]}")
             sample["landmarks_2d"] = torch.from_numpy(np.nan_to_num(lmk)) * scale

@@ -308,7 +308,7 @@ class Trainer:
                 self.log.write("train", stage, self.step, values)
             if self.is_main and (self.step % self.config.val_every == 0 or self.step == steps):
                 last = self.validate(stage)
-                self._save(stage, optimiser, scheduler, last)
+                self.save(stage, optimiser, scheduler, last)
                 self._set_modes(stage)
         return last
 
@@ -348,7 +348,9 @@ class Trainer:
         self.log.write("val", stage, self.step, result)
         return result
 
-    def _save(self, stage: int, optimiser, scheduler, result: dict) -> None:
+    def save(self, stage: int, optimiser, scheduler, result: dict, record: dict | None = None) -> None:
+        """Write last.pt (resumable) and, when ``result`` improves the stage's key figure,
+        best_stage{stage}.pt; ``record``: more entries for both (e.g. how the run was made)."""
         key = "vertex_error_mm" if stage == 1 else "landmark_error_px"
         best_key = f"stage{stage}"
         improved = best_key not in self.best or result[key] < self.best[best_key]
@@ -364,6 +366,7 @@ class Trainer:
             "step": self.step,
             "metrics": result,
             "best": dict(self.best),
+            **(record or {}),
         }
         if improved:  # weights only: best checkpoints are for use, not for resuming
             save_checkpoint(self.out_dir / f"best_stage{stage}.pt", state)

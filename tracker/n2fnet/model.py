@@ -6,10 +6,15 @@
 
 Block = one transformer-encoder layer (width d, 16 heads, FFN 4d, GELU), Pool = mean over tokens,
 g = MLP (d -> d -> out). The camera's translation is parameterised through the given crop
-intrinsics (they are inputs, not estimates): the module predicts (u, v, log k) and
-``t_z = k * f_x / S``, ``(t_x, t_y) = ((u, v) * S/2 + S/2 - c) * t_z / f`` — u, v are where the
-head origin projects in the crop (in [-1, 1]), k is depth per unit of normalised focal. A DECA
-crop shows every head at about the same size, so k and (u, v) are what the normal map determines.
+intrinsics (they are inputs, not estimates): the module predicts (u, v, log k) for the camera
+anchor A, a head-frame point: its depth ``z_A = k * f_x / S``, its position
+``(x_A, y_A) = ((u, v) * S/2 + S/2 - c) * z_A / f``, and ``t = (x_A, y_A, z_A) - R F A`` — u, v are
+where A projects in the crop (in [-1, 1]), k is depth per unit of normalised focal. A DECA crop
+shows every head at about the same size, so k and (u, v) are what the normal map determines.
+A = the head origin (older checkpoints) puts the face where the rotation says: ICT's origin lies
+10 cm behind the face, so a 7 degree rotation error moves the face 1.3 cm sideways; A at the
+face's landmarks (``N2FNet.set_camera_anchor``) leaves a rotation error only turning the face
+about itself.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from tracker.geometry.camera import focal_xy
+from tracker.geometry.camera import FLIP, focal_xy
 from tracker.geometry.rotations import identity_6d, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
 from tracker.n2fnet.backbone import create_backbone
@@ -44,6 +49,7 @@ class N2FNetConfig:
     token_dim: int = 256  # CNN backbones only; ViTs use their embedding width
     heads: int = 16
     depth_per_focal: float = 0.23  # k at zero output, metres per unit of focal / S (DECA crop of a face at 1 m: f/S ~ 4.35)
+    camera_anchor: tuple[float, float, float] = (0.0, 0.0, 0.0)  # A, head frame, metres (the module docstring)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -88,6 +94,7 @@ class N2FNet(nn.Module):
         self.flame_module = ParameterModule(dim, sum(config.groups.values()), config.heads)
         self.camera_module = ParameterModule(dim, 9, config.heads)  # 6D rotation offset + (u, v, log k)
         self.register_buffer("rotation_6d_at_zero", identity_6d(1), persistent=False)
+        self.register_buffer("camera_anchor", torch.tensor(config.camera_anchor, dtype=torch.float32), persistent=False)  # from the config
         # neutral value of every regressed coefficient (identity 6D for rotations): outputs are offsets
         self.register_buffer("param_offset", torch.zeros(sum(config.groups.values())))
 
@@ -117,25 +124,35 @@ class N2FNet(nn.Module):
             if mask is None:
                 raise ValueError("this N2FNet was built with use_mask_input=True: pass the face mask")
             normals = torch.cat((normals, mask), dim=1)
-        tokens = self.backbone(normals)
+        return self.heads(self.backbone(normals), focal, principal, modules)
+
+    def heads(self, tokens: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor, modules: tuple[str, ...] = ("flame", "camera")) -> N2FNetOutput:
+        """Backbone tokens (B, N, d) -> the output of the ``modules`` heads (``forward`` after the
+        backbone; ``train.head_tuning`` trains the heads on cached tokens through it)."""
         params = rotation_6d = rotation = translation = None
         if "flame" in modules:
             raw = self.flame_module(tokens) + self.param_offset
             params = dict(zip(self.config.groups, raw.split(list(self.config.groups.values()), dim=-1)))
         if "camera" in modules:
-            rotation_6d, translation = self.camera_from_output(self.camera_module(tokens), focal, principal)
-            rotation = rotation_6d_to_matrix(rotation_6d)
+            rotation_6d, rotation, translation = self.camera_from_output(self.camera_module(tokens), focal, principal)
         return N2FNetOutput(params, rotation_6d, rotation, translation)
 
     def camera_from_output(self, raw: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor):
-        """(B, 9) camera-module output -> rotation 6D (B, 6), translation (B, 3)."""
+        """(B, 9) camera-module output -> rotation 6D (B, 6), rotation (B, 3, 3), translation (B, 3)."""
         rotation_6d = self.rotation_6d_at_zero + raw[:, :6]
+        rotation = rotation_6d_to_matrix(rotation_6d)
         size = self.config.input_size
         focal = focal_xy(focal)
         depth = self.config.depth_per_focal * torch.exp(raw[:, 8]) * focal[:, 0] / size  # (B,)
         centre_px = raw[:, 6:8] * (size / 2) + size / 2
-        xy = (centre_px - principal) * depth[:, None] / focal
-        return rotation_6d, torch.cat((xy, depth[:, None]), dim=-1)
+        anchor = torch.cat(((centre_px - principal) * depth[:, None] / focal, depth[:, None]), dim=-1)  # A in the camera frame
+        return rotation_6d, rotation, anchor - rotation @ (self.camera_anchor * self.camera_anchor.new_tensor(FLIP))
+
+    def set_camera_anchor(self, point: tuple[float, float, float]) -> None:
+        """Make the head-frame ``point`` (m) the camera module's anchor A; the module's outputs
+        keep their meaning only for the same A, so it needs training after a change."""
+        self.config.camera_anchor = tuple(float(v) for v in point)
+        self.camera_anchor.copy_(torch.tensor(self.config.camera_anchor))
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by learning-rate group: stem (first conv / patch embedding), token_layers
