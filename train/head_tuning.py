@@ -134,7 +134,7 @@ def projected_landmarks(head, params: dict[str, torch.Tensor], rotation: torch.T
 class HeadTuningConfig:
     """The settings of a run (stored in its checkpoints under "head_tuning")."""
 
-    steps: int = 20_000
+    steps: int = 8_000
     batch_size: int = 64
     real_fraction: float = 0.5
     synthetic_samples: int = 16_384
@@ -145,7 +145,7 @@ class HeadTuningConfig:
     landmark_weight: float = 10_000.0
     pose_weights: tuple[float, float] = (1000.0, 10_000.0)
     max_fit_nme: float | None = None
-    val_every: int = 2000
+    val_every: int = 1000
     log_every: int = 200
     seed: int = 0
 
