@@ -30,6 +30,7 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.geometry import camera
+from tracker.geometry.rotations import matrix_to_axis_angle
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import load_checkpoint
 from train import metrics
@@ -88,22 +89,14 @@ def real_token_set(net: N2FNet, dataset: RealDataset, batch: int = 64) -> TokenS
     when one lacks its landmarks or pose."""
     parts = []
     for start in range(0, len(dataset), batch):
-        items = [dataset.load(stem) for stem in dataset.stems[start : start + batch]]
-        for stem, item in zip(dataset.stems[start : start + batch], items):
+        stems = dataset.stems[start : start + batch]
+        items = [dataset.load(stem) for stem in stems]
+        for stem, item in zip(stems, items):
             missing = [name for name, key in (("landmarks", "landmarks_2d"), ("poses", "rotation")) if key not in item]
             if missing:
                 raise TrackerError(f"{dataset.folder}: sample {stem} has no {' or '.join(missing)}/ file; head tuning needs params, landmarks and a pose (train.pseudo_gt writes them)")
-
-        def stack(key):
-            return torch.stack([item[key] for item in items]).to(dataset.device)
-
-        params = {g: torch.stack([item["params"][g] for item in items]).to(dataset.device) for g in items[0]["params"]}
-        parts.append(
-            TokenSet(
-                encode(net, stack("normals"), stack("mask")), stack("focal"), stack("principal"), params,
-                stack("landmarks_2d"), stack("landmark_visible"), stack("rotation"), stack("translation"),
-            )
-        )
+        b = dataset.stack(items)
+        parts.append(TokenSet(encode(net, b.normals, b.mask), b.focal, b.principal, b.params, b.landmarks_2d, b.landmark_visible, b.rotation, b.translation))
     return TokenSet.join(parts)
 
 
@@ -201,10 +194,9 @@ class HeadTuner:
         landmarks = projected_landmarks(self.head, out.params, out.rotation, out.translation, samples.focal, samples.principal)
         inner = samples.landmark_visible.bool().clone()
         inner[:, :17] = False
-        cos = (((out.rotation.transpose(-1, -2) @ samples.rotation).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
         return {
             f"{prefix}_nme51": 100 * metrics.nme(landmarks, samples.landmarks_2d, inner).mean().item(),
-            f"{prefix}_rotation_deg": torch.rad2deg(torch.acos(cos)).mean().item(),
+            f"{prefix}_rotation_deg": torch.rad2deg(matrix_to_axis_angle(out.rotation.transpose(-1, -2) @ samples.rotation).norm(dim=-1)).mean().item(),
         }
 
     def validate(self) -> dict[str, float]:

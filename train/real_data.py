@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import cv2
 
 from tracker.errors import TrackerError
+from tracker.map_files import read_cue_maps
 
 
 @dataclass
@@ -71,7 +71,7 @@ class RealDataset:
         self, folder: str | Path, size: int, default_focal: float, stage: int, device="cpu", seed: int = 0, max_fit_nme: float | None = None
     ) -> None:
         self.folder = Path(folder)
-        self.size, self.stage, self.device = size, stage, torch.device(device)
+        self.size, self.device = size, torch.device(device)
         normals_dir = self.folder / "normals"
         if not normals_dir.is_dir() or not (self.folder / "masks").is_dir():
             raise TrackerError(f"{self.folder}: a fine-tuning folder needs normals/ and masks/ (see train/real_data.py for the format)")
@@ -107,36 +107,11 @@ class RealDataset:
     def __len__(self) -> int:
         return len(self.stems)
 
-    def _image(self, path: Path, colour: bool) -> tuple[np.ndarray, float]:
-        """(S, S, 3) RGB or (S, S) grey float image in [0, 1] (8- or 16-bit PNG) and the factor
-        S / stored width."""
-        if not path.is_file():
-            raise TrackerError(f"missing {path}")
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise TrackerError(f"cannot read {path}")
-        if image.dtype not in (np.uint8, np.uint16):
-            raise TrackerError(f"{path}: maps must be 8- or 16-bit, got {image.dtype}")
-        depth = float(np.iinfo(image.dtype).max)
-        if image.ndim == 3:
-            image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB) if colour else image[..., 0]
-        elif colour:
-            image = np.repeat(image[..., None], 3, axis=2)
-        if image.shape[0] != image.shape[1]:
-            raise TrackerError(f"{path}: maps must be square crops, got {image.shape[1]}x{image.shape[0]}")
-        scale = self.size / image.shape[1]
-        image = image.astype(np.float32) / depth
-        if scale != 1:
-            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR if colour else cv2.INTER_NEAREST)
-        return image, scale
-
     def load(self, stem: str) -> dict:
         """One sample as tensors (unbatched): normals, mask, focal, principal, and where the folder
         has them rotation and translation, params, landmarks_2d and landmark_visible."""
-        mask_image, _ = self._image(self.folder / "masks" / f"{stem}.png", colour=False)
-        rgb, scale = self._image(self.folder / "normals" / f"{stem}.png", colour=True)
-        mask = torch.from_numpy(mask_image > 0).float()[None]
-        normals = torch.nn.functional.normalize(torch.from_numpy(rgb).permute(2, 0, 1) * 2 - 1, dim=0) * mask
+        normals, mask, scale = read_cue_maps(self.folder, stem, self.size)
+        normals, mask = torch.from_numpy(normals), torch.from_numpy(mask)[None]
         focal, principal = self._intrinsics(stem, scale)
         sample = {"normals": normals, "mask": mask, "focal": focal, "principal": principal}
         pose = self.folder / "poses" / f"{stem}.json"
@@ -169,25 +144,29 @@ class RealDataset:
 
     def sample(self, batch: int) -> RealBatch:
         picks = torch.randint(len(self.stems), (batch,), generator=self.generator).tolist()
-        items = [self.load(self.stems[i]) for i in picks]
+        return self.stack([self.load(self.stems[i]) for i in picks])
+
+    def stack(self, items: list[dict]) -> RealBatch:
+        """Samples of ``load`` -> one RealBatch on the dataset's device; params, landmarks and
+        poses when every sample has them (params: all of stage 1's, landmarks: all of stage 2's)."""
 
         def stack(key):
             return torch.stack([item[key] for item in items]).to(self.device)
 
-        params = None
-        if self.stage == 1:
-            params = {g: torch.stack([item["params"][g] for item in items]).to(self.device) for g in items[0]["params"]}
-        posed = all("rotation" in item for item in items)
+        def every(key):
+            return all(key in item for item in items)
+
+        params = {g: torch.stack([item["params"][g] for item in items]).to(self.device) for g in items[0]["params"]} if every("params") else None
         return RealBatch(
             normals=stack("normals"),
             mask=stack("mask"),
             focal=stack("focal"),
             principal=stack("principal"),
             params=params,
-            landmarks_2d=stack("landmarks_2d") if self.stage == 2 else None,
-            landmark_visible=stack("landmark_visible") if self.stage == 2 else None,
-            rotation=stack("rotation") if posed else None,
-            translation=stack("translation") if posed else None,
+            landmarks_2d=stack("landmarks_2d") if every("landmarks_2d") else None,
+            landmark_visible=stack("landmark_visible") if every("landmarks_2d") else None,
+            rotation=stack("rotation") if every("rotation") else None,
+            translation=stack("translation") if every("rotation") else None,
         )
 
 

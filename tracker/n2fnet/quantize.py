@@ -16,7 +16,7 @@ faster); the heads in int8 too up to 100 px (5-9 px with NNCF's transformer pres
 10 % of the time.
 
 Calibration inputs come from a fine-tuning folder in the format of ``train/real_data.py`` (read
-here with cv2: tracker/ does not import train/): ``normals/NAME.png`` (8- or 16-bit RGB =
+with ``tracker.map_files``, as the fine-tuning data is): ``normals/NAME.png`` (8- or 16-bit RGB =
 (n + 1) / 2 * max), ``masks/NAME.png`` (non-zero = face), the intrinsics from
 ``cameras/NAME.json`` or ``camera.json`` ({focal, principal} in pixels of the stored maps; without
 either, the probe camera: they enter the network after its last quantised layer). ``--samples``
@@ -39,11 +39,11 @@ import shlex
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from tracker.errors import TrackerError
+from tracker.map_files import read_cue_maps
 from tracker.n2fnet import runtime as rt
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from tracker.n2fnet.model import N2FNet
@@ -68,35 +68,14 @@ def read_calibration(folder: str | Path, net: N2FNet, samples: int = DEFAULT_SAM
     inputs = []
     for stem in picked:
         normals_path, mask_path = folder / "normals" / f"{stem}.png", folder / "masks" / f"{stem}.png"
-        rgb, scale = _image(normals_path, size, colour=True)
-        grey, _ = _image(mask_path, size, colour=False)
-        mask = (grey > 0).astype(np.float32)
-        normals = rgb * 2 - 1
-        normals = normals / np.maximum(np.linalg.norm(normals, axis=2, keepdims=True), 1e-12) * mask[..., None]  # as train/real_data.py
+        normals, mask, scale = read_cue_maps(folder, stem, size)
         focal, principal = _camera(folder, stem, size, scale)
-        item = [normals.transpose(2, 0, 1)[None], focal[None], principal[None]] + ([mask[None, None]] if net.config.use_mask_input else [])
+        item = [normals[None], focal[None], principal[None]] + ([mask[None, None]] if net.config.use_mask_input else [])
         inputs.append([np.ascontiguousarray(a, dtype=np.float32) for a in item])
         for path in (normals_path, mask_path):
             sha.update(stem.encode() + b"\0" + path.read_bytes())
     description = f"{len(picked)} of the {len(stems)} samples of {folder.name}/ (evenly spaced by name), sha256 of their normal maps and masks {sha.hexdigest()}"
     return inputs, description
-
-
-def _image(path: Path, size: int, colour: bool) -> tuple[np.ndarray, float]:
-    """(S, S, 3) RGB or (S, S) float image in [0, 1] of an 8- or 16-bit PNG, and the factor S / stored width."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.dtype not in (np.uint8, np.uint16):
-        raise TrackerError(f"{path}: not an 8- or 16-bit PNG")
-    depth = float(np.iinfo(image.dtype).max)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB) if colour else image[..., 0]
-    elif colour:
-        image = np.repeat(image[..., None], 3, axis=2)
-    scale = size / image.shape[1]
-    image = image.astype(np.float32) / depth
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR if colour else cv2.INTER_NEAREST)
-    return image, scale
 
 
 def _camera(folder: Path, stem: str, size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
