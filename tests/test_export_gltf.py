@@ -355,7 +355,7 @@ def test_track_selection_and_errors(ict_take, ict_model, tmp_path, capsys):
         export_glb(read_take(empty), ict_model, tmp_path / "empty.glb")
     assert export_main([str(empty), "--format", "glb", "--out", str(tmp_path / "e.glb")]) == 2
     assert "no frame with a face" in capsys.readouterr().err
-    take.timestamp[take.frame_index == 5] = take.timestamp[take.frame_index == 2][0]
+    take.timestamp[take.frame_index == 5] = take.timestamp[take.frame_index == 3][0]  # two frames at one time
     with pytest.raises(TrackerError, match="do not increase"):
         export_glb(take, ict_model, tmp_path / "clock.glb")
 

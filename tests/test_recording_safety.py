@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.test_recording import PROJECT, _check, _record, _recorder
-from tracker.atomic_write import temporary_path
+from tracker.atomic_write import temporary_files
 from tracker.errors import TrackerError
 from tracker.mesh_io import write_obj
 from tracker.recording import journal_path, main, read_take, scan_journal
@@ -175,7 +175,7 @@ def test_full_disk_at_the_end_keeps_the_journal_and_says_how_to_recover(small_di
         recorder.close()
     message = str(error.value)
     assert "No space left on device" in message and f"python -m tracker.recording --recover {journal_path(path)}" in message
-    assert not path.exists() and not temporary_path(path).exists(), "no half-written take left behind"
+    assert not path.exists() and not temporary_files(path), "no half-written take left behind"
     ballast.unlink()
     assert main(["--recover", str(journal_path(path))]) == 0
     _check(read_take(path), range(300))
@@ -203,4 +203,4 @@ def test_meshes_are_written_whole_or_not_at_all(small_disk):
     fill(room=64 * 1024)
     with pytest.raises(OSError):
         write_obj(mount / "mesh.obj", vertices, faces)  # ~1 MB of text does not fit
-    assert old.read_bytes() == before and not temporary_path(old).exists()
+    assert old.read_bytes() == before and not temporary_files(old)

@@ -1,40 +1,88 @@
-"""Files written whole or not at all: a temporary file beside the target, fsync'ed, then renamed.
+"""Files written whole or not at all, and never through a file or link that was in the way.
 
-    atomic_write("mesh.obj", text.encode())      # mesh.obj is the old file or the new one, never half
+    atomic_write("mesh.obj", text.encode())           # mesh.obj is the old file or the new one, never half
+    with staged("model.pt") as temporary:             # a writer that needs a path of its own
+        torch.save(state, temporary)
+    with staged("net.xml", companions=(".bin",)) as temporary:   # OpenVINO writes net.bin beside net.xml
+        openvino.save_model(model, str(temporary))
 
-A failed write (a full disk, a closed terminal, Ctrl-C) removes the temporary file and leaves the
-target as it was; the error is an OSError for the caller to report.
+Staging: every file is first written to a new temporary file in the target's folder, named
+``.<name>.<8 random hex digits>.tmp<the target's suffix>`` (``.take.npz.1f0c9a2e.tmp.npz``: the
+suffix kept for writers that add or replace one, like numpy and OpenVINO; a companion is the same
+name with its own suffix) and created exclusively (``O_CREAT | O_EXCL``): never a file that was
+there before, and never through a symbolic link planted at that name. On leaving the block
+each staged file is fsync'ed and renamed onto its target (``os.replace``; companions first, the
+main file last, so a present main file means a complete set), and the folder is fsync'ed. A failed
+write (a full disk, a closed terminal, Ctrl-C, an error in the writer) removes the staged files and
+leaves the targets as they were; the error is an OSError (or the writer's own) for the caller to
+report. Only a killed process (SIGKILL, a power cut) can leave a staged file behind
+(``temporary_files`` lists them). The files get the usual permissions (0666 less the umask).
+
+``same_file(a, b)``: whether two paths name one file (hard and symbolic links included), for
+refusing an output that would overwrite an input.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 TEMPORARY_SUFFIX = ".tmp"
-
-
-def temporary_path(path: str | Path) -> Path:
-    """Where ``atomic_write`` stages ``path``: ``mesh.obj`` -> ``mesh.obj.tmp``."""
-    path = Path(path)
-    return path.with_name(path.name + TEMPORARY_SUFFIX)
+_RANDOM_HEX = 8
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+_EXISTING = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def atomic_write(path: str | Path, data: bytes | bytearray | memoryview) -> Path:
-    """Write ``data`` to ``path`` atomically and durably (the rename is fsync'ed on POSIX)."""
+    """Write ``data`` to ``path`` atomically and durably (module docstring)."""
     path = Path(path)
-    temporary = temporary_path(path)
-    try:
-        with temporary.open("wb") as stream:
+    with staged(path) as temporary:
+        with open(os.open(temporary, _EXISTING), "wb") as stream:
             stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+    return path
+
+
+@contextmanager
+def staged(path: str | Path, companions: Sequence[str] = ()) -> Iterator[Path]:
+    """A new, exclusively created temporary file beside ``path`` for the block to write ``path``'s
+    content to; ``companions``: suffixes of files the writer puts beside it (the staged name with
+    that suffix, created exclusively too), each renamed onto ``path`` with that suffix. Renamed
+    into place when the block ends normally, removed when it raises (module docstring)."""
+    path = Path(path)
+    main, extra = _create_staged(path, companions)
+    staged_files = [*extra, main]  # renamed in this order: the main file last
+    targets = [*(path.with_suffix(suffix) for suffix in companions), path]
+    try:
+        yield main
+        for temporary in staged_files:
+            _fsync_file(temporary)
+        for temporary, target in zip(staged_files, targets):
+            os.replace(temporary, target)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        for temporary in staged_files:
+            temporary.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return path
+
+
+def temporary_files(path: str | Path) -> list[Path]:
+    """The staged files of ``path`` present in its folder (left only by a killed writer)."""
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * _RANDOM_HEX}{TEMPORARY_SUFFIX}*"
+    return sorted(path.parent.glob(pattern))
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same file system entry where both exist (hard and
+    symbolic links included), else the same path once symbolic links and ``..`` are resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -42,6 +90,35 @@ def fsync_dir(folder: str | Path) -> None:
     if not hasattr(os, "O_DIRECTORY"):
         return
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_staged(path: Path, companions: Sequence[str]) -> tuple[Path, list[Path]]:
+    """Create the staged file of ``path`` (and its companions) exclusively, under a fresh random
+    name; -> (the staged file, its companions)."""
+    while True:
+        main = path.with_name(f".{path.name}.{secrets.token_hex(_RANDOM_HEX // 2)}{TEMPORARY_SUFFIX}{path.suffix}")
+        created: list[Path] = []
+        try:
+            for candidate in (main, *(main.with_suffix(companion) for companion in companions)):
+                os.close(os.open(candidate, _EXCLUSIVE, 0o666))
+                created.append(candidate)
+        except FileExistsError:  # a name taken (by chance, or by a planted file or link): another name
+            for candidate in created:
+                candidate.unlink()
+            continue
+        except BaseException:
+            for candidate in created:
+                candidate.unlink(missing_ok=True)
+            raise
+        return main, created[1:]
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, _EXISTING)
     try:
         os.fsync(fd)
     finally:

@@ -57,7 +57,7 @@ import torch
 from tracker.atomic_write import atomic_write
 from tracker.avatar import ARKIT_NAMES, head_pose
 from tracker.errors import TrackerError
-from tracker.export import select_track
+from tracker.export import check_clock, check_output, check_records, select_track
 from tracker.geometry.rotations import rotation_6d_to_matrix
 from tracker.recording import Take
 
@@ -115,30 +115,33 @@ def parse_timecode(timecode: str, fps: int = DEFAULT_FPS) -> float:
 
 def export_csv(take: Take, out: str | Path, track: int | None = None, fps: int = DEFAULT_FPS) -> CsvExport:
     """Write ``take``'s ``track`` (None: the default track) as a Live Link Face CSV at ``out``
-    (atomically). Module docstring: layout, units, signs."""
+    (atomically). Module docstring: layout, units, signs; ``tracker.export``'s: what is refused."""
     out = Path(out)
     if out.is_dir():
         raise TrackerError(f"{out} is a folder: give the CSV's file name, e.g. {out / 'take.csv'}")
+    check_output(take, out, ".csv")
     if fps < 1 or int(fps) != fps:
         raise TrackerError(f"--timecode-fps must be a whole number of frames per second, got {fps}")
     track = select_track(take, track)
     rows = np.flatnonzero(take.face_found & (take.track_id == track))
     arkit = take.arkit[rows].astype(np.float64)
-    if not np.isfinite(arkit).all():
+    unweighted = np.isnan(arkit).all(axis=1)  # recorded without ARKit weights
+    if unweighted.any():
         if take.head_model == "flame":
             raise TrackerError("this FLAME take has no ARKit weights: they come from an ICT-FaceKit fit beside FLAME, which needs the ICT "
                                "model while recording (--ict-model, or the shared ict-facekit folder); export it with --format glb, or record it again")
-        frames = take.frame_index[rows[~np.isfinite(arkit).all(axis=1)]]
+        frames = take.frame_index[rows[unweighted]]
         raise TrackerError(f"the take has no ARKit weights for frames {frames[:10].tolist()} (recorded before this version "
                            "stored them?): record it again to export a Live Link Face CSV")
     r6d, t = take.rotation_6d[rows].astype(np.float64), take.translation[rows].astype(np.float64)
-    posed = np.isfinite(r6d).all(axis=1) & np.isfinite(t).all(axis=1)
-    if not posed.all():
-        raise TrackerError(f"the take lacks the head pose for frames {take.frame_index[rows[~posed]][:10].tolist()}")
+    unposed = np.isnan(r6d).all(axis=1) | np.isnan(t).all(axis=1)
+    if unposed.any():
+        raise TrackerError(f"the take lacks the head pose for frames {take.frame_index[rows[unposed]][:10].tolist()}")
+    check_records(take, rows)
+    clock = check_clock(take)  # the frames' times in the video for a file, else their capture times
     rotations = rotation_6d_to_matrix(torch.from_numpy(r6d)).numpy()
     head = np.stack([head_pose(r, p)[1] for r, p in zip(rotations, t)]).astype(np.float64) if len(rows) else np.zeros((0, 3))
     eyes = np.nan_to_num(take.eye_angles[rows].astype(np.float64), nan=0.0)  # (N, 2, 2) (left, right) x (yaw, pitch)
-    clock = take.clock()  # the frames' times in the video for a file, else their capture times
     start = float(clock[np.argmin(take.frame_index)])  # the take's first frame, as the glb's time 0
     times = clock[rows] - start
     text = io.StringIO()

@@ -84,7 +84,7 @@ import torch
 
 from tracker.atomic_write import atomic_write
 from tracker.errors import TrackerError
-from tracker.export import select_track
+from tracker.export import check_clock, check_output, check_records, select_track
 from tracker.geometry.rotations import matrix_to_quaternion, rotation_6d_to_matrix
 from tracker.head_models import HeadModel
 from tracker.recording import Take, default_identity_group
@@ -139,13 +139,11 @@ class GlbExport:
 
 
 def track_frames(take: Take, track: int) -> TrackFrames:
-    """The keyframes of ``track`` (see ``TrackFrames``); TrackerError when the take's timestamps
-    do not increase with the frame index (glTF needs increasing key times)."""
+    """The keyframes of ``track`` (see ``TrackFrames``); TrackerError when the take's times are
+    missing or do not increase with the frame index (``check_clock``; glTF needs increasing key times)."""
+    clock = check_clock(take)
     frames, first = np.unique(take.frame_index, return_index=True)
-    clock = take.clock()
     time = clock[first] - clock[first[0]]
-    if not np.isfinite(time).all():
-        raise TrackerError("the take has frames without a timestamp (NaN): it cannot be animated at its own times")
     seconds = time.astype(np.float32)
     bad = np.flatnonzero(np.diff(seconds) <= 0)
     if len(bad):
@@ -208,8 +206,10 @@ def export_glb(take: Take, model: HeadModel, out: str | Path, track: int | None 
     out = Path(out)
     if out.is_dir():
         raise TrackerError(f"{out} is a folder: give the glb's file name, e.g. {out / 'take.glb'}")
+    check_output(take, out, ".glb")
     track = select_track(take, track)
     frames = track_frames(take, track)
+    check_records(take, frames.row[frames.found])
     pose = _head_pose(take, frames)
     if model.name not in ("flame", "ict"):
         raise TrackerError(f"glb export supports the ICT and FLAME head models, not {model.name!r}")
@@ -234,7 +234,7 @@ def _head_pose(take: Take, frames: TrackFrames) -> tuple[np.ndarray, np.ndarray]
     """(K, 4) x, y, z, w quaternions and (K, 3) translations of the head in the avatar frame."""
     rows = frames.source
     r6d, t = take.rotation_6d[rows].astype(np.float64), take.translation[rows].astype(np.float64)
-    missing = ~(np.isfinite(r6d).all(1) & np.isfinite(t).all(1))
+    missing = np.isnan(r6d).all(1) | np.isnan(t).all(1)  # recorded without a pose
     if missing.any():
         raise TrackerError(f"the take lacks the head pose (rotation, translation) for frames {frames.frame_index[missing][:10].tolist()}: "
                            "it cannot be placed in the camera's view")

@@ -3,9 +3,10 @@
 Arrays may be numpy arrays or torch tensors (any device); they are written as given, no unit
 conversion. Indices are 0-based in memory and 1-based inside OBJ files.
 
-Writers (each file is written whole or not at all: ``tracker.atomic_write``):
+Writers (each file is written whole or not at all, never through a link in the way: ``tracker.atomic_write``):
     write_obj(path, vertices (V, 3), faces (F, 3), normals (V, 3)?, uvs (V, 2)?)
     write_ply(path, vertices (V, 3), faces (F, 3), colors (V, 3)?, binary=True)
+    encode_obj(...), encode_ply(...) -> bytes: the same files' contents, for a writer of its own
 Readers:
     parse_obj(path) -> ObjMesh   every polygon with its texture-coordinate indices
     read_obj(path)  -> (vertices (V, 3) float64, faces (F, 3) int64), polygons fan-triangulated
@@ -102,7 +103,11 @@ def triangulate(polygons: np.ndarray) -> np.ndarray:
 
 def write_obj(path: str | Path, vertices, faces, normals=None, uvs=None) -> Path:
     """Write a triangle mesh as OBJ; ``normals`` (V, 3) and ``uvs`` (V, 2) are per vertex."""
-    path = Path(path)
+    return atomic_write(path, encode_obj(vertices, faces, normals, uvs))
+
+
+def encode_obj(vertices, faces, normals=None, uvs=None) -> bytes:
+    """The OBJ file ``write_obj`` writes."""
     v = _vertex_array(vertices)
     f = _face_array(faces, len(v))
     blocks = [_rows("v", v)]
@@ -115,14 +120,18 @@ def write_obj(path: str | Path, vertices, faces, normals=None, uvs=None) -> Path
     line = "f " + " ".join([corner[has]] * 3) + "\n"
     columns = np.repeat(f + 1, 1 + sum(has), axis=1)
     blocks.append("".join(line % tuple(row) for row in columns.tolist()))
-    return atomic_write(path, "".join(blocks).encode("utf-8"))
+    return "".join(blocks).encode("utf-8")
 
 
 def write_ply(path: str | Path, vertices, faces, colors=None, binary: bool = True) -> Path:
     """Write a triangle mesh as PLY: float32 x, y, z, optional uchar red, green, blue per vertex
     (``colors`` (V, 3) uint8, or floats in [0, 1]), and a ``uchar int vertex_indices`` list per face.
     Binary files are little-endian."""
-    path = Path(path)
+    return atomic_write(path, encode_ply(vertices, faces, colors, binary))
+
+
+def encode_ply(vertices, faces, colors=None, binary: bool = True) -> bytes:
+    """The PLY file ``write_ply`` writes."""
     v = _vertex_array(vertices).astype(np.float32)
     f = _face_array(faces, len(v)).astype(np.int32)
     vertex_fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
@@ -157,7 +166,7 @@ def write_ply(path: str | Path, vertices, faces, colors=None, binary: bool = Tru
         vertex_format = " ".join(["%.9g"] * 3 + (["%d"] * 3 if colors is not None else []))
         np.savetxt(stream, np.array(vertex_table.tolist()), fmt=vertex_format)
         np.savetxt(stream, np.column_stack([np.full(len(f), 3), f]), fmt="%d")
-    return atomic_write(path, stream.getbuffer())
+    return stream.getvalue()
 
 
 # -- helpers ---------------------------------------------------------------------------------

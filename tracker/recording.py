@@ -27,14 +27,30 @@ intact frame is kept; the damaged stretches are reported (``JournalScan``). Reco
 counts as whole: it was never written); a damaged one is kept unless ``delete_damaged``.
 
 Failures: when the take cannot be written (a full disk), the journal is kept, the half-written
-``take.npz.tmp`` is removed, and the TrackerError gives the ``--recover`` command. A failed
+temporary file is removed, and the TrackerError gives the ``--recover`` command. A failed
 ``append`` truncates the journal back to its last whole record, so the journal stays readable.
+Recovery refuses to write the take over the journal it recovers (``--out`` naming the journal,
+also through a link): it would delete both.
+
+Links: the journal is created exclusively (``O_EXCL``: a file or symbolic link already at its name
+is never written through; a link is refused), and the take is written through a freshly created
+temporary file beside it (``tracker.atomic_write``), so no planted link redirects a recording.
 
 Durability: ``append`` hands each record to the operating system with one ``write`` before it
 returns, so killing the process at any moment (Ctrl-C, SIGKILL, a crash, a closed window) loses
 at most the record being appended. The journal is fsync'ed when it is created, on ``close``, and by
 the first ``append`` at least ``sync_interval`` seconds (default 1; 0: every record) after the
 previous fsync, so an OS crash or power cut loses at most the records of that interval.
+
+Reading (``read_take``): a take is untrusted input. Its header entries must have their types (the
+metadata a JSON object, the group list {name: size} with at most 64 groups of 1-10000 values),
+and before any array is allocated, each npz member's .npy header must fit its zip entry (shape x
+itemsize = its size) and the take's layout (one row per record, each group's width), and the
+members must fit the file: their compressed sizes its size, and their total at most 16 times its
+size (or 64 MB). This version writes takes uncompressed, so a real take is about 1:1; a compressed
+file of 3 million records that would take 1.6 GB of arrays from 22 MB is refused at once instead
+of taking 4 GB of memory. A journal's records are read from the file itself (their count is its
+size over the record size), so it takes at most about twice its size.
 
 Identity: the head model's identity group (``identity_group``: ICT's "identity", FLAME's
 "shape") belongs to the person, not the frame. The journal keeps it in every record (each record
@@ -88,6 +104,7 @@ import argparse
 import io
 import json
 import logging
+import math
 import os
 import socket
 import struct
@@ -105,7 +122,7 @@ from typing import Any
 
 import numpy as np
 
-from tracker.atomic_write import atomic_write, fsync_dir
+from tracker.atomic_write import atomic_write, fsync_dir, same_file
 from tracker.errors import TrackerError
 
 try:
@@ -136,6 +153,7 @@ _FIXED_FIELDS = (
     ("eye_angles", "<f4", (2, 2)),
 )
 _TRACK_FIELDS = ("track_id", "identity_state")
+_TRACK_TABLE = ("tracks/track_id", "tracks/identity", "tracks/identity_state")  # a finished take's per-track arrays
 _ANIMATION_FIELDS = ("media_time", "arkit", "eye_angles")
 # the fixed fields each layout leaves out: this version's, takes before the animation fields, takes before tracks
 _LAYOUTS = {"current": (), "before animation": _ANIMATION_FIELDS, "before tracks": (*_TRACK_FIELDS, *_ANIMATION_FIELDS)}
@@ -143,6 +161,15 @@ _VECTORS = ("crop_box", "rotation_6d", "translation", "focal", "principal")
 # identity_state codes (module docstring); the tracker's FaceResult.identity_state is one of these names
 IDENTITY_STATES = ("none", "calibrating", "locked", "given", "network")
 IDENTITY_GROUPS = ("identity", "shape")  # a head model's identity group, first found (ICT, FLAME)
+# what a take or journal may declare (module docstring, "Reading"): far above any real take, low
+# enough that a damaged or forged file is refused before memory is allocated for it
+_MAX_GROUPS = 64  # parameter groups (ICT has 2, FLAME 6)
+_MAX_GROUP_SIZE = 10_000  # values in one group (FLAME's shape has up to 300, ICT's identity 100)
+_MAX_TEXT_BYTES = 1 << 20  # a take's head model, group list, metadata, identity group
+_MAX_EXPANSION = 16  # an npz take's arrays may declare this many times the file's size ...
+_EXPANSION_ALLOWANCE = 64 << 20  # ... or this many bytes, whichever is more
+_COPY_ROWS = 1 << 16  # records per block when a take's per-track identity is given to each record
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 AUTO = "auto"
 
 
@@ -214,7 +241,8 @@ class Take:
     identity); ``track_id`` (T,) int64 and ``identity_state`` (T,) uint8 (None: as a take from
     before tracks, track 0 where a face was found, -1 elsewhere, state 0); ``identity_group`` the
     group stored once per track in the npz (None: every group per record); ``complete`` is False
-    for a take read from an unfinished journal.
+    for a take read from an unfinished journal; ``read_from`` the file ``read_take`` read it from
+    (None: made in memory), which exports refuse to overwrite.
     """
 
     head_model: str
@@ -236,6 +264,7 @@ class Take:
     arkit: np.ndarray | None = None
     eye_angles: np.ndarray | None = None
     media_time: np.ndarray | None = None
+    read_from: Path | None = None
 
     def __post_init__(self) -> None:
         if self.media_time is None:
@@ -256,8 +285,10 @@ class Take:
 
     def clock(self) -> np.ndarray:
         """(T,) float64 seconds to animate the take at: each record's media time (its frame's position
-        in the file) when every record has one, else its capture timestamp."""
-        return self.media_time if len(self) and np.isfinite(self.media_time).all() else self.timestamp
+        in the file) when every record has one and they never decrease, else its capture timestamp
+        (a live source, or a take recorded with ``--loop`` before media time kept counting across loops)."""
+        media = self.media_time
+        return media if len(self) and np.isfinite(media).all() and (np.diff(media) >= 0).all() else self.timestamp
 
     @property
     def frame_count(self) -> int:
@@ -592,9 +623,25 @@ def write_take(take: Take, path: str | Path) -> Path:
         raise TrackerError(f"cannot write take {path}: {err.strerror or err}") from err
 
 
+def check_recovery_target(journal: str | Path, out: str | Path) -> None:
+    """TrackerError when ``out`` is the journal itself (the same file, through links too): the take
+    would be written over the journal, which would then be deleted as finalised."""
+    if same_file(out, journal):
+        raise TrackerError(f"the take to write, {out}, is the journal being recovered ({journal}): writing it there would destroy "
+                           f"the journal. Write the take to another file (--out), e.g. {_suggested_take(Path(journal))}")
+
+
+def _suggested_take(journal: Path) -> Path:
+    """Where a recovered take could go: take.npz.partial -> take.npz, else beside it as <name>.npz."""
+    if journal.name.endswith(JOURNAL_SUFFIX) and journal.name != JOURNAL_SUFFIX:
+        return _take_path(journal)
+    return journal.with_name(journal.name + ".npz")
+
+
 def _finalise(journal: Path, out: Path, delete_damaged: bool = False) -> JournalScan:
     """Write the take of ``journal`` to ``out``, then delete the journal when it was read whole (or
     ``delete_damaged``). The caller holds the journal's lock."""
+    check_recovery_target(journal, out)
     scan = scan_journal(journal)
     scan.take.complete = True
     try:
@@ -618,45 +665,72 @@ def _take_path(journal: Path) -> Path:
 
 
 # -- reading ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Member:
+    """An array of an npz as its .npy header declares it, before it is read."""
+
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
 def _read_npz(path: Path) -> Take:
+    """Read a take.npz, every member's declared shape checked against the take's layout and the
+    file's real size before any array is allocated (module docstring, "Reading")."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        with zipfile.ZipFile(path) as archive:
+            return _read_npz_members(path, archive, _npz_members(path, archive))
+    except TrackerError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as err:  # RuntimeError: an encrypted member
         raise TrackerError(f"{path} is not a readable take (npz written by tracker.recording): {err}") from err
+
+
+def _read_npz_members(path: Path, archive: zipfile.ZipFile, members: dict[str, _Member]) -> Take:
     needed = ("timestamp", "frame_index", "face_found", *_VECTORS, "head_model", "groups", "metadata")
-    missing = [key for key in needed if key not in arrays]
+    missing = [key for key in needed if key not in members]
     if missing:
         raise TrackerError(f"{path} is not a take written by tracker.recording: it lacks {missing}")
+    text = {key: _read_text(path, archive, members[key]) for key in ("head_model", "groups", "metadata", "identity_group") if key in members}
     try:
-        groups = {str(group): int(size) for group, size in json.loads(str(arrays["groups"])).items()}
-        metadata = json.loads(str(arrays["metadata"]))
-    except (ValueError, AttributeError) as err:
+        head_model, groups, metadata = _head_model(text["head_model"]), _groups(json.loads(text["groups"])), _metadata(json.loads(text["metadata"]))
+    except ValueError as err:
         raise TrackerError(f"take {path} has malformed metadata: {err}") from err
-    identity_group = str(arrays["identity_group"]) if "identity_group" in arrays else ""
-    identity_group = identity_group or None
+    identity_group = text.get("identity_group") or None
     if identity_group is not None and identity_group not in groups:
         raise TrackerError(f"take {path} is malformed: its identity group {identity_group!r} is not in its group list {groups}")
-    layout = "before tracks" if "track_id" not in arrays else "before animation" if "arkit" not in arrays else "current"
+    layout = "before tracks" if "track_id" not in members else "before animation" if "arkit" not in members else "current"
     legacy = layout == "before tracks"
-    frames = len(arrays["timestamp"])
-    fields = _record_fields(groups, layout)
-    shapes = {name: (frames, *shape) for name, _, shape in fields if name != f"params/{identity_group}"}
+    if len(members["timestamp"].shape) != 1:
+        raise TrackerError(f"take {path} is malformed: timestamp is {members['timestamp'].shape}, expected one value per record")
+    frames = members["timestamp"].shape[0]
+    shapes = {name: (frames, *shape) for name, _, shape in _record_fields(groups, layout) if name != f"params/{identity_group}"}
+    if identity_group is not None:
+        if legacy or any(name not in members for name in _TRACK_TABLE):
+            raise TrackerError(f"take {path} is malformed: it names an identity group but lacks its track arrays ({', '.join(_TRACK_TABLE)})")
+        ids = members["tracks/track_id"].shape
+        if len(ids) != 1 or ids[0] > frames:
+            raise TrackerError(f"take {path} is malformed: tracks/track_id is {ids}, expected at most one track per record ({frames})")
+        shapes.update(dict(zip(_TRACK_TABLE, (ids, (*ids, groups[identity_group]), ids))))
     for name, shape in shapes.items():
-        if name not in arrays:
+        if name not in members:
             raise TrackerError(f"take {path} lacks the array {name!r} of its group list {groups}")
-        if arrays[name].shape != shape:
-            raise TrackerError(f"take {path} is malformed: {name} is {arrays[name].shape}, expected {shape}")
+        if members[name].shape != shape:
+            raise TrackerError(f"take {path} is malformed: {name} is {members[name].shape}, expected {shape}")
+        if members[name].dtype.kind not in "biuf":
+            raise TrackerError(f"take {path} is malformed: {name} holds {members[name].dtype}, not numbers")
+    _check_npz_size(path, [members[name] for name in shapes])
+    arrays = {name: np.lib.format.read_array(archive.open(members[name].info), allow_pickle=False) for name in shapes}
     face_found = arrays["face_found"].astype(bool)
     track_id = None if legacy else arrays["track_id"].astype(np.int64)
     params = {}
     for group in groups:
         if group == identity_group:
-            params[group] = _identity_per_record(path, arrays, face_found, track_id, groups[group])
+            params[group] = _identity_per_record(path, arrays, face_found, track_id)
         else:
             params[group] = arrays[f"params/{group}"]
     return Take(
-        head_model=str(arrays["head_model"]),
+        head_model=head_model,
         groups=groups,
         params=params,
         metadata=metadata,
@@ -664,22 +738,86 @@ def _read_npz(path: Path) -> Take:
         track_id=track_id,
         identity_state=None if legacy else arrays["identity_state"].astype(np.uint8),
         identity_group=identity_group,
+        read_from=path,
         **{name: arrays[name] for name in ("timestamp", "frame_index", *_VECTORS)},
         **{name: arrays[name] for name in _ANIMATION_FIELDS if layout == "current"},
     )
 
 
-def _identity_per_record(path: Path, arrays: dict[str, np.ndarray], face_found: np.ndarray, track_id: np.ndarray | None, size: int) -> np.ndarray:
-    """(T, size) float32: every record's track identity from the take's track table (NaN without a face)."""
-    if track_id is None or any(f"tracks/{name}" not in arrays for name in ("track_id", "identity", "identity_state")):
-        raise TrackerError(f"take {path} is malformed: it names an identity group but lacks its track arrays (tracks/track_id, tracks/identity, tracks/identity_state)")
-    ids, identity = arrays["tracks/track_id"].astype(np.int64), arrays["tracks/identity"]
-    if ids.ndim != 1 or identity.shape != (len(ids), size) or arrays["tracks/identity_state"].shape != ids.shape:
+def _npz_members(path: Path, archive: zipfile.ZipFile) -> dict[str, _Member]:
+    """{name: its declared shape and dtype} of the .npy members, each checked to fit its zip entry
+    (header + shape x itemsize = the entry's size) and the entries to fit the file."""
+    infos = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+    if sum(info.compress_size for info in archive.infolist()) > path.stat().st_size:
+        raise TrackerError(f"take {path} is damaged: its zip directory declares more data than the file holds")
+    members = {}
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise TrackerError(f"take {path} is damaged: the stored member {info.filename} declares {info.file_size} bytes in {info.compress_size}")
+        with archive.open(info) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version not in _NPY_HEADER_READERS:
+                raise ValueError(f"{info.filename} is in .npy format {version}, which this version does not read")
+            shape, _, dtype = _NPY_HEADER_READERS[version](stream)
+            declared = stream.tell() + math.prod(shape) * dtype.itemsize
+        if declared != info.file_size:
+            raise TrackerError(f"take {path} is malformed: its member {info.filename} declares {shape} x {dtype} "
+                               f"({declared} bytes with its header) but holds {info.file_size} bytes")
+        members[info.filename[: -len(".npy")]] = _Member(info, tuple(shape), dtype)
+    return members
+
+
+def _check_npz_size(path: Path, members: list[_Member]) -> None:
+    """TrackerError when the arrays to read declare more than ``_MAX_EXPANSION`` times the file's size
+    (and more than ``_EXPANSION_ALLOWANCE``): a compressed file this version never writes (its takes
+    are stored uncompressed) that would take far more memory than its size suggests."""
+    declared, size = sum(member.info.file_size for member in members), path.stat().st_size
+    if declared > max(_MAX_EXPANSION * size, _EXPANSION_ALLOWANCE):
         raise TrackerError(
-            f"take {path} is malformed: its track table is {ids.shape} ids, {identity.shape} identities, "
-            f"{arrays['tracks/identity_state'].shape} states for an identity of {size} values"
+            f"take {path} declares {declared / 1e6:.0f} MB of arrays in a {size / 1e6:.1f} MB file (compressed {declared / size:.0f}:1; "
+            f"at most {_MAX_EXPANSION}:1 is read): tracker.recording writes takes uncompressed, so this one was compressed elsewhere or is "
+            "damaged or forged. If you trust it, store it uncompressed (numpy.savez) and read that"
         )
-    values = np.full((len(face_found), size), np.nan, dtype=np.float32)
+
+
+def _read_text(path: Path, archive: zipfile.ZipFile, member: _Member) -> str:
+    """A 0-d string member (head_model, groups, metadata, identity_group), at most ``_MAX_TEXT_BYTES``."""
+    name = member.info.filename[: -len(".npy")]
+    if member.shape != () or member.dtype.kind != "U" or member.info.file_size > _MAX_TEXT_BYTES:
+        raise TrackerError(f"take {path} is malformed: {name} must be one string of at most {_MAX_TEXT_BYTES} bytes, "
+                           f"got {member.shape} x {member.dtype} ({member.info.file_size} bytes)")
+    return str(np.lib.format.read_array(archive.open(member.info), allow_pickle=False))
+
+
+def _head_model(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"the head model must be a name, got {value!r:.80}")
+    return value
+
+
+def _groups(value: Any) -> dict[str, int]:
+    """The group list {group: size} of a take or journal header, checked: at most ``_MAX_GROUPS``
+    groups, each a whole number of values in 1..``_MAX_GROUP_SIZE``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"the group list must be a JSON object {{group: size}}, got a JSON {type(value).__name__}")
+    if len(value) > _MAX_GROUPS:
+        raise ValueError(f"the group list names {len(value)} groups, more than the {_MAX_GROUPS} any head model has")
+    bad = {group: size for group, size in value.items() if type(size) is not int or not 1 <= size <= _MAX_GROUP_SIZE}
+    if bad:
+        raise ValueError(f"group sizes must be whole numbers from 1 to {_MAX_GROUP_SIZE}, got {str(bad)[:200]}")
+    return dict(value)
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"the metadata must be a JSON object, got a JSON {type(value).__name__}")
+    return value
+
+
+def _identity_per_record(path: Path, arrays: dict[str, np.ndarray], face_found: np.ndarray, track_id: np.ndarray) -> np.ndarray:
+    """(T, K) float32: every record's track identity from the take's (checked) track table (NaN without a face)."""
+    ids, identity = arrays["tracks/track_id"].astype(np.int64), arrays["tracks/identity"]
+    values = np.full((len(face_found), identity.shape[1]), np.nan, dtype=np.float32)
     rows = np.flatnonzero(face_found)
     order = np.argsort(ids, kind="stable")
     position = np.minimum(np.searchsorted(ids[order], track_id[rows]), max(len(ids) - 1, 0))
@@ -687,7 +825,9 @@ def _identity_per_record(path: Path, arrays: dict[str, np.ndarray], face_found: 
     if not known.all():
         unknown = sorted(set(track_id[rows[~known]].tolist()))
         raise TrackerError(f"take {path} is malformed: tracks {unknown[:10]} have records but no entry in its track table")
-    values[rows] = identity[order[position]]
+    source = order[position]
+    for start in range(0, len(rows), _COPY_ROWS):  # in blocks: no second (T, K) array at any time
+        values[rows[start : start + _COPY_ROWS]] = identity[source[start : start + _COPY_ROWS]]
     return values
 
 
@@ -707,12 +847,16 @@ def scan_journal(path: str | Path) -> JournalScan:
         raise TrackerError(f"recording journal {path} has a cut or damaged header: no frames can be read from it")
     try:
         header = json.loads(header_bytes)
-        groups = {str(group): int(size) for group, size in header["groups"].items()}
+        if not isinstance(header, dict):
+            raise ValueError(f"it is a JSON {type(header).__name__}, not an object")
+        head_model, groups, metadata = _head_model(header["head_model"]), _groups(header["groups"]), _metadata(header["metadata"])
         fields = [(name, dtype, tuple(shape)) for name, dtype, shape in header["record_fields"]]
-        dtype = np.dtype([*fields, ("crc32", "<u4")])
         layout = next((name for name in _LAYOUTS if fields == _record_fields(groups, name)), None)
-        if dtype.itemsize != header["record_size"] or layout is None:
+        if layout is None:
             raise ValueError("record layout does not match the group list")
+        dtype = np.dtype([*_record_fields(groups, layout), ("crc32", "<u4")])  # from the checked group list: bounded
+        if dtype.itemsize != header["record_size"]:
+            raise ValueError(f"record size {header['record_size']!r} does not match the record layout ({dtype.itemsize} bytes)")
         legacy = layout == "before tracks"
         identity_group = header.get("identity_group")
         if identity_group is not None and identity_group not in groups:
@@ -721,17 +865,21 @@ def scan_journal(path: str | Path) -> JournalScan:
         raise TrackerError(f"recording journal {path} has a header this version cannot read: {err}") from err
     start = _PREAMBLE.size + header_size
     starts, damaged, cut = _intact_records(memoryview(data)[start:], dtype.itemsize)
-    records = np.frombuffer(b"".join(data[start + at : start + at + dtype.itemsize] for at in starts), dtype=dtype)
+    if starts and starts[-1] - starts[0] == (len(starts) - 1) * dtype.itemsize:  # one unbroken run: read in place
+        records = np.frombuffer(data, dtype=dtype, count=len(starts), offset=start + starts[0])
+    else:
+        records = np.frombuffer(b"".join(data[start + at : start + at + dtype.itemsize] for at in starts), dtype=dtype)
     take = Take(
-        head_model=header["head_model"],
+        head_model=head_model,
         groups=groups,
         params={group: records[f"params/{group}"].copy() for group in groups},
-        metadata=header["metadata"],
+        metadata=metadata,
         face_found=records["face_found"].astype(bool),
         complete=False,
         track_id=None if legacy else records["track_id"].astype(np.int64),
         identity_state=None if legacy else records["identity_state"].astype(np.uint8),
         identity_group=identity_group,
+        read_from=path,
         **{name: records[name].copy() for name in ("timestamp", "frame_index", *_VECTORS)},
         **{name: records[name].copy() for name in _ANIMATION_FIELDS if layout == "current"},
     )
@@ -793,7 +941,9 @@ def _create_journal(path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise TrackerError(f"cannot create the folder {path.parent} for the recording: {err.strerror or err}") from err
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_BINARY", 0)
+    if path.is_symlink():
+        raise TrackerError(f"{path} is a symbolic link, not a recording journal: remove it (the recording never writes through a link), then record again")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_BINARY", 0)  # O_EXCL: never an existing file or link
     for attempt in range(2):
         try:
             fd = os.open(path, flags, 0o644)
@@ -819,7 +969,7 @@ def _remove_if_empty(path: Path) -> str:
     """Remove the journal ``path`` if no recording holds it and it has no record: "removed", else
     "locked" (a recording holds it) or "kept"."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a link put there since: kept, not followed
     except FileNotFoundError:
         return "removed"
     except OSError:
@@ -894,6 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = args.out or _take_path(args.recover)
+        check_recovery_target(args.recover, out)
         if out.exists() and not args.force:
             raise TrackerError(f"{out} exists already: choose another --out or pass --force to replace it")
         scan = finalise_journal(args.recover, out, delete_damaged=args.delete_damaged)

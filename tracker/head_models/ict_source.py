@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from tracker.atomic_write import atomic_write, staged
 from tracker.errors import TrackerError
 from tracker.head_models.ict_convert import UPSTREAM_REGIONS, convert
 from tracker.paths import cache_dir, shared_dir
@@ -158,7 +159,7 @@ def convert_checkout(checkout: Path, *, spec: ModelSpec = ICT_LIGHT, log: Log = 
     with _staging() as staging:
         out = convert(checkout, staging / MODEL_NAME, regions=spec.regions)
         verify_model(out, spec)
-        return _install(staging, out, source, license_text)
+        return _install(out, source, license_text)
 
 
 def download_ict_model(
@@ -186,7 +187,7 @@ def download_ict_model(
         log(f"converting the model into {target} (about a minute)")
         out = convert(model_dir, staging / MODEL_NAME, regions=spec.regions)
         verify_model(out, spec)
-        return _install(staging, out, url, license_text)
+        return _install(out, url, license_text)
 
 
 def verify_model(path: Path, spec: ModelSpec = ICT_LIGHT) -> None:
@@ -340,19 +341,18 @@ def _staging() -> Iterator[Path]:
         yield Path(staging)
 
 
-def _install(staging: Path, npz: Path, source: str, license_text: str | None) -> Path:
-    """Move the staged npz into the cache (atomically), with its source record and LICENSE."""
+def _install(npz: Path, source: str, license_text: str | None) -> Path:
+    """Move the converted npz (in the staging folder) into the cache, then write its source record
+    and LICENSE, each atomically and durably, never through a link in the way (``tracker.atomic_write``)."""
     target = cache_dir() / MODEL_NAME
+    with staged(target) as temporary:
+        os.replace(npz, temporary)
+    atomic_write(target.with_name(SOURCE_NAME), f"{source}\n".encode("utf-8"))
     license_path = target.with_name(LICENSE_NAME)
-    if license_text is not None:
-        (staging / LICENSE_NAME).write_text(license_text, encoding="utf-8")
-    (staging / SOURCE_NAME).write_text(source + "\n", encoding="utf-8")
-    os.replace(npz, target)
-    os.replace(staging / SOURCE_NAME, target.with_name(SOURCE_NAME))
     if license_text is None:
         license_path.unlink(missing_ok=True)
     else:
-        os.replace(staging / LICENSE_NAME, license_path)
+        atomic_write(license_path, license_text.encode("utf-8"))
     return target
 
 
