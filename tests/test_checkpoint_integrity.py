@@ -22,7 +22,8 @@ import torch
 from tracker.cues import Pixel3DMMCue
 from tracker.errors import TrackerError
 from tracker.n2fnet.backbone import read_state_dict
-from tracker.n2fnet.checkpoint import FORMAT, content_digest, export_release, load_checkpoint, model_from_checkpoint
+from tracker.n2fnet import N2FNet, N2FNetConfig
+from tracker.n2fnet.checkpoint import FORMAT, content_digest, export_release, load_checkpoint, model_from_checkpoint, save_checkpoint
 from tracker.options import DEFAULT_CHECKPOINT, TrackerOptions, build_tracker
 
 SHIPPED = DEFAULT_CHECKPOINT
@@ -134,16 +135,29 @@ def _with_groups(tmp_path: Path, groups: dict[str, int]) -> Path:
 
 
 def test_groups_that_do_not_fit_the_weights(tmp_path: Path) -> None:
-    path = _with_groups(tmp_path, {"identity": 100, "expression": 60})  # the weights regress 153 values
-    with pytest.raises(TrackerError, match=r"weights do not fit its network settings .*flame_module.mlp.2.weight is \(153, 256\), the settings need \(160, 256\)"):
+    path = _with_groups(tmp_path, {"identity": 90, "expression": 50})  # within ICT's sizes, but the weights regress 153 values
+    with pytest.raises(TrackerError, match=r"weights do not fit its network settings .*flame_module.mlp.2.weight is \(153, 256\), the settings need \(140, 256\)"):
         model_from_checkpoint(load_checkpoint(path))
     with pytest.raises(TrackerError, match="do not fit"):
         build_tracker(TrackerOptions(checkpoint=path))
 
 
-@pytest.mark.parametrize("groups", [{"identity": 100, "expressions": 53}, {"identity": 90, "expression": 63}], ids=["name", "sizes"])
-def test_groups_that_do_not_fit_the_head_model(tmp_path: Path, ict_npz_path: Path, groups: dict[str, int]) -> None:
-    path = _with_groups(tmp_path, groups)  # 153 values, as the weights: they load
+@pytest.mark.parametrize(
+    ("groups", "refusal"),
+    [({"identity": 100, "expressions": 53}, r"n2fnet\.groups\.expressions is an unknown key .*expected only expression, identity"),
+     ({"identity": 90, "expression": 63}, r"n2fnet\.groups\.expression is 63; expected a whole number from 1 to 53")],
+    ids=["name", "sizes"],
+)
+def test_groups_that_no_ict_head_model_has_are_refused_when_loaded(tmp_path: Path, groups: dict[str, int], refusal: str) -> None:
+    path = _with_groups(tmp_path, groups)  # 153 values, as the weights
+    with pytest.raises(TrackerError, match=refusal):
+        load_checkpoint(path)
+
+
+def test_groups_that_do_not_fit_the_loaded_head_model(tmp_path: Path, ict_npz_path: Path) -> None:
+    net = N2FNet(N2FNetConfig(head_model="ict", groups={"identity": 4, "expression": 3}, input_size=64))  # a valid ICT network, not for these ICT files
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, {"model": net.state_dict(), "n2fnet": net.config.to_dict(), "head_model": {"name": "ict", "path": None}})
     with pytest.raises(TrackerError, match=r"regresses parameter groups .* that the loaded ict head model does not have .*'expression': 53"):
         build_tracker(TrackerOptions(checkpoint=path, ict_model=ict_npz_path))
 

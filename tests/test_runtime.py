@@ -284,10 +284,10 @@ def test_an_int8_copy_of_another_network_is_refused(changed_checkpoint: Path, ic
     runner = rt.create_runner(net, "auto", checkpoint=changed_checkpoint, cache=False)
     assert runner.name == "openvino" and "openvino-int8 unavailable" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    # cut short: refused as unreadable, with the command that remakes it
+    # cut short: refused as damaged (its .bin no longer matches the sha256 its .xml records), with the command that remakes it
     weights = rt.int8_path(changed_checkpoint).with_suffix(".bin")
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(TrackerError, match="(?s)cannot (read|compile) the int8 copy .*python -m tracker.n2fnet.quantize"):
+    with pytest.raises(TrackerError, match="(?s)the int8 copy .* is refused: its weights .* do not match the sha256 .*python -m tracker.n2fnet.quantize"):
         rt.create_runner(net, "openvino-int8", checkpoint=changed_checkpoint)
     # none at all beside the checkpoint: said how to make it
     rt.int8_path(changed_checkpoint).unlink()

@@ -29,10 +29,17 @@ finish and reach the sinks, then every sink is closed (a recording is finalised)
 Errors: an error in the capture, prepare or network stage stops the reading and travels down the
 queues behind the frames already past that stage, which still finish and reach the sinks (as in
 sequential mode); then ``run()`` / ``wait()`` raise it. An error in a sink stops every thread at once.
+
+Frame errors (``TrackingResult.errors``: a face left out because the network's or the refinement's
+outputs were not finite) do not stop the run: the frame reaches the sinks without that face,
+``StatsSnapshot.frame_errors`` counts it, and ``FrameErrorLog`` warns (the first at once, then at
+most one line per ``FrameErrorLog.interval`` seconds with how many there were since, and the
+count left unreported when the pipeline closes).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -44,10 +51,12 @@ from typing import Protocol
 import numpy as np
 
 from tracker.device_feed import Pending, create_feeder
+from tracker.options import MODES
 from tracker.sources import FrameSource
 from tracker.tracking import FaceTracker, Prepared, Stopwatch, TrackingResult
 
-MODES = ("async", "sequential")
+log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ class StatsSnapshot:
     latency_p50_ms, latency_p95_ms: capture -> result over the window
     processing_p50_ms, processing_p95_ms: pipeline takes the frame -> result, over the window
     stage_ms:     {stage: mean ms} over the window
+    frame_errors: delivered frames with an error (``TrackingResult.errors``: a face left out, its
+                  network or refined outputs not finite; not counted in ``faces_found`` for it)
     """
 
     frames_read: int
@@ -86,6 +97,7 @@ class StatsSnapshot:
     processing_p50_ms: float
     processing_p95_ms: float
     stage_ms: dict[str, float]
+    frame_errors: int = 0
 
     @property
     def detection_rate(self) -> float:
@@ -97,7 +109,7 @@ class PipelineStats:
 
     def __init__(self, window: int = 120) -> None:
         self._lock = threading.Lock()
-        self.frames_read = self.frames_out = self.faces_found = self.dropped = 0
+        self.frames_read = self.frames_out = self.faces_found = self.dropped = self.frame_errors = 0
         self._times: deque[float] = deque(maxlen=window)
         self._latency: deque[float] = deque(maxlen=window)
         self._processing: deque[float] = deque(maxlen=window)
@@ -111,6 +123,7 @@ class PipelineStats:
         with self._lock:
             self.frames_out += 1
             self.faces_found += result.face_found
+            self.frame_errors += bool(result.errors)
             self.dropped = result.dropped
             self._times.append(delivered_at)
             self._latency.append(result.latency_ms)
@@ -122,10 +135,42 @@ class PipelineStats:
             times, stages = list(self._times), list(self._stages)
             latency, processing = np.array(self._latency), np.array(self._processing)
             counts = (self.frames_read, self.frames_out, self.faces_found, self.dropped)
+            frame_errors = self.frame_errors
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         names = sorted({name for s in stages for name in s})
         stage_ms = {name: float(np.mean([s.get(name, 0.0) for s in stages])) for name in names}
-        return StatsSnapshot(*counts, fps, *_percentiles(latency), *_percentiles(processing), stage_ms)
+        return StatsSnapshot(*counts, fps, *_percentiles(latency), *_percentiles(processing), stage_ms, frame_errors)
+
+
+class FrameErrorLog:
+    """Warns about frame errors (``TrackingResult.errors``) without a line per frame: the first at
+    once, then at most one line per ``interval`` seconds (``clock``), saying how many frames had
+    errors since the last line; ``flush()`` reports those left (at the end of a run)."""
+
+    def __init__(self, interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval, self._clock = interval, clock
+        self._last: float | None = None  # when the last line was logged
+        self._unreported = 0  # frames with errors since then
+        self._latest = ""
+
+    def __call__(self, result: TrackingResult) -> None:
+        if not result.errors:
+            return
+        self._unreported += 1
+        self._latest = f"frame {result.frame.index}: {'; '.join(result.errors)}"
+        now = self._clock()
+        if self._last is None:
+            log.warning("%s (faces with non-finite outputs are left out and counted as frame errors; further ones are reported every %g s)", self._latest, self.interval)
+            self._last, self._unreported = now, 0
+        elif now - self._last >= self.interval:
+            self.flush()
+            self._last = now
+
+    def flush(self) -> None:
+        """Log the frames with errors not reported yet, if any."""
+        if self._unreported:
+            log.warning("%d more frame(s) with errors in %.0f s, the last %s", self._unreported, self._clock() - self._last, self._latest)
+            self._unreported = 0
 
 
 def _percentiles(values: np.ndarray) -> tuple[float, float]:
@@ -197,6 +242,7 @@ class Pipeline:
         self.source, self.tracker, self.sinks = source, tracker, list(sinks)
         self.mode, self.max_frames = mode, max_frames
         self.stats = PipelineStats() if stats is None else stats
+        self.error_log = FrameErrorLog()
         self.feeder = create_feeder(tracker.run_network, tracker.device)
         self._stopping = threading.Event()  # graceful: read no more frames
         self._abort = threading.Event()  # an error: every thread leaves now
@@ -423,12 +469,14 @@ class Pipeline:
         for sink in self.sinks:
             sink(result)
         self.stats.add(result, time.monotonic())
+        self.error_log(result)
 
     def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.source.stop()
+        self.error_log.flush()
         errors = []
         for sink in self.sinks:
             close = getattr(sink, "close", None)

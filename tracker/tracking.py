@@ -7,6 +7,11 @@ splits the work of one frame into the three stages the pipeline overlaps:
     run_network(inputs)     device: N2FNet on the stacked normal maps                   -> raw outputs
     finish(prepared, raw)   CPU: head-model decode, smoothing, projection to the frame  -> TrackingResult
 
+A face whose network outputs, or whose refined parameters, hold a non-finite number (a damaged
+network, a diverged fit) is left out of the result and named in ``TrackingResult.errors`` (a frame
+error: the pipeline counts and reports it); nothing non-finite reaches the smoothing, the
+refinement's memory of the track, or the sinks.
+
 The frame's own camera is unknown for a webcam or a video: it is assumed to be a pinhole with the
 principal point at the image centre and focal ``focal_ratio * max(W, H)`` pixels (default: the
 checkpoint's synthetic focal mean, the camera the network was trained for; ``focal_px`` sets it
@@ -35,11 +40,13 @@ from tracker.geometry.crop import crop_intrinsics
 from tracker.geometry.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
 from tracker.head_models import HeadModel, load_head_model
 from tracker.n2fnet import N2FNet
-from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
+from tracker.n2fnet.checkpoint import DeferredNetwork, load_checkpoint
 from tracker.n2fnet.runtime import Runner, create_runner
+from tracker.options import DETECTORS
 from tracker.recording import default_identity_group
 from tracker.refinement import (
     DecodedEmbeddedHead,
+    FrameFit,
     FrameProblem,
     IdentityPool,
     RefineSettings,
@@ -56,7 +63,6 @@ from tracker.sources import Frame
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("short-range", "full-range")
 @dataclass
 class NetworkInputs:
     """Stacked network inputs of the faces of one frame (F faces, crop size S).
@@ -154,6 +160,8 @@ class TrackingResult:
                is decoded ahead, so there it includes the source's read-ahead queue)
     processing_ms  the pipeline taking the frame -> result ready
     dropped    frames the source had dropped (never processed) up to this frame
+    errors     why faces found in this frame were left out of ``faces`` (a frame error each: the
+               network's or the refinement's outputs not finite); empty for a clean frame
     """
 
     frame: Frame
@@ -164,6 +172,7 @@ class TrackingResult:
     latency_ms: float = 0.0
     processing_ms: float = 0.0
     dropped: int = 0
+    errors: list[str] = field(default_factory=list)
 
     @property
     def face_found(self) -> bool:
@@ -363,7 +372,8 @@ class FaceTracker:
     # -- stage 3: CPU ---------------------------------------------------------------------------
     @torch.no_grad()
     def finish(self, prepared: Prepared, raw: RawOutput | None) -> TrackingResult:
-        """Decode, smooth and project the network's outputs of ``prepared``."""
+        """Decode, smooth and project the network's outputs of ``prepared``; a face whose network
+        or refined outputs are not finite is left out and named in ``errors``."""
         frame = prepared.frame
         timings = dict(prepared.timings)
         lap = Stopwatch(timings)
@@ -371,15 +381,32 @@ class FaceTracker:
         if raw is None or not prepared.crops:
             self._drop_lost_tracks(set())
             return TrackingResult(frame, [], focal, principal, timings)
-        faces = []
+        self._drop_lost_tracks({c.track_id for c in prepared.crops})  # a face left out below keeps its track
+        errors: list[str] = []
+        values: dict[int, FrameParameters] = {}  # crop index -> the face's parameters, finite ones only
+        for i, crop in enumerate(prepared.crops):
+            network = _network_values(raw, i)
+            if bad := non_finite(network):
+                errors.append(f"track {crop.track_id}: the network's outputs are not finite ({', '.join(bad)})")
+            else:
+                values[i] = network
         with lap("smooth"):
-            smoothed = [self._smooth(prepared.crops[i], raw, i, frame.timestamp) for i in range(len(prepared.crops))]
-        fits = [None] * len(smoothed)
+            values = {i: self._smooth(prepared.crops[i], v, frame.timestamp) for i, v in values.items()}
+        fit_of: dict[int, FrameFit] = {}
         if self.refine:
             with lap("refine"), single_blas_thread():
-                for i, crop in enumerate(prepared.crops):
-                    smoothed[i], fits[i] = self._refine(crop, smoothed[i], focal, principal)
-        self._drop_lost_tracks({c.track_id for c in prepared.crops})
+                for i in list(values):
+                    crop = prepared.crops[i]
+                    values[i], fit_of[i] = self._refine(crop, values[i], focal, principal)
+                    if bad := non_finite(values[i]):
+                        errors.append(f"track {crop.track_id}: the refinement's result is not finite ({', '.join(bad)}); its track starts again")
+                        del values[i], self._tracks[crop.track_id]  # its identity pool and last solution took the fit in
+        if not values:
+            return TrackingResult(frame, [], focal, principal, timings, errors=errors)
+        kept = list(values)
+        crops, cues, smoothed = [prepared.crops[i] for i in kept], [prepared.cues[i] for i in kept], [values[i] for i in kept]
+        fits = [fit_of.get(i) for i in kept]
+        faces = []
         with lap("decode"):
             params = {g: torch.stack([s.params[g] for s in smoothed]) for g in smoothed[0].params}
             params = self.head.complete_params(params)
@@ -392,8 +419,8 @@ class FaceTracker:
             principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
             landmarks = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal_t, principal_t)
         with lap("avatar"):
-            avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i) for i, crop in enumerate(prepared.crops)]
-        for i, crop in enumerate(prepared.crops):
+            avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i) for i, crop in enumerate(crops)]
+        for i, crop in enumerate(crops):
             faces.append(
                 FaceResult(
                     params={g: v[i] for g, v in params.items()},
@@ -406,13 +433,13 @@ class FaceTracker:
                     crop_box=crop.box,
                     track_id=crop.track_id,
                     crop=crop,
-                    cue=prepared.cues[i],
+                    cue=cues[i],
                     identity_state=fits[i].state if fits[i] is not None else "network",
                     refine_iterations=fits[i].iterations if fits[i] is not None else 0,
                     avatar=avatars[i],
                 )
             )
-        return TrackingResult(frame, faces, focal, principal, timings)
+        return TrackingResult(frame, faces, focal, principal, timings, errors=errors)
 
     def _mesh(self, params: dict[str, torch.Tensor], rotation: torch.Tensor, translation: torch.Tensor, index: int) -> Callable[[], torch.Tensor]:
         """Face ``index``'s decode: () -> (V, 3) camera-frame vertices (``FaceResult.vertices``)."""
@@ -441,12 +468,7 @@ class FaceTracker:
             eyes = eye_gaze(eyeballs, eye_rotation, eye_translation, points[list(IRIS_CENTRES), :2], focal, principal)
         return AvatarValues(gaze_weights(weights, eyes), head_rotation, angles, position, eyes)
 
-    def _smooth(self, crop: FaceCrop, raw: RawOutput, index: int, timestamp: float) -> FrameParameters:
-        values = FrameParameters(
-            params={g: v[index] for g, v in raw.params.items()},
-            rotation_6d=raw.rotation_6d[index],
-            translation=raw.translation[index],
-        )
+    def _smooth(self, crop: FaceCrop, values: FrameParameters, timestamp: float) -> FrameParameters:
         smoother = self._smoothers.get(crop.track_id)
         if smoother is None:
             smoother = self._smoothers[crop.track_id] = self._smoother_factory()
@@ -539,7 +561,7 @@ class FaceTracker:
         sampler = state.get("sampler", {})
         if sampler.get("surface") == "mediapipe" and cue != "mediapipe":
             log.warning("checkpoint %s was trained on normal maps like the embedded MediaPipe cue's; with the %r cue its input looks different", checkpoint, cue)
-        net = model_from_checkpoint(state)
+        net = DeferredNetwork(state)  # built only when the runtime needs the PyTorch module (not the int8 copy)
         runner = create_runner(net, runtime, device, checkpoint=checkpoint)  # the checkpoint's int8 copy sits beside it
         return cls.assemble(
             net,
@@ -621,6 +643,18 @@ class FaceTracker:
             refine=refine, refine_settings=settings, refine_start=refine_start, identity=identity, photos=photos,
             arkit_fit=arkit_fit, runtime=runtime,
         )
+
+
+def _network_values(raw: RawOutput, index: int) -> FrameParameters:
+    """Face ``index``'s network outputs: params {group: (n,)}, rotation_6d (6,), translation (3,)."""
+    return FrameParameters({g: v[index] for g, v in raw.params.items()}, raw.rotation_6d[index], raw.translation[index])
+
+
+def non_finite(values: FrameParameters) -> list[str]:
+    """The outputs of one face's ``values`` that hold a NaN or an infinity: "params.GROUP",
+    "rotation", "translation"; empty when all are finite."""
+    named = [(f"params.{g}", v) for g, v in values.params.items()] + [("rotation", values.rotation_6d), ("translation", values.translation)]
+    return [name for name, value in named if value is not None and not bool(torch.isfinite(value).all())]
 
 
 def _arkit_fit(ict_model_path: str | Path | None, refine_iters: int | None) -> ArkitFit | None:

@@ -1,5 +1,22 @@
-"""N2FNet: normal map -> head-model parameters and camera (backbone + FLAME module + camera module)."""
+"""N2FNet: normal map -> head-model parameters and camera (backbone + FLAME module + camera module).
 
-from tracker.n2fnet.model import REGRESSED_GROUPS, N2FNet, N2FNetConfig, N2FNetOutput
+The names below come from ``tracker.n2fnet.model`` on first use (PEP 562), so that the package's
+command lines (``python -m tracker.n2fnet.checkpoint | runtime | quantize``) answer --help before
+torch loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tracker.n2fnet.model import REGRESSED_GROUPS, N2FNet, N2FNetConfig, N2FNetOutput
 
 __all__ = ["N2FNet", "N2FNetConfig", "N2FNetOutput", "REGRESSED_GROUPS"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("tracker.n2fnet.model"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,6 @@ import importlib
 import io
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -46,6 +45,8 @@ class ViTBackbone(Backbone):
 
     def __init__(self, name: str, in_chans: int, img_size: int) -> None:
         super().__init__()
+        import timm  # here, not at the top: importing timm costs about 1.5 s (it loads torchvision and torch._dynamo)
+
         self.timm_model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, img_size=img_size)
         self.dim = self.timm_model.embed_dim
 
@@ -61,6 +62,8 @@ class CNNBackbone(Backbone):
 
     def __init__(self, name: str, in_chans: int, img_size: int, token_dim: int) -> None:
         super().__init__()
+        import timm
+
         self.timm_model = timm.create_model(name, pretrained=False, features_only=True, out_indices=(-1,), in_chans=in_chans)
         channels = self.timm_model.feature_info.channels()[-1]
         grid = -(-img_size // self.timm_model.feature_info.reduction()[-1])
@@ -82,6 +85,8 @@ def is_vit(name: str) -> bool:
 
 def create_backbone(name: str, in_chans: int = 3, img_size: int = 256, token_dim: int = 256) -> Backbone:
     """Build a backbone by timm name, without weights. ``token_dim`` applies to CNNs only."""
+    import timm
+
     if name not in timm.list_models():
         raise TrackerError(f"unknown backbone '{name}': use a timm model name, e.g. vit_large_patch16_dinov3, vit_small_patch16_dinov3, resnet18")
     if is_vit(name):

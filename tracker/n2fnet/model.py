@@ -24,17 +24,24 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from tracker.errors import TrackerError
 from tracker.geometry.camera import FLIP, focal_xy
 from tracker.geometry.rotations import identity_6d, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
+from tracker.head_models.flame import EXPRESSION_SPACE, SHAPE_SPACE
+from tracker.head_models.ict_source import ICT_LIGHT
 from tracker.n2fnet.backbone import create_backbone
 
 # Parameter groups the FLAME module regresses, per head model (the rest stay neutral; the global
-# pose is the camera module's job).
-REGRESSED_GROUPS = {
-    "flame": ("shape", "jaw", "expression", "eyelids"),
-    "ict": ("identity", "expression"),
+# pose is the camera module's job), each with the (smallest, largest) size a head model gives it:
+# FLAME's full shape and expression spaces (a model file may hold fewer), its 6D jaw rotation and
+# two eyelid weights; ICT-FaceKit's identities and expressions. A checkpoint's groups are held to
+# these bounds before its network is built (``tracker.n2fnet.checkpoint``).
+GROUP_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "flame": {"shape": (1, SHAPE_SPACE), "jaw": (6, 6), "expression": (1, EXPRESSION_SPACE), "eyelids": (2, 2)},
+    "ict": {"identity": (1, ICT_LIGHT.num_identities), "expression": (1, ICT_LIGHT.num_expressions)},
 }
+REGRESSED_GROUPS = {head: tuple(groups) for head, groups in GROUP_SIZES.items()}
 
 
 @dataclass
@@ -91,6 +98,8 @@ class N2FNet(nn.Module):
         in_chans = 4 if config.use_mask_input else 3
         self.backbone = create_backbone(config.backbone, in_chans=in_chans, img_size=config.input_size, token_dim=config.token_dim)
         dim = self.backbone.dim
+        if dim % config.heads:
+            raise TrackerError(f"the network settings do not fit together: n2fnet.heads is {config.heads}, expected a divisor of the {config.backbone} token width {dim}")
         self.flame_module = ParameterModule(dim, sum(config.groups.values()), config.heads)
         self.camera_module = ParameterModule(dim, 9, config.heads)  # 6D rotation offset + (u, v, log k)
         self.register_buffer("rotation_6d_at_zero", identity_6d(1), persistent=False)

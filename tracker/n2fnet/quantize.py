@@ -25,8 +25,9 @@ makes such a folder from the training side of the shared real faces.
 
 The copy records in its rt_info (``runtime.int8_recorded``): the format (``runtime.INT8_FORMAT``),
 the ``runtime.network_digest`` of the network it was made from (the runtime refuses it for any
-other network), the source checkpoint, the calibration (folder, samples, sha256 of the files
-used), the settings, the versions, and this command.
+other network), the sha256 of its .bin (``runtime.WEIGHTS_SHA256``: the runtime refuses a .bin
+that does not match, before OpenVINO reads it), the source checkpoint, the calibration (folder,
+samples, sha256 of the files used), the settings, the versions, and this command.
 """
 
 from __future__ import annotations
@@ -34,21 +35,36 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shlex
 import time
 from pathlib import Path
 
+DEFAULT_SAMPLES = 300
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m tracker.n2fnet.quantize``'s command line (``main``)."""
+    parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.quantize", description="Make the int8 OpenVINO copy of a checkpoint's network (--runtime openvino-int8), beside it.")
+    parser.add_argument("checkpoint", help="N2FNet checkpoint, e.g. assets/n2fnet_ict_resnet18.pt")
+    parser.add_argument("--calibration", required=True, help="fine-tuning folder of real cue maps (normals/, masks/, cameras/; train/real_data.py's format)")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"calibration samples, evenly spaced by name (default {DEFAULT_SAMPLES})")
+    parser.add_argument("--out", help="the int8 copy to write (default: beside the checkpoint, NAME.int8.xml: where --runtime openvino-int8 reads it)")
+    return parser
+
+
+if __name__ == "__main__":  # --help and bad arguments answer here, before the imports below load torch (about 1.5 s)
+    build_parser().parse_args()
+
 import numpy as np
 import torch
 
+from tracker.atomic_write import staged
 from tracker.errors import TrackerError
 from tracker.map_files import read_cue_maps
 from tracker.n2fnet import runtime as rt
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from tracker.n2fnet.model import N2FNet
 
-DEFAULT_SAMPLES = 300
 # kept float32 (OpenVINO node names): everything from the tokens on (their projection and position
 # embedding, both heads, N2FNet's camera arithmetic); and, by type, every addition (the residual ones)
 FLOAT = (r".*\.backbone\.project/.*", r".*\.backbone/.*", r".*\.(flame|camera)_module[./].*", r"__module\.net/.*")
@@ -103,7 +119,8 @@ def quantize(net: N2FNet, inputs: list[list[np.ndarray]]):
 
 
 def output_differences(model, net: N2FNet, inputs: list[list[np.ndarray]]) -> dict[str, float]:
-    """Largest |int8 - torch| per output over ``inputs`` (params, rotation_6d, translation)."""
+    """Largest |int8 - torch| per output over ``inputs`` (params, rotation_6d, translation); inf
+    where either gives a non-finite value."""
     import openvino
 
     request = openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
@@ -113,35 +130,33 @@ def output_differences(model, net: N2FNet, inputs: list[list[np.ndarray]]) -> di
             request.infer(item)
             want = rt._Exportable(net)(*(torch.from_numpy(a) for a in item))
             for index, (name, value) in enumerate(zip(worst, want)):
-                worst[name] = max(worst[name], float(np.abs(request.get_output_tensor(index).data - value.numpy()).max()))
+                difference = np.nan_to_num(np.abs(request.get_output_tensor(index).data - value.numpy()), nan=np.inf)
+                worst[name] = max(worst[name], float(difference.max()))
     return worst
 
 
 def write(model, out: Path, metadata: dict[str, str]) -> None:
-    """Save ``model`` with ``metadata`` in its rt_info (["n2f", key]) to ``out`` (.xml) and its .bin,
-    atomically (the .bin first, the .xml renamed last)."""
+    """Save ``model`` with ``metadata`` and the sha256 of its .bin in its rt_info (["n2f", key]) to
+    ``out`` (.xml) and its .bin, atomically (the .bin first, the .xml renamed last); then read it
+    back as the runtime does (TrackerError when the written .bin does not match)."""
     import openvino
 
     for key, value in metadata.items():
         model.set_rt_info(value, ["n2f", key])
     out.parent.mkdir(parents=True, exist_ok=True)
+    rt.record_weights_sha256(model, out.parent)
 
-    def save(temporary: Path) -> None:
+    with staged(out, companions=(".bin",)) as temporary:
         openvino.save_model(model, str(temporary), compress_to_fp16=False)
-        temporary.chmod(0o644)  # a shipped file, not mkstemp's 0600
-        os.replace(temporary.with_suffix(".bin"), out.with_suffix(".bin"))
-
-    rt._write_atomic(out, save, suffix=".tmp.xml")
+    try:
+        rt.read_openvino(out)
+    except rt.DamagedCopy as why:
+        raise TrackerError(f"the int8 copy written to {out} does not read back: {why}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tracker.n2fnet.quantize CHECKPOINT --calibration DATA_DIR [--out X.int8.xml]``."""
-    parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.quantize", description="Make the int8 OpenVINO copy of a checkpoint's network (--runtime openvino-int8), beside it.")
-    parser.add_argument("checkpoint", help="N2FNet checkpoint, e.g. assets/n2fnet_ict_resnet18.pt")
-    parser.add_argument("--calibration", required=True, help="fine-tuning folder of real cue maps (normals/, masks/, cameras/; train/real_data.py's format)")
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"calibration samples, evenly spaced by name (default {DEFAULT_SAMPLES})")
-    parser.add_argument("--out", help="the int8 copy to write (default: beside the checkpoint, NAME.int8.xml: where --runtime openvino-int8 reads it)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         import nncf
     except ImportError:
@@ -173,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         "nncf": nncf.__version__,
         "torch": torch.__version__.split("+")[0],
     }
-    write(model, out, metadata)
+    try:
+        write(model, out, metadata)
+    except TrackerError as error:
+        print(f"error: {error}")
+        return 2
     size = (out.stat().st_size + out.with_suffix(".bin").stat().st_size) / 1e6
     print(f"wrote {out} and {out.with_suffix('.bin').name} ({size:.1f} MB) in {time.perf_counter() - start:.0f} s; network digest {metadata['digest'][:12]}")
     print("largest |int8 - torch| on the calibration samples: " + ", ".join(f"{k} {v:.3g}" for k, v in differences.items()))

@@ -14,18 +14,23 @@ twice as fast, the int8 copy about 2.8 times faster than those, at int8's accura
                    .bin beside NAME.pt), made at release time by ``python -m tracker.n2fnet.quantize``
                    (the ResNet body's convolutions in int8, calibrated on real cue maps; the rest,
                    both heads among it, in float32). It
-                   records the digest of the network it was made from; a copy of another network
-                   is refused (TrackerError saying the command that remakes it), never run.
+                   records the digest of the network it was made from and the sha256 of its .bin;
+                   a copy of another network, one whose .bin does not match (damaged, altered) or
+                   that gives non-finite outputs on the probe input is refused (TrackerError saying
+                   the command that remakes it), never run.
 
 The float32 copies are not shipped (about 52 MB each): the exported network is made at first use
 (about a second for ONNX, a few seconds for OpenVINO) into ``tracker.paths.cache_dir()/networks/`` (``~/.cache/n2f-tracker``),
 named by the network's digest: the sha256 of its settings and of the weights as they are loaded
 (``network_digest``; a release checkpoint's int8 weights after dequantisation, a training
 checkpoint's as they are), so any checkpoint, released or one's own, gets its own copy, and a
-changed checkpoint can never meet an old export. Each exported file records that digest and the
-export recipe; a file that does not record the expected ones, cannot be read, or whose outputs on a
-fixed probe input differ from torch's by more than ``PARITY_TOLERANCE`` is made again. A fresh
-export that still differs is refused (TrackerError).
+changed checkpoint can never meet an old export. Each exported file records that digest, the
+export recipe and a sha256 of its own bytes (OpenVINO: of the .bin, in the .xml's rt_info; ONNX: of
+the file, in a metadata entry appended at its end), checked before the runtime reads the file; a
+file that does not record the expected ones, whose bytes do not match their sha256 (damaged or
+altered), that cannot be read, or whose outputs on a fixed probe input differ from torch's by more
+than ``PARITY_TOLERANCE`` (a non-finite output differs by infinity) is made again. A fresh export
+that still differs is refused (TrackerError).
 
 Threads: each runtime runs with ``threads`` intra-op threads (default: torch's current setting,
 which the live app's ``--threads`` sets; 1 there), since MediaPipe and the rest share the cores.
@@ -39,31 +44,46 @@ of its own: quietly), down to torch. A runtime asked for by name is used or refu
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import importlib.util
 import logging
-import os
+import math
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
+from xml.etree import ElementTree
+
+EXPORTED = ("onnxruntime", "openvino")  # the runtimes that export the network into the cache
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m tracker.n2fnet.runtime``'s command line (``main``)."""
+    parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.runtime", description="Export a checkpoint's network into the cache now "
+                                     "(e.g. while building an image); print where, its size and its parity with PyTorch.")
+    parser.add_argument("checkpoint", nargs="?", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
+    parser.add_argument("--runtime", choices=("all", *EXPORTED), default="all", help="the runtime to export for (default: every one installed)")
+    return parser
+
+
+if __name__ == "__main__":  # --help and bad arguments answer here, before the imports below load torch (about 1.5 s)
+    build_parser().parse_args()
 
 import numpy as np
 import torch
 from torch import nn
 
+from tracker.atomic_write import atomic_write, staged
 from tracker.errors import TrackerError
-from tracker.n2fnet.checkpoint import content_digest
+from tracker.n2fnet.checkpoint import DeferredNetwork, built, content_digest
 from tracker.n2fnet.model import N2FNet
+from tracker.options import PREFERENCE, RUNTIMES
 from tracker.paths import PROJECT_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino-int8")
-EXPORTED = ("onnxruntime", "openvino")  # the runtimes that export the network into the cache
-# fastest first on this project's CPU (python -m tracker.bench network; README "Network runtime")
-PREFERENCE = ("openvino-int8", "openvino", "onnxruntime", "torch")
 # what each runtime needs beyond the project's own dependencies, and the command that installs it
 PACKAGES = {"torch": (), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino",), "openvino-int8": ("openvino",)}
 INSTALL = {
@@ -76,6 +96,8 @@ INT8_FORMAT = "n2fnet-int8-v1"  # what tracker.n2fnet.quantize writes; bump when
 SHIPPED_CHECKPOINT = PROJECT_ROOT / "assets" / "n2fnet_ict_resnet18.pt"
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |runtime - torch| on the probe input (absolute, every output)
+WEIGHTS_SHA256 = "weights_sha256"  # rt_info ["n2f", ...] of an OpenVINO copy: sha256 (hex) of its .bin
+FILE_SHA256 = "n2f_file_sha256"  # the metadata entry at the end of an exported ONNX file: sha256 (hex) of the bytes before it
 
 Outputs = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
 
@@ -121,6 +143,13 @@ def default_runtime(device: str | torch.device = "cpu") -> str:
 
 
 # -- the runners ----------------------------------------------------------------------------------
+def output_difference(got: Outputs, want: Outputs) -> float:
+    """max |got - want| over the parameter groups of ``want``, the rotation 6D and the translation;
+    infinite where either gives a non-finite value (NaN never passes a bound)."""
+    pairs = [(got[0][g], want[0][g]) for g in want[0]] + [(got[1], want[1]), (got[2], want[2])]
+    return max(float(torch.nan_to_num((a - b.float()).abs(), nan=math.inf).max()) for a, b in pairs)
+
+
 class Runner:
     """Calls the network: ``runner(normals (F,3,S,S), focal (F,2), principal (F,2), mask (F,1,S,S))``
     -> (params {group: (F, n)}, rotation_6d (F, 6), translation (F, 3)).
@@ -298,8 +327,10 @@ class _Exported(Runner):
             raise _Stale(f"it cannot be read: {error}") from None
         error = self.parity_error()
         self.load_s = time.perf_counter() - start
-        if error > PARITY_TOLERANCE:
+        if not error <= PARITY_TOLERANCE:
             if fresh:
+                if not _finite(Runner.__call__(self, *probe_inputs(self.net))):
+                    raise TrackerError("the network gives non-finite outputs on the probe input, under PyTorch too: the checkpoint's weights are broken (restore or retrain it)")
                 raise TrackerError(
                     f"the network exported for {self.name} gives other outputs than PyTorch (max difference {error:.2g} > {PARITY_TOLERANCE:g}): "
                     "use --runtime torch"
@@ -307,12 +338,10 @@ class _Exported(Runner):
             raise _Stale(f"its outputs differ from torch's by {error:.2g}")
 
     def parity_error(self, inputs: list[torch.Tensor] | None = None) -> float:
-        """max |this runtime - torch| over every output, on ``inputs`` (default: ``probe_inputs``)."""
+        """max |this runtime - torch| over every output, on ``inputs`` (default: ``probe_inputs``);
+        infinite where either gives a non-finite value (NaN never passes a bound)."""
         inputs = probe_inputs(self.net) if inputs is None else inputs
-        want = Runner.__call__(self, *inputs)
-        got = self(*inputs)
-        pairs = [(got[0][g], want[0][g]) for g in self.groups] + [(got[1], want[1]), (got[2], want[2])]
-        return max(float((a - b.float()).abs().max()) for a, b in pairs)
+        return output_difference(self(*inputs), Runner.__call__(self, *inputs))
 
     # per runtime -------------------------------------------------------------------------------
     def _export(self, path: Path | None, metadata: dict[str, str]):
@@ -332,16 +361,15 @@ class _Stale(Exception):
     """A cached export that must be made again (why)."""
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
-    """``write(temporary)`` beside ``path``, then rename: a reader never sees half a file, and two
-    processes exporting at once each write their own temporary file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+class DamagedCopy(Exception):
+    """An exported or int8 file whose bytes do not match the sha256 it records, that records none,
+    or that its runtime cannot read (why)."""
+
+
+def _finite(outputs: Outputs) -> bool:
+    """Whether every value of a runner's outputs is finite."""
+    params, rotation_6d, translation = outputs
+    return all(bool(torch.isfinite(t).all()) for t in (*params.values(), rotation_6d, translation))
 
 
 class OnnxRuntimeRunner(_Exported):
@@ -366,21 +394,37 @@ class OnnxRuntimeRunner(_Exported):
         model = onnx.load_model_from_string(buffer.getvalue())
         onnx.helper.set_model_props(model, {f"n2f_{k}": v for k, v in metadata.items()})
         data = model.SerializeToString()
+        data += _onnx_sha256_entry(hashlib.sha256(data).hexdigest())
         if path is None:
             return data
-        _write_atomic(path, lambda temporary: temporary.write_bytes(data))
+        atomic_write(path, data)  # a reader never sees half a file; two processes exporting at once each stage their own
         return path
 
     def _recorded(self, path: Path) -> dict[str, str]:
+        try:
+            self._session = self._open(path)
+        except DamagedCopy as why:
+            raise _Stale(str(why)) from None
+        props = self._session.get_modelmeta().custom_metadata_map
+        keys = _recipe(self.name).keys() | {"digest"}
+        return {key: props[f"n2f_{key}"] for key in keys if f"n2f_{key}" in props}
+
+    def _open(self, path: Path):
+        """An InferenceSession of the exported file ``path``, its bytes checked against the sha256
+        they end with first (``_onnx_sha256_entry``); DamagedCopy when they do not match or cannot be read."""
         import onnxruntime
 
         try:
-            session = onnxruntime.InferenceSession(str(path), self._options(), providers=["CPUExecutionProvider"])
+            data = path.read_bytes()
+        except OSError as error:
+            raise DamagedCopy(f"it cannot be read: {error}") from None
+        size = len(_onnx_sha256_entry("0" * 64))
+        if len(data) <= size or data[-size:] != _onnx_sha256_entry(hashlib.sha256(data[:-size]).hexdigest()):
+            raise DamagedCopy("its bytes do not match the sha256 they end with (damaged or altered)")
+        try:
+            return onnxruntime.InferenceSession(data, self._options(), providers=["CPUExecutionProvider"])
         except Exception as error:
-            raise _Stale(f"it cannot be read: {error}") from None
-        self._session = session
-        props = session.get_modelmeta().custom_metadata_map
-        return {k[len("n2f_"):]: v for k, v in props.items() if k.startswith("n2f_")}
+            raise DamagedCopy(f"it cannot be read: {error}") from None
 
     def _options(self):
         import onnxruntime
@@ -398,12 +442,24 @@ class OnnxRuntimeRunner(_Exported):
 
         session = getattr(self, "_session", None)  # opened by _recorded
         if session is None:
-            session = onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model), self._options(), providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(model, self._options(), providers=["CPUExecutionProvider"]) if isinstance(model, bytes) else self._open(model)
         self._session = session
         self._names = [i.name for i in session.get_inputs()]
 
     def _run(self, arrays):
         return self._session.run(None, dict(zip(self._names, arrays)))
+
+
+def _onnx_sha256_entry(sha256: str) -> bytes:
+    """A serialised ModelProto holding only the metadata entry FILE_SHA256 = ``sha256``. Appended
+    to a serialised model, protobuf merges it in (a repeated field), so the file stays the same
+    model and its last bytes record the sha256 of all the bytes before them."""
+    import onnx
+
+    entry = onnx.ModelProto()
+    prop = entry.metadata_props.add()
+    prop.key, prop.value = FILE_SHA256, sha256
+    return entry.SerializeToString()
 
 
 def convert_openvino(net: N2FNet):
@@ -433,25 +489,18 @@ class OpenVinoRunner(_Exported):
             model.set_rt_info(value, ["n2f", key])
         if path is None:
             return model
-        weights = path.with_suffix(".bin")
-
-        def write(temporary: Path) -> None:  # the .bin first: the .xml, renamed last, is what marks the export complete
+        record_weights_sha256(model, path.parent)
+        with staged(path, companions=(".bin",)) as temporary:  # the .bin renamed first: the .xml, renamed last, marks the export complete
             openvino.save_model(model, str(temporary), compress_to_fp16=False)
-            os.replace(temporary.with_suffix(".bin"), weights)
-
-        _write_atomic(path, write, suffix=".tmp.xml")
         return path
 
     def _recorded(self, path: Path) -> dict[str, str]:
-        import openvino
-
         try:
-            model = openvino.Core().read_model(str(path))
-        except Exception as error:
-            raise _Stale(f"it cannot be read: {error}") from None
-        self._model = model
+            self._model, recorded = read_openvino(path)
+        except DamagedCopy as why:
+            raise _Stale(str(why)) from None
         keys = _recipe(self.name).keys() | {"digest"}
-        return {key: model.get_rt_info(["n2f", key]).astype(str) for key in keys if model.has_rt_info(["n2f", key])}
+        return {key: recorded[key] for key in keys if key in recorded}
 
     def _load(self, model) -> None:
         import openvino
@@ -459,7 +508,7 @@ class OpenVinoRunner(_Exported):
         core = openvino.Core()
         if not isinstance(model, openvino.Model):
             read = getattr(self, "_model", None)  # read by _recorded
-            model = read if read is not None else core.read_model(str(model))
+            model = read if read is not None else read_openvino(Path(model))[0]
         config = {
             "INFERENCE_NUM_THREADS": self.threads,
             "NUM_STREAMS": 1,
@@ -476,6 +525,60 @@ class OpenVinoRunner(_Exported):
         return tuple(self._request.get_output_tensor(i).data for i in range(3))
 
 
+def record_weights_sha256(model, folder: Path) -> None:
+    """Record in ``model``'s rt_info (["n2f", WEIGHTS_SHA256]) the sha256 of the .bin that
+    ``openvino.save_model`` writes for it (learnt by saving it once into a temporary folder inside
+    ``folder``: save_model writes the same bytes each time, and ``read_openvino`` checks them)."""
+    import openvino
+
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".n2f-weights-") as scratch:
+        openvino.save_model(model, str(Path(scratch) / "model.xml"), compress_to_fp16=False)
+        model.set_rt_info(_sha256_file(Path(scratch) / "model.bin"), ["n2f", WEIGHTS_SHA256])
+
+
+def _sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def openvino_recorded(xml: bytes) -> dict[str, str]:
+    """The ["n2f", ...] rt_info of an OpenVINO .xml (its text), read without OpenVINO, so before its
+    .bin is trusted; DamagedCopy when it is not XML."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as error:
+        raise DamagedCopy(f"its .xml cannot be read: {error}") from None
+    node = root.find("rt_info/n2f")
+    return {child.tag: child.get("value", "") for child in node} if node is not None else {}
+
+
+def read_openvino(path: Path, xml: bytes | None = None):
+    """(``openvino.Model``, its ["n2f", ...] rt_info) of the .xml ``path`` (``xml``: its bytes, when
+    already read) and its .bin, read from the bytes checked: the .bin must match the sha256 the
+    .xml records (WEIGHTS_SHA256) before OpenVINO reads either. DamagedCopy (why) when it does not,
+    records none, or cannot be read."""
+    import openvino
+
+    try:
+        xml = path.read_bytes() if xml is None else xml
+        weights = path.with_suffix(".bin").read_bytes()
+    except OSError as error:
+        raise DamagedCopy(f"it cannot be read: {error}") from None
+    recorded = openvino_recorded(xml)
+    if WEIGHTS_SHA256 not in recorded:
+        raise DamagedCopy(f"its .xml records no sha256 of its weights ({WEIGHTS_SHA256}; made before the tracker checked them)")
+    if hashlib.sha256(weights).hexdigest() != recorded[WEIGHTS_SHA256]:
+        raise DamagedCopy(f"its weights {path.with_suffix('.bin').name} do not match the sha256 its .xml records (damaged or altered)")
+    try:
+        model = openvino.Core().read_model(xml.decode(), openvino.Tensor(np.frombuffer(weights, np.uint8)))
+    except Exception as error:
+        raise DamagedCopy(f"OpenVINO cannot read it: {error}") from None
+    return model, recorded
+
+
 class NoInt8Copy(TrackerError):
     """No int8 copy of this network beside its checkpoint (none at all, or one of another network)."""
 
@@ -487,31 +590,25 @@ def int8_path(checkpoint: str | Path) -> Path:
 
 def int8_recorded(path: str | Path) -> dict[str, str]:
     """What the int8 copy at ``path`` records (``tracker.n2fnet.quantize``): format, digest, source,
-    calibration, command, ...; TrackerError when it cannot be read."""
-    import openvino
-
+    calibration, command, weights_sha256, ...; TrackerError when it cannot be read."""
     try:
-        model = openvino.Core().read_model(str(path))
-    except Exception as error:
+        return openvino_recorded(Path(path).read_bytes())
+    except (OSError, DamagedCopy) as error:
         raise TrackerError(f"cannot read the int8 copy {path} ({error})") from None
-    return _n2f_rt_info(model)
-
-
-def _n2f_rt_info(model) -> dict[str, str]:
-    info = model.get_rt_info()
-    return {key: value.astype(str) for key, value in info["n2f"].items()} if "n2f" in info else {}
 
 
 class OpenVinoInt8Runner(OpenVinoRunner):
     """The int8 copy shipped beside ``checkpoint`` (None: the shipped checkpoint), read as it is:
-    nothing is exported, cached or compared with torch here (int8 is not torch to 1e-4; the
-    release and the tests measure it). NoInt8Copy when it is missing or records another network's
-    digest; TrackerError when it cannot be read or records another format."""
+    nothing is exported or cached, and its outputs are not compared with torch's (int8 is not
+    torch to 1e-4; the release and the tests measure it), only checked finite on the probe input.
+    NoInt8Copy when it is missing or records another network's digest; TrackerError when it
+    cannot be read, records another format, its .bin does not match the sha256 its .xml records
+    (or it records none), or its outputs on the probe input are not finite."""
 
     name = "openvino-int8"
 
-    def __init__(self, net: N2FNet, threads: int | None, checkpoint: str | Path | None = None) -> None:
-        Runner.__init__(self, net)  # not _Exported's: nothing is exported or cached
+    def __init__(self, net: N2FNet | DeferredNetwork, threads: int | None, checkpoint: str | Path | None = None) -> None:
+        Runner.__init__(self, net)  # not _Exported's: nothing is exported or cached; a DeferredNetwork stays unbuilt
         self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
         self.digest = network_digest(net)
         self._lock = threading.Lock()
@@ -525,16 +622,18 @@ class OpenVinoInt8Runner(OpenVinoRunner):
                 "or use --runtime openvino"
             )
         start = time.perf_counter()
-        import openvino
-
         try:
-            model = openvino.Core().read_model(str(self.path))
-        except Exception as error:
+            xml = self.path.read_bytes()
+            recorded = openvino_recorded(xml)
+        except (OSError, DamagedCopy) as error:
             raise TrackerError(f"cannot read the int8 copy {self.path} ({error}): remake it with {remake}, or use --runtime openvino") from None
-        recorded = _n2f_rt_info(model)
         remake = recorded.get("command", remake)
         if recorded.get("format") != INT8_FORMAT:
             raise TrackerError(f"{self.path} is not an int8 copy of format {INT8_FORMAT} (it records {recorded.get('format')!r}): remake it with {remake}")
+        try:
+            model = read_openvino(self.path, xml)[0]
+        except DamagedCopy as why:
+            raise TrackerError(f"the int8 copy {self.path} is refused: {why}. Remake it with {remake} (or restore the shipped files), or use --runtime openvino") from None
         if recorded.get("digest") != self.digest:
             raise NoInt8Copy(
                 f"{self.path} is the int8 copy of another network (digest {recorded.get('digest', '?')[:12]}, made from {recorded.get('source', '?')}) "
@@ -543,8 +642,10 @@ class OpenVinoInt8Runner(OpenVinoRunner):
             )
         try:
             self._load(model)
-        except Exception as error:  # e.g. a .bin cut short
+        except Exception as error:
             raise TrackerError(f"cannot compile the int8 copy {self.path} ({error}): remake it with {remake}, or use --runtime openvino") from None
+        if not _finite(self(*probe_inputs(net))):
+            raise TrackerError(f"the int8 copy {self.path} gives non-finite outputs on the probe input (damaged or badly made): remake it with {remake}, or use --runtime openvino")
         self.load_s = time.perf_counter() - start
 
 
@@ -552,14 +653,16 @@ RUNNERS: dict[str, type[Runner]] = {"torch": Runner, "onnxruntime": OnnxRuntimeR
 
 
 def create_runner(
-    net: N2FNet,
+    net: N2FNet | DeferredNetwork,
     runtime: str | None = "torch",
     device: str | torch.device = "cpu",
     threads: int | None = None,
     cache: bool | str | Path = True,
     checkpoint: str | Path | None = None,
 ) -> Runner:
-    """The runner of ``net`` (eval mode, on ``device``) for ``runtime`` (module docstring).
+    """The runner of ``net`` (eval mode, on ``device``) for ``runtime`` (module docstring). A
+    ``DeferredNetwork`` is built only for the runtimes that need the PyTorch module (all but
+    openvino-int8, which reads its own copy).
 
     "auto"/None: ``default_runtime(device)``, and when a runtime fails to set up (a warning says
     why; an info line for a network without an int8 copy), the next one of PREFERENCE, down to
@@ -573,7 +676,7 @@ def create_runner(
     if requested != "auto":
         return _create(net, requested, threads, cache, checkpoint)
     if torch.device(device).type == "cuda":
-        return Runner(net)
+        return Runner(built(net))
     for name in PREFERENCE:
         if not installed(name):
             continue
@@ -581,28 +684,23 @@ def create_runner(
             return _create(net, name, threads, cache, checkpoint)
         except TrackerError as error:
             (log.info if isinstance(error, NoInt8Copy) else log.warning)("network runtime %s unavailable (%s); trying the next one", name, error)
-    return Runner(net)
+    return Runner(built(net))
 
 
-def _create(net: N2FNet, runtime: str, threads: int | None, cache: bool | str | Path, checkpoint: str | Path | None) -> Runner:
-    if runtime == "torch":
-        return Runner(net)
-    if runtime == "openvino-int8":
+def _create(net: N2FNet | DeferredNetwork, runtime: str, threads: int | None, cache: bool | str | Path, checkpoint: str | Path | None) -> Runner:
+    if runtime == "openvino-int8":  # the only runtime that needs no PyTorch module (DeferredNetwork)
         return OpenVinoInt8Runner(net.eval(), threads, checkpoint)
-    return RUNNERS[runtime](net.eval(), threads, cache)
+    if runtime == "torch":
+        return Runner(built(net))
+    return RUNNERS[runtime](built(net).eval(), threads, cache)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tracker.n2fnet.runtime [CHECKPOINT] [--runtime NAME]``: export a checkpoint's
     network into the cache now (e.g. while building an image), print where, its size and its parity."""
-    import argparse
-
     from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 
-    parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.runtime", description=main.__doc__)
-    parser.add_argument("checkpoint", nargs="?", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
-    parser.add_argument("--runtime", choices=("all", *EXPORTED), default="all", help="the runtime to export for (default: every one installed)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     checkpoint = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
     names = [n for n in EXPORTED if installed(n)] if args.runtime == "all" else [args.runtime]
     try:
