@@ -10,7 +10,8 @@ import torch
 from tracker.head_models import load_head_model
 from tracker.n2fnet.checkpoint import load_checkpoint
 from train import head_tuning
-from train.head_tuning import HeadTuner, HeadTuningConfig, TokenSet, projected_landmarks, real_token_set, synthetic_token_set
+from train.config import HeadTuningConfig
+from train.head_tuner import HeadTuner, TokenSet, projected_landmarks, real_token_set, synthetic_token_set
 from train.real_data import RealDataset
 from train.synthetic import SamplerConfig, SyntheticSampler
 from train.trainer import Trainer

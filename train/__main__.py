@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from tracker.errors import TrackerError
-from tracker.n2fnet.checkpoint import load_checkpoint
-from train.synthetic import SamplerConfig
-from train.trainer import TrainConfig, Trainer
+from tracker.options import positive_int
+from train.cli import Progress, checkpoints_note, run, writable_folder
+from train.config import SamplerConfig, TrainConfig, checkpoint_train_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,14 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("network")
     g.add_argument("--backbone", default=d.backbone, help="timm name: vit_large_patch16_dinov3 (paper), vit_small_patch16_dinov3, resnet18, mobilenetv3_large_100, ...")
     g.add_argument("--backbone-weights", default=None, help="pretrained backbone weights file (timm or original DINOv3 format); nothing is downloaded")
-    g.add_argument("--input-size", type=int, default=d.input_size, help="normal-map crop size S_out")
+    g.add_argument("--input-size", type=positive_int, default=d.input_size, help="normal-map crop size S_out")
     g.add_argument("--use-mask-input", action="store_true", help="feed the face mask as a 4th input channel")
-    g.add_argument("--token-dim", type=int, default=d.token_dim, help="token width for CNN backbones")
+    g.add_argument("--token-dim", type=positive_int, default=d.token_dim, help="token width for CNN backbones")
     g = p.add_argument_group("schedule")
     g.add_argument("--stages", default="1,2", help="stages to run, in order: '1,2', '1' or '2'")
-    g.add_argument("--stage1-steps", type=int, default=d.stage1_steps)
-    g.add_argument("--stage2-steps", type=int, default=d.stage2_steps)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    g.add_argument("--stage1-steps", type=positive_int, default=d.stage1_steps)
+    g.add_argument("--stage2-steps", type=positive_int, default=d.stage2_steps)
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="per process")
     g.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction, help="linear warm-up share of each stage, then cosine")
     g.add_argument("--lr-backbone", type=float, default=None, help="default: 1e-6 (paper) with --backbone-weights, 1e-3 when training from scratch")
     g.add_argument("--lr-stem", type=float, default=d.lr_stem, help="first conv / patch embedding (stage 1)")
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(with --init: retrain a checkpoint's FLAME module and keep its trained camera module valid)",
     )
     g = p.add_argument_group("synthetic data (paper leaves these open; recorded in checkpoints)")
-    g.add_argument("--image-size", type=int, default=s.image_size, help="S_orig of the original image")
+    g.add_argument("--image-size", type=positive_int, default=s.image_size, help="S_orig of the original image")
     g.add_argument("--focal-mean", type=float, default=s.focal_mean, help="focal / S_orig, Gaussian mean")
     g.add_argument("--focal-std", type=float, default=s.focal_std)
     g.add_argument("--principal-std", type=float, default=s.principal_std, help="principal point / S_orig, std about the centre")
@@ -70,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--proxy-depth-scale-std", type=float, default=s.proxy_depth_scale_std, help="mediapipe surface: log-normal scale of the relative depth")
     g.add_argument("--proxy-smoothing-mm", type=float, default=s.proxy_smoothing_mm, help="mediapipe surface: width of the noise's smoothing kernel")
     g = p.add_argument_group("run")
-    g.add_argument("--val-every", type=int, default=d.val_every)
-    g.add_argument("--val-size", type=int, default=d.val_size, help="fixed synthetic validation samples")
+    g.add_argument("--val-every", type=positive_int, default=d.val_every)
+    g.add_argument("--val-size", type=positive_int, default=d.val_size, help="fixed synthetic validation samples")
     g.add_argument("--val-seed", type=int, default=d.val_seed)
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--log-every", type=positive_int, default=d.log_every)
     g.add_argument("--out-dir", default=d.out_dir, help="metrics.csv, best_stage1.pt, best_stage2.pt, last.pt")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     g.add_argument("--resume", default=None, help="continue a run from OUT/last.pt exactly as it was configured (weights, optimiser, step; other flags except --device are ignored)")
@@ -83,29 +83,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    sampler = SamplerConfig(
-        image_size=args.image_size,
-        output_size=args.input_size,
-        focal_mean=args.focal_mean,
-        focal_std=args.focal_std,
-        principal_std=args.principal_std,
-        alpha=args.alpha,
-        crop_shift_std=args.crop_shift_std,
-        crop_scale_std=args.crop_scale_std,
-        normal_frame=args.normal_frame,
-        surface=args.surface,
-        proxy_position_mm=args.proxy_position_mm,
-        proxy_depth_mm=args.proxy_depth_mm,
-        proxy_depth_scale_std=args.proxy_depth_scale_std,
-        proxy_smoothing_mm=args.proxy_smoothing_mm,
-    )
+    """The run's TrainConfig; a TrackerError for settings that do not fit together."""
+    try:
+        sampler = SamplerConfig(
+            image_size=args.image_size,
+            output_size=args.input_size,
+            focal_mean=args.focal_mean,
+            focal_std=args.focal_std,
+            principal_std=args.principal_std,
+            alpha=args.alpha,
+            crop_shift_std=args.crop_shift_std,
+            crop_scale_std=args.crop_scale_std,
+            normal_frame=args.normal_frame,
+            surface=args.surface,
+            proxy_position_mm=args.proxy_position_mm,
+            proxy_depth_mm=args.proxy_depth_mm,
+            proxy_depth_scale_std=args.proxy_depth_scale_std,
+            proxy_smoothing_mm=args.proxy_smoothing_mm,
+        )
+    except ValueError as error:
+        raise TrackerError(str(error)) from None
     weights = {}
     for item in args.param_weight:
         group, _, value = item.partition("=")
         try:
             weights[group.strip()] = float(value)
         except ValueError:
-            raise SystemExit(f"--param-weight expects GROUP=NUMBER, got {item!r}") from None
+            raise TrackerError(f"--param-weight expects GROUP=NUMBER, got {item!r}") from None
+    stages = tuple(x.strip() for x in args.stages.split(","))
+    if any(x not in ("1", "2") for x in stages) or len(set(stages)) < len(stages):
+        raise TrackerError(f"--stages expects '1,2', '1' or '2', got {args.stages!r}")
     return TrainConfig(
         param_weights=weights or None,
         head_model=args.head_model,
@@ -115,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         input_size=args.input_size,
         use_mask_input=args.use_mask_input,
         token_dim=args.token_dim,
-        stages=tuple(int(x) for x in args.stages.split(",")),
+        stages=tuple(int(x) for x in stages),
         stage1_steps=args.stage1_steps,
         stage2_steps=args.stage2_steps,
         batch_size=args.batch_size,
@@ -136,19 +143,32 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def train(args: argparse.Namespace, progress: Progress) -> None:
+    """The run of ``args``: the output folder checked first, then the heavy imports and the set-up."""
+    if args.resume:
+        from tracker.n2fnet.checkpoint import load_checkpoint
+
+        state = load_checkpoint(args.resume)
+        if "optimizer" not in state or "scheduler" not in state:
+            raise TrackerError(
+                f"{args.resume} holds weights only, no optimiser state, so it cannot be resumed: resume from a run's last.pt, "
+                "or start a new run from these weights with --init"
+            )
+        config = checkpoint_train_config(state, f"checkpoint {args.resume}")
+        config.device = args.device
+    else:
+        config = config_from_args(args)
+    writable_folder(config.out_dir, "the resumed run's folder" if args.resume else "--out-dir")
+    from train.trainer import Trainer
+
+    trainer = Trainer(config, resume=args.resume, init=args.init)
+    progress.began(lambda: checkpoints_note(config.out_dir, resume=True))
+    trainer.run()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.resume:
-            config = TrainConfig.from_dict(load_checkpoint(args.resume)["train"])
-            config.device = args.device
-        else:
-            config = config_from_args(args)
-        Trainer(config, resume=args.resume, init=args.init).run()
-    except TrackerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run(lambda progress: train(args, progress), "training")
 
 
 if __name__ == "__main__":

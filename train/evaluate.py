@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from tracker.options import positive_int
+from train.cli import Progress, run
 
-from tracker.errors import TrackerError
-from tracker.head_models import HeadModel, load_head_model
-from tracker.n2fnet import N2FNet
-from train import metrics
-from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
-from train.synthetic import SamplerConfig, SyntheticSampler, render_face
-from train.trainer import pick_device
+if TYPE_CHECKING:
+    import torch
+
+    from tracker.head_models import HeadModel
+    from tracker.n2fnet import N2FNet
+    from train.config import SamplerConfig
 
 REGIONS = ("face", "eyes", "nose", "mouth", "ears")
 SURFACE_PROBE_STRIDE = 4  # MNE and CR probe every 4th face-region GT vertex (ICT: about 2,200)
@@ -41,47 +42,53 @@ class EvaluationRow:
     fps: float | None
 
 
-@torch.no_grad()
 def evaluate(net: N2FNet, head: HeadModel, sampler_config: SamplerConfig, samples: int, seed: int, batch_size: int = 16) -> tuple[EvaluationRow, EvaluationRow]:
     """(N2FNet row, mean-parameter baseline row) on ``samples`` held-out synthetic faces."""
-    device = head.device
-    sampler = SyntheticSampler(head, sampler_config, seed=seed)
-    faces = head.render_faces
-    face_mask = head.region_masks["face"]
-    regions = {r: head.region_masks[r] for r in REGIONS}
-    face_vertices, face_faces = face_submesh(head)
-    probes = torch.zeros(len(face_vertices), dtype=torch.bool, device=device)
-    probes[::SURFACE_PROBE_STRIDE] = True
-    sums = {"net": _Accumulator(), "mean": _Accumulator()}
-    for start in range(0, samples, batch_size):
-        batch = sampler.sample(min(batch_size, samples - start))
-        mask = batch.mask if net.config.use_mask_input else None
-        out = net(batch.normals, batch.focal, batch.principal, mask)
-        _, mean_rotation, mean_translation = net.camera_from_output(torch.zeros(len(batch.normals), 9, device=device), batch.focal, batch.principal)
-        mean_params = {g: head.param_groups[g].mean(len(batch.normals), device=device) for g in out.params}
-        candidates = {
-            "net": (out.params, out.rotation, out.translation),
-            "mean": (mean_params, mean_rotation, mean_translation),
-        }
-        for key, (params, rotation, translation) in candidates.items():
-            vertices = head.decode(params)
-            cd = metrics.region_errors(vertices, batch.vertices, regions, align_region="face")
-            aligned = metrics.align(vertices, batch.vertices, face_mask)[:, face_vertices]  # as CD aligns
-            gt_face = batch.vertices[:, face_vertices]  # both surfaces: the face submesh
-            mne = metrics.mean_normal_error(gt_face, face_faces, aligned, face_faces, gt_vertex_mask=probes)
-            cr = metrics.completeness_ratio(gt_face, aligned, face_faces, gt_vertex_mask=probes)
-            rendered = render_face(head, vertices, params, rotation, translation, batch.focal, batch.principal, sampler_config.output_size, sampler_config.normal_frame)
-            nme = metrics.nme(rendered.landmarks_2d, batch.landmarks_2d)
-            sums[key].add(cd, mne, cr, nme)
-    example = sampler.sample(1)
-    mask = example.mask if net.config.use_mask_input else None
-    fps = metrics.measure_fps(lambda: net(example.normals, example.focal, example.principal, mask), n=30, warmup=5).fps
-    return sums["net"].row("N2FNet (this checkpoint)", fps), sums["mean"].row("mean parameters", None)
+    import torch
+
+    from train import metrics
+    from train.synthetic import SyntheticSampler, render_face
+
+    with torch.no_grad():
+        device = head.device
+        sampler = SyntheticSampler(head, sampler_config, seed=seed)
+        face_mask = head.region_masks["face"]
+        regions = {r: head.region_masks[r] for r in REGIONS}
+        face_vertices, face_faces = face_submesh(head)
+        probes = torch.zeros(len(face_vertices), dtype=torch.bool, device=device)
+        probes[::SURFACE_PROBE_STRIDE] = True
+        sums = {"net": _Accumulator(), "mean": _Accumulator()}
+        for start in range(0, samples, batch_size):
+            batch = sampler.sample(min(batch_size, samples - start))
+            mask = batch.mask if net.config.use_mask_input else None
+            out = net(batch.normals, batch.focal, batch.principal, mask)
+            _, mean_rotation, mean_translation = net.camera_from_output(torch.zeros(len(batch.normals), 9, device=device), batch.focal, batch.principal)
+            mean_params = {g: head.param_groups[g].mean(len(batch.normals), device=device) for g in out.params}
+            candidates = {
+                "net": (out.params, out.rotation, out.translation),
+                "mean": (mean_params, mean_rotation, mean_translation),
+            }
+            for key, (params, rotation, translation) in candidates.items():
+                vertices = head.decode(params)
+                cd = metrics.region_errors(vertices, batch.vertices, regions, align_region="face")
+                aligned = metrics.align(vertices, batch.vertices, face_mask)[:, face_vertices]  # as CD aligns
+                gt_face = batch.vertices[:, face_vertices]  # both surfaces: the face submesh
+                mne = metrics.mean_normal_error(gt_face, face_faces, aligned, face_faces, gt_vertex_mask=probes)
+                cr = metrics.completeness_ratio(gt_face, aligned, face_faces, gt_vertex_mask=probes)
+                rendered = render_face(head, vertices, params, rotation, translation, batch.focal, batch.principal, sampler_config.output_size, sampler_config.normal_frame)
+                nme = metrics.nme(rendered.landmarks_2d, batch.landmarks_2d)
+                sums[key].add(cd, mne, cr, nme)
+        example = sampler.sample(1)
+        mask = example.mask if net.config.use_mask_input else None
+        fps = metrics.measure_fps(lambda: net(example.normals, example.focal, example.principal, mask), n=30, warmup=5).fps
+        return sums["net"].row("N2FNet (this checkpoint)", fps), sums["mean"].row("mean parameters", None)
 
 
 def face_submesh(head: HeadModel) -> tuple[torch.Tensor, torch.Tensor]:
     """The reconstruction's face surface: (V',) vertex indices of the face region and (F', 3)
     its drawn triangles re-indexed into them."""
+    import torch
+
     mask = head.region_masks["face"]
     vertices = mask.nonzero()[:, 0]
     new_index = torch.full_like(mask, -1, dtype=torch.long)
@@ -101,6 +108,8 @@ class _Accumulator:
             self.values.setdefault(key, []).append(value.cpu())
 
     def mean(self, key: str) -> float:
+        import torch
+
         return torch.cat(self.values[key]).mean().item()
 
     def row(self, name: str, fps: float | None) -> EvaluationRow:
@@ -118,28 +127,37 @@ def format_table(rows: list[EvaluationRow]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="N2FNet checkpoint (.pt)")
     p.add_argument("--head-model-path", default=None, help="override the head-model file/folder recorded in the checkpoint")
-    p.add_argument("--samples", type=int, default=128, help="held-out synthetic faces")
+    p.add_argument("--samples", type=positive_int, default=128, help="held-out synthetic faces")
     p.add_argument("--seed", type=int, default=987654, help="held-out seed (training uses other seeds)")
     p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    try:
-        state = load_checkpoint(args.checkpoint)
-        device = pick_device(args.device)
-        head_info = state["head_model"]
-        head = load_head_model(head_info["name"], args.head_model_path or head_info.get("path")).to(device)
-        net = model_from_checkpoint(state).to(device)
-        sampler_config = SamplerConfig(**state["sampler"])
-        rows = evaluate(net, head, sampler_config, args.samples, args.seed)
-    except TrackerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return p
+
+
+def report(args: argparse.Namespace, progress: Progress) -> None:
+    """Load the checkpoint and its head model, evaluate, print the table."""
+    from tracker.head_models import load_head_model
+    from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from train.config import SamplerConfig
+    from train.trainer import pick_device
+
+    state = load_checkpoint(args.checkpoint)
+    device = pick_device(args.device)
+    head = load_head_model(state["n2fnet"]["head_model"], args.head_model_path or state.get("head_model", {}).get("path")).to(device)
+    net = model_from_checkpoint(state).to(device)
+    sampler_config = SamplerConfig(**state.get("sampler", {}))
+    progress.began("nothing was written (the table comes at the end)")
+    rows = evaluate(net, head, sampler_config, args.samples, args.seed)
     print(f"checkpoint {args.checkpoint}: {head.name}, backbone {net.config.backbone}, {args.samples} held-out synthetic samples, {device}")
     print(format_table(list(rows)))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda progress: report(args, progress), "the evaluation")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import sys
@@ -53,24 +54,24 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-import torch
 
 from tracker import options as tracker_options
-from tracker.arkit_fit import ArkitFit
 from tracker.avatar import ARKIT_INDEX, ARKIT_NAMES
-from tracker.device_feed import CpuFeeder, CudaFeeder, create_feeder
 from tracker.errors import TrackerError
-from tracker.head_models import load_head_model
-from tracker.n2fnet.runtime import RUNTIMES
 from tracker.paths import shared_dir
-from tracker.pipeline import Pipeline
-from tracker.sources import Frame, FrameSource, open_source
-from tracker.tracking import FaceTracker, TrackingResult
-from train import metrics
+from train.cli import Progress, run, writable_file
 from train.real_split import SPLITS, split_paths
+
+if TYPE_CHECKING:
+    import torch
+
+    from tracker.arkit_fit import ArkitFit
+    from tracker.device_feed import CpuFeeder, CudaFeeder
+    from tracker.sources import Frame, FrameSource
+    from tracker.tracking import FaceTracker, TrackingResult
 
 ANNOTATION_FILES = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
 VIDEO_SUFFIXES = (".mp4", ".mov")
@@ -164,6 +165,10 @@ def match_boxes(annotations: np.ndarray, detections: np.ndarray, threshold: floa
 def nme_percent(pred: np.ndarray, truth: np.ndarray, with_jaw: bool = True) -> np.ndarray:
     """(B, 68, 2) predicted and annotated landmarks -> (B,) NME in % of the annotation's
     inter-ocular distance (points 36-45); ``with_jaw=False``: over points 17-67 only."""
+    import torch
+
+    from train import metrics
+
     visible = None
     if not with_jaw:
         visible = torch.ones(len(pred), 68, dtype=torch.bool)
@@ -223,6 +228,10 @@ def track_image(tracker: FaceTracker, feeder: CpuFeeder | CudaFeeder, image: np.
     """One (H, W, 3) BGR photo through every stage of ``tracker`` (network via ``feeder``, made
     by ``create_feeder``) from a fresh state, resized by ``upscale`` first; the result's pixels
     are those of the resized photo (divide by ``upscale``)."""
+    import cv2
+
+    from tracker.sources import Frame
+
     if upscale != 1.0:
         image = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_LINEAR)
     tracker.reset()
@@ -246,6 +255,10 @@ class TrackedPhoto:
 def tracked_photos(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: float = DEFAULT_UPSCALE):
     """Yield a ``TrackedPhoto`` per photo of ``faces``: tracked (``track_image``), each annotation
     matched to a detection by the box of MediaPipe's 68 points (``match_boxes``)."""
+    import cv2
+
+    from tracker.device_feed import create_feeder
+
     feeder = create_feeder(tracker.run_network, tracker.device)
     by_image: dict[Path, list[AnnotatedFace]] = {}
     for face in faces:
@@ -263,6 +276,8 @@ def tracked_photos(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: fl
 def evaluate_images(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: float = DEFAULT_UPSCALE) -> tuple[list[FaceRow], int]:
     """Track every photo of ``faces`` -> (one row per annotated face, detections matched to no
     annotation: unannotated faces or false detections)."""
+    from train import metrics
+
     rows, unmatched = [], 0
     for photo in tracked_photos(tracker, faces, upscale):
         ours = [f.landmarks68 / upscale for f in photo.result.faces]
@@ -393,6 +408,8 @@ EYE_PAIRS = ((37, 41), (38, 40), (43, 47), (44, 46))  # upper and lower lid poin
 def openings(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(..., 68, 2) iBUG landmarks -> (mouth (...), eye (...)) openings: the inner-lip gap and the
     mean lid gap, each over the outer-eye-corner distance (points 36-45)."""
+    from train import metrics
+
     points = np.asarray(points, dtype=np.float64)
     ocular = np.linalg.norm(points[..., metrics.RIGHT_EYE_OUTER, :] - points[..., metrics.LEFT_EYE_OUTER, :], axis=-1)
 
@@ -465,6 +482,8 @@ class VideoMeter:
         self.mediapipe68: list[np.ndarray] = []
 
     def __call__(self, result: TrackingResult) -> None:
+        from train import metrics
+
         self.times.append(time.perf_counter())
         self.processing_ms.append(result.processing_ms)
         if not result.faces:
@@ -522,6 +541,9 @@ def arkit_correlations(weights: np.ndarray, mouth: np.ndarray, eye: np.ndarray) 
 def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None, side_fit: ArkitFit | None = None) -> VideoRow:
     """Every frame of ``path`` (at most ``max_frames``) in order through the sequential pipeline,
     from a fresh tracker state (``side_fit``: also run this ARKit fit on every face)."""
+    from tracker.pipeline import Pipeline
+    from tracker.sources import open_source
+
     tracker.reset()
     meter = VideoMeter(tracker.head.region_masks.get("face"), side_fit)
     source = MediaClockSource(open_source(path, realtime=False))
@@ -625,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ict-model", help="ICT-FaceKit model (default: as python -m app.live finds it)")
     p.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
     p.add_argument("--device", default="cpu", help="network device: cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto", help="network runtime, as the app's --runtime (default: auto)")
+    p.add_argument("--runtime", choices=("auto", *tracker_options.RUNTIMES), default="auto", help="network runtime, as the app's --runtime (default: auto)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="the refinement after the network (Gauss-Newton fit to MediaPipe's landmarks, pooled identity per track; default: on, as the app)")
     p.add_argument("--refine-iters", type=tracker_options.positive_int, metavar="N", help="refinement iterations per frame (default: the library's)")
@@ -702,10 +724,11 @@ def report_images(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     )
     print(format_image_table(summaries))
     if args.csv:
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(FaceRow)])
-            writer.writeheader()
-            writer.writerows(dataclasses.asdict(r) for r in rows)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=[f.name for f in dataclasses.fields(FaceRow)])
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in rows)
+        _write_whole(args.csv, table.getvalue(), "--csv")
     return {
         "upscale": args.upscale,
         "unmatched_detections": unmatched,
@@ -714,9 +737,13 @@ def report_images(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     }
 
 
-def report_videos(args: argparse.Namespace, folder: Path, **overrides) -> dict:
-    """Track the videos, print their table -> the JSON part."""
-    paths = video_paths(args, folder)
+def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> dict:
+    """Track the videos ``paths``, print their table -> the JSON part."""
+    import torch
+
+    from tracker.arkit_fit import ArkitFit
+    from tracker.head_models import load_head_model
+
     tracker = build_tracker(args, max_faces=1, smoothing=not args.no_smoothing, **overrides)
     try:
         ict = load_head_model("ict", args.ict_model) if args.arkit_side_fit else None
@@ -741,40 +768,55 @@ def report_videos(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
+    """Settings, material and the --csv/--json files checked first; then the photos and videos of
+    every variant tracked and reported."""
+    if args.upscale <= 0:
+        raise TrackerError(f"--upscale must be positive, got {args.upscale}")
+    folder = data_folder(args.data)
+    paths = None if args.images_only else video_paths(args, folder)
+    outputs = [str(writable_file(path, option)) for path, option in ((args.csv, "--csv"), (args.json, "--json")) if path]
+    import torch
+
     torch.set_num_threads(max(1, args.threads))
     report: dict = {"checkpoint": str(args.checkpoint), "device": args.device, "torch_threads": torch.get_num_threads()}
-    try:
-        if args.upscale <= 0:
-            raise TrackerError(f"--upscale must be positive, got {args.upscale}")
-        folder = data_folder(args.data)
-        variants = ABLATION if args.ablation else {"": {}}
-        results: dict[str, dict] = {}
-        for name, overrides in variants.items():
-            if name:
-                print(f"\n## {name}")
-            part: dict = {}
+    progress.began("the tables printed above are complete" + (f"; {' and '.join(outputs)} (written at the end) were not written" if outputs else ""))
+    variants = ABLATION if args.ablation else {"": {}}
+    results: dict[str, dict] = {}
+    for name, overrides in variants.items():
+        if name:
+            print(f"\n## {name}")
+        part: dict = {}
+        if not args.videos_only:
+            part["images"] = report_images(args, folder, **overrides)
+        if paths is not None:
             if not args.videos_only:
-                part["images"] = report_images(args, folder, **overrides)
-            if not args.images_only:
-                if not args.videos_only:
-                    print()
-                part["videos"] = report_videos(args, folder, **overrides)
-            results[name] = _finite_or_none(part)
-        if args.ablation:
-            print("\n## Ablation: N2FNet's role (videos: mean over the videos)")
-            print(format_ablation_table(results))
-            report["ablation"] = results
-        else:
-            report.update(results[""])
-    except TrackerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+                print()
+            part["videos"] = report_videos(args, paths, **overrides)
+        results[name] = _finite_or_none(part)
+    if args.ablation:
+        print("\n## Ablation: N2FNet's role (videos: mean over the videos)")
+        print(format_ablation_table(results))
+        report["ablation"] = results
+    else:
+        report.update(results[""])
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(_finite_or_none(report), handle, indent=1)
-    return 0
+        _write_whole(args.json, json.dumps(_finite_or_none(report), indent=1), "--json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda progress: evaluate_all(args, progress), "the evaluation")
+
+
+def _write_whole(path: str, text: str, option: str) -> None:
+    """``text`` to ``path`` whole or not at all; a TrackerError naming ``option`` when it cannot be written."""
+    from tracker.atomic_write import atomic_write
+
+    try:
+        atomic_write(path, text.encode())
+    except OSError as error:
+        raise TrackerError(f"{option} {path}: cannot write it ({error.strerror or error})") from None
 
 
 def _number(value: float, digits: int = 2) -> str:

@@ -22,17 +22,23 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tracker.errors import TrackerError
-from tracker.head_models.ict import contour_landmarks
 from tracker.options import TrackerOptions, build_tracker
-from tracker.overlay import project_vertices
-from train import metrics
-from train.evaluate_real import DEFAULT_UPSCALE, IMAGE_MAX_FACES, annotated_faces, data_folder, tracked_photos
+from train.cli import Progress, run, writable_file
+from train.evaluate_real import (
+    DEFAULT_UPSCALE,
+    IMAGE_MAX_FACES,
+    annotated_faces,
+    data_folder,
+    tracked_photos,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 # iBUG-68 mirror pairs (0-based): point k <-> MIRROR[k]
 MIRROR = (
@@ -58,6 +64,9 @@ class PhotoFace:
 
 def collect(tracker, faces, candidates: torch.Tensor, upscale: float) -> list[PhotoFace]:
     """Track every photo; per matched face, project the ``candidates`` (C,) vertex ids."""
+    from tracker.overlay import project_vertices
+    from train import metrics
+
     out = []
     for photo in tracked_photos(tracker, faces, upscale):
         for annotation, index, _ in photo.matches:
@@ -112,7 +121,7 @@ def calibrate(faces: list[PhotoFace], current: np.ndarray, candidates: np.ndarra
     return chosen, sorted(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.landmark_calibration", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="N2FNet checkpoint (default: the shipped one)")
     p.add_argument("--ict-model", help="ICT-FaceKit model (default: as python -m app.live finds it)")
@@ -121,26 +130,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--radius", type=float, default=15.0, help="candidate vertices within this many mm of the current landmark")
     p.add_argument("--min-gain", type=float, default=0.5, help="replace a point only when training NME drops by this much (%% IOD)")
     p.add_argument("--json", help="write the chosen indices and the table here")
-    args = p.parse_args(argv)
+    return p
+
+
+def calibration(args: argparse.Namespace, progress: Progress) -> None:
+    """The material and --json checked first; then the photos tracked, the points chosen and printed."""
+    folder = data_folder(args.data)
+    json_path = writable_file(args.json, "--json") if args.json else None
+    import torch
+
+    from tracker.atomic_write import atomic_write
+    from tracker.head_models.ict import CONTOURS, contour_landmarks
+
+    if args.landmarks not in CONTOURS:
+        raise TrackerError(f"--landmarks must be one of {', '.join(CONTOURS)}, got {args.landmarks!r}")
     torch.set_num_threads(1)
+    options = TrackerOptions(checkpoint=args.checkpoint, ict_model=args.ict_model, max_faces=IMAGE_MAX_FACES, smoothing=False)
+    tracker = build_tracker(options, photos=True)
     try:
-        folder = data_folder(args.data)
-        options = TrackerOptions(checkpoint=args.checkpoint, ict_model=args.ict_model, max_faces=IMAGE_MAX_FACES, smoothing=False)
-        tracker = build_tracker(options, photos=True)
-        if tracker.head.name == "ict":
-            tracker.head.landmark_indices = torch.from_numpy(contour_landmarks(tracker.head.multipie_indices, args.landmarks))
-    except TrackerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    head = tracker.head
-    if head.name != "ict":
-        print("error: the calibration is written for ICT's landmark vertices", file=sys.stderr)
-        return 2
-    neutral = head.decode(head.neutral_params(1))[0].double().numpy()
-    candidates = torch.nonzero(head.region_masks["narrow_face"]).flatten()  # skin: lids, not eyeballs
-    current = head.landmark_indices.numpy()
-    candidates = torch.unique(torch.cat((candidates, torch.from_numpy(current))))
-    try:
+        head = tracker.head
+        if head.name != "ict":
+            raise TrackerError("the calibration is written for ICT's landmark vertices: give an ICT checkpoint")
+        head.landmark_indices = torch.from_numpy(contour_landmarks(head.multipie_indices, args.landmarks))
+        neutral = head.decode(head.neutral_params(1))[0].double().numpy()
+        candidates = torch.nonzero(head.region_masks["narrow_face"]).flatten()  # skin: lids, not eyeballs
+        current = head.landmark_indices.numpy()
+        candidates = torch.unique(torch.cat((candidates, torch.from_numpy(current))))
+        progress.began("nothing was written (the table and --json come at the end)")
         faces = collect(tracker, annotated_faces(folder / "dlib-faces"), candidates, DEFAULT_UPSCALE)
     finally:
         tracker.close()
@@ -156,9 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: training {np.mean([r[3] for r in pick]):.2f} -> {np.mean([r[4] for r in pick]):.2f}, "
               f"testing {np.mean([r[5] for r in pick]):.2f} -> {np.mean([r[6] for r in pick]):.2f}")
     print("indices:", ", ".join(str(int(v)) for v in chosen))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"indices": [int(v) for v in chosen], "rows": rows}, indent=1))
-    return 0
+    if json_path is not None:
+        atomic_write(json_path, json.dumps({"indices": [int(v) for v in chosen], "rows": rows}, indent=1).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda progress: calibration(args, progress), "the calibration")
 
 
 if __name__ == "__main__":

@@ -13,16 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
 from tracker.errors import TrackerError
-from tracker.overlay import draw_mesh, draw_points, face_window
-from tracker.pipeline import Pipeline
-from tracker.sources import open_source
+from tracker.options import positive_int
+from train.cli import Progress, run, writable_folder
 from train.evaluate_real import (
-    MediaClockSource,
     annotated_faces,
     build_parser as evaluate_parser,
     build_tracker,
@@ -38,6 +34,8 @@ TILE = 320
 
 
 def tile(image: np.ndarray, window: tuple[int, int, int, int], label: str) -> np.ndarray:
+    import cv2
+
     x0, y0, x1, y1 = window
     out = cv2.resize(image[y0:y1, x0:x1], (TILE, TILE), interpolation=cv2.INTER_AREA)
     cv2.putText(out, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
@@ -59,6 +57,11 @@ class Keep:
 
 
 def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
+    from tracker.overlay import draw_mesh, draw_points, face_window
+    from tracker.pipeline import Pipeline
+    from tracker.sources import open_source
+    from train.evaluate_real import MediaClockSource
+
     first = Keep(None)
     trackers = {name: build_tracker(args, max_faces=1, smoothing=True, refine=refine) for name, refine in (("N2FNet alone", False), ("N2FNet + refinement", True))}
     try:
@@ -93,6 +96,10 @@ def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
 
 
 def photo_picture(args, folder: Path, count: int) -> np.ndarray:
+    import cv2
+
+    from tracker.overlay import draw_points
+
     faces = annotated_faces(folder / "dlib-faces")
     columns = {}
     for name, refine in (("N2FNet alone", False), ("N2FNet + refinement", True)):
@@ -124,35 +131,57 @@ def photo_picture(args, folder: Path, count: int) -> np.ndarray:
     return np.concatenate(rows, 0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = evaluate_parser()
     parser.prog = "python -m train.landmark_pictures"
     parser.description = __doc__
     parser.add_argument("--out", required=True, help="folder for the pictures")
-    parser.add_argument("--photo-faces", type=int, default=8, help="dlib photo faces in the picture (default 8)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--photo-faces", type=positive_int, default=8, help="dlib photo faces in the picture (default 8)")
+    return parser
+
+
+def pictures(args: argparse.Namespace, progress: Progress) -> None:
+    """The material and --out checked first; then the photo picture and one picture per video,
+    each written whole or not at all."""
+    folder = data_folder(args.data)
+    paths = [] if args.images_only else video_paths(args, folder)
+    out = writable_folder(args.out, "--out")
+    import torch
+
     torch.set_num_threads(max(1, args.threads))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    progress.began(lambda: f"the {len(written)} pictures listed above are complete")
+    if not args.videos_only:
+        written.append(_write_jpeg(out / "photos.jpg", photo_picture(args, folder, args.photo_faces)))
+    for path in paths:
+        try:
+            picture = video_picture(args, path, args.max_frames)
+        except TrackerError as error:
+            print(f"skipped: {error}")
+            continue
+        written.append(_write_jpeg(out / f"{path.stem}.jpg", picture))
+
+
+def _write_jpeg(target: Path, picture: np.ndarray) -> Path:
+    """``picture`` (BGR) to ``target`` whole or not at all; its path printed."""
+    import cv2
+
+    from tracker.atomic_write import atomic_write
+
+    encoded, data = cv2.imencode(".jpg", picture)
+    if not encoded:
+        raise TrackerError(f"cannot encode {target} as JPEG")
     try:
-        folder = data_folder(args.data)
-        if not args.videos_only:
-            cv2.imwrite(str(out / "photos.jpg"), photo_picture(args, folder, args.photo_faces))
-            print(out / "photos.jpg")
-        if not args.images_only:
-            for path in video_paths(args, folder):
-                try:
-                    picture = video_picture(args, path, args.max_frames)
-                except TrackerError as error:
-                    print(f"skipped: {error}")
-                    continue
-                target = out / f"{path.stem}.jpg"
-                cv2.imwrite(str(target), picture)
-                print(target)
-    except TrackerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        atomic_write(target, data.tobytes())
+    except OSError as error:
+        raise TrackerError(f"--out: cannot write {target} ({error.strerror or error})") from None
+    print(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda progress: pictures(args, progress), "the pictures")
 
 
 if __name__ == "__main__":

@@ -40,20 +40,18 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-import torch
 
-from tracker.device_feed import create_feeder
 from tracker.errors import TrackerError
-from tracker.geometry.crop import crop_intrinsics
-from tracker.options import DEFAULT_CHECKPOINT
-from tracker.pipeline import Pipeline
-from tracker.sources import open_source
-from tracker.tracking import FaceTracker, TrackingResult
-from train.evaluate_real import MediaClockSource, data_folder, nme_percent, track_image
+from tracker.options import DEFAULT_CHECKPOINT, positive_int
+from train.cli import Progress, run, writable_folder
+from train.evaluate_real import data_folder, nme_percent
 from train.real_split import split_paths
+
+if TYPE_CHECKING:
+    from tracker.tracking import FaceResult, FaceTracker, TrackingResult
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -82,6 +80,8 @@ class Variant:
         return cls(name, match.group(1) is not None or match.group(2) is not None, float(match.group(3) or 0.0))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        import cv2
+
         if self.flip:
             image = image[:, ::-1]
         if self.degrees:
@@ -110,31 +110,51 @@ class PseudoGtWriter:
         self.count = 0
 
     def write(self, source: str, variant: str, frame: int, result: TrackingResult) -> None:
+        """Every face of ``result`` as a sample; a TrackerError when the folder stops taking files
+        (the samples written before are complete)."""
         for index, face in enumerate(result.faces):
             name = f"{source}_{variant}_{frame:05d}_{index}"
-            size = face.crop.image.shape[0]
-            focal, principal = crop_intrinsics(
-                torch.from_numpy(result.focal)[None], torch.from_numpy(result.principal)[None], torch.from_numpy(face.crop_box)[None], size
-            )
-            _write_json(self.out / "cameras" / f"{name}.json", {"focal": focal[0].tolist(), "principal": principal[0].tolist()})
-            _write_json(self.out / "poses" / f"{name}.json", {"rotation": face.rotation.tolist(), "translation": face.translation.tolist()})
-            np.savez(self.out / "params" / f"{name}.npz", **{g: v.numpy().astype(np.float32) for g, v in face.params.items()})
-            np.savetxt(self.out / "landmarks" / f"{name}.txt", face.crop.landmarks68, fmt="%.3f")
-            _write_png(self.out / "masks" / f"{name}.png", (face.cue.mask > 0).astype(np.uint8) * 255)
-            # the normal map last: a sample is listed by it, so an interrupted run leaves none half-written
-            normals = np.clip(np.rint((face.cue.normals + 1.0) / 2.0 * 65535.0), 0, 65535).astype(np.uint16)
-            _write_png(self.out / "normals" / f"{name}.png", normals[..., ::-1])
+            try:
+                self._write(name, result, face)
+            except OSError as error:
+                raise TrackerError(f"{self.out}: cannot write the sample {name} ({error.strerror or error}); the {self.count} written before it are complete") from None
             quality = float(nme_percent(face.landmarks68[None], face.mesh_landmarks68[None], with_jaw=False)[0])
             self._csv.writerow((name, source, variant, frame, index, face.track_id, face.identity_state, face.refine_iterations, f"{quality:.4f}"))
             self.count += 1
+
+    def _write(self, name: str, result: TrackingResult, face: FaceResult) -> None:
+        """The files of one face, its normal map last."""
+        import torch
+
+        from tracker.geometry.crop import crop_intrinsics
+
+        size = face.crop.image.shape[0]
+        focal, principal = crop_intrinsics(
+            torch.from_numpy(result.focal)[None], torch.from_numpy(result.principal)[None], torch.from_numpy(face.crop_box)[None], size
+        )
+        _write_json(self.out / "cameras" / f"{name}.json", {"focal": focal[0].tolist(), "principal": principal[0].tolist()})
+        _write_json(self.out / "poses" / f"{name}.json", {"rotation": face.rotation.tolist(), "translation": face.translation.tolist()})
+        np.savez(self.out / "params" / f"{name}.npz", **{g: v.numpy().astype(np.float32) for g, v in face.params.items()})
+        np.savetxt(self.out / "landmarks" / f"{name}.txt", face.crop.landmarks68, fmt="%.3f")
+        _write_png(self.out / "masks" / f"{name}.png", (face.cue.mask > 0).astype(np.uint8) * 255)
+        # the normal map last, whole or not at all: a sample is listed by it, so an interrupted run leaves none half-written
+        normals = np.clip(np.rint((face.cue.normals + 1.0) / 2.0 * 65535.0), 0, 65535).astype(np.uint16)
+        _write_png(self.out / "normals" / f"{name}.png", normals[..., ::-1])
 
     def close(self) -> None:
         self._file.close()
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise TrackerError(f"cannot write {path}")
+    """A PNG written whole or not at all (``tracker.atomic_write``)."""
+    import cv2
+
+    from tracker.atomic_write import atomic_write
+
+    encoded, data = cv2.imencode(".png", image)
+    if not encoded:
+        raise TrackerError(f"cannot encode {path} as PNG")
+    atomic_write(path, data.tobytes())
 
 
 def _write_json(path: Path, values: dict) -> None:
@@ -150,6 +170,8 @@ def _write_every(writer: PseudoGtWriter, source: str, variant: str, every: int, 
 def build_tracker(checkpoint: str, photos: bool, runtime: str, refine_iters: int) -> FaceTracker:
     """The live tracker for labelling: refinement from the mean face, per-frame fits (no parameter
     smoothing), the live crop smoothing for videos; photos in MediaPipe's static full-range mode."""
+    from tracker.tracking import FaceTracker
+
     return FaceTracker.from_checkpoint(
         checkpoint,
         max_faces=MAX_PHOTO_FACES if photos else 1,
@@ -189,7 +211,7 @@ def collect_sources(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     return videos, images
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.pseudo_gt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="*", help="video files, image files, or folders of them")
     p.add_argument("--out", required=True, help="the fine-tuning folder to write")
@@ -197,49 +219,77 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="real-face material folder (default: the shared folder's real-faces/)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the tracker's checkpoint: its crop rule, cue and head model (default: the shipped one)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"frame transforms, comma-separated (default: {DEFAULT_VARIANTS})")
-    p.add_argument("--every", type=int, default=1, help="write every N-th video frame (all are tracked)")
-    p.add_argument("--max-frames", type=int, help="at most this many frames of each video")
-    p.add_argument("--refine-iters", type=int, default=PSEUDO_GT_ITERATIONS, help=f"refinement iterations per frame (default {PSEUDO_GT_ITERATIONS})")
+    p.add_argument("--every", type=positive_int, default=1, help="write every N-th video frame (all are tracked)")
+    p.add_argument("--max-frames", type=positive_int, help="at most this many frames of each video")
+    p.add_argument("--refine-iters", type=positive_int, default=PSEUDO_GT_ITERATIONS, help=f"refinement iterations per frame (default {PSEUDO_GT_ITERATIONS})")
     p.add_argument("--runtime", default="torch", help="network runtime (default torch; the fit does not start from it)")
     p.add_argument("--overwrite", action="store_true", help="add to a folder that already holds pseudo ground truth")
-    args = p.parse_args(argv)
+    return p
+
+
+def label(args: argparse.Namespace, progress: Progress) -> None:
+    """Settings, sources and --out checked first; then every video, then every photo, tracked
+    and written."""
+    variants = [Variant.parse(v.strip()) for v in args.variants.split(",") if v.strip()]
+    if not variants:
+        raise TrackerError("--variants names no variant: give e.g. none or none,flip")
+    videos, images = collect_sources(args)
+    writable_folder(args.out, "--out")
+    writer = PseudoGtWriter(args.out, overwrite=args.overwrite)
+    progress.began(lambda: f"the {writer.count} faces written to {args.out} are complete, each listed in quality.csv; add more with --overwrite")
     try:
-        if args.every < 1:
-            raise TrackerError("--every must be at least 1")
-        variants = [Variant.parse(v.strip()) for v in args.variants.split(",") if v.strip()]
-        videos, images = collect_sources(args)
-        writer = PseudoGtWriter(args.out, overwrite=args.overwrite)
-        try:
-            if videos:
-                tracker = build_tracker(args.checkpoint, False, args.runtime, args.refine_iters)
-                for path in videos:
-                    for variant in variants:
-                        tracker.reset()
-                        before = writer.count
-                        source = MediaClockSource(open_source(path, realtime=False), transform=variant)
-                        sink = functools.partial(_write_every, writer, path.stem, variant.name, args.every)
-                        Pipeline(source, tracker, [sink], mode="sequential", max_frames=args.max_frames).run()
-                        print(f"{path.name} [{variant.name}]: {writer.count - before} faces", flush=True)
-                tracker.close()
-            if images:
-                tracker = build_tracker(args.checkpoint, True, args.runtime, args.refine_iters)
-                feeder = create_feeder(tracker.run_network, tracker.device)
-                for path in images:
-                    image = cv2.imread(str(path))
-                    if image is None:
-                        raise TrackerError(f"cannot read the image {path}")
-                    before = writer.count
-                    for variant in variants:  # track_image starts each from a fresh state
-                        writer.write(path.stem, variant.name, 0, track_image(tracker, feeder, variant(image)))
-                    print(f"{path.name}: {writer.count - before} faces over {len(variants)} variants", flush=True)
-                tracker.close()
-        finally:
-            writer.close()
-        print(f"{writer.count} faces written to {args.out}")
-    except TrackerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        if videos:
+            _label_videos(args, videos, variants, writer)
+        if images:
+            _label_photos(args, images, variants, writer)
+    finally:
+        writer.close()
+    print(f"{writer.count} faces written to {args.out}")
+
+
+def _label_videos(args: argparse.Namespace, videos: list[Path], variants: list[Variant], writer: PseudoGtWriter) -> None:
+    from tracker.pipeline import Pipeline
+    from tracker.sources import open_source
+    from train.evaluate_real import MediaClockSource
+
+    tracker = build_tracker(args.checkpoint, False, args.runtime, args.refine_iters)
+    try:
+        for path in videos:
+            for variant in variants:
+                tracker.reset()
+                before = writer.count
+                source = MediaClockSource(open_source(path, realtime=False), transform=variant)
+                sink = functools.partial(_write_every, writer, path.stem, variant.name, args.every)
+                Pipeline(source, tracker, [sink], mode="sequential", max_frames=args.max_frames).run()
+                print(f"{path.name} [{variant.name}]: {writer.count - before} faces", flush=True)
+    finally:
+        tracker.close()
+
+
+def _label_photos(args: argparse.Namespace, images: list[Path], variants: list[Variant], writer: PseudoGtWriter) -> None:
+    import cv2
+
+    from tracker.device_feed import create_feeder
+    from train.evaluate_real import track_image
+
+    tracker = build_tracker(args.checkpoint, True, args.runtime, args.refine_iters)
+    try:
+        feeder = create_feeder(tracker.run_network, tracker.device)
+        for path in images:
+            image = cv2.imread(str(path))
+            if image is None:
+                raise TrackerError(f"cannot read the image {path}")
+            before = writer.count
+            for variant in variants:  # track_image starts each from a fresh state
+                writer.write(path.stem, variant.name, 0, track_image(tracker, feeder, variant(image)))
+            print(f"{path.name}: {writer.count - before} faces over {len(variants)} variants", flush=True)
+    finally:
+        tracker.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda progress: label(args, progress), "labelling")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ Settings the paper does not give, and our choices (recorded in every checkpoint)
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -36,44 +36,8 @@ from tracker.geometry import camera, crop
 from tracker.geometry.rotations import euler_to_matrix, matrix_to_rotation_6d
 from tracker.head_models.base import HeadModel
 from tracker.render import render_maps
+from train.config import SamplerConfig
 from train.mediapipe_proxy import MediaPipeProxy, ProxyNoise
-
-
-@dataclass
-class SamplerConfig:
-    """Camera and crop distributions of the synthetic data (see the module docstring)."""
-
-    image_size: int = 512
-    output_size: int = 256
-    focal_mean: float = 1.0
-    focal_std: float = 0.1
-    principal_std: float = 0.02
-    rotation_std_deg: tuple[float, float, float] = (15.0, 20.0, 10.0)
-    translation_mean: tuple[float, float, float] = (0.0, 0.0, 1.0)
-    translation_std: tuple[float, float, float] = (0.02, 0.02, 0.2)
-    min_depth: float = 0.4
-    alpha: float = 1.4
-    crop_shift_std: float = 0.03
-    crop_scale_std: float = 0.05
-    normal_frame: str = "camera"
-    surface: str = "mesh"
-    proxy_position_mm: float = 1.5
-    proxy_depth_mm: float = 3.0
-    proxy_depth_scale_std: float = 0.15
-    proxy_smoothing_mm: float = 20.0
-
-    def __post_init__(self) -> None:
-        if self.surface not in ("mesh", "mediapipe"):
-            raise ValueError(f"surface must be 'mesh' or 'mediapipe', got {self.surface!r}")
-        if self.surface == "mediapipe" and self.normal_frame != "camera":
-            raise ValueError("the MediaPipe surface renders normals in the camera frame (as the live cue does); use normal_frame='camera'")
-
-    @property
-    def proxy_noise(self) -> ProxyNoise:
-        return ProxyNoise(self.proxy_position_mm, self.proxy_depth_mm, self.proxy_depth_scale_std, self.proxy_smoothing_mm)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -177,7 +141,7 @@ class SyntheticSampler:
         cfg = self.config
         rendered = render_face(
             self.head, scene.vertices, scene.params, scene.rotation, scene.translation, scene.focal, scene.principal, cfg.output_size, cfg.normal_frame,
-            proxy=self.proxy, noise=cfg.proxy_noise, generator=self.generator,
+            proxy=self.proxy, noise=ProxyNoise(cfg.proxy_position_mm, cfg.proxy_depth_mm, cfg.proxy_depth_scale_std, cfg.proxy_smoothing_mm), generator=self.generator,
         )
         scene.normals, scene.mask, scene.landmarks_2d = rendered.normals, rendered.mask, rendered.landmarks_2d
         return scene

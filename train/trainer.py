@@ -15,72 +15,30 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from train import metrics
-from tracker.n2fnet.checkpoint import load_checkpoint, save_checkpoint
-from train.losses import PARAM_WEIGHTS, PoseWeights, RenderWeights, coefficient_metrics, param_loss, pose_loss, render_loss
-from train.real_data import RealBatch
-from train.synthetic import SamplerConfig, SyntheticBatch, SyntheticSampler, make_proxy, render_face
 from tracker.errors import TrackerError
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet, N2FNetConfig, N2FNetOutput
 from tracker.n2fnet.backbone import load_backbone_weights
-
-PAPER_LR_BACKBONE = 1e-6
-SCRATCH_LR_BACKBONE = 1e-3
-
-
-@dataclass
-class TrainConfig:
-    """All training settings (stored in checkpoints); ``python -m train --help`` documents them."""
-
-    head_model: str = "ict"
-    head_model_path: str | None = None
-    backbone: str = "resnet18"
-    backbone_weights: str | None = None
-    input_size: int = 256
-    use_mask_input: bool = False
-    token_dim: int = 256
-    stages: tuple[int, ...] = (1, 2)
-    stage1_steps: int = 200_000
-    stage2_steps: int = 20_000
-    batch_size: int = 16
-    warmup_fraction: float = 0.02
-    lr_backbone: float | None = None  # None: 1e-6 with pretrained weights (paper), 1e-3 from scratch
-    lr_stem: float = 1e-3
-    lr_flame_module: float = 1e-3
-    lr_camera_module: float = 1e-4
-    param_weights: dict[str, float] | None = None  # L_param's lambda per group (None: PARAM_WEIGHTS of the head model)
-    freeze_tokens: bool = False  # stage 1 trains the FLAME module alone on the backbone's tokens as they are
-    val_every: int = 500
-    val_size: int = 64
-    val_seed: int = 1234
-    seed: int = 0
-    out_dir: str = "runs/n2fnet"
-    device: str = "auto"
-    log_every: int = 50
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        values = dict(values)
-        values["sampler"] = SamplerConfig(**values.get("sampler", {}))
-        values["stages"] = tuple(values.get("stages", (1, 2)))
-        return cls(**values)
-
-    def backbone_lr(self) -> float:
-        if self.lr_backbone is not None:
-            return self.lr_backbone
-        return PAPER_LR_BACKBONE if self.backbone_weights else SCRATCH_LR_BACKBONE
+from tracker.n2fnet.checkpoint import load_checkpoint, save_checkpoint
+from train import metrics
+from train.config import SamplerConfig, TrainConfig
+from train.losses import (
+    PARAM_WEIGHTS,
+    PoseWeights,
+    RenderWeights,
+    coefficient_metrics,
+    param_loss,
+    pose_loss,
+    render_loss,
+)
+from train.real_data import RealBatch
+from train.synthetic import SyntheticBatch, SyntheticSampler, make_proxy, render_face
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:

@@ -21,14 +21,18 @@ MediaPipe itself, so it works for any head model MediaPipe recognises as a face 
     placement of that landmark depends on the view, i.e. MediaPipe's own landmark error.
 
 The result is cached per head model (``tracker.paths.cache_dir()/mediapipe_embedding``) under a
-fingerprint of the neutral mesh, its triangles and the mediapipe version.
+fingerprint of the neutral mesh, its triangles and the mediapipe version. The cache only saves the
+computation: a cached file that cannot be read is computed again, a cache folder that cannot be
+written is warned about once (``tracker.paths.write_cached``) and the work goes on.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +42,10 @@ import torch
 from tracker.errors import TrackerError
 from tracker.geometry.rotations import euler_to_matrix
 from tracker.head_models.base import HeadModel
-from tracker.paths import cache_dir
+from tracker.paths import cache_dir, write_cached
 from tracker.render import render_maps
+
+logger = logging.getLogger(__name__)
 
 MEDIAPIPE_POINTS = 468
 VIEWS_DEG: tuple[tuple[float, float], ...] = tuple((pitch, yaw) for pitch in (-10.0, 0.0, 10.0) for yaw in (-30.0, -15.0, 0.0, 15.0, 30.0))
@@ -70,31 +76,38 @@ class MediaPipeEmbedding:
         return MediaPipeEmbedding(self.vertex_ids.to(device), self.bary.to(device), self.spread_mm.to(device), self.views.to(device))
 
     def save(self, path: str | Path) -> Path:
+        """Write the embedding to ``path`` (an .npz; ``mediapipe_embedding`` caches it whole or not at all)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".partial.npz")
-        np.savez(
-            temporary,
-            format=np.array(_FORMAT),
-            vertex_ids=self.vertex_ids.cpu().numpy().astype(np.int64),
-            bary=self.bary.cpu().numpy().astype(np.float32),
-            spread_mm=self.spread_mm.cpu().numpy().astype(np.float32),
-            views=self.views.cpu().numpy().astype(np.int32),
-        )
-        temporary.replace(path)
+        with path.open("wb") as stream:
+            np.savez(
+                stream,
+                format=np.array(_FORMAT),
+                vertex_ids=self.vertex_ids.cpu().numpy().astype(np.int64),
+                bary=self.bary.cpu().numpy().astype(np.float32),
+                spread_mm=self.spread_mm.cpu().numpy().astype(np.float32),
+                views=self.views.cpu().numpy().astype(np.int32),
+            )
         return path
 
     @classmethod
     def load(cls, path: str | Path, vertex_count: int | None = None) -> MediaPipeEmbedding:
-        """Read a saved embedding; ``vertex_count`` checks it fits the head model."""
-        with np.load(path, allow_pickle=False) as data:
-            if "format" not in data or str(data["format"]) != _FORMAT:
-                raise TrackerError(f"{path} is not a MediaPipe embedding ({_FORMAT})")
-            embedding = cls(*(torch.from_numpy(data[key]) for key in ("vertex_ids", "bary", "spread_mm", "views")))
+        """Read a saved embedding; ``vertex_count`` checks it fits the head model. A TrackerError
+        naming ``path`` when it cannot be read or is not an embedding."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "format" not in data or str(data["format"]) != _FORMAT:
+                    raise TrackerError(f"{path} is not a MediaPipe embedding ({_FORMAT})")
+                arrays = [data[key] for key in ("vertex_ids", "bary", "spread_mm", "views")]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as error:  # TypeError: an .npy, no archive
+            raise TrackerError(f"cannot read the MediaPipe embedding {path} ({error})") from None
+        if arrays[0].dtype.kind not in "iu" or arrays[1].dtype.kind != "f":
+            raise TrackerError(f"{path}: vertex_ids must be integers and bary floats, got {arrays[0].dtype}, {arrays[1].dtype}")
+        embedding = cls(*(torch.from_numpy(array) for array in arrays))
         if embedding.vertex_ids.shape != (MEDIAPIPE_POINTS, 3) or embedding.bary.shape != (MEDIAPIPE_POINTS, 3):
             raise TrackerError(f"{path}: expected (468, 3) vertex_ids and bary, got {tuple(embedding.vertex_ids.shape)}, {tuple(embedding.bary.shape)}")
-        if vertex_count is not None and int(embedding.vertex_ids.max()) >= vertex_count:
-            raise TrackerError(f"{path}: the embedding refers to vertex {int(embedding.vertex_ids.max())}, the head model has {vertex_count}")
+        low, high = int(embedding.vertex_ids.min()), int(embedding.vertex_ids.max())
+        if low < 0 or (vertex_count is not None and high >= vertex_count):
+            raise TrackerError(f"{path}: the embedding refers to vertex ids {low} to {high}, the head model has {vertex_count} vertices")
         return embedding
 
 
@@ -114,19 +127,31 @@ def head_fingerprint(head: HeadModel) -> str:
 
 
 def mediapipe_embedding(head: HeadModel, cache: str | Path | None = None, log=print) -> MediaPipeEmbedding:
-    """The head model's embedding from the cache, computed (about 10 s on a CPU) and cached when absent.
+    """The head model's embedding from the cache, computed (about 10 s on a CPU) and cached when
+    absent or unreadable; a cache folder that cannot be written is warned about, not an error.
 
     ``cache``: a folder (default ``tracker.paths.cache_dir()/mediapipe_embedding``).
     """
     folder = Path(cache) if cache is not None else cache_dir() / "mediapipe_embedding"
     path = folder / f"{head.name}-{head_fingerprint(head)[:20]}.npz"
-    vertex_count = head.decode(head.neutral_params(1)).shape[1]
-    if path.is_file():
-        return MediaPipeEmbedding.load(path, vertex_count)
+    cached = _cached(path, head.decode(head.neutral_params(1)).shape[1])
+    if cached is not None:
+        return cached
     log(f"placing MediaPipe's landmarks on the {head.name} surface (once; cached in {path})")
     embedding = compute_mediapipe_embedding(head)
-    embedding.save(path)
+    write_cached(path, embedding.save, f"the {head.name} MediaPipe embedding")
     return embedding
+
+
+def _cached(path: Path, vertex_count: int) -> MediaPipeEmbedding | None:
+    """The embedding cached at ``path``; None when there is none or it cannot be read (warned)."""
+    try:
+        if not path.is_file():
+            return None
+        return MediaPipeEmbedding.load(path, vertex_count)
+    except (OSError, TrackerError) as error:
+        logger.warning("cannot use the cached MediaPipe embedding (%s): placing the landmarks again", error)
+        return None
 
 
 def _face_triangles(head: HeadModel) -> torch.Tensor:
