@@ -10,9 +10,11 @@ draws on the frames upscaled twice (the face twice as many pixels across, as a c
 the resolution gives it):
 
     overlay   ``tracker.overlay.draw_overlay`` (mesh only, no landmarks) shaded at the frame's
-              full resolution and at SHADE_RESOLUTION, and as wireframe; baselines: the overlay
-              before (every triangle rasterised at full resolution in the crop box grown by
-              25 %, vertex normals by torch index_add; every triangle outlined by cv2.polylines)
+              full resolution and at SHADE_RESOLUTION, and as wireframe (the grid and contours,
+              at SHADE_RESOLUTION); baselines: the shaded overlay before (every triangle
+              rasterised at full resolution in the crop box grown by 25 %, vertex normals by
+              torch index_add), the wireframe before (every edge of the front-facing triangles
+              once, by cv2.polylines)
     3D view   ``GLMeshView.set_mesh`` with the head of ``app.viewer.head_centred_vertices``, then
               the GL item's parse of the mesh data (what its paint does on the CPU before the
               upload; the upload and GL drawing are left out, they are the same); baseline: a new
@@ -21,7 +23,8 @@ the resolution gives it):
 Printed: median and p95 per call and the speed-up of each against its baseline; the last line is
 ``overlay_shaded_ms=<a> overlay_shaded_ms_before=<b> wireframe_ms=<c> wireframe_ms_before=<d>
 mesh_update_ms=<e> mesh_update_ms_before=<f>`` (medians). The 3D part needs Qt (a display, or
-QT_QPA_PLATFORM=offscreen) and pyqtgraph's OpenGL module.
+QT_QPA_PLATFORM=offscreen, which it takes without a display) and pyqtgraph's OpenGL module.
+torch and the tracker are imported when the benchmark runs, not for ``--help``.
 """
 
 from __future__ import annotations
@@ -30,23 +33,27 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
-from tracker.options import DEFAULT_CHECKPOINT
-from tracker.overlay import MESH_COLOUR, SHADE_RESOLUTION, draw_overlay, face_window
-from tracker.pipeline import Pipeline
-from tracker.render.maps import vertex_normals
-from tracker.render.rasterize import covered_to_image, interpolate_covered, rasterize
-from tracker.sources import open_source
-from tracker.tracking import FaceTracker, TrackingResult
+from tracker.overlay import MESH_COLOUR, SHADE_RESOLUTION, draw_overlay, face_window, front_facing, mesh_topology, mesh_window, project_vertices
+
+if TYPE_CHECKING:
+    import torch
+
+    from tracker.tracking import TrackingResult
 
 
 def track(video: str, checkpoint: str | None, frames: int) -> tuple[list[TrackingResult], torch.Tensor]:
     """-> (the results of the first ``frames`` frames that have a face, meshes decoded; the
     head's render faces (F, 3))."""
+    from tracker.options import DEFAULT_CHECKPOINT
+    from tracker.pipeline import Pipeline
+    from tracker.sources import open_source
+    from tracker.tracking import FaceTracker
+
     tracker = FaceTracker.from_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
     results: list[TrackingResult] = []
 
@@ -74,32 +81,58 @@ def upscaled(result: TrackingResult, factor: int) -> TrackingResult:
                                focal=result.focal * factor, principal=result.principal * factor)
 
 
-def overlay_before(image: np.ndarray, result: TrackingResult, faces_tri: torch.Tensor, style: str) -> np.ndarray:
-    """The overlay before this benchmark's change (baseline): (H, W, 3) uint8 BGR."""
+def shaded_before(image: np.ndarray, result: TrackingResult, faces_tri: torch.Tensor) -> np.ndarray:
+    """The shaded overlay before the windowed, capped shading (baseline): (H, W, 3) uint8 BGR."""
+    import torch
+
+    from tracker.render.maps import vertex_normals
+    from tracker.render.rasterize import covered_to_image, interpolate_covered, rasterize
+
     image = image.copy()
     height, width = image.shape[:2]
     for face in result.faces:
-        if style == "shaded":
-            x0, y0, x1, y1 = face_window(face, width, height)
-            points = face.vertices[None].float()
-            principal = torch.tensor(np.asarray(result.principal, np.float32) - (x0, y0))[None]
-            fragments = rasterize(points, faces_tri, torch.tensor(np.asarray(result.focal, np.float32))[None], principal, (y1 - y0, x1 - x0))
-            values = interpolate_covered(torch.cat((vertex_normals(points, faces_tri), points), -1), faces_tri, fragments)
-            unit = torch.nn.functional.normalize
-            cosine = (unit(values[:, :3], dim=-1) * unit(values[:, 3:], dim=-1)).sum(-1)
-            shade = covered_to_image(cosine.abs()[:, None], fragments)[0, ..., 0].clamp(0, 1).numpy()
-            covered = fragments.mask[0].numpy()
-            patch = image[y0:y1, x0:x1].astype(np.float32)
-            colour = (0.25 + 0.75 * shade[..., None]) * MESH_COLOUR
-            blended = np.where(covered[..., None], 0.4 * patch + 0.6 * colour, patch)
-            image[y0:y1, x0:x1] = blended.clip(0, 255).astype(np.uint8)
-        else:
-            points = face.vertices.numpy().astype(np.float64)
-            pixels = points[:, :2] / np.maximum(points[:, 2:], 1e-6) * result.focal + result.principal
-            polygons = np.round(pixels[faces_tri.numpy()] * 4).astype(np.int32)
-            lines = image.copy()
-            cv2.polylines(lines, list(polygons), True, tuple(int(c) for c in MESH_COLOUR), 1, cv2.LINE_AA, shift=2)
-            cv2.addWeighted(lines, 0.36, image, 0.64, 0, dst=image)
+        x0, y0, x1, y1 = face_window(face, width, height)
+        points = face.vertices[None].float()
+        principal = torch.tensor(np.asarray(result.principal, np.float32) - (x0, y0))[None]
+        fragments = rasterize(points, faces_tri, torch.tensor(np.asarray(result.focal, np.float32))[None], principal, (y1 - y0, x1 - x0))
+        values = interpolate_covered(torch.cat((vertex_normals(points, faces_tri), points), -1), faces_tri, fragments)
+        unit = torch.nn.functional.normalize
+        cosine = (unit(values[:, :3], dim=-1) * unit(values[:, 3:], dim=-1)).sum(-1)
+        shade = covered_to_image(cosine.abs()[:, None], fragments)[0, ..., 0].clamp(0, 1).numpy()
+        covered = fragments.mask[0].numpy()
+        patch = image[y0:y1, x0:x1].astype(np.float32)
+        colour = (0.25 + 0.75 * shade[..., None]) * MESH_COLOUR
+        blended = np.where(covered[..., None], 0.4 * patch + 0.6 * colour, patch)
+        image[y0:y1, x0:x1] = blended.clip(0, 255).astype(np.uint8)
+    return image
+
+
+def edge_tables(faces: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
+    """(E, 2) every undirected edge of the triangles once, and (3, F) the edge (row) opposite
+    corner k of face f: the tables of the wireframe before the grid."""
+    corners = np.ascontiguousarray(faces.T)
+    start, end = corners[[1, 2, 0]], corners[[2, 0, 1]]  # edge k: corner k+1 -> corner k+2
+    keys = np.minimum(start, end) * num_vertices + np.maximum(start, end)
+    unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
+    return np.stack(np.divmod(unique, num_vertices), 1), inverse.reshape(corners.shape)
+
+
+def wireframe_before(image: np.ndarray, result: TrackingResult, faces_tri: torch.Tensor, tables: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The wireframe before the grid (baseline): every edge of the front-facing triangles once,
+    outlined by cv2.polylines and blended at 0.36; (H, W, 3) uint8 BGR."""
+    edges, edge_index = tables
+    image = image.copy()
+    height, width = image.shape[:2]
+    for face in result.faces:
+        pixels = project_vertices(face, result.focal, result.principal)
+        x0, y0, x1, y1 = mesh_window(pixels, width, height)
+        region = image[y0:y1, x0:x1]
+        front = np.zeros(len(edges), bool)
+        front[edge_index[:, front_facing(*mesh_topology(faces_tri, len(pixels)).projected_corners(pixels))]] = True
+        segments = np.round((pixels[edges[front]] - (x0, y0)) * 4).astype(np.int32)  # (E', 2 ends, 2), 2 fractional bits
+        lines = region.copy()
+        cv2.polylines(lines, segments, False, MESH_COLOUR, 1, cv2.LINE_AA, shift=2)
+        cv2.addWeighted(lines, 0.36, region, 0.64, 0, dst=region)
     return image
 
 
@@ -166,6 +199,8 @@ def report(title: str, figures: dict[str, tuple[float, float]], baseline: str) -
 
 
 def run(args: argparse.Namespace) -> None:
+    import torch
+
     torch.set_num_threads(args.threads)
     results, faces_tri = track(args.video, args.checkpoint, args.frames)
     if not results:
@@ -179,23 +214,27 @@ def run(args: argparse.Namespace) -> None:
         return lambda result: draw_overlay(result.frame.image, result, faces_tri, style, landmarks=False, resolution=resolution)
 
     shaded = time_interleaved({
-        "before (full resolution, every triangle)": lambda result: overlay_before(result.frame.image, result, faces_tri, "shaded"),
+        "before (full resolution, every triangle)": lambda result: shaded_before(result.frame.image, result, faces_tri),
         "full resolution (resolution=None)": overlay("shaded"),
         f"capped ({SHADE_RESOLUTION} px, the default)": overlay("shaded", SHADE_RESOLUTION),
     }, results, args.repeats)  # fmt: skip
     report("overlay, shaded:", shaded, "before (full resolution, every triangle)")
+    tables = edge_tables(faces_tri.numpy(), results[0].faces[0].vertices.shape[0])
     wire = time_interleaved({
-        "before (every triangle outlined)": lambda result: overlay_before(result.frame.image, result, faces_tri, "wireframe"),
-        "now (front-facing edges once)": overlay("wireframe"),
+        "before (front-facing edges once)": lambda result: wireframe_before(result.frame.image, result, faces_tri, tables),
+        f"now (grid and contours, {SHADE_RESOLUTION} px)": overlay("wireframe", SHADE_RESOLUTION),
     }, results, args.repeats)  # fmt: skip
-    report("overlay, wireframe:", wire, "before (every triangle outlined)")
+    report("overlay, wireframe:", wire, "before (front-facing edges once)")
 
+    from app.qt_platform import require_gui
+
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    require_gui()  # Qt aborts the process where it cannot start
     from PyQt6 import QtWidgets
 
     from app.viewer import head_centred_vertices
 
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-bench"])  # the widgets need one
     heads = [head_centred_vertices(result.faces[0]) for result in results]
     updates = time_interleaved(mesh_updates(faces_tri.numpy()), heads, args.repeats)
@@ -203,7 +242,7 @@ def run(args: argparse.Namespace) -> None:
     report("3D view mesh update (set_mesh + the GL item's parse of the mesh data):", updates, "before")
     print(f"overlay_shaded_ms={shaded[f'capped ({SHADE_RESOLUTION} px, the default)'][0]:.2f} "
           f"overlay_shaded_ms_before={shaded['before (full resolution, every triangle)'][0]:.2f} "
-          f"wireframe_ms={wire['now (front-facing edges once)'][0]:.2f} wireframe_ms_before={wire['before (every triangle outlined)'][0]:.2f} "
+          f"wireframe_ms={wire[f'now (grid and contours, {SHADE_RESOLUTION} px)'][0]:.2f} wireframe_ms_before={wire['before (front-facing edges once)'][0]:.2f} "
           f"mesh_update_ms={updates['now'][0]:.2f} mesh_update_ms_before={updates['before'][0]:.2f}")
 
 

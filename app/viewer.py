@@ -34,7 +34,7 @@ from tracker.avatar import ARKIT_INDEX
 from tracker.errors import TrackerError
 from tracker.geometry.rotations import euler_to_matrix, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
-from tracker.overlay import MESH_STYLES, SHADE_RESOLUTION, MeshTopology, draw_overlay, shade_mesh
+from tracker.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, MeshTopology, draw_overlay, shade_colours, shade_mesh
 from tracker.pipeline import Pipeline
 from tracker.sinks import RecordingSink, SwitchableSink
 from tracker.streaming import LiveLinkSink, OscSink, VmcSink
@@ -127,7 +127,7 @@ class GLMeshView(MeshView3D):
 
     kind = "OpenGL"
 
-    def __init__(self) -> None:
+    def __init__(self, colour: tuple[int, int, int] = MESH_COLOUR) -> None:
         import pyqtgraph.opengl as gl
         from pyqtgraph.opengl.MeshData import MeshData
 
@@ -142,7 +142,8 @@ class GLMeshView(MeshView3D):
         self.widget = gl.GLViewWidget()
         self.widget.setCameraPosition(distance=0.9, elevation=5, azimuth=-90)  # in front of the face (-y)
         self.widget.setBackgroundColor((30, 30, 34))
-        self._item = gl.GLMeshItem(smooth=True, shader="shaded", color=(0.75, 0.8, 0.92, 1.0), glOptions="opaque")
+        blue, green, red = (c / 255 for c in colour)
+        self._item = gl.GLMeshItem(smooth=True, shader="shaded", color=(red, green, blue, 1.0), glOptions="opaque")
         self._mesh_data = GivenNormalsMeshData()
         self._faces: np.ndarray | None = None  # the face array the mesh data holds
         self._topology: MeshTopology | None = None
@@ -165,13 +166,14 @@ class GLMeshView(MeshView3D):
 
 class SoftwareMeshView(MeshView3D):
     """The 3D view without OpenGL: the project's rasteriser renders the mesh from an orbit camera
-    (drag to orbit, wheel to zoom)."""
+    (drag to orbit, wheel to zoom), shaded as the overlay shades it."""
 
     kind = "software"
 
-    def __init__(self, size: int = 360) -> None:
+    def __init__(self, size: int = 360, colour: tuple[int, int, int] = MESH_COLOUR) -> None:
         self.widget = _OrbitLabel(self)
         self.size = size
+        self.colour = colour
         self.yaw, self.pitch, self.distance = 0.0, 0.0, 0.6
         self._mesh: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -197,11 +199,10 @@ class SoftwareMeshView(MeshView3D):
         points = vertices @ orbit.T * np.array([1.0, -1.0, -1.0]) + np.array([0.0, 0.0, self.distance])  # y-up view -> camera
         focal = 1.2 * self.size
         shade, covered = shade_mesh(torch.from_numpy(points.astype(np.float32)), faces, (focal, focal), (self.size / 2, self.size / 2), (self.size, self.size))
-        image = np.empty((self.size, self.size, 3), np.float32)
+        image = np.empty((self.size, self.size, 3), np.uint8)
         image[:] = (34, 30, 30)
-        colour = (0.25 + 0.75 * shade[..., None]) * np.array([235, 204, 190], np.float32)
-        image[covered] = colour[covered]
-        return image.astype(np.uint8)
+        image[covered] = shade_colours(self.colour)[np.round(shade[covered] * 255).astype(np.intp), 0]
+        return image
 
     def redraw(self) -> None:
         image = self.render()
@@ -233,14 +234,15 @@ class _OrbitLabel(QtWidgets.QLabel):
         self.view.zoom(0.9 if event.angleDelta().y() > 0 else 1.1)
 
 
-def create_mesh_view(software: bool) -> MeshView3D:
-    """The OpenGL view, or the software one when asked or when OpenGL cannot be set up."""
+def create_mesh_view(software: bool, colour: tuple[int, int, int] = MESH_COLOUR) -> MeshView3D:
+    """The OpenGL view, or the software one when asked or when OpenGL cannot be set up; the mesh
+    in ``colour`` (B, G, R)."""
     if not software:
         try:
-            return GLMeshView()
+            return GLMeshView(colour)
         except Exception as error:  # no PyOpenGL, no GL context: fall back, say so
             print(f"OpenGL 3D view unavailable ({type(error).__name__}: {error}); using the software view")
-    return SoftwareMeshView()
+    return SoftwareMeshView(colour=colour)
 
 
 def jaw_opening(head: HeadModel, params: dict[str, torch.Tensor]) -> tuple[str, float]:
@@ -280,19 +282,23 @@ def identity_text(faces: list[FaceResult]) -> str:
 
 
 class LivePlots(QtWidgets.QWidget):
-    """FPS, latency (capture to result, p50) and a few parameters over the last PLOT_SECONDS seconds."""
+    """FPS, latency (capture to result, p50) and a few parameters over the last PLOT_SECONDS
+    seconds; the time axes count seconds since the window opened."""
 
     def __init__(self) -> None:
         super().__init__()
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         row = QtWidgets.QHBoxLayout()
-        self.fps = pg.PlotWidget(title="tracking fps")
-        self.latency = pg.PlotWidget(title="latency ms (p50)")
+        self.fps = pg.PlotWidget(title="tracking speed")
+        self.latency = pg.PlotWidget(title="latency, capture to result (p50)")
         self.params = pg.PlotWidget(title="expression (ARKit weights)")
         self.params.addLegend(offset=(5, 5))
+        self.fps.setLabel("left", "fps")
+        self.latency.setLabel("left", "ms")
         for plot in (self.fps, self.latency, self.params):
             plot.setMinimumHeight(110)
+            plot.setLabel("bottom", "time (s)")
             plot.showGrid(x=True, y=True, alpha=0.3)
         row.addWidget(self.fps)
         row.addWidget(self.latency)
@@ -343,6 +349,8 @@ class ViewerOptions:
     checkpoint: str
     device: str
     mesh_style: str = "shaded"
+    mesh_colour: tuple[int, int, int] = MESH_COLOUR  # (B, G, R) of the mesh, over the video and in the 3D view
+    mesh_opacity: float = MESH_OPACITY  # the mesh's opacity over the video, 0 to 1
     shade_resolution: int | None = SHADE_RESOLUTION  # the overlay's shading resolution (tracker.overlay.shade_face; None: full)
     landmarks: bool = True
     record_path: str | None = None  # recording on at start
@@ -382,7 +390,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
         self.setWindowTitle(f"N2F tracker - {options.source_name}")
         self.video = VideoView()
-        self.mesh_view = create_mesh_view(options.software_3d)
+        self.mesh_view = create_mesh_view(options.software_3d, options.mesh_colour)
         self.plots = LivePlots()
         right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
         right.addWidget(self.mesh_view.widget)
@@ -542,7 +550,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     def _draw(self, result: TrackingResult) -> None:
         image = draw_overlay(
-            result.frame.image, result, self.faces_overlay, self.mesh_style, landmarks=self.show_landmarks, resolution=self.options.shade_resolution
+            result.frame.image, result, self.faces_overlay, self.mesh_style, landmarks=self.show_landmarks, resolution=self.options.shade_resolution,
+            colour=self.options.mesh_colour, opacity=self.options.mesh_opacity,
         )
         self.video.show_image(image)
         if result.faces:

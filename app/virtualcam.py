@@ -18,7 +18,7 @@ import pyvirtualcam
 import torch
 
 from tracker.errors import TrackerError
-from tracker.overlay import MESH_STYLES, draw_landmarks, draw_mesh, draw_overlay
+from tracker.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, check_look, draw_landmarks, draw_mesh, draw_overlay
 from tracker.tracking import TrackingResult
 
 VIRTUALCAM_MODES = ("overlay", "key")
@@ -42,6 +42,8 @@ class VirtualCameraSink:
     mode            "overlay": the video with the mesh over it; "key": the mesh alone (opacity 1)
                     on ``key_colour_bgr``, for chroma keying
     style           mesh style, one of ``tracker.overlay.MESH_STYLES``
+    colour          the mesh's (B, G, R) 0-255, as the viewer's --mesh-color
+    opacity         the mesh's opacity over the video in the overlay mode, 0 to 1
     landmarks       also draw the head model's 68 projected landmarks (both modes)
     key_colour_bgr  (B, G, R) 0-255 background of the key mode
     device, backend passed to ``pyvirtualcam.Camera`` (None: the first available one)
@@ -59,6 +61,8 @@ class VirtualCameraSink:
         fps: float,
         mode: str = "overlay",
         style: str = "shaded",
+        colour: tuple[int, int, int] = MESH_COLOUR,
+        opacity: float = MESH_OPACITY,
         landmarks: bool = False,
         key_colour_bgr: tuple[int, int, int] = (0, 255, 0),
         device: str | None = None,
@@ -68,6 +72,10 @@ class VirtualCameraSink:
             raise TrackerError(f"virtual camera mode must be one of {VIRTUALCAM_MODES}, got {mode!r}")
         if style not in MESH_STYLES:
             raise TrackerError(f"mesh style must be one of {MESH_STYLES}, got {style!r}")
+        try:
+            check_look(colour, opacity)
+        except ValueError as error:
+            raise TrackerError(str(error)) from None
         if int(width) != width or int(height) != height or width < 1 or height < 1:
             raise TrackerError(f"virtual camera size must be positive whole pixels, got {width}x{height}")
         if not math.isfinite(fps) or fps <= 0:
@@ -75,6 +83,7 @@ class VirtualCameraSink:
         if len(key_colour_bgr) != 3 or not all(0 <= int(c) <= 255 for c in key_colour_bgr):
             raise TrackerError(f"key colour must be three 0-255 values (B, G, R), got {key_colour_bgr!r}")
         self.faces_tri, self.mode, self.style, self.landmarks = faces_tri, mode, style, landmarks
+        self.colour, self.opacity = tuple(int(c) for c in colour), float(opacity)
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         self.key_colour_bgr = tuple(int(c) for c in key_colour_bgr)
         try:
@@ -143,11 +152,10 @@ class VirtualCameraSink:
         """The frame to send for ``result``: (height, width, 3) uint8 BGR."""
         image = result.frame.image
         if self.mode == "overlay":
-            image = draw_overlay(image, result, self.faces_tri, self.style, self.landmarks)
+            image = draw_overlay(image, result, self.faces_tri, self.style, self.landmarks, colour=self.colour, opacity=self.opacity)
         else:
             image = np.full(image.shape, self.key_colour_bgr, np.uint8)
-            if self.style != "none":
-                draw_mesh(image, result, self.faces_tri, self.style, opacity=1.0)
+            draw_mesh(image, result, self.faces_tri, self.style, opacity=1.0, colour=self.colour)
             if self.landmarks:
                 draw_landmarks(image, result)
         source_height, source_width = image.shape[:2]

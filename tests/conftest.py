@@ -25,6 +25,22 @@ os.environ["N2F_CACHE_DIR"] = tempfile.mkdtemp(prefix="n2f-test-cache-")
 
 
 @pytest.fixture(scope="session")
+def qt_gui(display: str) -> str:
+    """``display`` (the viewer tests' X display, tests/test_viewer.py) once Qt's GUI is known to
+    start on it with QT_QPA_PLATFORM=xcb (``app.qt_platform.gui_problem``: a QGuiApplication in a
+    child process); every test that needs Qt's GUI asks for it, directly or through ``qapp``.
+    Where Qt cannot start (e.g. Debian's libxcb-cursor0 missing) they skip with the reason: Qt
+    would abort the whole test run, with no summary. cv2's Qt settings leave the environment first."""
+    from app.qt_platform import drop_cv2_qt_settings, gui_problem
+
+    drop_cv2_qt_settings()
+    problem = gui_problem({**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"})
+    if problem is not None:
+        pytest.skip(problem)
+    return display
+
+
+@pytest.fixture(scope="session")
 def shared_path() -> Path:
     path = shared_dir()
     if path is None or not path.is_dir():

@@ -1,6 +1,8 @@
 """The Qt viewer under Xvfb on a real video: screenshot from the command line, the OpenGL and the
-software 3D views, controls, the GUI/pipeline hand-over, the virtual camera from the CLI, and
-clean shutdown.
+software 3D views, controls, the mesh colour and opacity, the plots' axes, the GUI/pipeline
+hand-over, the virtual camera from the CLI, and clean shutdown. Every test that needs Qt's GUI
+asks for ``qt_gui`` (tests/conftest.py; ``qapp`` does), so they skip with the reason where Qt
+cannot start.
 
 The OpenGL view is tested in its own process (the CLI test): pyqtgraph keeps its shader programs
 per process, and a second GL window in the same process fails to draw (GLError), so the
@@ -54,7 +56,7 @@ def display() -> str:
 
 
 @pytest.fixture(scope="session")
-def qapp(display: str):
+def qapp(qt_gui: str):
     os.environ["QT_QPA_PLATFORM"] = "xcb"
     from PyQt6 import QtWidgets
 
@@ -96,16 +98,19 @@ def make_window(qapp, checkpoint: Path, video: Path, tmp_path: Path, max_frames:
     return window, pipeline, tracker
 
 
-def test_cli_screenshot_of_a_tracked_real_video(display: str, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+def test_cli_screenshot_of_a_tracked_real_video(qt_gui: str, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
-    command = [sys.executable, "-m", "app.live", "--video", str(video), "--checkpoint", str(untrained_checkpoint), "--screenshot", str(shot), "--max-frames", "10", "--quiet"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "PYTHONFAULTHANDLER": "1"})
+    command = [sys.executable, "-m", "app.live", "--video", str(video), "--checkpoint", str(untrained_checkpoint), "--screenshot", str(shot), "--max-frames", "10", "--quiet",
+               "--mesh-color", "lime", "--mesh-opacity", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "DISPLAY": qt_gui, "QT_QPA_PLATFORM": "xcb", "PYTHONFAULTHANDLER": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "faces found in 10 frames (100.0%)" in done.stdout
     assert "3D view: OpenGL" in done.stdout, "Xvfb's Mesa gives the OpenGL view (in-process tests use the software one: one GL window per process)"
     image = cv2.imread(str(shot))
     assert image is not None and image.shape[0] >= 600 and image.shape[1] >= 1000
     assert image.std() > 20, "the screenshot shows the window's content, not a blank"
+    blue, green, red = (image[..., k].astype(int) for k in range(3))
+    assert ((green > 60) & (blue < 30) & (red < 30)).mean() > 0.02, "the shaded mesh in lime (#00ff00), opaque"
 
 
 GL_REUSE_SCRIPT = """
@@ -133,11 +138,11 @@ print("normals", np.abs(np.linalg.norm(normals_second, axis=1) - 1).max() < 1e-5
 """
 
 
-def test_opengl_view_reuses_its_mesh_data_and_shows_each_new_mesh(display: str, tmp_path: Path) -> None:
+def test_opengl_view_reuses_its_mesh_data_and_shows_each_new_mesh(qt_gui: str, tmp_path: Path) -> None:
     """In its own process (one GL window per process): a second mesh updates the same MeshData
     (positions and normals), and the view shows it."""
     done = subprocess.run([sys.executable, "-c", GL_REUSE_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"})
+                          cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "DISPLAY": qt_gui, "QT_QPA_PLATFORM": "xcb"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "reused True faces True" in done.stdout and "normals True True" in done.stdout, done.stdout
     shots = [cv2.imread(str(tmp_path / f"shot{index}.png")) for index in (0, 1)]
@@ -201,6 +206,50 @@ def test_controls_switch_recording_smoothing_style_and_screenshot(qapp, untraine
     assert window.virtualcam.current is None
     window.close()
     tracker.close()
+
+
+def test_window_draws_the_mesh_in_its_colour_and_opacity(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    from PyQt6 import QtGui
+
+    red = (0, 0, 255)
+    window, pipeline, tracker = make_window(qapp, untrained_checkpoint, video, tmp_path, max_frames=2, software_3d=True, mesh_colour=red, mesh_opacity=1.0,
+                                            landmarks=False)
+    process_events_until(qapp, lambda: not pipeline.running and window.shown >= 1)
+    shown = window.video._image.convertToFormat(QtGui.QImage.Format.Format_BGR888)
+    pixels = np.frombuffer(shown.constBits().asstring(shown.sizeInBytes()), np.uint8).reshape(shown.height(), shown.bytesPerLine())
+    drawn = pixels[:, : 3 * shown.width()].reshape(shown.height(), shown.width(), 3)
+    changed = (drawn != window._last_result.frame.image).any(-1)
+    assert changed.mean() > 0.05, "the mesh is drawn over the frame"
+    assert (drawn[changed][:, :2] == 0).all(-1).mean() > 0.9, "opaque red: no blue or green but at its soft edge"
+    software = window.mesh_view.render()
+    covered = (software != software[0, 0]).any(-1)
+    assert (software[covered][:, :2] == 0).all(), "the 3D view's mesh in the same colour"
+    window.close()
+    tracker.close()
+
+
+def test_plots_label_their_axes_with_units(qapp) -> None:
+    from app.viewer import LivePlots
+
+    plots = LivePlots()
+    for plot in (plots.fps, plots.latency, plots.params):
+        assert plot.getAxis("bottom").labelText == "time (s)"
+    assert plots.fps.getAxis("left").labelText == "fps" and plots.latency.getAxis("left").labelText == "ms"
+
+
+def test_mesh_options_on_the_command_line(capsys) -> None:
+    from app.live import build_parser
+    from tracker.overlay import MESH_COLOUR, MESH_OPACITY
+
+    source = ["--video", "clip.mp4"]
+    defaults = build_parser().parse_args(source)
+    assert (defaults.mesh_color, defaults.mesh_opacity) == (MESH_COLOUR, MESH_OPACITY)
+    given = build_parser().parse_args([*source, "--mesh-color", "#ff8000", "--mesh-opacity", "0.5"])
+    assert (given.mesh_color, given.mesh_opacity) == ((0, 128, 255), 0.5)
+    for option, value, message in (("--mesh-color", "nope", "must be a CSS colour name"), ("--mesh-opacity", "2", "must be a number from 0")):
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args([*source, option, value])
+        assert stopped.value.code == 2 and f"argument {option}: {message}" in capsys.readouterr().err
 
 
 def test_software_3d_view_renders_and_orbits(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:

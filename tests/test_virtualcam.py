@@ -21,6 +21,7 @@ from pyvirtualcam.util import encode_fourcc
 from app.virtualcam import VirtualCameraSink
 from tests.test_overlay import HEIGHT, WIDTH, analytic_sphere_view, sphere_result
 from tracker.errors import TrackerError
+from tracker.overlay import AMBIENT
 from tracker.sources import Frame
 from tracker.tracking import TrackingResult
 
@@ -162,6 +163,25 @@ def test_overlay_mode_draws_the_mesh_over_the_video() -> None:
     assert not drawn[~cv2.dilate(covered.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)].any()
 
 
+@pytest.mark.parametrize("mode, opacity", [("overlay", 0.5), ("key", 1.0)])
+def test_the_mesh_has_the_colour_and_opacity_asked(mode: str, opacity: float) -> None:
+    """Red, at ``opacity`` over the black video in the overlay mode, opaque in the key mode."""
+    result, faces = sphere_result()
+    sink = VirtualCameraSink(faces, WIDTH, HEIGHT, 30.0, mode=mode, colour=(0, 0, 255), opacity=0.5, backend=MEMORY)
+    backend = MemoryBackend.instances[-1]
+    try:
+        sink(result)
+        wait_for(lambda: len(backend.rgb) >= 1)
+    finally:
+        sink.close()
+    covered, cosine = analytic_sphere_view()
+    inside = cv2.erode(covered.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    red, green, blue = (backend.rgb[-1][..., k][inside].astype(float) for k in range(3))
+    assert not green.any() and not blue.any()
+    expected = opacity * (AMBIENT + (1 - AMBIENT) * cosine[inside] ** 2) * 255
+    assert np.abs(red - expected).mean() < 2.0
+
+
 def test_rate_follows_fps_and_frames_are_resent_without_new_results() -> None:
     fps = 30.0
     sink, backend = open_sink(fps=fps)
@@ -222,6 +242,8 @@ def test_missing_device_says_how_to_get_one() -> None:
         (dict(fps=0.0), "frame rate"),
         (dict(fps=float("nan")), "frame rate"),
         (dict(key_colour_bgr=(0, 300, 0)), "key colour"),
+        (dict(colour=(0, 0, 256)), "mesh colour"),
+        (dict(opacity=1.2), "mesh opacity"),
     ],
 )
 def test_bad_settings_are_reported(options: dict, words: str) -> None:

@@ -1,40 +1,110 @@
-"""Drawing tracking results over frames: the shaded or wireframe head mesh and the 68 landmarks.
+"""Drawing tracking results over frames: the head mesh, shaded or as a wireframe, and the 68 landmarks.
 
 The mesh is rasterised with the project's rasteriser in the frame camera the tracker assumed
-(``TrackingResult.focal``/``principal``), only inside the mesh's bounding box in the frame, and
-shaded by the angle between its normal and the viewing ray (a headlight), so it lines up with
-the face exactly as the tracker sees it.
+(``TrackingResult.focal``/``principal``), only inside the mesh's bounding box in the frame, so it
+lines up with the face exactly as the tracker sees it. Both styles draw in the mesh colour
+(``colour``, MESH_COLOUR: sky blue) at ``opacity`` (MESH_OPACITY) over the frame:
+
+    shaded     lit by a headlight: the colour times AMBIENT + (1 - AMBIENT) cos^2 of the angle
+               between the surface normal and the viewing ray, so the sides of the nose, the eye
+               sockets and the cheeks turning away darken and the shape reads at a glance
+    wireframe  lines on the visible surface, in the colour darkened (LINE_SHADE): a grid every
+               GRID_SPACING metres of the head's own x (across) and y (up), planes fixed to the
+               head so the lines follow its pose and shape (the spacing doubles until the lines
+               are GRID_MIN_PIXELS apart), the mesh's outline and the contours where one part
+               hides another (the lips over the mouth, the nose over a cheek). Anti-aliased, the
+               grid one pixel wide and the contours CONTOUR_WIDTH on a frame REFERENCE_HEIGHT
+               pixels high, wider in proportion on larger frames (``line_scale``). (Every
+               triangle edge, as before, was an unreadable haze: on a 360p face the head mesh's
+               edges are a pixel or two apart.)
 
 Cost: drawing runs on the viewer's GUI thread (and the virtual camera's sender thread), beside
-the tracker, so it is kept cheap. The window is shaded at most SHADE_RESOLUTION pixels on its
-longer side, and the shade and coverage are upscaled to it bilinearly (soft edges), so a face
-close to the camera costs no more than a small one (``resolution=None``: full resolution). Only
-front-facing triangles whose bounding box holds a pixel centre reach the rasteriser (on real
-tracked frames the coverage is the same as with every triangle), and the vertex normals are one
-sparse product (``MeshTopology``). The wireframe draws each edge of the front-facing triangles
-once.
+the tracker, so it is kept cheap. Both styles rasterise the window at most SHADE_RESOLUTION
+pixels on its longer side and upscale what they need from it bilinearly (shade, coverage, the
+head coordinates the grid lines are drawn from), so a face close to the camera costs no more
+than a small one (``resolution=None``: full resolution). Only front-facing triangles whose
+bounding box holds a pixel centre reach the rasteriser (on real tracked frames the coverage is
+the same as with every triangle), and the vertex normals are one sparse product (``MeshTopology``).
+
+torch, the rasteriser and scipy are imported on first use, so that command lines can take this
+module's constants and option types without loading them.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import math
+import re
 import threading
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import scipy.sparse
-import torch
 
-from tracker.render.rasterize import covered_to_image, interpolate_covered, rasterize
-from tracker.tracking import FaceResult, TrackingResult
+if TYPE_CHECKING:
+    import torch
+
+    from tracker.render.rasterize import Fragments
+    from tracker.tracking import FaceResult, TrackingResult
 
 MESH_STYLES = ("shaded", "wireframe", "none")
-MESH_COLOUR = np.array([235, 206, 135], np.float32)  # BGR, light blue-grey
+MESH_COLOUR = (235, 206, 135)  # BGR: sky blue, #87ceeb
+MESH_OPACITY = 0.85  # the mesh's opacity over the video
+AMBIENT = 0.15  # the shaded mesh's brightness where its surface is seen edge-on
+LINE_SHADE = 0.45  # the wireframe's lines: the mesh colour times this
+GRID_SPACING = 0.01  # metres between the wireframe's grid lines (at least; see GRID_MIN_PIXELS)
+GRID_MIN_PIXELS = 7.0  # the grid spacing doubles until its lines are this many pixels apart (on a REFERENCE_HEIGHT frame)
+REFERENCE_HEIGHT = 360  # frame height (pixels) up to which the wireframe's lines are 1 (grid) and CONTOUR_WIDTH (contours) pixels wide
+CONTOUR_STEP = 0.01  # metres of depth between neighbouring pixels that make an occluding contour
+CONTOUR_WIDTH = 2.0  # pixels: the contours are drawn wider than the grid lines
+STEP_KERNEL = cv2.getGaussianKernel(3, 0.7)[:, 0].astype(np.float32)  # smooths the pixels marked as a contour inside the mesh
 LANDMARK_COLOUR = (0, 255, 255)  # BGR yellow
 MODEL_LANDMARK_COLOUR = (255, 0, 255)
-SHADE_RESOLUTION = 192  # longest side (pixels) a face window is shaded at, then upscaled to the window
-# (256, 1, 3) uint8 BGR: the mesh's colour at shade k / 255 (an OpenCV colour map; ambient 0.25)
-SHADE_COLOURS = np.round((0.25 + 0.75 * np.linspace(0, 1, 256)[:, None]) * MESH_COLOUR).astype(np.uint8)[:, None]
+SHADE_RESOLUTION = 192  # longest side (pixels) a face window is rasterised at, then upscaled to the window
+HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """argparse type: a CSS colour name (skyblue, orange, white, ...) or #rrggbb -> (B, G, R) 0-255."""
+    from PIL import ImageColor
+
+    text = text.strip()
+    rgb: tuple = ()
+    if HEX_COLOUR.fullmatch(text) or text.isalpha():
+        try:
+            rgb = ImageColor.getrgb(text)
+        except ValueError:
+            pass
+    if len(rgb) != 3:
+        raise argparse.ArgumentTypeError(f"must be a CSS colour name (skyblue, orange, white, ...) or #rrggbb, got {text!r}")
+    return int(rgb[2]), int(rgb[1]), int(rgb[0])
+
+
+def parse_opacity(text: str) -> float:
+    """argparse type: a number from 0 (invisible) to 1 (opaque)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 (invisible) to 1 (opaque), got {text!r}")
+    return value
+
+
+def check_look(colour: tuple[int, int, int], opacity: float) -> None:
+    """Raise ValueError unless ``colour`` is three 0-255 values (B, G, R) and ``opacity`` is in [0, 1]."""
+    if len(colour) != 3 or not all(0 <= int(c) <= 255 for c in colour):
+        raise ValueError(f"mesh colour must be three 0-255 values (B, G, R), got {colour!r}")
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"mesh opacity must be from 0 to 1, got {opacity!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def shade_colours(colour: tuple[int, int, int]) -> np.ndarray:
+    """(256, 1, 3) uint8 BGR, an OpenCV colour map: the shaded mesh's colour at shade k / 255."""
+    cosine = np.linspace(0.0, 1.0, 256)[:, None]
+    return np.round((AMBIENT + (1.0 - AMBIENT) * cosine**2) * np.asarray(colour, np.float64)).astype(np.uint8)[:, None]
 
 
 class MeshTopology:
@@ -43,11 +113,11 @@ class MeshTopology:
     faces      (F, 3) int64, indices below ``num_vertices`` (V)
     corners    (3, F) int64: the faces transposed (corner k of every face, contiguous)
     incidence  (V, F) scipy.sparse CSR float32: 1 where vertex v is a corner of face f
-    edges, edge_index  (the wireframe's; made on first use) (E, 2) int64: every undirected edge
-               once; (3, F) int64: the edge (row of ``edges``) opposite corner k of face f
     """
 
     def __init__(self, faces: np.ndarray, num_vertices: int) -> None:
+        import scipy.sparse
+
         self.faces = np.ascontiguousarray(faces, dtype=np.int64)
         self.num_vertices = int(num_vertices)
         self.corners = np.ascontiguousarray(self.faces.T)
@@ -55,21 +125,6 @@ class MeshTopology:
         ones = np.ones(3 * count, np.float32)
         face_of = np.tile(np.arange(count), 3)
         self.incidence = scipy.sparse.csr_matrix((ones, (self.corners.reshape(-1), face_of)), shape=(self.num_vertices, count))
-
-    @functools.cached_property
-    def _edge_tables(self) -> tuple[np.ndarray, np.ndarray]:
-        start, end = self.corners[[1, 2, 0]], self.corners[[2, 0, 1]]  # edge k: corner k+1 -> corner k+2
-        keys = np.minimum(start, end) * self.num_vertices + np.maximum(start, end)
-        unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
-        return np.stack(np.divmod(unique, self.num_vertices), 1), inverse.reshape(self.corners.shape)
-
-    @property
-    def edges(self) -> np.ndarray:
-        return self._edge_tables[0]
-
-    @property
-    def edge_index(self) -> np.ndarray:
-        return self._edge_tables[1]
 
     def face_normals(self, vertices: np.ndarray) -> np.ndarray:
         """(V, 3) -> (F, 3) ``(v1 - v0) x (v2 - v0)``: twice the area times the unit normal."""
@@ -110,7 +165,7 @@ def mesh_topology(faces_tri: torch.Tensor | np.ndarray, num_vertices: int) -> Me
         entry = _TOPOLOGIES.get(key)
     if entry is not None:
         return entry[1]
-    faces = faces_tri.cpu().numpy() if isinstance(faces_tri, torch.Tensor) else np.asarray(faces_tri)
+    faces = faces_tri.cpu().numpy() if hasattr(faces_tri, "cpu") else np.asarray(faces_tri)
     topology = MeshTopology(faces, num_vertices)
     with _TOPOLOGIES_LOCK:
         while len(_TOPOLOGIES) >= 8:
@@ -128,16 +183,17 @@ def face_window(face: FaceResult, width: int, height: int) -> tuple[int, int, in
     return left, top, max(left, right), max(top, bottom)
 
 
-@torch.no_grad()
-def shade_mesh(points: torch.Tensor, faces_tri: torch.Tensor | np.ndarray, focal, principal, size: tuple[int, int]):
-    """Headlight shading of a camera-frame mesh -> (shade (H, W) float32 in [0, 1], coverage (H, W) bool).
+def rasterize_mesh(vertices: np.ndarray, faces_tri: torch.Tensor | np.ndarray, focal, principal, size: tuple[int, int]) -> tuple[torch.Tensor, Fragments]:
+    """Rasterise a camera-frame mesh -> (the triangles drawn (F', 3), their fragments).
 
-    points (V, 3) metres, OpenCV camera frame; faces_tri (F, 3); focal, principal (2,) pixels;
-    size (H, W). The shade is |cos| between the surface normal and the viewing ray. Back faces
-    are not drawn (nor are triangles whose bounding box holds no pixel centre: they cover none).
-    """
+    vertices (V, 3) float32 metres, OpenCV camera frame; faces_tri (F, 3); focal, principal (2,)
+    pixels; size (H, W). Back faces are not drawn (nor are triangles whose bounding box holds no
+    pixel centre: they cover none)."""
+    import torch
+
+    from tracker.render.rasterize import rasterize
+
     height, width = int(size[0]), int(size[1])
-    vertices = points.detach().cpu().numpy().astype(np.float32)
     topology = mesh_topology(faces_tri, len(vertices))
     focal, principal = np.asarray(focal, np.float32), np.asarray(principal, np.float32)
     pixels = vertices[:, :2] / np.maximum(vertices[:, 2:], 1e-3) * focal + principal - 0.5  # pixel centres at integers
@@ -146,14 +202,68 @@ def shade_mesh(points: torch.Tensor, faces_tri: torch.Tensor | np.ndarray, focal
     keep &= np.ceil(np.maximum(x.min(0), 0)) <= np.floor(np.minimum(x.max(0), width - 1))
     keep &= np.ceil(np.maximum(y.min(0), 0)) <= np.floor(np.minimum(y.max(0), height - 1))
     faces = torch.from_numpy(topology.faces[keep])
-    points_t = torch.from_numpy(vertices)[None]
-    fragments = rasterize(points_t, faces, torch.from_numpy(focal)[None], torch.from_numpy(principal)[None], (height, width))
-    normals = torch.from_numpy(topology.vertex_normals(vertices))
-    values = interpolate_covered(torch.cat((normals, points_t[0]), -1), faces, fragments)
-    normal, position = values[:, :3], values[:, 3:]
-    cosine = (torch.nn.functional.normalize(normal, dim=-1) * torch.nn.functional.normalize(position, dim=-1)).sum(-1)
-    shade = covered_to_image(cosine.abs()[:, None], fragments)[0, ..., 0]
+    with torch.no_grad():
+        fragments = rasterize(torch.from_numpy(vertices)[None], faces, torch.from_numpy(focal)[None], torch.from_numpy(principal)[None], (height, width))
+    return faces, fragments
+
+
+def shade_mesh(points: torch.Tensor, faces_tri: torch.Tensor | np.ndarray, focal, principal, size: tuple[int, int]):
+    """Headlight shading of a camera-frame mesh -> (shade (H, W) float32 in [0, 1], coverage (H, W) bool).
+
+    points (V, 3) metres, OpenCV camera frame; the rest as ``rasterize_mesh``'s. The shade is
+    |cos| between the surface normal and the viewing ray.
+    """
+    import torch
+
+    from tracker.render.rasterize import covered_to_image, interpolate_covered
+
+    vertices = points.detach().cpu().numpy().astype(np.float32)
+    faces, fragments = rasterize_mesh(vertices, faces_tri, focal, principal, size)
+    normals = mesh_topology(faces_tri, len(vertices)).vertex_normals(vertices)
+    with torch.no_grad():
+        values = interpolate_covered(torch.from_numpy(np.concatenate((normals, vertices), 1)), faces, fragments)
+        normal, position = values[:, :3], values[:, 3:]
+        cosine = (torch.nn.functional.normalize(normal, dim=-1) * torch.nn.functional.normalize(position, dim=-1)).sum(-1)
+        shade = covered_to_image(cosine.abs()[:, None], fragments)[0, ..., 0]
     return shade.clamp(0, 1).numpy(), fragments.mask[0].numpy()
+
+
+def window_camera(window: tuple[int, int, int, int], focal, principal, resolution: int | None) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """The camera that renders the frame pixel ``window`` (x0, y0, x1, y1) at most ``resolution``
+    pixels on its longer side (None: at full resolution) -> ((H, W) rendered, focal, principal)."""
+    x0, y0, x1, y1 = window
+    width, height = x1 - x0, y1 - y0
+    shifted = np.asarray(principal, np.float64) - (x0, y0)
+    scale = 1.0 if resolution is None else min(1.0, resolution / max(width, height))
+    if scale == 1.0:
+        return (height, width), np.asarray(focal, np.float64), shifted
+    small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
+    factor = np.array([small_w / width, small_h / height])  # exact per axis: the resize maps pixel edges onto pixel edges
+    return (small_h, small_w), np.asarray(focal, np.float64) * factor, shifted * factor
+
+
+def extend_past_edge(covered: np.ndarray, planes: list[np.ndarray]) -> list[np.ndarray]:
+    """(h, w) bool coverage and (h, w) float32 planes of values on the mesh -> the planes with each
+    uncovered pixel beside the mesh set to the mean of its covered 8-neighbours, so that a
+    bilinear upscale (which mixes neighbours only) gives the mesh's values up to its soft edge,
+    not blends with whatever is off the mesh."""
+    coverage = covered.astype(np.float32)
+    count = cv2.boxFilter(coverage, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    ring = ~covered & (count > 0)
+    extended = []
+    for plane in planes:
+        total = cv2.boxFilter(plane * coverage, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        plane = plane.copy()
+        plane[ring] = total[ring] / count[ring]
+        extended.append(plane)
+    return extended
+
+
+def upscale(planes: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """(h, w) float32 planes -> at ``size`` (H, W), bilinearly (plane by plane: OpenCV's resize is
+    fastest on one channel); the planes themselves when they have that size."""
+    height, width = size
+    return [plane if plane.shape == (height, width) else cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR) for plane in planes]
 
 
 def shade_face(
@@ -164,30 +274,114 @@ def shade_face(
     (shade (H, W) float32 in [0, 1], coverage (H, W) float32 in [0, 1]) at the window's size.
 
     A window longer than ``resolution`` pixels is shaded at that size (None: never) and upscaled
-    bilinearly: coverage then has soft edges, the shade is the coverage-weighted mean."""
+    bilinearly: coverage then has soft edges, the shade is the mesh's up to them (``extend_past_edge``)."""
     x0, y0, x1, y1 = window
-    width, height = x1 - x0, y1 - y0
-    shifted = np.asarray(principal, np.float64) - (x0, y0)
-    scale = 1.0 if resolution is None else min(1.0, resolution / max(width, height))
-    if scale == 1.0:
-        shade, covered = shade_mesh(face.vertices, faces_tri, focal, shifted, (height, width))
-        return shade, covered.astype(np.float32)
-    small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
-    factor = np.array([small_w / width, small_h / height])  # exact per axis: the resize maps pixel edges onto pixel edges
-    shade, covered = shade_mesh(face.vertices, faces_tri, np.asarray(focal) * factor, shifted * factor, (small_h, small_w))
-    coverage = cv2.resize(covered.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    shade = cv2.resize(shade, (width, height), interpolation=cv2.INTER_LINEAR)  # shade is 0 off the mesh
-    return np.divide(shade, coverage, out=np.zeros_like(shade), where=coverage > 1e-6), coverage
+    size, focal_w, principal_w = window_camera(window, focal, principal, resolution)
+    shade, covered = shade_mesh(face.vertices, faces_tri, focal_w, principal_w, size)
+    shade, coverage = upscale([*extend_past_edge(covered, [shade]), covered.astype(np.float32)], (y1 - y0, x1 - x0))
+    return shade, coverage
+
+
+def head_coordinates(face: FaceResult) -> np.ndarray:
+    """(V, 3) float32 the face's posed vertices in its head's frame (+x to the viewer's right, +y
+    up, +z out of the face; ``X_cam = R diag(1, -1, -1) X_head + t`` inverted), metres."""
+    rotation, translation = face.rotation.numpy().astype(np.float32), face.translation.numpy().astype(np.float32)
+    return (face.vertices.numpy().astype(np.float32) - translation) @ rotation * np.array([1.0, -1.0, -1.0], np.float32)
+
+
+def grid_spacing(face: FaceResult, focal: np.ndarray, scale: float = 1.0) -> float:
+    """Metres between the wireframe's grid lines for a face: GRID_SPACING doubled until the lines
+    are ``scale`` x GRID_MIN_PIXELS apart where the head is (its distance from the camera)."""
+    pixels = GRID_SPACING * float(np.mean(focal)) / max(float(face.translation[2]), 1e-3)
+    return GRID_SPACING * 2.0 ** max(0, math.ceil(math.log2(scale * GRID_MIN_PIXELS / max(pixels, 1e-6))))
+
+
+def line_scale(frame_height: int) -> float:
+    """How much wider the wireframe's lines are drawn on a frame of ``frame_height`` pixels than
+    on REFERENCE_HEIGHT (at least 1): a window shows a frame at about the same size whatever its
+    resolution, and one-pixel lines on a 1080p frame shown 500 pixels high would fade away."""
+    return max(1.0, frame_height / REFERENCE_HEIGHT)
+
+
+def line_alpha(distance: np.ndarray, width: float = 1.0) -> np.ndarray:
+    """(H, W) float32 distance in pixels to a line's centre -> the anti-aliased coverage of a line
+    ``width`` pixels wide, width / 2 + 1/2 - the distance clipped to [0, 1] (in place)."""
+    np.subtract(width / 2 + 0.5, distance, out=distance)
+    return np.clip(distance, 0.0, 1.0, out=distance)
+
+
+def grid_lines(levels: np.ndarray, slopes: np.ndarray, width: float) -> np.ndarray:
+    """(H, W) grid coordinate (a line at every whole number) and its change per pixel -> (H, W)
+    float32 coverage of the anti-aliased lines ``width`` pixels wide (``line_alpha``)."""
+    distance = levels - np.round(levels)
+    np.abs(distance, out=distance)
+    distance /= slopes
+    return line_alpha(distance, width)
+
+
+def wireframe_face(
+    face: FaceResult, faces_tri: torch.Tensor, focal: np.ndarray, principal: np.ndarray, window: tuple[int, int, int, int],
+    resolution: int | None = SHADE_RESOLUTION, scale: float = 1.0,
+) -> np.ndarray:
+    """The wireframe's lines of a tracked face inside the frame pixel ``window`` (x0, y0, x1, y1)
+    -> (H, W) float32 in [0, 1]: how much of each pixel they cover (see the module's docstring).
+
+    The window is rasterised at most ``resolution`` pixels across (None: at full resolution), and
+    what the lines are drawn from is computed there and upscaled bilinearly, each smooth so that
+    the lines keep their width (``scale`` x 1 or CONTOUR_WIDTH pixels): the head's grid coordinates and their change
+    per window pixel; for the outline, the coverage box-filtered (1/2 on the outline, changing by
+    1/3 per rendered pixel); for the contours inside, the pixels in front of a neighbour by more
+    than CONTOUR_STEP, smoothed."""
+    import torch
+
+    from tracker.render.rasterize import covered_to_image, interpolate_covered
+
+    x0, y0, x1, y1 = window
+    size, focal_w, principal_w = window_camera(window, focal, principal, resolution)
+    vertices = face.vertices.numpy().astype(np.float32)
+    faces, fragments = rasterize_mesh(vertices, faces_tri, focal_w, principal_w, size)
+    grid = torch.from_numpy(head_coordinates(face)[:, :2] / np.float32(grid_spacing(face, focal, scale)))
+    with torch.no_grad():
+        levels = covered_to_image(interpolate_covered(grid, faces, fragments), fragments)[0].numpy()  # (h, w, 2)
+    covered = fragments.mask[0].numpy()
+    depth = fragments.depth[0].numpy()
+    steps = np.zeros(covered.shape, bool)  # mesh pixels in front of a mesh 4-neighbour by more than CONTOUR_STEP
+    for axis in (0, 1):
+        pair = covered & np.roll(covered, -1, axis)  # pixels k and k + 1 both on the mesh
+        pair[(slice(None),) * axis + (-1,)] = False  # not across the wrap
+        step = np.where(pair, np.roll(depth, -1, axis) - depth, 0.0)  # how far pixel k + 1 lies behind pixel k
+        steps |= step > CONTOUR_STEP
+        steps |= np.roll(step < -CONTOUR_STEP, 1, axis)
+    levels = extend_past_edge(covered, [np.ascontiguousarray(levels[..., k]) for k in (0, 1)])
+    per_pixel = np.array([size[1] / (x1 - x0), size[0] / (y1 - y0)], np.float32)  # rendered pixels per window pixel, x and y
+    slopes = [np.hypot(*(np.gradient(plane) * per_pixel[::-1, None, None])) for plane in levels]  # grid units per window pixel
+    edge = cv2.blur(covered.astype(np.float32), (3, 3), borderType=cv2.BORDER_CONSTANT)  # 1/2 on the mesh's outline, 1/3 more per rendered pixel inwards
+    steps = cv2.sepFilter2D(steps.astype(np.float32), -1, STEP_KERNEL, STEP_KERNEL)  # the staircases of marked pixels, smoothed
+    across, up, across_slope, up_slope, coverage, edge, steps = upscale([*levels, *slopes, covered.astype(np.float32), edge, steps], (y1 - y0, x1 - x0))
+    alpha = grid_lines(across, np.maximum(across_slope, 1e-6, out=across_slope), scale)
+    np.maximum(alpha, grid_lines(up, np.maximum(up_slope, 1e-6, out=up_slope), scale), out=alpha)
+    alpha *= coverage
+    edge -= 0.5
+    np.abs(edge, out=edge)
+    edge *= 3.0 / float(per_pixel.mean())  # window pixels from the outline
+    np.maximum(alpha, line_alpha(edge, CONTOUR_WIDTH * scale), out=alpha)
+    np.subtract(STEP_KERNEL[1], steps, out=steps)  # across a run of marked pixels: 0 on it, the kernel's fall-off per rendered pixel beside it
+    steps /= (STEP_KERNEL[1] - STEP_KERNEL[0]) * float(per_pixel.mean())  # window pixels from the contour
+    return np.maximum(alpha, line_alpha(steps, CONTOUR_WIDTH * scale), out=alpha)
 
 
 def draw_mesh(
-    image: np.ndarray, result: TrackingResult, faces_tri: torch.Tensor, style: str = "shaded", opacity: float = 0.6,
-    resolution: int | None = SHADE_RESOLUTION,
+    image: np.ndarray, result: TrackingResult, faces_tri: torch.Tensor, style: str = "shaded", opacity: float = MESH_OPACITY,
+    resolution: int | None = SHADE_RESOLUTION, colour: tuple[int, int, int] = MESH_COLOUR,
 ) -> None:
     """Draw every tracked face's mesh into ``image`` (H, W, 3) uint8 BGR, in place, inside the
-    mesh's bounding box (``mesh_window``); ``resolution`` as ``shade_face``'s."""
+    mesh's bounding box (``mesh_window``); ``style`` one of MESH_STYLES ("none" draws nothing), ``colour``
+    (B, G, R) 0-255, ``opacity`` 0 (invisible) to 1, ``resolution`` as ``shade_face``'s."""
     if style not in MESH_STYLES:
         raise ValueError(f"mesh style must be one of {MESH_STYLES}, got {style!r}")
+    check_look(colour, opacity)
+    if style == "none":
+        return
     height, width = image.shape[:2]
     for face in result.faces:
         pixels = project_vertices(face, result.focal, result.principal)
@@ -196,27 +390,19 @@ def draw_mesh(
             continue
         region = image[y0:y1, x0:x1]
         if style == "shaded":
-            shade, coverage = shade_face(face, faces_tri, result.focal, result.principal, window, resolution)
-            rows, cols = np.flatnonzero(coverage.any(1)), np.flatnonzero(coverage.any(0))
-            if rows.size == 0:
-                continue
-            box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # the covered part of the window
-            colour = cv2.applyColorMap(cv2.convertScaleAbs(shade[box], alpha=255), SHADE_COLOURS)
-            alpha = np.ascontiguousarray(opacity * coverage[box])
-            region[box] = cv2.blendLinear(colour, region[box], alpha, 1 - alpha)
-        elif style == "wireframe":
-            topology = mesh_topology(faces_tri, len(pixels))
-            front = np.zeros(len(topology.edges), bool)  # the edges of the front-facing triangles
-            front[topology.edge_index[:, front_facing(*topology.projected_corners(pixels))]] = True
-            segments = np.round((pixels[topology.edges[front]] - (x0, y0)) * 4).astype(np.int32)  # (E', 2 ends, 2), 2 fractional bits
-            lines = region.copy()
-            cv2.polylines(lines, segments, False, tuple(int(c) for c in MESH_COLOUR), 1, cv2.LINE_AA, shift=2)
-            cv2.addWeighted(lines, opacity * 0.6, region, 1 - opacity * 0.6, 0, dst=region)
+            shade, alpha = shade_face(face, faces_tri, result.focal, result.principal, window, resolution)
+            paint = cv2.applyColorMap(cv2.convertScaleAbs(shade, alpha=255), shade_colours(tuple(int(c) for c in colour)))
+        else:
+            alpha = wireframe_face(face, faces_tri, result.focal, result.principal, window, resolution, line_scale(height))
+            paint = np.empty(region.shape, np.uint8)
+            paint[:] = np.round(np.asarray(colour, np.float64) * LINE_SHADE).astype(np.uint8)
+        alpha *= opacity
+        region[:] = cv2.blendLinear(paint, region, alpha, 1.0 - alpha)
 
 
 def mesh_window(pixels: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) frame pixel window around (V, 2) projected vertices, 2 pixels wider on
-    every side (anti-aliased lines), clipped to the frame."""
+    every side, clipped to the frame."""
     low = np.clip(np.floor(pixels.min(0)) - 2, 0, (width, height)).astype(int)
     high = np.clip(np.ceil(pixels.max(0)) + 2, 0, (width, height)).astype(int)
     return int(low[0]), int(low[1]), int(max(low[0], high[0])), int(max(low[1], high[1]))
@@ -250,12 +436,14 @@ def draw_overlay(
     landmarks: bool = True,
     detector_landmarks: bool = False,
     resolution: int | None = SHADE_RESOLUTION,
+    colour: tuple[int, int, int] = MESH_COLOUR,
+    opacity: float = MESH_OPACITY,
 ) -> np.ndarray:
-    """A copy of the frame with the mesh (``style``; ``resolution`` as ``shade_face``'s) and
-    landmarks drawn over it."""
+    """A copy of the frame with the mesh (``style``, ``colour``, ``opacity``; ``resolution`` as
+    ``shade_face``'s) and landmarks drawn over it."""
     image = np.ascontiguousarray(image_bgr).copy()
     if style != "none":
-        draw_mesh(image, result, faces_tri, style, resolution=resolution)
+        draw_mesh(image, result, faces_tri, style, opacity, resolution, colour)
     if landmarks or detector_landmarks:
         draw_landmarks(image, result, model=landmarks, detector=detector_landmarks)
     return image
