@@ -13,6 +13,10 @@ Ctrl-C (or SIGTERM) stops cleanly: frames already in the pipeline finish, the re
 finalised, and the run's figures are printed (rc 130). Ctrl-C during start-up stops with rc 2 and
 leaves nothing behind. An error stops the run the same way: the frames tracked before it are
 recorded, the figures printed, then the error (rc 2).
+
+Start-up: the signal handlers go in first, then the command line is parsed from light modules
+(``--help`` and bad options answer before torch, MediaPipe or OpenVINO load), then the heavy
+modules are imported; the first tracked frame's log line says what the time went to.
 """
 
 from __future__ import annotations
@@ -21,21 +25,24 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from tracker.console import configure_logging, seconds_since_launch
 from tracker.errors import TrackerError
-from tracker.n2fnet.runtime import PREFERENCE, RUNTIMES
-from tracker.options import DETECTORS, TrackerOptions, build_tracker, non_negative_int, positive_int
-from tracker.overlay import SHADE_RESOLUTION
-from tracker.pipeline import MODES, Pipeline, PipelineStats, StatsSnapshot
+from tracker.options import DETECTORS, MODES, PREFERENCE, RUNTIMES, TrackerOptions, non_negative_int, positive_float, positive_int
+from tracker.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, parse_colour, parse_opacity
 from tracker.recording import check_take_path, journal_path
-from tracker.sinks import ProgressLog, RecordingSink, SwitchableSink
-from tracker.sources import BAD_FRAME_POLICIES, FrameSource, open_source
+from tracker.sources import BAD_FRAME_POLICIES, camera_index, open_source
 from tracker.streaming import LIVELINK_PORT, OSC_PORT, VMC_NAMES, VMC_PORT, LiveLinkSink, OscSink, StreamSink, VmcSink, parse_endpoint
-from tracker.tracking import FaceTracker
+
+if TYPE_CHECKING:
+    from tracker.pipeline import StatsSnapshot
+    from tracker.sinks import RecordingSink
+    from tracker.sources import FrameSource
+    from tracker.tracking import FaceTracker
 
 log = logging.getLogger("app.live")
 
@@ -73,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pixel3dmm-weights", help="Pixel3DMM normal-network weights (pixel3dmm cues)")
     model.add_argument("--farl-weights", help="FaRL face-parsing weights (+farl cues)")
     model.add_argument("--max-faces", type=int, default=1, help="faces tracked per frame (default: 1)")
-    model.add_argument("--focal", type=float, help="the camera's focal length in pixels, if known (default: the training camera's, focal_mean x max(W, H))")
+    model.add_argument("--focal", type=positive_float, help="the camera's focal length in pixels, if known (default: the training camera's, focal_mean x max(W, H))")
     model.add_argument("--detector", choices=DETECTORS, default="short-range",
                        help="face detector: short-range (Face Mesh's own, faces near the camera; default) or full-range "
                        "(MediaPipe's full-range detector, then a mesh per face: small and distant faces, slower)")
@@ -94,12 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=MODES, default="async", help="async: stages overlap (default); sequential: one frame at a time")
     run.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: small ops stall in a busy thread pool)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--verbose", action="store_true",
+                     help="also show the third-party libraries' log lines (MediaPipe/TFLite/absl, OpenCV, FFmpeg), hidden by default")
 
     view = parser.add_argument_group("viewer")
     view.add_argument("--screenshot", help="save a screenshot of the window when the source ends (or --max-frames), then quit")
-    view.add_argument("--mesh-style", choices=("shaded", "wireframe", "none"), default="shaded", help="mesh drawn over the video (key M)")
+    view.add_argument("--mesh-style", choices=MESH_STYLES, default="shaded",
+                      help="mesh drawn over the video (key M): shaded, or wireframe (lines every centimetre across and up the head, and its contours)")
+    view.add_argument("--mesh-color", type=parse_colour, default=MESH_COLOUR, metavar="COLOR",
+                      help="the mesh's colour over the video and in the 3D view: a CSS colour name (skyblue, orange, white, ...) or #rrggbb "
+                      "(default: skyblue); the wireframe draws it darkened")
+    view.add_argument("--mesh-opacity", type=parse_opacity, default=MESH_OPACITY, metavar="OPACITY",
+                      help=f"the mesh's opacity over the video, from 0 (invisible) to 1 (opaque) (default: {MESH_OPACITY})")
     view.add_argument("--full-res-overlay", action="store_true",
-                      help=f"shade the mesh over the video at full resolution (more CPU on the GUI thread; default: at most {SHADE_RESOLUTION} px across, upscaled)")
+                      help=f"draw the mesh over the video at full resolution (more CPU on the GUI thread; "
+                      f"default: rasterised at most {SHADE_RESOLUTION} px across, upscaled)")
     view.add_argument("--no-landmarks", action="store_true", help="start without the 68 landmarks drawn (key L)")
     view.add_argument("--software-3d", action="store_true", help="3D view rendered by the project's rasteriser instead of OpenGL")
     view.add_argument("--record-dir", default="takes", help="folder for takes started with the R key (default: takes)")
@@ -134,7 +150,7 @@ def source_spec(args: argparse.Namespace) -> int | str:
 
 def realtime(args: argparse.Namespace, spec: int | str, viewer: bool) -> bool | None:
     """open_source's ``realtime`` for the --pace setting (None for live sources, always realtime)."""
-    if isinstance(spec, int) or str(spec).isdigit() or "://" in str(spec):
+    if camera_index(spec) is not None or "://" in str(spec):
         if args.pace != "auto":
             raise TrackerError(f"--pace {args.pace} applies to files and folders; {spec} is live and always keeps the newest frame")
         return None
@@ -142,7 +158,7 @@ def realtime(args: argparse.Namespace, spec: int | str, viewer: bool) -> bool | 
 
 
 def tracker_options(args: argparse.Namespace) -> TrackerOptions:
-    """The command line's tracker settings."""
+    """The command line's tracker settings (checked: this imports torch)."""
     return TrackerOptions(
         checkpoint=args.checkpoint,
         head_model=args.head_model,
@@ -164,6 +180,13 @@ def tracker_options(args: argparse.Namespace) -> TrackerOptions:
     )
 
 
+def start_torch(args: argparse.Namespace) -> None:
+    """Import torch and give it ``--threads`` CPU threads."""
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+
+
 def summary(stats: StatsSnapshot, source: FrameSource, recorded: Path | None) -> str:
     stages = ", ".join(f"{name} {ms:.1f}" for name, ms in stats.stage_ms.items())
     skipped = f", {source.frames_skipped} bad frames skipped" if source.frames_skipped else ""
@@ -173,6 +196,8 @@ def summary(stats: StatsSnapshot, source: FrameSource, recorded: Path | None) ->
         f"speed: {stats.fps:.1f} fps (last {min(stats.frames_out, 120)} frames), latency (capture -> result) p50 {stats.latency_p50_ms:.0f} ms, p95 {stats.latency_p95_ms:.0f} ms; processing p50 {stats.processing_p50_ms:.0f} ms, p95 {stats.processing_p95_ms:.0f} ms",
         f"stage ms per frame: {stages}",
     ]
+    if stats.frame_errors:
+        lines.insert(2, f"frame errors in {stats.frame_errors} frames: a face left out each time, never recorded (non-finite network or refinement output; warnings above)")
     if recorded is not None:
         journal = journal_path(recorded)
         if recorded.exists() and not journal.exists():
@@ -195,8 +220,8 @@ def virtualcam_factory(args: argparse.Namespace, tracker: FaceTracker, source) -
         width, height = source.size
     fps = args.virtualcam_fps or source.fps or 30.0
     return lambda: VirtualCameraSink(
-        tracker.head.render_faces, width, height, fps, mode=args.virtualcam_mode, style=args.mesh_style,
-        landmarks=not args.no_landmarks, device=args.virtualcam_device, backend=args.virtualcam_backend,
+        tracker.head.render_faces, width, height, fps, mode=args.virtualcam_mode, style=args.mesh_style, colour=args.mesh_color,
+        opacity=args.mesh_opacity, landmarks=not args.no_landmarks, device=args.virtualcam_device, backend=args.virtualcam_backend,
     )
 
 
@@ -216,23 +241,50 @@ def stream_factories(args: argparse.Namespace, endpoints: dict[str, tuple[str, i
     return {label: (lambda opener=openers[label], host=host, port=port: opener(host, port)) for label, (host, port) in endpoints.items()}
 
 
-def run_headless(args: argparse.Namespace) -> int:
+class StartupClock:
+    """What the start-up's time went to: ``mark(name)`` closes a phase that began at the previous
+    mark (the first at the process's launch); ``describe()`` -> "imports 1.9 s, tracker 0.6 s"."""
+
+    def __init__(self) -> None:
+        self.launch = time.monotonic() - seconds_since_launch()
+        self._last = self.launch
+        self.phases: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases.append((name, now - self._last))
+        self._last = now
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phases)
+
+
+def run_headless(args: argparse.Namespace, clock: StartupClock) -> int:
     spec = source_spec(args)
-    options = tracker_options(args)
+    endpoints = stream_endpoints(args)
     if args.record:
         check_take_path(args.record, args.overwrite)  # before the set-up, not after the tracking
-    endpoints = stream_endpoints(args)
+    start_torch(args)  # the heavy imports begin here, once the cheap checks passed
+    options = tracker_options(args)
+    from tracker.options import build_tracker
+    from tracker.pipeline import Pipeline, PipelineStats
+    from tracker.sinks import ProgressLog, RecordingSink
+
+    clock.mark("Python and imports")
     source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop, on_bad_frame=args.on_bad_frame)
+    clock.mark("source")
     tracker, recording, sinks = None, None, []
     try:
         tracker = build_tracker(options)
+        clock.mark("tracker set-up")
         if args.virtualcam:
             sinks.append(virtualcam_factory(args, tracker, source)())
         for open_stream in stream_factories(args, endpoints, source).values():
             sinks.append(open_stream())
         stats = PipelineStats()
         if not args.quiet:
-            sinks.append(ProgressLog(stats, total=None if args.loop else _total(source, args.max_frames)))
+            total = None if args.loop else _total(source, args.max_frames)
+            sinks.append(ProgressLog(stats, total=total, launch=clock.launch, startup=clock.describe()))
         if args.record:  # opened last: a set-up step that fails leaves no journal behind
             recording = RecordingSink(args.record, tracker.head, source=source.name, overwrite=args.overwrite, metadata=options.recording_metadata())
             sinks.insert(0, recording)
@@ -277,19 +329,26 @@ def _abandon(source: FrameSource, tracker: FaceTracker | None, recording: Record
     source.stop()
 
 
-def run_viewer(args: argparse.Namespace) -> int:
+def run_viewer(args: argparse.Namespace, clock: StartupClock) -> int:
     from PyQt6 import QtCore, QtWidgets
 
     from app.viewer import ResultBridge, ViewerOptions, ViewerWindow
+    from tracker.options import build_tracker
+    from tracker.pipeline import Pipeline
+    from tracker.sinks import SwitchableSink
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-tracker"])
     spec = source_spec(args)
-    tracker_settings = tracker_options(args)
+    endpoints = stream_endpoints(args)
     if args.record:
         check_take_path(args.record, args.overwrite)
-    endpoints = stream_endpoints(args)
+    start_torch(args)
+    tracker_settings = tracker_options(args)
     source = open_source(spec, realtime=realtime(args, spec, viewer=True), loop=args.loop, on_bad_frame=args.on_bad_frame)
+    clock.mark("Python, imports and source")
     tracker = build_tracker(tracker_settings)
+    clock.mark("tracker set-up")
+    log.info("start-up: %s", clock.describe())
     bridge, recording, virtualcam = ResultBridge(), SwitchableSink(), SwitchableSink()
     streams = {label: SwitchableSink() for label in (VmcSink.label, LiveLinkSink.label, OscSink.label)}  # switched with K, U, O
     pipeline = Pipeline(source, tracker, [recording, virtualcam, *streams.values(), bridge], mode=args.mode, max_frames=args.max_frames)
@@ -298,6 +357,8 @@ def run_viewer(args: argparse.Namespace) -> int:
         checkpoint=str(tracker_settings.checkpoint_path()),
         device=args.device,
         mesh_style=args.mesh_style,
+        mesh_colour=args.mesh_color,
+        mesh_opacity=args.mesh_opacity,
         shade_resolution=None if args.full_res_overlay else SHADE_RESOLUTION,
         landmarks=not args.no_landmarks,
         record_path=args.record,
@@ -349,7 +410,8 @@ def _terminate(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     # Ctrl-C raises KeyboardInterrupt even when the run was started with SIGINT ignored (a
-    # background job of a script inherits that), and SIGTERM stops the same clean way
+    # background job of a script inherits that), and SIGTERM stops the same clean way; both go in
+    # before the heavy imports, which take the first seconds
     previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate))}
     try:
         return _run(argv)
@@ -360,14 +422,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     try:
+        clock = StartupClock()
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-        torch.set_num_threads(max(1, args.threads))
+        configure_logging(verbose=args.verbose, quiet=args.quiet)
+        if args.headless and args.screenshot:
+            raise TrackerError("--screenshot needs the window: leave out --headless (use xvfb-run on a machine without a display)")
+        if not args.headless:
+            from app.qt_platform import require_gui
+
+            require_gui()  # where Qt's platform plugin cannot start, Qt aborts the process: say why and stop first
         if args.headless:
-            if args.screenshot:
-                raise TrackerError("--screenshot needs the window: leave out --headless (use xvfb-run on a machine without a display)")
-            return run_headless(args)
-        return run_viewer(args)
+            return run_headless(args, clock)
+        return run_viewer(args, clock)
     except TrackerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

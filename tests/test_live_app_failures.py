@@ -23,7 +23,7 @@ import torch
 from app import live
 from tests.test_live_app import interrupt_once_recording
 from tests.test_recording_safety import small_disk  # noqa: F401  (a fixture)
-from tracker.atomic_write import temporary_path
+from tracker.atomic_write import temporary_files
 from tracker.recording import journal_path, read_take
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def test_interrupt_during_start_up(checkpoint, video, tmp_path, capsys, monkeypa
         time.sleep(5)
         raise AssertionError("the signal did not interrupt the start-up")
 
-    monkeypatch.setattr(live, "build_tracker", interrupted_while_loading)
+    monkeypatch.setattr("tracker.options.build_tracker", interrupted_while_loading)
     take_path = tmp_path / "take.npz"
     assert live.main(_headless(checkpoint, "--video", str(video), "--record", str(take_path))) == 2
     err = capsys.readouterr().err
@@ -154,7 +154,7 @@ def test_full_disk_keeps_the_journal_and_says_how_to_recover(checkpoint, video, 
     assert code == 2 and "Traceback" not in err and "ZipFile" not in err
     assert f"python -m tracker.recording --recover {journal_path(take_path)}" in err and "No space left on device" in err
     assert "frames: 3 tracked" in out and "recording kept in its journal" in out
-    assert not take_path.exists() and not temporary_path(take_path).exists()
+    assert not take_path.exists() and not temporary_files(take_path)
     assert len(read_take(journal_path(take_path))) == 3
 
 

@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 # Apple's ARFaceAnchor.BlendShapeLocation order (also Unreal's EARFaceBlendShape and Live Link Face's)
 ARKIT_NAMES = (
@@ -150,6 +153,8 @@ class EyeballDecoder:
     with {group: (n,)} -> Eyeballs. The head model needs "eyeball_left" / "eyeball_right" regions (ICT)."""
 
     def __init__(self, head) -> None:
+        import torch
+
         left, right = (torch.nonzero(head.region_masks[name].cpu()).squeeze(1) for name in ("eyeball_left", "eyeball_right"))
         self.head, self.vertices, self.split = head, torch.cat([left, right]), len(left)
 

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import torch
 
+from tracker.console import NativeMute
 from tracker.errors import TrackerError
 from tracker.geometry.crop import crop_images, square_box_from_landmarks
 from tracker.smoothing import OneEuroFilter, OneEuroSettings
@@ -137,6 +138,8 @@ class FaceMeshDetector:
     # a face region for the mesh: the detector's box (about the eyebrows-to-chin square) scaled by
     # this factor about its centre; Face Mesh expects the face to fill about half the region
     REGION_FACTOR = 2.0
+    # calls after which a graph's start-up lines stop being muted even without a face (_settled)
+    MUTED_CALLS = 30
 
     def __init__(
         self,
@@ -167,12 +170,17 @@ class FaceMeshDetector:
             min_tracking_confidence=float(min_tracking_confidence),
         )
         self._module = face_mesh
-        self._mesh = face_mesh.FaceMesh(**self._settings)
-        self._boxes = (
-            face_detection.FaceDetection(model_selection=1, min_detection_confidence=float(min_detection_confidence))
-            if self.full_range
-            else None
-        )
+        self._mute, self._calls = NativeMute(), 0  # released by _settled
+        try:
+            self._mesh = face_mesh.FaceMesh(**self._settings)
+            self._boxes = (
+                face_detection.FaceDetection(model_selection=1, min_detection_confidence=float(min_detection_confidence))
+                if self.full_range
+                else None
+            )
+        except BaseException:
+            self._mute.release()
+            raise
 
     def detect(
         self, image_bgr: np.ndarray, region: tuple[float, float, float] | None = None, region_size: int | None = None
@@ -234,6 +242,7 @@ class FaceMeshDetector:
                 borderMode=cv2.BORDER_CONSTANT,
             )
         result = self._mesh.process(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        self._settled(bool(result.multi_face_landmarks))
         faces = []
         for face in result.multi_face_landmarks or []:
             points = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32)
@@ -249,13 +258,26 @@ class FaceMeshDetector:
             return sorted(faces, key=lambda f: float(np.linalg.norm(f.points[:, :2].mean(0) - centre)))
         return sorted(faces, key=lambda f: -f.size)
 
+    def _settled(self, face_found: bool) -> None:
+        """MediaPipe's graphs print start-up lines (C++, to descriptor 2, from their own threads)
+        from their creation until their first face: muted until then (``tracker.console``), or
+        for at most ``MUTED_CALLS`` calls when no face comes."""
+        self._calls += 1
+        if face_found or self._calls >= self.MUTED_CALLS:
+            self._mute.release()
+
     def reset(self) -> None:
         """Forget the tracked faces (a new clip): the next frame runs the face detector."""
         if self._mesh is not None:
             self._mesh.close()
+            self._mute.release()
+            self._mute, self._calls = NativeMute(), 0
             self._mesh = self._module.FaceMesh(**self._settings)
 
     def close(self) -> None:
+        mute = getattr(self, "_mute", None)
+        if mute is not None:
+            mute.release()
         for name in ("_mesh", "_boxes"):
             graph = getattr(self, name, None)
             if graph is not None:

@@ -5,28 +5,41 @@
 
 ``python -m app.live`` maps its command line onto a ``TrackerOptions`` and so does
 ``train.evaluate_real``, so both build exactly the same tracker from the same settings.
+
+This module is light to import (no torch, no MediaPipe): command lines build their parsers from
+the names below and check their settings before the heavy imports, which ``build_tracker`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from tracker.errors import TrackerError
-from tracker.n2fnet.checkpoint import load_checkpoint
-from tracker.n2fnet.runtime import check_runtime
 from tracker.paths import PROJECT_ROOT
 from tracker.recording import IDENTITY_STATES, default_identity_group, read_take
-from tracker.refinement import DEFAULT_ITERATIONS
-from tracker.tracking import DETECTORS, FaceTracker
+
+if TYPE_CHECKING:
+    import torch
+
+    from tracker.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
+
+# the names the settings take (their meanings: TrackerOptions)
+DETECTORS = ("short-range", "full-range")
+# what runs the network (tracker.n2fnet.runtime); PREFERENCE: fastest first on this project's CPU
+# (python -m tracker.bench network; README "Network runtime")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino-int8")
+PREFERENCE = ("openvino-int8", "openvino", "onnxruntime", "torch")
+# how the pipeline runs its stages (tracker.pipeline)
+MODES = ("async", "sequential")
 
 # the checkpoint used when none is given (shipped under assets/)
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "assets" / "n2fnet_ict_resnet18.pt"
@@ -97,6 +110,10 @@ class TrackerOptions:
             raise TrackerError("an identity track was given without the take to take it from: add --identity TAKE.npz")
         if self.identity_take is not None and not self.refine:
             raise TrackerError("a given identity (--identity) is used by the refinement, which is off: leave out --no-refine")
+        if self.focal is not None and not (isinstance(self.focal, (int, float)) and math.isfinite(self.focal) and self.focal > 0):
+            raise TrackerError(f"the focal length must be a positive number of pixels, got {self.focal!r}: give --focal PX, or leave it out")
+        from tracker.n2fnet.runtime import check_runtime
+
         check_device(self.device)
         check_runtime(self.runtime, self.device)
 
@@ -114,6 +131,8 @@ class TrackerOptions:
             return None
         if self.refine_iters is not None:
             return int(self.refine_iters)
+        from tracker.refinement import DEFAULT_ITERATIONS
+
         return int(DEFAULT_ITERATIONS)
 
     def recording_metadata(self) -> dict[str, Any]:
@@ -132,6 +151,10 @@ class TrackerOptions:
 
 def build_tracker(options: TrackerOptions, photos: bool = False) -> FaceTracker:
     """The tracker of ``options`` (``photos``: unrelated still images, see ``FaceTracker.assemble``)."""
+    import torch
+
+    from tracker.tracking import FaceTracker
+
     checkpoint = options.checkpoint_path()
     cue_options = {}
     if options.cue != "mediapipe":
@@ -219,6 +242,8 @@ def take_identity(path: str | Path, head_model: str, size: int | None = None, tr
 
 def _checkpoint_identity(checkpoint: Path) -> tuple[str, int | None]:
     """(the head model ``checkpoint`` was trained for, the size of its identity group when the network regresses it)."""
+    from tracker.n2fnet.checkpoint import load_checkpoint
+
     config = load_checkpoint(checkpoint)["n2fnet"]
     groups = {str(g): int(s) for g, s in config.get("groups", {}).items()}
     group = default_identity_group(groups)
@@ -227,6 +252,8 @@ def _checkpoint_identity(checkpoint: Path) -> tuple[str, int | None]:
 
 def check_device(device: str) -> torch.device:
     """``device`` ("cpu", "cuda", "cuda:N") as a torch.device this machine has; TrackerError otherwise."""
+    import torch
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
@@ -253,6 +280,17 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (no nan, no inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
     return value
 
 

@@ -10,19 +10,24 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from PIL import Image
-
+from tracker.atomic_write import staged
 from tracker.errors import TrackerError
-from tracker.geometry.rotations import euler_to_matrix
-from tracker.head_models import HeadModel, load_head_model
-from tracker.render import normals_to_rgb, render_normal_map
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tracker.head_models import HeadModel
 
 
 def render_grid(head: HeadModel, rows: int, cols: int, size: int, seed: int, frame: str = "camera") -> np.ndarray:
     """(rows * size, cols * size, 3) uint8 image of ``rows * cols`` random heads."""
+    import torch
+
+    from tracker.geometry.rotations import euler_to_matrix
+    from tracker.render import normals_to_rgb, render_normal_map
+
     count = rows * cols
     generator = torch.Generator(device=head.device).manual_seed(seed)
     params = head.sample_params(count, generator=generator)
@@ -51,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame", choices=("camera", "head"), default="camera", help="normal frame")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    import torch
+    from PIL import Image
+
+    from tracker.head_models import load_head_model
+
     try:
         head = load_head_model(args.head_model, args.head_model_path)
     except TrackerError as err:
@@ -58,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with torch.no_grad():
         grid = render_grid(head, args.rows, args.cols, args.size, args.seed, args.frame)
-    Image.fromarray(grid).save(args.out)
+    with staged(args.out) as temporary:
+        Image.fromarray(grid).save(temporary, format="PNG")
     print(f"wrote {args.out}: {args.rows}x{args.cols} {head.name} normal maps ({args.frame} frame), {grid.shape[1]}x{grid.shape[0]} px")
     return 0
 

@@ -111,42 +111,67 @@ class SwitchableSink:
 
 
 class ProgressLog:
-    """Shows a headless run's progress: frames tracked, fps, latency, faces found, frames dropped.
+    """Shows a headless run's progress: frames tracked, fps, latency, faces found, frames dropped,
+    and for a run of known length (``total`` frames: a file's declared count, or --max-frames)
+    the percent done and the time left (ETA, from the recent fps).
 
-    On a terminal (``stream.isatty()``) a tqdm progress bar, out of ``total`` frames when the source
-    declares them; elsewhere (a pipe, a log file) plain log lines, the first at the first tracked
-    frame (when it came after the set-up), then one every ``interval`` seconds. ``stats``: the
-    pipeline's PipelineStats.
+    On a terminal (``stream.isatty()``) a tqdm progress bar; elsewhere (a pipe, a log file) plain
+    log lines, one every ``interval`` seconds. The first tracked frame is logged either way with
+    how long it took from ``launch`` (``time.monotonic()`` of the process start; None: of this
+    display's creation) and ``startup``, what that time went to (e.g. "imports 1.9 s, tracker
+    0.6 s"). ``stats``: the pipeline's PipelineStats.
     """
 
-    def __init__(self, stats, total: int | None = None, interval: float = 2.0, stream: TextIO | None = None) -> None:
-        self.stats, self.interval = stats, interval
+    def __init__(
+        self, stats, total: int | None = None, interval: float = 2.0, stream: TextIO | None = None,
+        launch: float | None = None, startup: str = "",
+    ) -> None:
+        self.stats, self.total, self.interval = stats, total, interval
         stream = sys.stderr if stream is None else stream
         self._bar = tqdm(total=total, unit="frame", file=stream, dynamic_ncols=True) if stream.isatty() else None
         self._started = time.monotonic()
+        self._launch = self._started if launch is None else launch
+        self._startup = startup
         self._last: float | None = None
 
     def __call__(self, result: TrackingResult) -> None:
         now = time.monotonic()
+        first = self._last is None
+        if first:
+            self._last = now
+            if self._bar is not None:
+                self._bar.write(self._first_frame_line(now))
+            else:
+                log.info(self._first_frame_line(now))
         if self._bar is not None:
             self._bar.update(1)
-            if self._last is None or now - self._last >= 0.5:
+            if first or now - self._last >= 0.5:
                 self._last = now
                 s = self.stats.snapshot()
                 self._bar.set_postfix_str(f"{s.fps:.1f} fps, latency {s.latency_p50_ms:.0f} ms, faces {s.faces_found}/{s.frames_out}, {s.dropped} dropped", refresh=False)
-            return
-        if self._last is None:
-            self._last = now
-            log.info("tracking: first frame done %.1f s after the set-up", now - self._started)
             return
         if now - self._last < self.interval:
             return
         self._last = now
         s = self.stats.snapshot()
-        log.info(
-            "frame %d: %.1f fps, latency p50 %.0f ms p95 %.0f ms, faces in %d/%d frames, %d dropped",
-            result.frame.index, s.fps, s.latency_p50_ms, s.latency_p95_ms, s.faces_found, s.frames_out, s.dropped,
-        )
+        log.info("%s: %.1f fps%s, latency p50 %.0f ms p95 %.0f ms, faces in %d/%d frames, %d dropped",
+                 self._position(s.frames_out), s.fps, self._eta(s.frames_out, s.fps), s.latency_p50_ms, s.latency_p95_ms, s.faces_found, s.frames_out, s.dropped)
+
+    def _first_frame_line(self, now: float) -> str:
+        first = now - self._started
+        detail = f"{self._startup}, first frame {first:.1f} s" if self._startup else f"first frame {first:.1f} s after the set-up"
+        return f"tracking: first frame done {now - self._launch:.1f} s after launch ({detail})"
+
+    def _position(self, done: int) -> str:
+        if not self.total:
+            return f"frame {done}"
+        return f"frame {done}/{self.total} ({100 * done / self.total:.0f} %)"
+
+    def _eta(self, done: int, fps: float) -> str:
+        if not self.total or fps <= 0:
+            return ""
+        left = max(0.0, (self.total - done) / fps)
+        return f", ETA {int(left // 60)}:{int(left % 60):02d}"
 
     def close(self) -> None:
         if self._bar is not None:

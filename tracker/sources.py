@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 BAD_FRAME_POLICIES = ("skip", "stop")
+# declared frame rates outside this range are not believed (_plausible_fps)
+FPS_RANGE = (0.1, 1000.0)
+# the longest a paced source holds one frame back (s): a larger jump in media time is not waited for
+MAX_PACED_GAP = 2.0
 SKIPPED = object()  # what a reader returns for a frame it skipped (a gap in the frame index)
 _SCHEME_HINTS = {
     "srt": " The FFmpeg inside the pip opencv wheels is built without libsrt, so srt:// needs an "
@@ -101,8 +105,7 @@ class _CaptureReader:
         self._name = name
         self._first: tuple[np.ndarray, float | None] | None = (image, self._position())
         self._delivered = 0
-        rate = capture.get(cv2.CAP_PROP_FPS)
-        self.fps = rate if rate > 0 else None
+        self.fps = _plausible_fps(capture.get(cv2.CAP_PROP_FPS), name)
         self.size = (image.shape[1], image.shape[0])
         declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else 0
         self.frame_count = declared if declared > 0 else None
@@ -169,21 +172,39 @@ class _FolderReader:
 
 
 class _LoopingReader:
-    """Starts a file or folder over whenever it ends."""
+    """Starts a file or folder over whenever it ends. Its media time keeps counting across loops: a
+    loop's first frame comes one frame interval (1 / fps; without a rate, the last step between
+    frames) after the previous loop's last, so a looped source's times never go back (a recorded
+    take's clock, ``tracker.recording.Take.clock``, stays the time since the source started)."""
 
     def __init__(self, open_reader: Callable[[], _Reader]) -> None:
         self._open = open_reader
         self._reader = open_reader()
         self.fps, self.size = self._reader.fps, self._reader.size
         self.frame_count = None  # endless
+        self._offset = 0.0  # added to the current loop's own media times
+        self._last: float | None = None  # the last media time delivered (offset included)
+        self._step = 1.0 / self.fps if self.fps else 0.0  # between two frames' media times
+        self._restarted = False  # the next timed frame is a new loop's first
 
     def read(self) -> tuple[np.ndarray, float | None] | object | None:
         item = self._reader.read()
         if item is None:
             self._reader.close()
             self._reader = self._open()
+            self._restarted = True
             item = self._reader.read()
-        return item
+        if item is None or item is SKIPPED or item[1] is None:
+            return item
+        image, own_time = item
+        if self._restarted and self._last is not None:
+            self._offset = self._last + self._step - own_time
+        self._restarted = False
+        media_time = self._offset + own_time
+        if not self.fps and self._last is not None and media_time > self._last:
+            self._step = media_time - self._last
+        self._last = media_time
+        return image, media_time
 
     def close(self) -> None:
         self._reader.close()
@@ -296,7 +317,9 @@ class _FrameBuffer:
 class _Pacer:
     """Holds frames back until their media time has elapsed on the wall clock.
 
-    The clock is anchored at the first frame and again whenever media time jumps back (a loop).
+    The clock is anchored at the first frame and again whenever media time jumps back (a loop) or
+    ahead by more than ``MAX_PACED_GAP`` seconds (a damaged or forged time stamp), so no frame is
+    ever held back longer than that.
     """
 
     def __init__(self, stop: threading.Event) -> None:
@@ -306,7 +329,7 @@ class _Pacer:
 
     def wait(self, source_time: float) -> None:
         now = time.monotonic()
-        if self._last is None or source_time < self._last:
+        if self._last is None or not 0 <= source_time - self._last <= MAX_PACED_GAP:
             self._origin = now - source_time
         self._last = source_time
         self._stop.wait(max(0.0, self._origin + source_time - now))
@@ -483,8 +506,8 @@ def open_source(
     if on_bad_frame not in BAD_FRAME_POLICIES:
         raise TrackerError(f"on_bad_frame must be one of {', '.join(BAD_FRAME_POLICIES)}, got {on_bad_frame!r}")
     stop = threading.Event()
-    if isinstance(spec, int) or str(spec).isdigit():
-        index = int(spec)
+    index = camera_index(spec)
+    if index is not None:
         name = f"camera {index}"
         _check_live_options(name, realtime)
         return FrameSource(_open_camera(index, width, height, fps), name=name, live=True, paced=False, stop=stop)
@@ -508,6 +531,26 @@ def open_source(
         open_reader = partial(_open_file, path)
     reader = _LoopingReader(open_reader) if loop else open_reader()
     return FrameSource(reader, name=text, live=False, paced=bool(realtime), queue_size=queue_size, stop=stop)
+
+
+def camera_index(spec: int | str | os.PathLike) -> int | None:
+    """The camera index ``spec`` names (an int, or a string of ASCII digits like "0"), else None."""
+    if isinstance(spec, int):
+        return spec
+    text = os.fspath(spec)
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _plausible_fps(rate: float, name: str) -> float | None:
+    """A capture's declared frame rate, or None when it declares none or one outside ``FPS_RANGE``
+    (a damaged or forged header: such a rate would pace frames hours apart), with a warning."""
+    if not rate > 0:
+        return None
+    low, high = FPS_RANGE
+    if not low <= rate <= high:
+        log.warning("%s declares %g frames per second, outside %g-%g: ignored (its frames' own time stamps pace it)", name or "the source", rate, low, high)
+        return None
+    return rate
 
 
 def _check_live_options(name: str, realtime: bool | None) -> None:
@@ -540,11 +583,13 @@ def _open_camera(index: int, width: int | None, height: int | None, fps: float |
 
 
 def _open_file(path: Path) -> _CaptureReader:
-    if not path.is_file():
+    if not path.exists():
         raise TrackerError(
             f"video file {path} not found: check the path "
             "(a camera is an index like 0, a stream a URL like rtsp://...)"
         )
+    if not path.is_file():
+        raise TrackerError(f"{path} is not a video file (it is a device, a pipe or a socket): give a video file, an image folder, a camera index or a stream URL")
     return _CaptureReader(
         cv2.VideoCapture(str(path), cv2.CAP_FFMPEG),
         live=False,

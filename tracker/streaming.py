@@ -121,16 +121,18 @@ import threading
 import uuid
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
-from scipy.spatial.transform import Rotation
 
 from tracker.avatar import ARKIT_INDEX, ARKIT_NAMES, AvatarValues, head_pose
 from tracker.errors import TrackerError
-from tracker.tracking import FaceResult, TrackingResult
+
+if TYPE_CHECKING:
+    from tracker.tracking import FaceResult, TrackingResult
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +171,7 @@ def parse_endpoint(text: str, default_port: int, option: str = "the address") ->
         raise TrackerError(f"{option} must look like HOST:PORT (e.g. 127.0.0.1:{default_port}), got {text!r}")
     if port_text == "":
         return host, default_port
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise TrackerError(f"{option}: the port must be a whole number from 1 to 65535, got {port_text!r} in {text!r}")
     return host, int(port_text)
 
@@ -335,6 +337,8 @@ MIRROR_ORDER = np.array([ARKIT_INDEX[mirrored_name(name)] for name in ARKIT_NAME
 
 def quaternion(rotation: np.ndarray) -> np.ndarray:
     """(3, 3) rotation -> (4,) float64 unit quaternion (x, y, z, w), w >= 0."""
+    from scipy.spatial.transform import Rotation
+
     q = Rotation.from_matrix(np.asarray(rotation, np.float64)).as_quat()
     return -q if q[3] < 0 else q
 

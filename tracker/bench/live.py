@@ -31,7 +31,6 @@ import torch
 from tracker.face_detection import FaceMeshDetector
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet
-from tracker.n2fnet.runtime import RUNTIMES
 from tracker.pipeline import Pipeline, PipelineStats, StatsSnapshot
 from tracker.sources import open_source
 from tracker.tracking import FaceTracker
@@ -111,20 +110,3 @@ def run(args: argparse.Namespace) -> None:
         print(f"{mode}: fps with refinement / without: {fps[mode, True] / fps[mode, False]:.3f}")
     print(f"mediapipe_fps={mp_fps:.1f} sequential_fps={fps['sequential', True]:.1f} async_fps={fps['async', True]:.1f} "
           f"sequential_no_refine_fps={fps['sequential', False]:.1f} async_no_refine_fps={fps['async', False]:.1f}")
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``live`` subcommand."""
-    parser = subparsers.add_parser("live", help="FPS and latency: MediaPipe alone, pipeline sequential, pipeline async")
-    parser.add_argument("--video", required=True, help="video file (or image folder)")
-    parser.add_argument("--checkpoint", help="N2FNet checkpoint to time")
-    parser.add_argument("--untrained", metavar="BACKBONE", help="time an untrained ICT network with this backbone instead (speed does not depend on weights)")
-    parser.add_argument("--input-size", type=int, default=256, help="input size of the --untrained network (default 256)")
-    parser.add_argument("--ict-model", help="ICT npz (default: found or fetched as README's Quick start says: N2F_ICT_MODEL, shared folder, cache, download)")
-    parser.add_argument("--device", default="cpu", help="network device: cpu, cuda, cuda:N (default cpu)")
-    parser.add_argument("--frames", type=int, help="use the first N frames (default: all)")
-    parser.add_argument("--realtime", action="store_true", help="pace the file at its frame rate, like a camera")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the live app)")
-    parser.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES),
-                        help="network runtime, as the app's --runtime (default auto: the fastest installed on the CPU, torch on CUDA)")
-    parser.set_defaults(func=run)

@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from tracker.n2fnet.runtime import RUNTIMES, NoInt8Copy, Runner, available_runtimes, check_runtime, create_runner
-from tracker.options import DEFAULT_CHECKPOINT
+from tracker.n2fnet.runtime import NoInt8Copy, Runner, available_runtimes, check_runtime, create_runner, output_difference
+from tracker.options import DEFAULT_CHECKPOINT, RUNTIMES
 from tracker.paths import shared_dir
 from tracker.sources import open_source
 from tracker.tracking import FaceTracker, NetworkInputs
@@ -53,12 +53,6 @@ def real_inputs(tracker: FaceTracker, video: str, frames: int) -> list[NetworkIn
 def _call(runner: Runner, inputs: NetworkInputs):
     with torch.no_grad():
         return runner(inputs.normals, inputs.focal, inputs.principal, inputs.mask)
-
-
-def max_difference(got, want) -> float:
-    """Largest |got - want| over params, rotation_6d and translation."""
-    pairs = [(got[0][g], want[0][g]) for g in want[0]] + [(got[1], want[1]), (got[2], want[2])]
-    return max(float((a - b).abs().max()) for a, b in pairs)
 
 
 def time_runners(runners: dict[str, Runner], inputs: list[NetworkInputs], rounds: int) -> dict[str, list[float]]:
@@ -119,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
                 print(f"{name:13s} network {runner.origin}: export/convert {runner.setup_s:.2f} s, load + check {runner.load_s:.2f} s, "
                       f"set-up in all {time.perf_counter() - start:.2f} s ({runner.path or 'in memory'})")
         reference = [_call(runners["torch"], item) for item in inputs]
-        errors = {name: max(max_difference(_call(runner, item), want) for item, want in zip(inputs, reference)) for name, runner in runners.items()}
+        errors = {name: max(output_difference(_call(runner, item), want) for item, want in zip(inputs, reference)) for name, runner in runners.items()}
         times = time_runners(runners, inputs, args.rounds)
     finally:
         if folder is not None:
@@ -131,17 +125,3 @@ def run(args: argparse.Namespace) -> None:
     if "openvino" in medians and "openvino-int8" in medians:
         print(f"openvino-int8 x{medians['openvino'] / medians['openvino-int8']:.2f} vs openvino (float32)")
     print(" ".join(f"{name.replace('-', '_')}_ms={medians[name]:.1f}" for name in RUNTIMES if name in medians))
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``network`` subcommand."""
-    parser = subparsers.add_parser("network", help="ms per N2FNet call in each runtime (torch, onnxruntime, openvino, openvino-int8) on real cue maps")
-    parser.add_argument("--checkpoint", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
-    parser.add_argument("--video", help="video whose frames give the cue maps (default: the shared real-faces single_face.mp4)")
-    parser.add_argument("--frames", type=int, default=30, help="frames of the video to use (default 30)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds over all the cue maps, per runtime (default 5)")
-    parser.add_argument("--runtimes", help=f"comma-separated, of {', '.join(RUNTIMES)} (default: every one installed; torch always runs, as the reference)")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of every runtime (default 1, as the live app)")
-    parser.add_argument("--fresh", action="store_true", help="export into a temporary folder, not the cache: times the first use")
-    parser.add_argument("--ict-model", help="ICT npz (default: found as the README's Quick start says)")
-    parser.set_defaults(func=run)

@@ -255,15 +255,3 @@ def run(args: argparse.Namespace) -> None:
               f"numpy {new:.2f} ms median ({new_p95:.2f} p95), {old / new:.1f}x")
         print(f"cue_ms_torch={old:.2f} cue_ms_numpy={new:.2f}")
     print(f"render_ms_b1={summary[1]:.2f} render_ms_b16={summary[16]:.2f}")
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``render`` subcommand."""
-    parser = subparsers.add_parser("render", help="ms per normal map (rasterise + interpolate normals + mask)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CPU, then CUDA when available)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per figure (median; default 10)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--cue-size", type=int, default=128, help="crop side of the MediaPipe cue timing (default 128)")
-    parser.add_argument("--cue-repeats", type=int, default=None, help="timed cue calls per renderer (default 30 x --repeats; 0: skip)")
-    parser.set_defaults(func=run)

@@ -1,20 +1,27 @@
-"""Head models behind one interface (``HeadModel``): FLAME (user-supplied files) and ICT-FaceKit."""
+"""Head models behind one interface (``HeadModel``): FLAME (user-supplied files) and ICT-FaceKit.
+
+The interface's names (``HeadModel``, the priors, ...) come from ``tracker.head_models.base`` on
+first use (PEP 562), so that the package's light modules (``ict_convert``, ``ict_source``,
+``safe_pickle``) import without torch: their command lines answer --help at once.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from tracker.head_models.base import (
-    REQUIRED_REGIONS,
-    GaussianPrior,
-    HeadModel,
-    ParamGroup,
-    RotationPrior,
-    SparseUniformPrior,
-    UniformPrior,
-)
+if TYPE_CHECKING:
+    from tracker.head_models.base import HeadModel
 
 HEAD_MODELS = ("flame", "ict")
+_FROM_BASE = ("REQUIRED_REGIONS", "GaussianPrior", "HeadModel", "ParamGroup", "RotationPrior", "SparseUniformPrior", "UniformPrior")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        return getattr(importlib.import_module("tracker.head_models.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_head_model(name: str, path: str | Path | None = None, **options) -> HeadModel:

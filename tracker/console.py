@@ -1,0 +1,115 @@
+"""What the programs print: the project's own log lines, and third-party lines only when asked.
+
+    configure_logging(verbose=args.verbose, quiet=args.quiet)   # once, right after parsing
+    with native_output_muted():                                 # around a call whose C++ prints
+        graph.process(image)
+    mute = NativeMute(); ...; mute.release()                     # a span that is not one call
+
+By default (``verbose=False``) a run prints the project's own lines (loggers ``tracker``,
+``app``, ``train``: INFO, or WARNING with ``quiet``) and hides third-party ones:
+- other libraries' Python log records below WARNING, and their Python warnings;
+- OpenCV's own warnings and FFmpeg's decoder chatter (``cv2.setLogLevel``, OPENCV_FFMPEG_LOGLEVEL);
+- the C++ lines MediaPipe (TFLite, absl) writes straight to file descriptor 2 when a graph starts
+  ("Created TensorFlow Lite XNNPACK delegate", "All log messages before absl::InitializeLog()",
+  "Feedback manager requires ...", "Using NORM_RECT without IMAGE_DIMENSIONS"). No setting
+  reaches them (GLOG_minloglevel and TF_CPP_MIN_LOG_LEVEL were tried on mediapipe 0.10.21: no
+  effect), so ``configure_logging`` moves Python's own stderr onto a private copy of descriptor 2,
+  and ``NativeMute`` points descriptor 2 at /dev/null while a graph starts (its threads print
+  after its creation returns, up to its first face). Python's lines (logging, tracebacks,
+  progress) never pass through descriptor 2 then, so none is lost while it is muted; a native
+  crash message outside those spans still reaches the terminal.
+
+Muting only happens where ``configure_logging`` found ``sys.stderr`` to be the process's own
+(``sys.__stderr__``): a test harness or an embedding program that replaced it keeps every line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+
+PROJECT_LOGGERS = ("tracker", "app", "train")
+
+_lock = threading.Lock()
+_terminal_fd: int | None = None  # a private copy of descriptor 2 once muting is possible
+_muted = 0  # nesting depth of native_output_muted()
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Log levels for a program run: the project's own loggers at INFO (WARNING with ``quiet``),
+    third-party ones at WARNING; ``verbose``: everything at INFO, nothing muted."""
+    global _terminal_fd
+    if not verbose and _terminal_fd is None and sys.stderr is sys.__stderr__ and sys.stderr is not None:
+        _terminal_fd = os.dup(2)
+        sys.stderr = open(_terminal_fd, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace", closefd=False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+    if verbose:
+        return
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read when FFmpeg first opens a file
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setLogLevel(2)  # LOG_LEVEL_ERROR
+    else:
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
+class NativeMute:
+    """Descriptor 2 points at /dev/null from creation until ``release()`` (idempotent); mutes
+    held at once (threads, nesting) share one redirection. A no-op unless ``configure_logging``
+    made muting possible."""
+
+    def __init__(self) -> None:
+        global _muted
+        self.active = _terminal_fd is not None
+        if not self.active:
+            return
+        with _lock:
+            if _muted == 0:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.close(null)
+            _muted += 1
+
+    def release(self) -> None:
+        global _muted
+        if not self.active:
+            return
+        with _lock:
+            if not self.active:
+                return
+            self.active = False
+            _muted -= 1
+            if _muted == 0:
+                os.dup2(_terminal_fd, 2)
+
+
+@contextlib.contextmanager
+def native_output_muted() -> Iterator[None]:
+    """``NativeMute`` for the body of a ``with`` block."""
+    mute = NativeMute()
+    try:
+        yield
+    finally:
+        mute.release()
+
+
+def seconds_since_launch() -> float:
+    """How long this process has run (Linux: from /proc, the interpreter's own start-up included;
+    elsewhere: since this module was imported)."""
+    try:
+        with open("/proc/self/stat", "rb") as stat, open("/proc/uptime", "rb") as uptime:
+            started_ticks = int(stat.read().rsplit(b")", 1)[1].split()[19])
+            return float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()
