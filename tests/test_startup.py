@@ -27,6 +27,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 PROGRAMS = (
     "app.live",
     "app.bench_viewer",
+    "app.bench_startup",
     "tracker.export",
     "tracker.recording",
     "tracker.bench",
