@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tracker.console import configure_logging, seconds_since_launch
+from tracker.console import configure_logging, interruptible, seconds_since_launch
 from tracker.errors import TrackerError
 from tracker.options import DETECTORS, MODES, PREFERENCE, RUNTIMES, TrackerOptions, non_negative_int, positive_float, positive_int
 from tracker.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, parse_colour, parse_opacity
@@ -404,20 +404,9 @@ def run_viewer(args: argparse.Namespace, clock: StartupClock) -> int:
     return 130 if interrupted else 0
 
 
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    # Ctrl-C raises KeyboardInterrupt even when the run was started with SIGINT ignored (a
-    # background job of a script inherits that), and SIGTERM stops the same clean way; both go in
-    # before the heavy imports, which take the first seconds
-    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate))}
-    try:
+    with interruptible():  # before the heavy imports, which take the first seconds
         return _run(argv)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _run(argv: list[str] | None) -> int:

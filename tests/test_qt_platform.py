@@ -130,6 +130,8 @@ def test_no_display_is_its_own_message() -> None:
 def test_a_display_that_does_not_answer() -> None:
     display = unused_display()
     problem = gui_problem({**os.environ, "QT_QPA_PLATFORM": "xcb", "DISPLAY": display})
+    if problem.startswith("the viewer cannot start: Qt's GUI needs"):  # the library is missing: that comes first
+        pytest.skip(problem)
     assert problem == (f"the viewer cannot open a window: Qt could not connect to the X display '{display}' (is the X server running?); "
                        "or track without a window: --headless")
 

@@ -1,5 +1,8 @@
-"""What the programs print: the project's own log lines, and third-party lines only when asked.
+"""What the programs print and how they stop: the project's own log lines, third-party lines only
+when asked, and Ctrl-C / SIGTERM as a KeyboardInterrupt from the first moment.
 
+    with interruptible():                                       # first thing in a program's main()
+        ...
     configure_logging(verbose=args.verbose, quiet=args.quiet)   # once, right after parsing
     with native_output_muted():                                 # around a call whose C++ prints
         graph.process(image)
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -99,6 +103,23 @@ def native_output_muted() -> Iterator[None]:
         yield
     finally:
         mute.release()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside, Ctrl-C raises KeyboardInterrupt even where the process started with SIGINT ignored
+    (a script's background job inherits that), and SIGTERM raises it too, so a program stops the
+    same clean way on either; the previous handlers come back afterwards."""
+    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _interrupt))}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def seconds_since_launch() -> float:

@@ -40,10 +40,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tracker.atomic_write import atomic_write, same_file
+from tracker.console import interruptible
 from tracker.errors import TrackerError
 from tracker.mesh_io import encode_obj, encode_ply
 from tracker.recording import Take, read_take
@@ -363,18 +363,8 @@ def _progress(total: int, what: str) -> Iterator[Callable[[], None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Ctrl-C raises KeyboardInterrupt even when the export was started with SIGINT ignored (a
-    # background job of a script inherits that), and SIGTERM stops the same clean way
-    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate))}
-    try:
+    with interruptible():  # Ctrl-C and SIGTERM stop after whole files, also in a background job
         return _run(argv)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _run(argv: list[str] | None) -> int:

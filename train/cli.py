@@ -12,8 +12,8 @@ parsed, so ``--help`` and an argument error answer at once (``tests/test_train_c
 
 ``writable_folder`` / ``writable_file`` prove an output can be written (the folder made, a probe
 file created exclusively and removed) before the command loads a network or tracks a frame.
-``run`` ends the command: a TrackerError is one ``error:`` line on stderr and rc 2; Ctrl-C is one
-line too, rc 2 while the command is still setting up (nothing of its work exists yet) and rc 130
+``run`` ends the command: a TrackerError is one ``error:`` line on stderr and rc 2; Ctrl-C (also
+in a script's background job, which starts with it ignored) and SIGTERM are one line too, rc 2 while the command is still setting up (nothing of its work exists yet) and rc 130
 once it has called ``progress.began(note)``, ``note`` saying what stays (checkpoints are written
 whole or not at all, so those saved before Ctrl-C are intact).
 """
@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from tracker.console import interruptible
 from tracker.errors import TrackerError
 
 
@@ -93,7 +94,8 @@ def run(work: Callable[[Progress], None], activity: str) -> int:
     for the Ctrl-C line ("training", "labelling", ...)."""
     progress = Progress()
     try:
-        work(progress)
+        with interruptible():  # SIGTERM and a background job's Ctrl-C stop the same clean way
+            work(progress)
     except TrackerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
