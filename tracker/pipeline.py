@@ -58,7 +58,6 @@ from tracker.tracking import FaceTracker, Prepared, Stopwatch, TrackingResult
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class _End:
     """End of the stream, passed down the queues behind the last frame; ``error``: what ended it."""

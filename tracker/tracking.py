@@ -63,6 +63,7 @@ from tracker.sources import Frame
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class NetworkInputs:
     """Stacked network inputs of the faces of one frame (F faces, crop size S).
