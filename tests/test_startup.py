@@ -191,3 +191,19 @@ def test_a_signal_during_the_imports_stops_a_background_run_with_one_line(untrai
     err = err.decode()
     assert process.returncode == 2, err[-2000:]
     assert "interrupted during start-up" in err and "Traceback" not in err and "tracking:" not in err
+
+
+def test_the_training_commands_and_the_benchmark_mute_mediapipe_too(video):
+    checkpoint = str(PROJECT / "assets" / "n2fnet_ict_resnet18.pt")
+    commands = {
+        "train.evaluate_real": ["-m", "train.evaluate_real", "--checkpoint", checkpoint, "--videos-only", "--videos", str(video), "--max-frames", "3"],
+        "tracker.bench": ["-m", "tracker.bench", "live", "--video", str(video), "--checkpoint", checkpoint, "--frames", "3"],
+    }
+    noise = ("TensorFlow Lite", "absl::InitializeLog", "inference_feedback_manager")
+    for name, argv in commands.items():
+        verbose = ["-m", "tracker.bench", "--verbose", *argv[2:]] if name == "tracker.bench" else [*argv, "--verbose"]
+        quiet_run = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=PROJECT, timeout=300)
+        verbose_run = subprocess.run([sys.executable, *verbose], capture_output=True, text=True, cwd=PROJECT, timeout=300)
+        assert quiet_run.returncode == 0 and verbose_run.returncode == 0, name + quiet_run.stderr[-1500:] + verbose_run.stderr[-1500:]
+        assert not any(n in quiet_run.stderr for n in noise), f"{name}: {quiet_run.stderr}"
+        assert any(n in verbose_run.stderr for n in noise), f"{name} --verbose: {verbose_run.stderr}"

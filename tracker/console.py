@@ -23,7 +23,8 @@ By default (``verbose=False``) a run prints the project's own lines (loggers ``t
   crash message outside those spans still reaches the terminal.
 
 Muting only happens where ``configure_logging`` found ``sys.stderr`` to be the process's own
-(``sys.__stderr__``): a test harness or an embedding program that replaced it keeps every line.
+(``sys.__stderr__``) and logging not configured yet: a test harness or an embedding program keeps
+every line and its own log levels.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ _muted = 0  # nesting depth of native_output_muted()
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Log levels for a program run: the project's own loggers at INFO (WARNING with ``quiet``),
-    third-party ones at WARNING; ``verbose``: everything at INFO, nothing muted."""
+    third-party ones at WARNING; ``verbose``: everything at INFO, nothing muted. Nothing changes
+    where logging is configured already (an embedding program, a test harness), as
+    ``logging.basicConfig`` would leave it."""
     global _terminal_fd
+    if logging.getLogger().handlers:
+        return
     if not verbose and _terminal_fd is None and sys.stderr is sys.__stderr__ and sys.stderr is not None:
         _terminal_fd = os.dup(2)
         sys.stderr = open(_terminal_fd, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace", closefd=False)

@@ -11,7 +11,7 @@ import sys
 
 from tracker.errors import TrackerError
 from tracker.options import positive_int
-from train.cli import Progress, checkpoints_note, run, writable_folder
+from train.cli import Progress, add_output_options, checkpoints_note, run, writable_folder
 from train.config import SamplerConfig, TrainConfig, checkpoint_train_config
 
 
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     g.add_argument("--resume", default=None, help="continue a run from OUT/last.pt exactly as it was configured (weights, optimiser, step; other flags except --device are ignored)")
     g.add_argument("--init", default=None, help="start from a checkpoint's weights (e.g. stage 2 after a separate stage-1 run)")
+    add_output_options(p)
     return p
 
 
@@ -168,7 +169,7 @@ def train(args: argparse.Namespace, progress: Progress) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: train(args, progress), "training")
+    return run(lambda progress: train(args, progress), "training", verbose=args.verbose)
 
 
 if __name__ == "__main__":

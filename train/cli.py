@@ -3,7 +3,8 @@ one way to end.
 
     def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)        # light imports only: --help answers at once
-        return run(lambda progress: _main(args, progress), "training")
+                                                      # (build_parser calls add_output_options: --verbose)
+        return run(lambda progress: _main(args, progress), "training", verbose=args.verbose)
 
 A command's module imports only light modules at its top (the standard library, numpy,
 ``tracker.errors``, ``tracker.options``, ``train.config``, this module); torch, timm, OpenCV and the
@@ -20,13 +21,14 @@ whole or not at all, so those saved before Ctrl-C are intact).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from tracker.console import interruptible
+from tracker.console import configure_logging, interruptible
 from tracker.errors import TrackerError
 
 
@@ -89,9 +91,17 @@ class Progress:
         return self._note() if callable(self._note) else self._note
 
 
-def run(work: Callable[[Progress], None], activity: str) -> int:
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: also show the third-party libraries' log lines (``tracker.console``)."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the third-party libraries' log lines (MediaPipe/TFLite/absl, OpenCV, FFmpeg), hidden by default")
+
+
+def run(work: Callable[[Progress], None], activity: str, verbose: bool = False) -> int:
     """Run a command's ``work`` -> its exit status (module docstring); ``activity`` names the work
-    for the Ctrl-C line ("training", "labelling", ...)."""
+    for the Ctrl-C line ("training", "labelling", ...); ``verbose``: third-party log lines shown
+    (``tracker.console.configure_logging``; the project's own at WARNING, as they were)."""
+    configure_logging(verbose=verbose, quiet=True)
     progress = Progress()
     try:
         with interruptible():  # SIGTERM and a background job's Ctrl-C stop the same clean way

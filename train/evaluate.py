@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tracker.options import positive_int
-from train.cli import Progress, run
+from train.cli import Progress, add_output_options, run
 
 if TYPE_CHECKING:
     import torch
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=positive_int, default=128, help="held-out synthetic faces")
     p.add_argument("--seed", type=int, default=987654, help="held-out seed (training uses other seeds)")
     p.add_argument("--device", default="auto")
+    add_output_options(p)
     return p
 
 
@@ -157,7 +158,7 @@ def report(args: argparse.Namespace, progress: Progress) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: report(args, progress), "the evaluation")
+    return run(lambda progress: report(args, progress), "the evaluation", verbose=args.verbose)
 
 
 if __name__ == "__main__":

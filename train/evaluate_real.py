@@ -62,7 +62,7 @@ from tracker import options as tracker_options
 from tracker.avatar import ARKIT_INDEX, ARKIT_NAMES
 from tracker.errors import TrackerError
 from tracker.paths import shared_dir
-from train.cli import Progress, run, writable_file
+from train.cli import Progress, add_output_options, run, writable_file
 from train.real_split import SPLITS, split_paths
 
 if TYPE_CHECKING:
@@ -671,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true",
                    help="N2FNet's role: run everything three times (N2FNet alone; refinement from the mean face, no network; "
                    "N2FNet + refinement) and print a comparison table")
+    add_output_options(p)
     return p
 
 
@@ -806,7 +807,7 @@ def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: evaluate_all(args, progress), "the evaluation")
+    return run(lambda progress: evaluate_all(args, progress), "the evaluation", verbose=args.verbose)
 
 
 def _write_whole(path: str, text: str, option: str) -> None:

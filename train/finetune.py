@@ -18,7 +18,7 @@ import sys
 
 from tracker.errors import TrackerError
 from tracker.options import positive_int
-from train.cli import Progress, checkpoints_note, run, writable_folder
+from train.cli import Progress, add_output_options, checkpoints_note, run, writable_folder
 from train.config import PAPER_LR_BACKBONE, checkpoint_train_config
 
 REAL_LANDMARK_WEIGHT = 10000.0
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    add_output_options(p)
     return p
 
 
@@ -87,7 +88,7 @@ def finetune(args: argparse.Namespace, progress: Progress) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: finetune(args, progress), "fine-tuning")
+    return run(lambda progress: finetune(args, progress), "fine-tuning", verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 
 from tracker.errors import TrackerError
 from tracker.options import positive_int
-from train.cli import Progress, checkpoints_note, run, writable_folder
+from train.cli import Progress, add_output_options, checkpoints_note, run, writable_folder
 from train.config import HeadTuningConfig, checkpoint_train_config
 
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=positive_int, default=d.log_every)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=d.seed)
+    add_output_options(p)
     return p
 
 
@@ -102,7 +103,7 @@ def tune(args: argparse.Namespace, progress: Progress) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: tune(args, progress), "head tuning")
+    return run(lambda progress: tune(args, progress), "head tuning", verbose=args.verbose)
 
 
 if __name__ == "__main__":

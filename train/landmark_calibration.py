@@ -28,7 +28,7 @@ import numpy as np
 
 from tracker.errors import TrackerError
 from tracker.options import TrackerOptions, build_tracker
-from train.cli import Progress, run, writable_file
+from train.cli import Progress, add_output_options, run, writable_file
 from train.evaluate_real import (
     DEFAULT_UPSCALE,
     IMAGE_MAX_FACES,
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=float, default=15.0, help="candidate vertices within this many mm of the current landmark")
     p.add_argument("--min-gain", type=float, default=0.5, help="replace a point only when training NME drops by this much (%% IOD)")
     p.add_argument("--json", help="write the chosen indices and the table here")
+    add_output_options(p)
     return p
 
 
@@ -178,7 +179,7 @@ def calibration(args: argparse.Namespace, progress: Progress) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: calibration(args, progress), "the calibration")
+    return run(lambda progress: calibration(args, progress), "the calibration", verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.description = __doc__
     parser.add_argument("--out", required=True, help="folder for the pictures")
     parser.add_argument("--photo-faces", type=positive_int, default=8, help="dlib photo faces in the picture (default 8)")
-    return parser
+    return parser  # --verbose comes with evaluate_real's options
 
 
 def pictures(args: argparse.Namespace, progress: Progress) -> None:
@@ -181,7 +181,7 @@ def _write_jpeg(target: Path, picture: np.ndarray) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: pictures(args, progress), "the pictures")
+    return run(lambda progress: pictures(args, progress), "the pictures", verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 
 from tracker.errors import TrackerError
 from tracker.options import DEFAULT_CHECKPOINT, positive_int
-from train.cli import Progress, run, writable_folder
+from train.cli import Progress, add_output_options, run, writable_folder
 from train.evaluate_real import data_folder, nme_percent
 from train.real_split import split_paths
 
@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-iters", type=positive_int, default=PSEUDO_GT_ITERATIONS, help=f"refinement iterations per frame (default {PSEUDO_GT_ITERATIONS})")
     p.add_argument("--runtime", default="torch", help="network runtime (default torch; the fit does not start from it)")
     p.add_argument("--overwrite", action="store_true", help="add to a folder that already holds pseudo ground truth")
+    add_output_options(p)
     return p
 
 
@@ -289,7 +290,7 @@ def _label_photos(args: argparse.Namespace, images: list[Path], variants: list[V
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: label(args, progress), "labelling")
+    return run(lambda progress: label(args, progress), "labelling", verbose=args.verbose)
 
 
 if __name__ == "__main__":

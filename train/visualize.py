@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tracker.errors import TrackerError
 from tracker.options import positive_int
-from train.cli import Progress, run, writable_file
+from train.cli import Progress, add_output_options, run, writable_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=positive_int, default=4)
     p.add_argument("--seed", type=int, default=987654, help="held-out seed")
     p.add_argument("--device", default="auto")
+    add_output_options(p)
     return p
 
 
@@ -102,7 +103,7 @@ def picture(args: argparse.Namespace, progress: Progress) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda progress: picture(args, progress), "the preview")
+    return run(lambda progress: picture(args, progress), "the preview", verbose=args.verbose)
 
 
 if __name__ == "__main__":

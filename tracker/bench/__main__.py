@@ -9,16 +9,20 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from tracker.console import configure_logging
 from tracker.options import RUNTIMES
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tracker.bench", description=__doc__)
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the third-party libraries' log lines (MediaPipe/TFLite/absl, OpenCV, FFmpeg), hidden by default")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_render_parser(subparsers)
     add_live_parser(subparsers)
     add_network_parser(subparsers)
     args = parser.parse_args(argv)
+    configure_logging(verbose=args.verbose, quiet=True)
     importlib.import_module(args.module).run(args)
 
 
