@@ -118,18 +118,32 @@ def test_max_frames_must_be_positive(checkpoint, video, capsys, frames):
     assert exit_.value.code == 2 and "must be a positive whole number" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
-def test_interrupt_during_start_up(checkpoint, video, tmp_path, capsys, monkeypatch, how):
-    def interrupted_while_loading(options):
-        os.kill(os.getpid(), getattr(signal, how))  # the signal arrives while the model loads
-        time.sleep(5)
-        raise AssertionError("the signal did not interrupt the start-up")
+_SIGNALLED_WHILE_LOADING = """
+import os, signal, sys, time
+import tracker.options
 
-    monkeypatch.setattr("tracker.options.build_tracker", interrupted_while_loading)
+def loading(options):  # the signal arrives while the model loads
+    os.kill(os.getpid(), signal.{how})
+    time.sleep(5)
+    raise AssertionError("the signal did not interrupt the start-up")
+
+tracker.options.build_tracker = loading
+from app import live
+sys.exit(live.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_interrupt_during_start_up(checkpoint, video, tmp_path, how):
+    """In a fresh process, as a user's run is: in this long test process, a signal sent to itself
+    after many native libraries have started threads and handlers crashed the interpreter now and
+    then (SIGSEGV), which no real run showed (Ctrl-C at 1.6-2.5 s into the set-up: rc 2 each time)."""
     take_path = tmp_path / "take.npz"
-    assert live.main(_headless(checkpoint, "--video", str(video), "--record", str(take_path))) == 2
-    err = capsys.readouterr().err
-    assert "interrupted during start-up" in err and "Traceback" not in err
+    script = _SIGNALLED_WHILE_LOADING.replace("{how}", how)
+    done = subprocess.run([sys.executable, "-c", script, *_headless(checkpoint, "--video", str(video), "--record", str(take_path))],
+                          capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "interrupted during start-up" in done.stderr and "Traceback" not in done.stderr
     assert not journal_path(take_path).exists() and not take_path.exists()
 
 

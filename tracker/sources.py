@@ -317,8 +317,8 @@ class _FrameBuffer:
 class _Pacer:
     """Holds frames back until their media time has elapsed on the wall clock.
 
-    The clock is anchored at the first frame and again whenever media time jumps back (a loop) or
-    ahead by more than ``MAX_PACED_GAP`` seconds (a damaged or forged time stamp), so no frame is
+    The clock is anchored at the first frame and again whenever media time jumps back or ahead by
+    more than ``MAX_PACED_GAP`` seconds (a damaged or forged time stamp), so no frame is
     ever held back longer than that.
     """
 
