@@ -4,9 +4,7 @@ when asked, and Ctrl-C / SIGTERM as a KeyboardInterrupt from the first moment.
     with interruptible():                                       # first thing in a program's main()
         ...
     configure_logging(verbose=args.verbose, quiet=args.quiet)   # once, right after parsing
-    with native_output_muted():                                 # around a call whose C++ prints
-        graph.process(image)
-    mute = NativeMute(); ...; mute.release()                     # a span that is not one call
+    mute = NativeMute(); ...; mute.release()                     # while a graph's C++ threads print
 
 By default (``verbose=False``) a run prints the project's own lines (loggers ``tracker``,
 ``app``, ``train``: INFO, or WARNING with ``quiet``) and hides third-party ones:
@@ -43,7 +41,7 @@ PROJECT_LOGGERS = ("tracker", "app", "train")
 
 _lock = threading.Lock()
 _terminal_fd: int | None = None  # a private copy of descriptor 2 once muting is possible
-_muted = 0  # nesting depth of native_output_muted()
+_muted = 0  # NativeMute instances holding the redirection
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -98,16 +96,6 @@ class NativeMute:
             _muted -= 1
             if _muted == 0:
                 os.dup2(_terminal_fd, 2)
-
-
-@contextlib.contextmanager
-def native_output_muted() -> Iterator[None]:
-    """``NativeMute`` for the body of a ``with`` block."""
-    mute = NativeMute()
-    try:
-        yield
-    finally:
-        mute.release()
 
 
 @contextlib.contextmanager
