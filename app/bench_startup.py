@@ -21,8 +21,8 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMMANDS = (
-    "app.live", "app.bench_viewer", "app.bench_startup", "tracker.export", "tracker.recording", "tracker.bench",
-    "tracker.render_grid", "tracker.n2fnet.checkpoint", "tracker.n2fnet.runtime", "tracker.n2fnet.quantize",
+    "app.live", "app.bench_viewer", "app.bench_startup", "tracker.takes.meshes", "tracker.takes.recording", "tracker.bench",
+    "tracker.render.grid", "tracker.n2fnet.checkpoint", "tracker.n2fnet.runtime", "tracker.n2fnet.quantize",
     "tracker.head_models.ict_source", "tracker.head_models.ict_convert", "train", "train.finetune", "train.head_tuning",
     "train.pseudo_gt", "train.evaluate", "train.evaluate_real", "train.landmark_calibration", "train.landmark_pictures",
     "train.visualize",

@@ -9,7 +9,7 @@ interleaved frame by frame (so a busy CPU slows them alike), after a warm-up. ``
 draws on the frames upscaled twice (the face twice as many pixels across, as a camera of twice
 the resolution gives it):
 
-    overlay   ``tracker.overlay.draw_overlay`` (mesh only, no landmarks) shaded at the frame's
+    overlay   ``tracker.outputs.overlay.draw_overlay`` (mesh only, no landmarks) shaded at the frame's
               full resolution and at SHADE_RESOLUTION, and as wireframe (the grid and contours,
               at SHADE_RESOLUTION); baselines: the shaded overlay before (every triangle
               rasterised at full resolution in the crop box grown by 25 %, vertex normals by
@@ -38,21 +38,21 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from tracker.overlay import MESH_COLOUR, SHADE_RESOLUTION, draw_overlay, face_window, front_facing, mesh_topology, mesh_window, project_vertices
+from tracker.outputs.overlay import MESH_COLOUR, SHADE_RESOLUTION, draw_overlay, face_window, front_facing, mesh_topology, mesh_window, project_vertices
 
 if TYPE_CHECKING:
     import torch
 
-    from tracker.tracking import TrackingResult
+    from tracker.live.tracker import TrackingResult
 
 
 def track(video: str, checkpoint: str | None, frames: int) -> tuple[list[TrackingResult], torch.Tensor]:
     """-> (the results of the first ``frames`` frames that have a face, meshes decoded; the
     head's render faces (F, 3))."""
-    from tracker.options import DEFAULT_CHECKPOINT
-    from tracker.pipeline import Pipeline
-    from tracker.sources import open_source
-    from tracker.tracking import FaceTracker
+    from tracker.live.options import DEFAULT_CHECKPOINT
+    from tracker.live.pipeline import Pipeline
+    from tracker.live.sources import open_source
+    from tracker.live.tracker import FaceTracker
 
     tracker = FaceTracker.from_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
     results: list[TrackingResult] = []

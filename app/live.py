@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING
 
 from tracker.console import configure_logging, interruptible, seconds_since_launch
 from tracker.errors import TrackerError
-from tracker.options import DETECTORS, MODES, PREFERENCE, RUNTIMES, TrackerOptions, non_negative_int, positive_float, positive_int
-from tracker.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, parse_colour, parse_opacity
-from tracker.recording import check_take_path, journal_path
-from tracker.sources import BAD_FRAME_POLICIES, camera_index, open_source
-from tracker.streaming import LIVELINK_PORT, OSC_PORT, VMC_NAMES, VMC_PORT, LiveLinkSink, OscSink, StreamSink, VmcSink, parse_endpoint
+from tracker.live.options import DETECTORS, MODES, PREFERENCE, RUNTIMES, TrackerOptions, non_negative_int, positive_float, positive_int
+from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, parse_colour, parse_opacity
+from tracker.takes.recording import check_take_path, journal_path
+from tracker.live.sources import BAD_FRAME_POLICIES, camera_index, open_source
+from tracker.outputs.streaming import LIVELINK_PORT, OSC_PORT, VMC_NAMES, VMC_PORT, LiveLinkSink, OscSink, StreamSink, VmcSink, parse_endpoint
 
 if TYPE_CHECKING:
-    from tracker.pipeline import StatsSnapshot
-    from tracker.sinks import RecordingSink
-    from tracker.sources import FrameSource
-    from tracker.tracking import FaceTracker
+    from tracker.live.pipeline import StatsSnapshot
+    from tracker.live.sinks import RecordingSink
+    from tracker.live.sources import FrameSource
+    from tracker.live.tracker import FaceTracker
 
 log = logging.getLogger("app.live")
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="fit the head model to MediaPipe's landmarks after the network (Gauss-Newton, from the network's prediction) "
                         "and pool one identity per tracked person (default: on)")
-    refine.add_argument("--refine-iters", type=positive_int, metavar="N", help="refinement iterations per frame (default: the library's, tracker.refinement.DEFAULT_ITERATIONS)")
+    refine.add_argument("--refine-iters", type=positive_int, metavar="N", help="refinement iterations per frame (default: the library's, tracker.fitting.refinement.DEFAULT_ITERATIONS)")
     refine.add_argument("--identity", metavar="TAKE", help="reuse the calibrated identity of a recorded take (.npz): every tracked face uses it, fixed")
     refine.add_argument("--identity-track", type=non_negative_int, metavar="N", help="the track of --identity to take it from (default: the first whose identity is locked, else given)")
 
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--virtualcam-device", help="virtual camera device (e.g. /dev/video10); default: the first one")
     cam.add_argument("--virtualcam-backend", help="pyvirtualcam backend: v4l2loopback, obs, unitycapture (default: the first that works)")
 
-    streams = parser.add_argument_group("avatar streams (UDP; tracker.streaming documents the formats)")
+    streams = parser.add_argument_group("avatar streams (UDP; tracker.outputs.streaming documents the formats)")
     streams.add_argument("--vmc", metavar="HOST:PORT", help=f"send the largest face over the VMC protocol (VSeeFace, VNyan, Warudo; key K in the viewer); "
                          f"HOST alone takes port {VMC_PORT}, :PORT host 127.0.0.1")
     streams.add_argument("--vmc-names", choices=VMC_NAMES, default="arkit",
@@ -203,7 +203,7 @@ def summary(stats: StatsSnapshot, source: FrameSource, recorded: Path | None) ->
         if recorded.exists() and not journal.exists():
             lines.append(f"recorded: {recorded}")
         elif journal.exists():
-            lines.append(f"recording kept in its journal {journal}: finalise it with `python -m tracker.recording --recover {journal}`")
+            lines.append(f"recording kept in its journal {journal}: finalise it with `python -m tracker.takes.recording --recover {journal}`")
     return "\n".join(lines)
 
 
@@ -266,9 +266,9 @@ def run_headless(args: argparse.Namespace, clock: StartupClock) -> int:
         check_take_path(args.record, args.overwrite)  # before the set-up, not after the tracking
     start_torch(args)  # the heavy imports begin here, once the cheap checks passed
     options = tracker_options(args)
-    from tracker.options import build_tracker
-    from tracker.pipeline import Pipeline, PipelineStats
-    from tracker.sinks import ProgressLog, RecordingSink
+    from tracker.live.options import build_tracker
+    from tracker.live.pipeline import Pipeline, PipelineStats
+    from tracker.live.sinks import ProgressLog, RecordingSink
 
     clock.mark("Python and imports")
     source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop, on_bad_frame=args.on_bad_frame)
@@ -333,9 +333,9 @@ def run_viewer(args: argparse.Namespace, clock: StartupClock) -> int:
     from PyQt6 import QtCore, QtWidgets
 
     from app.viewer import ResultBridge, ViewerOptions, ViewerWindow
-    from tracker.options import build_tracker
-    from tracker.pipeline import Pipeline
-    from tracker.sinks import SwitchableSink
+    from tracker.live.options import build_tracker
+    from tracker.live.pipeline import Pipeline
+    from tracker.live.sinks import SwitchableSink
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-tracker"])
     spec = source_spec(args)

@@ -7,7 +7,7 @@ GUI never waits on the pipeline, and drawing can never flood Qt's event queue. C
 window stops the pipeline (frames in flight finish, the recording is finalised).
 
 Keys: R record on/off, V virtual camera on/off, K / U / O the VMC / Live Link / OSC avatar stream
-on/off (``tracker.streaming``; configured with --vmc, --livelink, --osc), S smoothing on/off,
+on/off (``tracker.outputs.streaming``; configured with --vmc, --livelink, --osc), S smoothing on/off,
 M mesh style (shaded, wireframe, none), L landmarks on/off, P screenshot, Q / Esc quit. The 3D
 view orbits with the left mouse button and zooms with the wheel. The status bar shows every
 tracked face's identity state (calibrating, locked, given, network: ``identity_text``) and the
@@ -30,15 +30,15 @@ import pyqtgraph as pg
 import torch
 from PyQt6 import QtCore, QtGui, QtWidgets
 
-from tracker.avatar import ARKIT_INDEX
+from tracker.fitting.arkit import ARKIT_INDEX
 from tracker.errors import TrackerError
 from tracker.geometry.rotations import euler_to_matrix, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
-from tracker.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, MeshTopology, draw_overlay, shade_colours, shade_mesh
-from tracker.pipeline import Pipeline
-from tracker.sinks import RecordingSink, SwitchableSink
-from tracker.streaming import LiveLinkSink, OscSink, VmcSink
-from tracker.tracking import FaceResult, TrackingResult
+from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, MeshTopology, draw_overlay, shade_colours, shade_mesh
+from tracker.live.pipeline import Pipeline
+from tracker.live.sinks import RecordingSink, SwitchableSink
+from tracker.outputs.streaming import LiveLinkSink, OscSink, VmcSink
+from tracker.live.tracker import FaceResult, TrackingResult
 
 PLOT_REFRESH_S = 0.2  # the plots are redrawn 5 times a second
 DISPLAY_INTERVAL_MS = 15  # the GUI looks for a new result this often (up to ~66 displayed fps)
@@ -351,7 +351,7 @@ class ViewerOptions:
     mesh_style: str = "shaded"
     mesh_colour: tuple[int, int, int] = MESH_COLOUR  # (B, G, R) of the mesh, over the video and in the 3D view
     mesh_opacity: float = MESH_OPACITY  # the mesh's opacity over the video, 0 to 1
-    shade_resolution: int | None = SHADE_RESOLUTION  # the overlay's shading resolution (tracker.overlay.shade_face; None: full)
+    shade_resolution: int | None = SHADE_RESOLUTION  # the overlay's shading resolution (tracker.outputs.overlay.shade_face; None: full)
     landmarks: bool = True
     record_path: str | None = None  # recording on at start
     record_dir: str = "takes"

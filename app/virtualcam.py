@@ -18,8 +18,8 @@ import pyvirtualcam
 import torch
 
 from tracker.errors import TrackerError
-from tracker.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, check_look, draw_landmarks, draw_mesh, draw_overlay
-from tracker.tracking import TrackingResult
+from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, check_look, draw_landmarks, draw_mesh, draw_overlay
+from tracker.live.tracker import TrackingResult
 
 VIRTUALCAM_MODES = ("overlay", "key")
 
@@ -41,7 +41,7 @@ class VirtualCameraSink:
     fps             frames per second sent to the camera (use the source's rate)
     mode            "overlay": the video with the mesh over it; "key": the mesh alone (opacity 1)
                     on ``key_colour_bgr``, for chroma keying
-    style           mesh style, one of ``tracker.overlay.MESH_STYLES``
+    style           mesh style, one of ``tracker.outputs.overlay.MESH_STYLES``
     colour          the mesh's (B, G, R) 0-255, as the viewer's --mesh-color
     opacity         the mesh's opacity over the video in the overlay mode, 0 to 1
     landmarks       also draw the head model's 68 projected landmarks (both modes)

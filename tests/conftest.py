@@ -18,7 +18,7 @@ import torch
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import save_checkpoint
-from tracker.paths import default_ict_model_path, shared_dir
+from tracker.files.paths import default_ict_model_path, shared_dir
 
 os.environ["N2F_OFFLINE"] = "1"
 os.environ["N2F_CACHE_DIR"] = tempfile.mkdtemp(prefix="n2f-test-cache-")
@@ -26,7 +26,7 @@ os.environ["N2F_CACHE_DIR"] = tempfile.mkdtemp(prefix="n2f-test-cache-")
 
 @pytest.fixture(scope="session")
 def qt_gui(display: str) -> str:
-    """``display`` (the viewer tests' X display, tests/test_viewer.py) once Qt's GUI is known to
+    """``display`` (the viewer tests' X display, tests/app/test_viewer.py) once Qt's GUI is known to
     start on it with QT_QPA_PLATFORM=xcb (``app.qt_platform.gui_problem``: a QGuiApplication in a
     child process); every test that needs Qt's GUI asks for it, directly or through ``qapp``.
     Where Qt cannot start (e.g. Debian's libxcb-cursor0 missing) they skip with the reason: Qt

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from tracker.paths import shared_dir
+from tracker.files.paths import shared_dir
 
 NUM_VERTICES, NUM_FACES = 5023, 9976
 RINGS, COLUMNS = 81, 62  # 1 top pole + 81 rings x 62 columns = 5023 vertices

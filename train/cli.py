@@ -7,9 +7,9 @@ one way to end.
         return run(lambda progress: _main(args, progress), "training", verbose=args.verbose)
 
 A command's module imports only light modules at its top (the standard library, numpy,
-``tracker.errors``, ``tracker.options``, ``train.config``, this module); torch, timm, OpenCV and the
+``tracker.errors``, ``tracker.live.options``, ``train.config``, this module); torch, timm, OpenCV and the
 project's heavy modules are imported inside the functions that use them, after the arguments are
-parsed, so ``--help`` and an argument error answer at once (``tests/test_train_cli_safety.py``).
+parsed, so ``--help`` and an argument error answer at once (``tests/train/test_train_cli_safety.py``).
 
 ``writable_folder`` / ``writable_file`` prove an output can be written (the folder made, a probe
 file created exclusively and removed) before the command loads a network or tracks a frame.

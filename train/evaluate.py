@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tracker.options import positive_int
+from tracker.live.options import positive_int
 from train.cli import Progress, add_output_options, run
 
 if TYPE_CHECKING:

@@ -58,20 +58,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tracker import options as tracker_options
-from tracker.avatar import ARKIT_INDEX, ARKIT_NAMES
+from tracker.live import options as tracker_options
+from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES
 from tracker.errors import TrackerError
-from tracker.paths import shared_dir
+from tracker.files.paths import shared_dir
 from train.cli import Progress, add_output_options, run, writable_file
 from train.real_split import SPLITS, split_paths
 
 if TYPE_CHECKING:
     import torch
 
-    from tracker.arkit_fit import ArkitFit
-    from tracker.device_feed import CpuFeeder, CudaFeeder
-    from tracker.sources import Frame, FrameSource
-    from tracker.tracking import FaceTracker, TrackingResult
+    from tracker.fitting.arkit_side_fit import ArkitFit
+    from tracker.live.feed import CpuFeeder, CudaFeeder
+    from tracker.live.sources import Frame, FrameSource
+    from tracker.live.tracker import FaceTracker, TrackingResult
 
 ANNOTATION_FILES = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
 VIDEO_SUFFIXES = (".mp4", ".mov")
@@ -230,7 +230,7 @@ def track_image(tracker: FaceTracker, feeder: CpuFeeder | CudaFeeder, image: np.
     are those of the resized photo (divide by ``upscale``)."""
     import cv2
 
-    from tracker.sources import Frame
+    from tracker.live.sources import Frame
 
     if upscale != 1.0:
         image = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_LINEAR)
@@ -257,7 +257,7 @@ def tracked_photos(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: fl
     matched to a detection by the box of MediaPipe's 68 points (``match_boxes``)."""
     import cv2
 
-    from tracker.device_feed import create_feeder
+    from tracker.live.feed import create_feeder
 
     feeder = create_feeder(tracker.run_network, tracker.device)
     by_image: dict[Path, list[AnnotatedFace]] = {}
@@ -366,10 +366,10 @@ class VideoRow:
     68 points on the same frames: NME-51 (%, MediaPipe's inter-ocular distance), Pearson
     correlation and standard-deviation ratio (ours / MediaPipe's) of the mouth and eye openings
     (``openings``); the refinement's mean iterations and ms per face (0: not refined) and the
-    frames tracked with a locked identity. ARKit weights (``tracker.avatar``) against MediaPipe's
+    frames tracked with a locked identity. ARKit weights (``tracker.fitting.arkit``) against MediaPipe's
     own points: correlation of jawOpen with MediaPipe's mouth opening, and of the mean eyeBlink
     with MediaPipe's eye closing (minus its opening); with ``--arkit-side-fit`` the same for the
-    ICT fit that gives FLAME its weights (``tracker.arkit_fit``, run beside the tracker on the same
+    ICT fit that gives FLAME its weights (``tracker.fitting.arkit_side_fit``, run beside the tracker on the same
     faces), its mean absolute difference from the tracker's 52 weights and its ms per face."""
 
     video: str
@@ -541,8 +541,8 @@ def arkit_correlations(weights: np.ndarray, mouth: np.ndarray, eye: np.ndarray) 
 def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None, side_fit: ArkitFit | None = None) -> VideoRow:
     """Every frame of ``path`` (at most ``max_frames``) in order through the sequential pipeline,
     from a fresh tracker state (``side_fit``: also run this ARKit fit on every face)."""
-    from tracker.pipeline import Pipeline
-    from tracker.sources import open_source
+    from tracker.live.pipeline import Pipeline
+    from tracker.live.sources import open_source
 
     tracker.reset()
     meter = VideoMeter(tracker.head.region_masks.get("face"), side_fit)
@@ -592,7 +592,7 @@ def format_arkit_table(rows: list[VideoRow]) -> str:
 
 def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool, photos: bool = False, **overrides) -> FaceTracker:
     """The tracker exactly as ``python -m app.live`` builds it from the same options
-    (``tracker.options``); ``overrides``: TrackerOptions fields to set otherwise (e.g. refine=False)."""
+    (``tracker.live.options``); ``overrides``: TrackerOptions fields to set otherwise (e.g. refine=False)."""
     options = tracker_options.TrackerOptions(
         checkpoint=args.checkpoint,
         head_model=args.head_model,
@@ -666,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="write the per-face rows of the photos to this CSV")
     p.add_argument("--json", help="write every figure (settings, per-face rows, tables) to this JSON")
     p.add_argument("--arkit-side-fit", action="store_true",
-                   help="videos: also run the ICT fit that gives FLAME its ARKit weights (tracker.arkit_fit) on every face, "
+                   help="videos: also run the ICT fit that gives FLAME its ARKit weights (tracker.fitting.arkit_side_fit) on every face, "
                    "and compare its weights with the tracker's and with MediaPipe's mouth and eye openings")
     p.add_argument("--ablation", action="store_true",
                    help="N2FNet's role: run everything three times (N2FNet alone; refinement from the mean face, no network; "
@@ -742,7 +742,7 @@ def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> d
     """Track the videos ``paths``, print their table -> the JSON part."""
     import torch
 
-    from tracker.arkit_fit import ArkitFit
+    from tracker.fitting.arkit_side_fit import ArkitFit
     from tracker.head_models import load_head_model
 
     tracker = build_tracker(args, max_faces=1, smoothing=not args.no_smoothing, **overrides)
@@ -761,9 +761,9 @@ def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> d
     )
     print(format_video_table(rows))
     print(
-        "\nARKit weights (tracker.avatar) against MediaPipe's own points on the same frames: Pearson correlation of jawOpen with "
+        "\nARKit weights (tracker.fitting.arkit) against MediaPipe's own points on the same frames: Pearson correlation of jawOpen with "
         "MediaPipe's mouth opening, of the mean eyeBlink with MediaPipe's eye closing (minus the lid gap)."
-        + (" Side fit: ICT fitted from the neutral face beside the tracker, as for FLAME (tracker.arkit_fit)." if args.arkit_side_fit else "")
+        + (" Side fit: ICT fitted from the neutral face beside the tracker, as for FLAME (tracker.fitting.arkit_side_fit)." if args.arkit_side_fit else "")
     )
     print(format_arkit_table(rows))
     return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
@@ -812,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_whole(path: str, text: str, option: str) -> None:
     """``text`` to ``path`` whole or not at all; a TrackerError naming ``option`` when it cannot be written."""
-    from tracker.atomic_write import atomic_write
+    from tracker.files.atomic_write import atomic_write
 
     try:
         atomic_write(path, text.encode())

@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from tracker.errors import TrackerError
-from tracker.options import positive_int
+from tracker.live.options import positive_int
 from train.cli import Progress, add_output_options, checkpoints_note, run, writable_folder
 from train.config import PAPER_LR_BACKBONE, checkpoint_train_config
 

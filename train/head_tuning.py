@@ -26,7 +26,7 @@ import sys
 import time
 
 from tracker.errors import TrackerError
-from tracker.options import positive_int
+from tracker.live.options import positive_int
 from train.cli import Progress, add_output_options, checkpoints_note, run, writable_folder
 from train.config import HeadTuningConfig, checkpoint_train_config
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.options import TrackerOptions, build_tracker
+from tracker.live.options import TrackerOptions, build_tracker
 from train.cli import Progress, add_output_options, run, writable_file
 from train.evaluate_real import (
     DEFAULT_UPSCALE,
@@ -64,7 +64,7 @@ class PhotoFace:
 
 def collect(tracker, faces, candidates: torch.Tensor, upscale: float) -> list[PhotoFace]:
     """Track every photo; per matched face, project the ``candidates`` (C,) vertex ids."""
-    from tracker.overlay import project_vertices
+    from tracker.outputs.overlay import project_vertices
     from train import metrics
 
     out = []
@@ -140,7 +140,7 @@ def calibration(args: argparse.Namespace, progress: Progress) -> None:
     json_path = writable_file(args.json, "--json") if args.json else None
     import torch
 
-    from tracker.atomic_write import atomic_write
+    from tracker.files.atomic_write import atomic_write
     from tracker.head_models.ict import CONTOURS, contour_landmarks
 
     if args.landmarks not in CONTOURS:

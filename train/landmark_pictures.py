@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.options import positive_int
+from tracker.live.options import positive_int
 from train.cli import Progress, run, writable_folder
 from train.evaluate_real import (
     annotated_faces,
@@ -57,9 +57,9 @@ class Keep:
 
 
 def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
-    from tracker.overlay import draw_mesh, draw_points, face_window
-    from tracker.pipeline import Pipeline
-    from tracker.sources import open_source
+    from tracker.outputs.overlay import draw_mesh, draw_points, face_window
+    from tracker.live.pipeline import Pipeline
+    from tracker.live.sources import open_source
     from train.evaluate_real import MediaClockSource
 
     first = Keep(None)
@@ -98,7 +98,7 @@ def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
 def photo_picture(args, folder: Path, count: int) -> np.ndarray:
     import cv2
 
-    from tracker.overlay import draw_points
+    from tracker.outputs.overlay import draw_points
 
     faces = annotated_faces(folder / "dlib-faces")
     columns = {}
@@ -166,7 +166,7 @@ def _write_jpeg(target: Path, picture: np.ndarray) -> Path:
     """``picture`` (BGR) to ``target`` whole or not at all; its path printed."""
     import cv2
 
-    from tracker.atomic_write import atomic_write
+    from tracker.files.atomic_write import atomic_write
 
     encoded, data = cv2.imencode(".jpg", picture)
     if not encoded:

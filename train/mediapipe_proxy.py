@@ -1,6 +1,6 @@
 """Runtime-matched training normals: the head model seen through the embedded MediaPipe cue.
 
-At run time N2FNet's input comes from ``tracker.cues.MediaPipeMeshCue``: MediaPipe's 468
+At run time N2FNet's input comes from ``tracker.face.cues.MediaPipeMeshCue``: MediaPipe's 468
 landmarks in crop pixels with its relative depth, meshed with 852 (+28 eye) triangles and shaded
 by ``render_mediapipe_mesh``. ``MediaPipeProxy`` renders the synthetic heads the same way: the
 468 points are fixed places on the head model's surface (``tracker.head_models.
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tracker.cues import mediapipe_triangles, render_mediapipe_mesh
-from tracker.face_detection import MEDIAPIPE_68
+from tracker.face.cues import mediapipe_triangles, render_mediapipe_mesh
+from tracker.face.detection import MEDIAPIPE_68
 from tracker.geometry import camera
 from tracker.head_models.base import HeadModel
-from tracker.head_models.mediapipe_embedding import MediaPipeEmbedding, mediapipe_embedding
+from tracker.fitting.embedding import MediaPipeEmbedding, mediapipe_embedding
 
 
 @dataclass(frozen=True)

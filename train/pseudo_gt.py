@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.options import DEFAULT_CHECKPOINT, positive_int
+from tracker.live.options import DEFAULT_CHECKPOINT, positive_int
 from train.cli import Progress, add_output_options, run, writable_folder
 from train.evaluate_real import data_folder, nme_percent
 from train.real_split import split_paths
 
 if TYPE_CHECKING:
-    from tracker.tracking import FaceResult, FaceTracker, TrackingResult
+    from tracker.live.tracker import FaceResult, FaceTracker, TrackingResult
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -146,10 +146,10 @@ class PseudoGtWriter:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    """A PNG written whole or not at all (``tracker.atomic_write``)."""
+    """A PNG written whole or not at all (``tracker.files.atomic_write``)."""
     import cv2
 
-    from tracker.atomic_write import atomic_write
+    from tracker.files.atomic_write import atomic_write
 
     encoded, data = cv2.imencode(".png", image)
     if not encoded:
@@ -170,7 +170,7 @@ def _write_every(writer: PseudoGtWriter, source: str, variant: str, every: int, 
 def build_tracker(checkpoint: str, photos: bool, runtime: str, refine_iters: int) -> FaceTracker:
     """The live tracker for labelling: refinement from the mean face, per-frame fits (no parameter
     smoothing), the live crop smoothing for videos; photos in MediaPipe's static full-range mode."""
-    from tracker.tracking import FaceTracker
+    from tracker.live.tracker import FaceTracker
 
     return FaceTracker.from_checkpoint(
         checkpoint,
@@ -249,8 +249,8 @@ def label(args: argparse.Namespace, progress: Progress) -> None:
 
 
 def _label_videos(args: argparse.Namespace, videos: list[Path], variants: list[Variant], writer: PseudoGtWriter) -> None:
-    from tracker.pipeline import Pipeline
-    from tracker.sources import open_source
+    from tracker.live.pipeline import Pipeline
+    from tracker.live.sources import open_source
     from train.evaluate_real import MediaClockSource
 
     tracker = build_tracker(args.checkpoint, False, args.runtime, args.refine_iters)
@@ -270,7 +270,7 @@ def _label_videos(args: argparse.Namespace, videos: list[Path], variants: list[V
 def _label_photos(args: argparse.Namespace, images: list[Path], variants: list[Variant], writer: PseudoGtWriter) -> None:
     import cv2
 
-    from tracker.device_feed import create_feeder
+    from tracker.live.feed import create_feeder
     from train.evaluate_real import track_image
 
     tracker = build_tracker(args.checkpoint, True, args.runtime, args.refine_iters)

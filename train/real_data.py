@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from tracker.errors import TrackerError
-from tracker.map_files import read_cue_maps
+from tracker.files.cue_maps import read_cue_maps
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from tracker.errors import TrackerError
-from tracker.options import positive_int
+from tracker.live.options import positive_int
 from train.cli import Progress, add_output_options, run, writable_file
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def picture(args: argparse.Namespace, progress: Progress) -> None:
     """Check --out, render the grid, write it (whole or not at all)."""
     from PIL import Image
 
-    from tracker.atomic_write import atomic_write
+    from tracker.files.atomic_write import atomic_write
 
     out = writable_file(args.out, "--out")
     picture_format = Image.registered_extensions().get(out.suffix.lower())

@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 from tracker.console import configure_logging
-from tracker.options import RUNTIMES
+from tracker.live.options import RUNTIMES
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,12 +28,12 @@ import time
 import numpy as np
 import torch
 
-from tracker.face_detection import FaceMeshDetector
+from tracker.face.detection import FaceMeshDetector
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet
-from tracker.pipeline import Pipeline, PipelineStats, StatsSnapshot
-from tracker.sources import open_source
-from tracker.tracking import FaceTracker
+from tracker.live.pipeline import Pipeline, PipelineStats, StatsSnapshot
+from tracker.live.sources import open_source
+from tracker.live.tracker import FaceTracker
 
 
 def decode_frames(video: str, limit: int | None) -> list[np.ndarray]:

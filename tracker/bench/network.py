@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from tracker.n2fnet.runtime import NoInt8Copy, Runner, available_runtimes, check_runtime, create_runner, output_difference
-from tracker.options import DEFAULT_CHECKPOINT, RUNTIMES
-from tracker.paths import shared_dir
-from tracker.sources import open_source
-from tracker.tracking import FaceTracker, NetworkInputs
+from tracker.live.options import DEFAULT_CHECKPOINT, RUNTIMES
+from tracker.files.paths import shared_dir
+from tracker.live.sources import open_source
+from tracker.live.tracker import FaceTracker, NetworkInputs
 
 
 def default_video() -> str | None:

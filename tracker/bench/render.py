@@ -18,7 +18,7 @@ warm-up runs. Figures are milliseconds per normal map: for batch 16, the batch t
 The last line printed is ``render_ms_b1=<x> render_ms_b16=<y>`` for the flame-size mesh on the
 last device benchmarked (CUDA when it is available and requested, else CPU).
 
-The embedded MediaPipe cue (``tracker.cues.MediaPipeMeshCue.render``: vertex normals, rasterise
+The embedded MediaPipe cue (``tracker.face.cues.MediaPipeMeshCue.render``: vertex normals, rasterise
 880 triangles, interpolate, normalise, mask) is timed per call on real crops, old and new in the
 same process and interleaved: the "torch" renderer (``render_mediapipe_mesh``, the general
 rasteriser) and the "numpy" one (``tracker.render.rasterize_numpy``, the default). Crops: MediaPipe
@@ -170,8 +170,8 @@ def cue_landmarks(size: int, count: int = 40, stride: int = 3) -> list[np.ndarra
     empty without the shared material."""
     import cv2
 
-    from tracker.face_detection import FaceCropper, FaceMeshDetector
-    from tracker.paths import shared_dir
+    from tracker.face.detection import FaceCropper, FaceMeshDetector
+    from tracker.files.paths import shared_dir
 
     shared = shared_dir()
     videos = sorted((shared / "real-faces" / "videos").glob("*.mp4")) if shared is not None else []
@@ -199,7 +199,7 @@ def cue_landmarks(size: int, count: int = 40, stride: int = 3) -> list[np.ndarra
 def time_cue(landmarks: list[np.ndarray], size: int, repeats: int) -> dict[str, tuple[float, float]]:
     """{renderer: (median ms, p95 ms)} per ``MediaPipeMeshCue.render`` call, the renderers
     interleaved call by call (so a busy CPU slows both alike), after a warm-up."""
-    from tracker.cues import MediaPipeMeshCue
+    from tracker.face.cues import MediaPipeMeshCue
 
     cues = {name: MediaPipeMeshCue(renderer=name) for name in ("torch", "numpy")}
     times: dict[str, list[float]] = {name: [] for name in cues}

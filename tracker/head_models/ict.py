@@ -77,7 +77,7 @@ from scipy.sparse.csgraph import connected_components
 
 from tracker.errors import TrackerError
 from tracker.head_models.base import GaussianPrior, HeadModel, ParamGroup, SparseUniformPrior
-from tracker.paths import default_ict_model_path
+from tracker.files.paths import default_ict_model_path
 
 # Upstream README, "Right/Left jawline (substitutes 0-7 / 9-16 in Multi PIE)".
 RIGHT_JAWLINE = (1278, 1272, 12, 1834, 243, 781, 2199, 1447)
@@ -168,7 +168,7 @@ class ICT(HeadModel):
 
     @classmethod
     def from_npz(cls, path: str | Path | None = None, contour: str = "calibrated") -> ICT:
-        """Load the packed npz; ``path`` None -> ``tracker.paths.default_ict_model_path()``.
+        """Load the packed npz; ``path`` None -> ``tracker.files.paths.default_ict_model_path()``.
 
         Raises TrackerError when the file is missing or malformed, saying where it is expected
         and how to make it.

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.mesh_io import parse_obj, triangulate
+from tracker.files.mesh_io import parse_obj, triangulate
 
 UPSTREAM_URL = "github.com/ICT-VGL/ICT-FaceKit"
 

@@ -36,10 +36,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from tracker.atomic_write import atomic_write, staged
+from tracker.files.atomic_write import atomic_write, staged
 from tracker.errors import TrackerError
 from tracker.head_models.ict_convert import UPSTREAM_REGIONS, convert
-from tracker.paths import cache_dir, shared_dir
+from tracker.files.paths import cache_dir, shared_dir
 
 UPSTREAM_REPO = "https://github.com/ICT-VGL/ICT-FaceKit"
 UPSTREAM_COMMIT = "da5f95a607f5e6b37755b38d3385d7f2853732e5"  # the shared npz's source (its README: da5f95a)
@@ -343,7 +343,7 @@ def _staging() -> Iterator[Path]:
 
 def _install(npz: Path, source: str, license_text: str | None) -> Path:
     """Move the converted npz (in the staging folder) into the cache, then write its source record
-    and LICENSE, each atomically and durably, never through a link in the way (``tracker.atomic_write``)."""
+    and LICENSE, each atomically and durably, never through a link in the way (``tracker.files.atomic_write``)."""
     target = cache_dir() / MODEL_NAME
     with staged(target) as temporary:
         os.replace(npz, temporary)

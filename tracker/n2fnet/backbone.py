@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tracker.errors import TrackerError
-from tracker.safe_load import load_torch_file
+from tracker.files.safe_load import load_torch_file
 
 
 class Backbone(nn.Module):

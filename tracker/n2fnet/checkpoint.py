@@ -63,11 +63,11 @@ if __name__ == "__main__":  # --help and bad arguments answer here, before the i
 
 import torch
 
-from tracker.atomic_write import staged
+from tracker.files.atomic_write import staged
 from tracker.errors import TrackerError
 from tracker.n2fnet import N2FNet, N2FNetConfig
 from tracker.n2fnet.model import GROUP_SIZES
-from tracker.safe_load import load_torch_file
+from tracker.files.safe_load import load_torch_file
 
 BACKBONE_NAME = "a timm model name, e.g. resnet18 or vit_large_patch16_dinov3"
 FORMAT = "n2fnet-checkpoint-v1"
@@ -140,7 +140,7 @@ _MAX_DEPTH = 8  # nesting of plain values
 
 
 def save_checkpoint(path: str | Path, state: dict, digest: bool = False) -> None:
-    """Write atomically through a freshly created temporary file (``tracker.atomic_write.staged``),
+    """Write atomically through a freshly created temporary file (``tracker.files.atomic_write.staged``),
     so an interrupted save never corrupts ``path`` and never writes through a link in the way;
     ``digest``: store the ``content_digest`` of the written state (release checkpoints)."""
     path = Path(path)

@@ -16,7 +16,7 @@ faster); the heads in int8 too up to 100 px (5-9 px with NNCF's transformer pres
 10 % of the time.
 
 Calibration inputs come from a fine-tuning folder in the format of ``train/real_data.py`` (read
-with ``tracker.map_files``, as the fine-tuning data is): ``normals/NAME.png`` (8- or 16-bit RGB =
+with ``tracker.files.cue_maps``, as the fine-tuning data is): ``normals/NAME.png`` (8- or 16-bit RGB =
 (n + 1) / 2 * max), ``masks/NAME.png`` (non-zero = face), the intrinsics from
 ``cameras/NAME.json`` or ``camera.json`` ({focal, principal} in pixels of the stored maps; without
 either, the probe camera: they enter the network after its last quantised layer). ``--samples``
@@ -58,9 +58,9 @@ if __name__ == "__main__":  # --help and bad arguments answer here, before the i
 import numpy as np
 import torch
 
-from tracker.atomic_write import staged
+from tracker.files.atomic_write import staged
 from tracker.errors import TrackerError
-from tracker.map_files import read_cue_maps
+from tracker.files.cue_maps import read_cue_maps
 from tracker.n2fnet import runtime as rt
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from tracker.n2fnet.model import N2FNet

@@ -20,7 +20,7 @@ twice as fast, the int8 copy about 2.8 times faster than those, at int8's accura
                    the command that remakes it), never run.
 
 The float32 copies are not shipped (about 52 MB each): the exported network is made at first use
-(about a second for ONNX, a few seconds for OpenVINO) into ``tracker.paths.cache_dir()/networks/`` (``~/.cache/n2f-tracker``),
+(about a second for ONNX, a few seconds for OpenVINO) into ``tracker.files.paths.cache_dir()/networks/`` (``~/.cache/n2f-tracker``),
 named by the network's digest: the sha256 of its settings and of the weights as they are loaded
 (``network_digest``; a release checkpoint's int8 weights after dequantisation, a training
 checkpoint's as they are), so any checkpoint, released or one's own, gets its own copy, and a
@@ -75,12 +75,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracker.atomic_write import atomic_write, staged
+from tracker.files.atomic_write import atomic_write, staged
 from tracker.errors import TrackerError
 from tracker.n2fnet.checkpoint import DeferredNetwork, built, content_digest
 from tracker.n2fnet.model import N2FNet
-from tracker.options import PREFERENCE, RUNTIMES
-from tracker.paths import PROJECT_ROOT, cache_dir
+from tracker.live.options import PREFERENCE, RUNTIMES
+from tracker.files.paths import PROJECT_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
     interpolate       per-vertex attributes at the covered pixels (``tracker.render.interpolate``)
     fma32             float32 fused multiply-add (what PyTorch's CPU kernels compute for addcmul)
 
-Why: the embedded MediaPipe cue (``tracker.cues.MediaPipeMeshCue``) rasterises 880 triangles into
+Why: the embedded MediaPipe cue (``tracker.face.cues.MediaPipeMeshCue``) rasterises 880 triangles into
 a 128 x 128 crop every frame. With the general rasteriser the cue takes 5-8 ms on one core of
 this project's 2-core machine, nearly all of it the fixed cost of many small tensor ops (tile
 groups, chunks, scatter, compaction); with this one 1.1-1.8 ms (medians: alone, and between
@@ -29,7 +29,7 @@ row's span of covered columns is solved for in float64 from the same float32 edg
 there every edge function is evaluated in float32 at tile offsets, so the two can disagree about
 a pixel centre within float32 rounding (~1e-6 px) of the mesh's outline; and the tile pixels
 beyond a triangle's bounding box, which only a centre within that rounding of a vertex's row or
-column could pass there, are not tried here. tests/test_cues.py compares the two pixel by pixel
+column could pass there, are not tried here. tests/face/test_cues.py compares the two pixel by pixel
 (synthetic meshes with overlaps, grid-aligned edges, split tiles; the cue on real crops).
 float32 points only; one image per call; not differentiable (nor is ``rasterize``).
 

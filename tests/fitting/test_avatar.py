@@ -1,0 +1,205 @@
+"""ARKit weights, head angles and gaze (tracker.fitting.arkit), the ICT fit that gives FLAME its weights
+(tracker.fitting.arkit_side_fit), and their recording; checked against scipy, geometry, and real video."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from tests.flame_factory import make_flame_dir
+from tracker.fitting.arkit_side_fit import ArkitFit
+from tracker.fitting.arkit import (
+    ARKIT_INDEX,
+    ARKIT_NAMES,
+    EYE_LOOK_FULL,
+    Eyeballs,
+    angles_rotation,
+    eye_gaze,
+    gaze_weights,
+    head_pose,
+    ict_to_arkit_matrix,
+    rotation_angles,
+)
+from tracker.geometry import camera
+from tracker.head_models import load_head_model
+from tracker.head_models.flame import FLAME
+from tracker.n2fnet import N2FNet
+from tracker.live.options import DEFAULT_CHECKPOINT
+from tracker.takes.recording import Recorder, journal_path, read_take
+from tracker.live.tracker import FaceTracker
+from train.evaluate_real import evaluate_video
+
+FOCAL, PRINCIPAL = np.array([800.0, 800.0]), np.array([320.0, 240.0])
+
+
+@pytest.fixture(scope="module")
+def ict(ict_npz_path):
+    return load_head_model("ict", ict_npz_path)
+
+
+def test_arkit_names_follow_apples_order():
+    assert len(ARKIT_NAMES) == len(set(ARKIT_NAMES)) == 52
+    # indices of Unreal's EARFaceBlendShape / Live Link Face (Apple's order)
+    assert [ARKIT_INDEX[n] for n in ("eyeBlinkLeft", "eyeWideRight", "jawOpen", "mouthClose", "browInnerUp", "cheekPuff", "tongueOut")] == [0, 13, 17, 18, 43, 46, 51]
+
+
+def test_ict_to_arkit_mapping(ict):
+    matrix = ict_to_arkit_matrix(ict.expression_names)
+    names = list(ict.expression_names)
+    assert matrix.shape == (52, 53)
+    assert not matrix[ARKIT_INDEX["tongueOut"]].any()  # ICT has no tongue
+    for split in ("browInnerUp", "cheekPuff"):  # one ARKit shape, two ICT halves: their mean
+        row = matrix[ARKIT_INDEX[split]]
+        assert row[names.index(split + "_L")] == row[names.index(split + "_R")] == 0.5 and row.sum() == 1.0
+    for arkit, ict_shape in (("eyeBlinkLeft", "eyeBlink_L"), ("mouthSmileRight", "mouthSmile_R"), ("jawLeft", "jawLeft"), ("mouthLeft", "mouthLeft")):
+        assert matrix[ARKIT_INDEX[arkit], names.index(ict_shape)] == 1.0
+    assert ((matrix > 0).sum(0) == 1).all(), "every ICT shape drives exactly one ARKit weight"
+
+
+def test_ict_left_is_the_faces_own_left(ict):
+    """ARKit's Left is the face's own left, +x of the head frame: ICT's _L shapes must move that side."""
+    names = list(ict.expression_names)
+    neutral = ict.decode({"expression": torch.zeros(1, 53)})[0]
+    for shape in ("eyeBlink_L", "mouthSmile_L", "browOuterUp_L"):
+        expression = torch.zeros(1, 53)
+        expression[0, names.index(shape)] = 1.0
+        moved = (ict.decode({"expression": expression})[0] - neutral).norm(dim=1)
+        assert (moved[neutral[:, 0] > 0].sum() > 5 * moved[neutral[:, 0] < 0].sum()), shape
+
+
+def test_angles_match_scipy_and_mean_what_they_say():
+    rng = np.random.default_rng(0)
+    angles = rng.uniform(-1.2, 1.2, size=(50, 3))
+    reference = Rotation.from_euler("YXZ", angles).as_matrix()  # intrinsic Y, X', Z'': Ry(yaw) Rx(pitch) Rz(roll)
+    assert np.allclose(angles_rotation(angles), reference, atol=1e-6)
+    assert np.allclose(rotation_angles(reference), angles, atol=1e-5)
+    # the tracker's frontal pose (R = I) is the identity; a head turned to its own left moves its nose to the image right
+    rotation, head_angles, position = head_pose(np.eye(3), np.array([0.0, 0.0, 1.0]))
+    assert np.allclose(rotation, np.eye(3)) and np.allclose(head_angles, 0) and np.allclose(position, [0, 0, -1])
+    avatar = angles_rotation(np.array([0.3, 0.0, 0.0]))  # yaw > 0
+    tracker_rotation = camera.flip_matrix().numpy() @ avatar @ camera.flip_matrix().numpy()
+    nose = camera.head_to_camera(torch.tensor([[[0.0, 0.0, 0.1]]]), torch.from_numpy(tracker_rotation)[None], torch.tensor([[0.0, 0.0, 1.0]]))
+    assert nose[0, 0, 0] > 0.02
+    assert np.allclose(head_pose(tracker_rotation, np.zeros(3))[1], [0.3, 0, 0], atol=1e-6)
+    down = angles_rotation(np.array([0.0, 0.3, 0.0]))  # pitch > 0: the nose goes down in the image (+y in OpenCV)
+    nose = camera.head_to_camera(torch.tensor([[[0.0, 0.0, 0.1]]]), torch.from_numpy(camera.flip_matrix().numpy() @ down @ camera.flip_matrix().numpy())[None], torch.tensor([[0.0, 0.0, 1.0]]))
+    assert nose[0, 0, 1] > 0.02
+
+
+def test_gaze_recovers_a_known_eye_direction():
+    eyeballs = Eyeballs(np.array([[0.032, 0.036, 0.08], [-0.032, 0.036, 0.08]], np.float32), np.array([0.012, 0.012], np.float32))
+    rotation = camera.flip_matrix().numpy() @ angles_rotation(np.array([0.2, -0.1, 0.05])) @ camera.flip_matrix().numpy()
+    translation = np.array([0.02, -0.01, 0.6])
+    truth = np.array([[0.25, -0.15], [-0.1, 0.3]])  # (left, right) x (yaw, pitch)
+    irises = []
+    for eye, (yaw, pitch) in enumerate(truth):
+        direction = np.array([np.sin(yaw) * np.cos(pitch), -np.sin(pitch), np.cos(yaw) * np.cos(pitch)])
+        point_head = eyeballs.centres[eye] + eyeballs.radii[eye] * direction
+        point = (rotation @ (camera.flip_matrix().numpy() @ point_head)) + translation
+        irises.append(point[:2] / point[2] * FOCAL + PRINCIPAL)
+    irises = np.array(irises)
+    assert np.allclose(eye_gaze(eyeballs, rotation, translation, irises, FOCAL, PRINCIPAL), truth, atol=1e-4)
+    assert np.allclose(eye_gaze(eyeballs, rotation, translation, irises[::-1], FOCAL, PRINCIPAL), truth, atol=1e-4), "either iris order"
+    assert np.isnan(eye_gaze(eyeballs, rotation, translation, np.full((2, 2), np.nan), FOCAL, PRINCIPAL)).all()
+
+
+def test_gaze_drives_the_eye_look_weights():
+    weights = np.zeros(52, np.float32)
+    towards_faces_left = gaze_weights(weights, np.array([[EYE_LOOK_FULL / 2, 0.0], [EYE_LOOK_FULL * 2, -EYE_LOOK_FULL]]))
+    assert towards_faces_left[ARKIT_INDEX["eyeLookOutLeft"]] == pytest.approx(0.5) and towards_faces_left[ARKIT_INDEX["eyeLookInLeft"]] == 0
+    assert towards_faces_left[ARKIT_INDEX["eyeLookInRight"]] == 1.0 and towards_faces_left[ARKIT_INDEX["eyeLookOutRight"]] == 0
+    assert towards_faces_left[ARKIT_INDEX["eyeLookUpRight"]] == 1.0 and towards_faces_left[ARKIT_INDEX["eyeLookDownRight"]] == 0
+    unknown = gaze_weights(np.full(52, 0.3, np.float32), np.full((2, 2), np.nan))
+    assert np.allclose(unknown, 0.3)
+
+
+@pytest.mark.shared
+def test_arkit_weights_follow_a_real_speakers_mouth_and_eyes(shared_path):
+    """The shipped ICT tracker on a real video: jawOpen follows MediaPipe's mouth opening and the
+    blinks MediaPipe's eye closing (MediaPipe's own points, not ours)."""
+    tracker = FaceTracker.from_checkpoint(DEFAULT_CHECKPOINT)
+    try:
+        row = evaluate_video(tracker, shared_path / "real-faces" / "videos" / "single_face.mp4")
+    finally:
+        tracker.close()
+    assert row.jaw_open_correlation > 0.85 and row.blink_correlation > 0.5, (row.jaw_open_correlation, row.blink_correlation)
+
+
+@pytest.mark.shared
+def test_flame_tracker_gets_arkit_weights_from_the_ict_fit_beside_it(shared_path, tmp_path, ict):
+    """A FLAME tracker (generated FLAME model, untrained network, no FLAME refinement) has no
+    ARKit semantics of its own: its weights come from ICT fitted to the same landmarks, and they
+    follow the speaker's mouth and eyes as well as the ICT tracker's own."""
+    flame = FLAME.from_dir(make_flame_dir(tmp_path, use_shared_aux=True))
+    torch.manual_seed(0)
+    net = N2FNet.for_head_model(flame, backbone="resnet18", input_size=64)
+    without = FaceTracker.assemble(net, flame, refine=False)
+    tracker = FaceTracker.assemble(net, flame, refine=False, arkit_fit=ArkitFit(ict))
+    try:
+        row = evaluate_video(tracker, shared_path / "real-faces" / "videos" / "single_face.mp4")
+        result = _track_one(without, shared_path / "real-faces" / "videos" / "single_face.mp4")
+    finally:
+        tracker.close()
+        without.close()
+    assert result.faces and result.faces[0].avatar is None, "no ICT fit: no ARKit weights for FLAME"
+    assert row.jaw_open_correlation > 0.85 and row.blink_correlation > 0.5, (row.jaw_open_correlation, row.blink_correlation)
+    assert row.detected == 72
+
+
+def _track_one(tracker: FaceTracker, video):
+    from tracker.live.pipeline import Pipeline
+    from tracker.live.sources import open_source
+
+    results = []
+    Pipeline(open_source(video), tracker, [results.append], mode="sequential", max_frames=1).run()
+    return results[0]
+
+
+def test_avatar_values_are_recorded_and_old_layouts_still_read(tmp_path):
+    groups = {"identity": 2, "expression": 53}
+    arkit = np.linspace(0, 1, 52, dtype=np.float32)
+    eyes = np.array([[0.1, -0.2], [0.05, np.nan]], np.float32)
+    with Recorder(tmp_path / "take.npz", "ict", groups) as recorder:
+        recorder.append(0.0, 0, {"identity": np.zeros(2), "expression": np.zeros(53)}, arkit=arkit, eye_angles=eyes)
+        recorder.append(0.1, 1, None)
+        data = recorder.journal_path.read_bytes()
+    take = read_take(tmp_path / "take.npz")
+    assert np.array_equal(take.arkit[0], arkit) and np.array_equal(take.eye_angles[0], eyes, equal_nan=True)
+    assert np.isnan(take.arkit[1]).all() and np.isnan(take.eye_angles[1]).all()
+    journal = tmp_path / "partial.npz.partial"
+    journal.write_bytes(data)
+    assert np.array_equal(read_take(journal).arkit[0], arkit)
+    # a journal of the layout before the avatar values (tracks, no arkit / eye_angles fields)
+    fields = [("timestamp", "<f8", ()), ("frame_index", "<i8", ()), ("face_found", "u1", ()), ("track_id", "<i8", ()), ("identity_state", "u1", ()),
+              ("crop_box", "<f4", (3,)), ("rotation_6d", "<f4", (6,)), ("translation", "<f4", (3,)), ("focal", "<f4", (2,)), ("principal", "<f4", (2,)),
+              ("params/identity", "<f4", (2,)), ("params/expression", "<f4", (53,))]
+    records = np.zeros(2, np.dtype(fields))
+    records["frame_index"], records["face_found"], records["track_id"] = [0, 1], [1, 1], [0, 0]
+    header = json.dumps({"head_model": "ict", "groups": groups, "identity_group": "identity", "metadata": {},
+                         "record_fields": [[n, d, list(s)] for n, d, s in fields], "record_size": records.dtype.itemsize + 4}).encode()
+    body = b"".join(r.tobytes() + struct.pack("<I", zlib.crc32(r.tobytes())) for r in records)
+    old = tmp_path / "old.npz"
+    journal_path(old).write_bytes(struct.pack("<8sII", b"N2FTAKE1", len(header), zlib.crc32(header)) + header + body)
+    take = read_take(old)
+    assert len(take) == 2 and np.isnan(take.arkit).all() and take.eye_angles.shape == (2, 2, 2)
+
+
+@pytest.mark.shared
+def test_a_file_take_keeps_the_videos_own_times_and_avatar_values(shared_path, tmp_path):
+    """Headless, a file is tracked as fast as it goes; its take still carries the video's times
+    (what exports animate at) and every face's ARKit weights and gaze."""
+    from app import live
+
+    take_path = tmp_path / "take.npz"
+    video = shared_path / "real-faces" / "videos" / "single_face.mp4"
+    assert live.main(["--video", str(video), "--headless", "--quiet", "--max-frames", "8", "--record", str(take_path)]) == 0
+    take = read_take(take_path)
+    assert np.allclose(take.media_time, np.arange(8) / 30.0, atol=1e-3) and np.array_equal(take.clock(), take.media_time)
+    assert np.isfinite(take.arkit).all() and (take.arkit >= 0).all() and (take.arkit <= 1).all()
+    assert np.isfinite(take.eye_angles).all() and (np.abs(take.eye_angles) < 0.7).all()

@@ -1,0 +1,122 @@
+"""tracker.live.options: the settings object, the checkpoint default, the identity reused from a take, and
+the command-line options of app.live and train.evaluate_real that map onto it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import live
+from tracker.live import options as tracker_options
+from tracker.errors import TrackerError
+from tracker.live.options import TrackerOptions, build_tracker, take_identity
+from tracker.takes.recording import Recorder
+from tracker.fitting.refinement import DEFAULT_ITERATIONS
+from train import evaluate_real
+
+ICT_GROUPS = {"identity": 100, "expression": 53}
+
+
+def _take(path: Path, states: list[tuple[int, str]], head_model: str = "ict", groups: dict[str, int] = ICT_GROUPS) -> Path:
+    """A take with one record per (track, state); track t's identity is t + 0.01 * its record number."""
+    with Recorder(path, head_model, groups) as recorder:
+        for index, (track, state) in enumerate(states):
+            params = {g: np.full(n, track + 0.01 * index) for g, n in groups.items()}
+            recorder.append(index / 30, index, params, track_id=track, identity_state=state)
+    return path
+
+
+def test_settings_are_checked() -> None:
+    for settings, message in (
+        ({"refine_iters": 0}, "positive whole number"),
+        ({"refine_iters": 2.5}, "positive whole number"),
+        ({"detector": "long-range"}, "short-range, full-range"),
+        ({"identity_track": 2}, "--identity"),
+        ({"max_faces": 0}, "max_faces"),
+        ({"identity_take": "t.npz", "refine": False}, "leave out --no-refine"),
+    ):
+        with pytest.raises(TrackerError, match=message):
+            TrackerOptions(**settings)
+
+
+def test_checkpoint_default_and_recorded_settings(monkeypatch, tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped.pt"
+    shipped.write_bytes(b"")
+    monkeypatch.setattr(tracker_options, "DEFAULT_CHECKPOINT", shipped)
+    assert TrackerOptions().checkpoint_path() == shipped
+    assert TrackerOptions(checkpoint="mine.pt").checkpoint_path() == Path("mine.pt")
+    assert TrackerOptions().recording_metadata() == {"checkpoint": str(shipped), "refine": True, "refine_iters": DEFAULT_ITERATIONS, "detector": "short-range"}
+    metadata = TrackerOptions(refine=False, refine_iters=7, detector="full-range").recording_metadata()
+    assert metadata["refine"] is False and metadata["refine_iters"] is None and metadata["detector"] == "full-range"
+    metadata = TrackerOptions(identity_take="a.npz", identity_track=2).recording_metadata()
+    assert metadata["identity_take"] == "a.npz" and metadata["identity_track"] == 2
+    assert TrackerOptions(refine_iters=7).recording_metadata()["refine_iters"] == 7
+    monkeypatch.setattr(tracker_options, "DEFAULT_CHECKPOINT", tmp_path / "absent.pt")
+    with pytest.raises(TrackerError, match="No N2FNet checkpoint"):
+        TrackerOptions().checkpoint_path()
+
+
+def test_identity_of_a_take(tmp_path: Path) -> None:
+    take = _take(tmp_path / "take.npz", [(2, "calibrating"), (3, "calibrating"), (2, "locked"), (3, "calibrating"), (5, "locked")])
+    assert np.allclose(take_identity(take, "ict", 100), 2.02)  # the first locked track: 2, its last (locked) identity
+    assert np.allclose(take_identity(take, "ict", 100, track=5), 5.04)
+    assert np.allclose(take_identity(take, "ict", 100, track=3), 3.03)  # not locked: taken all the same (with a warning)
+    assert take_identity(take, "ict", 100).dtype == np.float32
+    with pytest.raises(TrackerError, match="no track 4; its tracks are \\[2, 3, 5\\]"):
+        take_identity(take, "ict", 100, track=4)
+    with pytest.raises(TrackerError, match="'ict' head model, the checkpoint regresses 'flame'"):
+        take_identity(take, "flame", 300)
+    with pytest.raises(TrackerError, match="has 100 values, the head model's 'identity' group 50"):
+        take_identity(take, "ict", 50)
+    calibrating = _take(tmp_path / "short.npz", [(0, "calibrating"), (0, "calibrating")])
+    with pytest.raises(TrackerError, match="no track .* has a locked identity \\(0: calibrating\\).*--identity-track"):
+        take_identity(calibrating, "ict", 100)
+    no_identity = _take(tmp_path / "none.npz", [(0, "locked")], groups={"expression": 53})
+    with pytest.raises(TrackerError, match="holds no identity"):
+        take_identity(no_identity, "ict", 100)
+    with Recorder(tmp_path / "no_face.npz", "ict", ICT_GROUPS) as recorder:
+        recorder.append(0.0, 0, None)
+    with pytest.raises(TrackerError, match="holds no identity"):
+        take_identity(tmp_path / "no_face.npz", "ict", 100)
+
+
+def test_tracker_built_with_a_take_identity(untrained_checkpoint: Path, ict_npz_path: Path, tmp_path: Path) -> None:
+    take = _take(tmp_path / "take.npz", [(1, "locked")])
+    options = TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, identity_take=take, refine_iters=2, detector="full-range")
+    tracker = build_tracker(options)
+    try:
+        assert tracker.refine and tracker.identity.shape == (100,) and np.allclose(tracker.identity, 1.0)
+        assert tracker.refiner.settings.iterations == 2 and tracker.detector.full_range
+    finally:
+        tracker.close()
+    with pytest.raises(TrackerError, match="the head model's 'identity' group 100"):
+        build_tracker(TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, identity_take=_take(tmp_path / "small.npz", [(0, "locked")], groups={"identity": 10})))
+
+
+def test_live_command_line_maps_onto_the_options(capsys) -> None:
+    parser = live.build_parser()
+    options = live.tracker_options(parser.parse_args(["--camera", "0"]))
+    assert options == TrackerOptions()  # the command line's defaults are the library's
+    args = parser.parse_args(["--camera", "0", "--refine-iters", "3", "--detector", "full-range", "--identity", "t.npz",
+                              "--identity-track", "4", "--max-faces", "2", "--no-smoothing", "--focal", "600"])
+    assert live.tracker_options(args) == TrackerOptions(refine_iters=3, detector="full-range", identity_take="t.npz",
+                                                        identity_track=4, max_faces=2, smoothing=False, focal=600.0)
+    assert live.tracker_options(parser.parse_args(["--camera", "0", "--no-refine"])).refine is False
+    for bad in (["--refine-iters", "0"], ["--refine-iters", "two"], ["--identity-track", "-1"], ["--detector", "long-range"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--camera", "0", *bad])
+    err = capsys.readouterr().err
+    assert "--refine-iters: must be a positive whole number, got '0'" in err and "got 'two'" in err
+    assert "--identity-track: must be a whole number >= 0" in err
+
+
+def test_evaluate_real_command_line_has_the_refinement_options() -> None:
+    parser = evaluate_real.build_parser()
+    args = parser.parse_args(["--checkpoint", "c.pt"])
+    assert args.refine is True and args.refine_iters is None and args.detector == "short-range"
+    args = parser.parse_args(["--checkpoint", "c.pt", "--no-refine", "--refine-iters", "6", "--detector", "full-range"])
+    assert args.refine is False and args.refine_iters == 6 and args.detector == "full-range"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--checkpoint", "c.pt", "--refine-iters", "-2"])
