@@ -21,9 +21,9 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMMANDS = (
-    "app.live", "app.bench_viewer", "app.bench_startup", "tracker.takes.meshes", "tracker.takes.recording", "tracker.bench",
-    "tracker.render.grid", "tracker.n2fnet.checkpoint", "tracker.n2fnet.runtime", "tracker.n2fnet.quantize",
-    "tracker.head_models.ict_source", "tracker.head_models.ict_convert", "train", "train.finetune", "train.head_tuning",
+    "app.live", "app.bench_viewer", "app.bench_startup", "tracker.export", "tracker.takes recover", "tracker.bench",
+    "tracker.render grid", "tracker.n2fnet checkpoint", "tracker.n2fnet runtime", "tracker.n2fnet quantize",
+    "tracker.head_models ict-source", "tracker.head_models ict-convert", "train", "train.finetune", "train.head_tuning",
     "train.pseudo_gt", "train.evaluate", "train.evaluate_real", "train.landmark_calibration", "train.landmark_pictures",
     "train.visualize",
 )
@@ -44,9 +44,9 @@ def first_frame(video: str, checkpoint: str | None) -> tuple[float, float, str]:
     return first, time.monotonic() - start, line
 
 
-def help_seconds(module: str) -> float:
+def help_seconds(command: str) -> float:
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", module, "--help"], cwd=PROJECT, capture_output=True, check=True)
+    subprocess.run([sys.executable, "-m", *command.split(), "--help"], cwd=PROJECT, capture_output=True, check=True)
     return time.monotonic() - start
 
 

@@ -43,18 +43,18 @@ from tracker.outputs.overlay import MESH_COLOUR, SHADE_RESOLUTION, draw_overlay,
 if TYPE_CHECKING:
     import torch
 
-    from tracker.live.tracker import TrackingResult
+    from tracker.live.results import TrackingResult
 
 
 def track(video: str, checkpoint: str | None, frames: int) -> tuple[list[TrackingResult], torch.Tensor]:
     """-> (the results of the first ``frames`` frames that have a face, meshes decoded; the
     head's render faces (F, 3))."""
-    from tracker.live.options import DEFAULT_CHECKPOINT
+    from tracker.live.options import TrackerOptions
     from tracker.live.pipeline import Pipeline
     from tracker.live.sources import open_source
     from tracker.live.tracker import FaceTracker
 
-    tracker = FaceTracker.from_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
+    tracker = FaceTracker.from_options(TrackerOptions(checkpoint=checkpoint, runtime="torch"))
     results: list[TrackingResult] = []
 
     def keep(result: TrackingResult) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from tracker.console import configure_logging, interruptible, seconds_since_launch
 from tracker.errors import TrackerError
-from tracker.live.options import DETECTORS, MODES, PREFERENCE, RUNTIMES, TrackerOptions, non_negative_int, positive_float, positive_int
+from tracker.live.options import MODES, TrackerOptions, add_tracker_arguments, non_negative_int, options_from_args, positive_float, positive_int
 from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, parse_colour, parse_opacity
 from tracker.takes.recording import check_take_path, journal_path
 from tracker.live.sources import BAD_FRAME_POLICIES, camera_index, open_source
@@ -63,33 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an image of a folder that cannot be decoded: skip it with a warning (default) or stop there")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", help="N2FNet checkpoint (default: assets/n2fnet_ict_resnet18.pt, when present)")
-    model.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
-    model.add_argument("--ict-model", help="ICT-FaceKit npz or upstream checkout (default, first found: $N2F_ICT_MODEL, "
-                       "$N2F_SHARED_DIR/ict-facekit/ict_face_model.npz, the cache ~/.cache/n2f-tracker, $N2F_ICT_FACEKIT, "
-                       "else a download of the pinned upstream archive unless N2F_OFFLINE=1); with a FLAME checkpoint, the ICT model fitted "
-                       "beside FLAME for its ARKit weights")
-    model.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
-    model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    model.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
-                       help=f"what runs the network: auto (default: on the CPU the first installed of {', '.join(PREFERENCE)}, the fastest first; "
-                       "torch on CUDA), or one of them; onnxruntime and openvino run on the CPU only, with --threads threads, and export the "
-                       "network at first use into the cache (~/.cache/n2f-tracker/networks); openvino-int8 (CPU only) runs the int8 copy "
-                       "shipped beside the shipped checkpoint (assets/*.int8.xml), refused for another network")
+    refine = parser.add_argument_group("refinement and identity")
+    add_tracker_arguments(model, refine)
     model.add_argument("--cue", default="mediapipe", help="geometry cue: mediapipe (embedded), mediapipe+farl, pixel3dmm, pixel3dmm+farl")
     model.add_argument("--pixel3dmm-weights", help="Pixel3DMM normal-network weights (pixel3dmm cues)")
     model.add_argument("--farl-weights", help="FaRL face-parsing weights (+farl cues)")
     model.add_argument("--max-faces", type=int, default=1, help="faces tracked per frame (default: 1)")
     model.add_argument("--focal", type=positive_float, help="the camera's focal length in pixels, if known (default: the training camera's, focal_mean x max(W, H))")
-    model.add_argument("--detector", choices=DETECTORS, default="short-range",
-                       help="face detector: short-range (Face Mesh's own, faces near the camera; default) or full-range "
-                       "(MediaPipe's full-range detector, then a mesh per face: small and distant faces, slower)")
-
-    refine = parser.add_argument_group("refinement and identity")
-    refine.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
-                        help="fit the head model to MediaPipe's landmarks after the network (Gauss-Newton, from the network's prediction) "
-                        "and pool one identity per tracked person (default: on)")
-    refine.add_argument("--refine-iters", type=positive_int, metavar="N", help="refinement iterations per frame (default: the library's, tracker.fitting.refinement.DEFAULT_ITERATIONS)")
     refine.add_argument("--identity", metavar="TAKE", help="reuse the calibrated identity of a recorded take (.npz): every tracked face uses it, fixed")
     refine.add_argument("--identity-track", type=non_negative_int, metavar="N", help="the track of --identity to take it from (default: the first whose identity is locked, else given)")
 
@@ -159,22 +139,14 @@ def realtime(args: argparse.Namespace, spec: int | str, viewer: bool) -> bool | 
 
 def tracker_options(args: argparse.Namespace) -> TrackerOptions:
     """The command line's tracker settings (checked: this imports torch)."""
-    return TrackerOptions(
-        checkpoint=args.checkpoint,
-        head_model=args.head_model,
-        ict_model=args.ict_model,
-        flame_dir=args.flame_dir,
-        device=args.device,
-        runtime=args.runtime,
+    return options_from_args(
+        args,
         cue=args.cue,
         pixel3dmm_weights=args.pixel3dmm_weights,
         farl_weights=args.farl_weights,
         max_faces=args.max_faces,
         smoothing=not args.no_smoothing,
         focal=args.focal,
-        detector=args.detector,
-        refine=args.refine,
-        refine_iters=args.refine_iters,
         identity_take=args.identity,
         identity_track=args.identity_track,
     )
@@ -203,7 +175,7 @@ def summary(stats: StatsSnapshot, source: FrameSource, recorded: Path | None) ->
         if recorded.exists() and not journal.exists():
             lines.append(f"recorded: {recorded}")
         elif journal.exists():
-            lines.append(f"recording kept in its journal {journal}: finalise it with `python -m tracker.takes.recording --recover {journal}`")
+            lines.append(f"recording kept in its journal {journal}: finalise it with `python -m tracker.takes recover {journal}`")
     return "\n".join(lines)
 
 
@@ -266,16 +238,16 @@ def run_headless(args: argparse.Namespace, clock: StartupClock) -> int:
         check_take_path(args.record, args.overwrite)  # before the set-up, not after the tracking
     start_torch(args)  # the heavy imports begin here, once the cheap checks passed
     options = tracker_options(args)
-    from tracker.live.options import build_tracker
     from tracker.live.pipeline import Pipeline, PipelineStats
     from tracker.live.sinks import ProgressLog, RecordingSink
+    from tracker.live.tracker import FaceTracker
 
     clock.mark("Python and imports")
     source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop, on_bad_frame=args.on_bad_frame)
     clock.mark("source")
     tracker, recording, sinks = None, None, []
     try:
-        tracker = build_tracker(options)
+        tracker = FaceTracker.from_options(options)
         clock.mark("tracker set-up")
         if args.virtualcam:
             sinks.append(virtualcam_factory(args, tracker, source)())
@@ -333,9 +305,9 @@ def run_viewer(args: argparse.Namespace, clock: StartupClock) -> int:
     from PyQt6 import QtCore, QtWidgets
 
     from app.viewer import ResultBridge, ViewerOptions, ViewerWindow
-    from tracker.live.options import build_tracker
     from tracker.live.pipeline import Pipeline
     from tracker.live.sinks import SwitchableSink
+    from tracker.live.tracker import FaceTracker
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-tracker"])
     spec = source_spec(args)
@@ -346,7 +318,7 @@ def run_viewer(args: argparse.Namespace, clock: StartupClock) -> int:
     tracker_settings = tracker_options(args)
     source = open_source(spec, realtime=realtime(args, spec, viewer=True), loop=args.loop, on_bad_frame=args.on_bad_frame)
     clock.mark("Python, imports and source")
-    tracker = build_tracker(tracker_settings)
+    tracker = FaceTracker.from_options(tracker_settings)
     clock.mark("tracker set-up")
     log.info("start-up: %s", clock.describe())
     bridge, recording, virtualcam = ResultBridge(), SwitchableSink(), SwitchableSink()

@@ -1,23 +1,22 @@
 """The live viewer: video with the tracked mesh, an interactive 3D head, live plots, controls.
 
 Threads: the pipeline runs in its own threads; its sink ``ResultBridge`` keeps only the newest
-result (a one-slot mailbox, O(1) under a lock) and the GUI thread takes it on a display timer
-(every DISPLAY_INTERVAL_MS), so a slow GUI skips display frames and never slows tracking, the
-GUI never waits on the pipeline, and drawing can never flood Qt's event queue. Closing the
-window stops the pipeline (frames in flight finish, the recording is finalised).
+result (a one-slot ``tracker.live.mailbox.Mailbox``, O(1) under a lock) and the GUI thread takes
+it on a display timer (every DISPLAY_INTERVAL_MS), so a slow GUI skips display frames and never
+slows tracking, the GUI never waits on the pipeline, and drawing can never flood Qt's event
+queue. Closing the window stops the pipeline (frames in flight finish, the recording is finalised).
 
 Keys: R record on/off, V virtual camera on/off, K / U / O the VMC / Live Link / OSC avatar stream
 on/off (``tracker.outputs.streaming``; configured with --vmc, --livelink, --osc), S smoothing on/off,
 M mesh style (shaded, wireframe, none), L landmarks on/off, P screenshot, Q / Esc quit. The 3D
 view orbits with the left mouse button and zooms with the wheel. The status bar shows every
-tracked face's identity state (calibrating, locked, given, network: ``identity_text``) and the
-streams that are on.
+tracked face's identity state (calibrating, locked, given, network: ``identity_text``), the
+streams that are on, and the virtual camera's failed frames, if any (tracking goes on).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,13 +31,15 @@ from PyQt6 import QtCore, QtGui, QtWidgets
 
 from tracker.fitting.arkit import ARKIT_INDEX
 from tracker.errors import TrackerError
+from tracker.geometry.camera import FLIP, camera_to_view
 from tracker.geometry.rotations import euler_to_matrix, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
 from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, MeshTopology, draw_overlay, shade_colours, shade_mesh
+from tracker.live.mailbox import Mailbox
 from tracker.live.pipeline import Pipeline
 from tracker.live.sinks import RecordingSink, SwitchableSink
 from tracker.outputs.streaming import LiveLinkSink, OscSink, VmcSink
-from tracker.live.tracker import FaceResult, TrackingResult
+from tracker.live.results import FaceResult, TrackingResult
 
 PLOT_REFRESH_S = 0.2  # the plots are redrawn 5 times a second
 DISPLAY_INTERVAL_MS = 15  # the GUI looks for a new result this often (up to ~66 displayed fps)
@@ -49,24 +50,11 @@ PLOTTED_ARKIT = ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft")  
 STREAMS = {VmcSink.label: ("K", "--vmc"), LiveLinkSink.label: ("U", "--livelink"), OscSink.label: ("O", "--osc")}
 
 
-class ResultBridge:
-    """Pipeline sink -> GUI thread: a one-slot mailbox holding the newest result."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._latest: TrackingResult | None = None
-        self.received = 0
+class ResultBridge(Mailbox[TrackingResult]):
+    """Pipeline sink -> GUI thread: the mailbox holding the newest result; the GUI ``take()``s it."""
 
     def __call__(self, result: TrackingResult) -> None:
-        with self._lock:
-            self._latest = result
-            self.received += 1
-
-    def take(self) -> TrackingResult | None:
-        """The newest result not taken yet, or None."""
-        with self._lock:
-            result, self._latest = self._latest, None
-        return result
+        self.put(result)
 
 
 def to_qimage(image_bgr: np.ndarray) -> QtGui.QImage:
@@ -103,8 +91,7 @@ class VideoView(QtWidgets.QLabel):
 def head_centred_vertices(face: FaceResult) -> np.ndarray:
     """(V, 3) the posed head without its translation, in a y-up, z-towards-the-viewer frame
     (OpenCV camera axes flipped in y and z), metres."""
-    points = (face.vertices - face.translation).numpy()
-    return points * np.array([1.0, -1.0, -1.0], np.float32)
+    return camera_to_view(face.vertices - face.translation).numpy()
 
 
 class MeshView3D:
@@ -196,7 +183,7 @@ class SoftwareMeshView(MeshView3D):
             return None
         vertices, faces = self._mesh
         orbit = euler_to_matrix(torch.tensor([[math.radians(self.pitch), math.radians(self.yaw), 0.0]]))[0].numpy()
-        points = vertices @ orbit.T * np.array([1.0, -1.0, -1.0]) + np.array([0.0, 0.0, self.distance])  # y-up view -> camera
+        points = vertices @ orbit.T * np.asarray(FLIP) + np.array([0.0, 0.0, self.distance])  # y-up view -> camera
         focal = 1.2 * self.size
         shade, covered = shade_mesh(torch.from_numpy(points.astype(np.float32)), faces, (focal, focal), (self.size / 2, self.size / 2), (self.size, self.size))
         image = np.empty((self.size, self.size, 3), np.uint8)
@@ -565,7 +552,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         stats = stats or self.pipeline.stats.snapshot()
         recorder = self.recording.current
         rec = f"REC {recorder.path.name} ({recorder.recorder.frames} frames)" if recorder is not None else "not recording"
-        cam = "virtual camera ON" if self.virtualcam.current is not None else "virtual camera off"
+        camera = self.virtualcam.current
+        cam = "virtual camera off" if camera is None else "virtual camera ON"
+        if camera is not None and camera.frames_failed:
+            cam += f" ({camera.frames_failed} frames failed)"
         identity = identity_text(self._last_result.faces if self._last_result is not None else [])
         self.status.setText(
             f"{self.options.source_name} | {self.head.name.upper()} | {Path(self.options.checkpoint).name} | {self.options.device} | "

@@ -2,13 +2,15 @@
 
 Two modes: ``overlay`` sends the video with the tracked mesh drawn over it; ``key`` sends the
 mesh alone on a flat key colour, for chroma-key compositing in OBS or a video call. Frames are
-sent at a fixed rate (the source's) from a thread of the sink's own, so the pipeline never waits
-for the camera; when no new result has arrived the previous frame is sent again, so the camera
-keeps its rate.
+sent at a fixed rate (the source's) from a thread of the sink's own (``tracker.live.mailbox``), so
+the pipeline never waits for the camera; when no new result has arrived the previous frame is sent
+again, so the camera keeps its rate. A frame that cannot be drawn or sent is logged (once per kind
+of error) and counted, and the camera goes on with the next result; tracking never stops for it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 
@@ -18,8 +20,11 @@ import pyvirtualcam
 import torch
 
 from tracker.errors import TrackerError
+from tracker.live.mailbox import MailboxThread
 from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, check_look, draw_landmarks, draw_mesh, draw_overlay
-from tracker.live.tracker import TrackingResult
+from tracker.live.results import TrackingResult
+
+log = logging.getLogger(__name__)
 
 VIRTUALCAM_MODES = ("overlay", "key")
 
@@ -49,8 +54,9 @@ class VirtualCameraSink:
     device, backend passed to ``pyvirtualcam.Camera`` (None: the first available one)
 
     The camera is opened here, so a missing device fails at start-up with a ``TrackerError`` that
-    says how to get one. ``__call__`` only keeps the newest result; the sender thread draws and
-    sends. An error in the sender thread is raised by the next ``__call__`` or by ``close()``.
+    says how to get one. ``__call__`` only keeps the newest result; the sender thread
+    (``MailboxThread``, repeating) draws and sends. A failed frame is logged once per kind of error
+    and counted (``frames_failed``), never raised: the sender goes on with the next result.
     """
 
     def __init__(
@@ -92,19 +98,13 @@ class VirtualCameraSink:
             cause = " ".join(str(error).split()) or type(error).__name__
             raise TrackerError(NO_DEVICE.format(cause=cause)) from error
 
-        self._lock = threading.Lock()  # guards the newest result and the counters
+        self._lock = threading.Lock()  # guards the counters
         self._camera_lock = threading.Lock()  # a send never overlaps close()
-        self._newest: TrackingResult | None = None
-        self._has_new = False
-        self._received = 0
         self._sent = 0
         self._composed = 0
-        self._error: BaseException | None = None
-        self._first = threading.Event()
-        self._stop = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(target=self._send_loop, name="virtual camera", daemon=True)
-        self._thread.start()
+        self._frame: tuple[TrackingResult, np.ndarray] | None = None  # the last result drawn, and its frame
+        self._closed = self._camera_closed = False
+        self._sender = MailboxThread(self._send, f"virtual camera {self.device}", repeat=True)
 
     @property
     def device(self) -> str:
@@ -114,8 +114,7 @@ class VirtualCameraSink:
     @property
     def results_received(self) -> int:
         """Results handed to the sink so far."""
-        with self._lock:
-            return self._received
+        return self._sender.stats.received
 
     @property
     def frames_composed(self) -> int:
@@ -129,24 +128,27 @@ class VirtualCameraSink:
         with self._lock:
             return self._sent
 
+    @property
+    def frames_failed(self) -> int:
+        """Frames that could not be drawn or sent so far (``MailboxThread``'s errors)."""
+        return self._sender.stats.errors
+
     def __call__(self, result: TrackingResult) -> None:
-        """Keep ``result`` as the newest (O(1), never blocks); raises an error of the sender thread."""
-        self._raise_error()
-        with self._lock:
-            self._newest, self._has_new = result, True
-            self._received += 1
-        self._first.set()
+        """Keep ``result`` as the newest (O(1), never blocks)."""
+        self._sender.put(result)
 
     def close(self) -> None:
-        """Stop the sender thread and close the camera. Idempotent; raises an error of the sender thread."""
-        if not self._closed:
-            self._closed = True
-            self._stop.set()
-            self._first.set()  # wake a sender still waiting for the first result
-            self._thread.join(timeout=1.0 + 2.0 / self.fps)
-            with self._camera_lock:
-                self._camera.close()
-        self._raise_error()
+        """Send the newest result not sent yet, stop the sender thread and close the camera. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sender.close(timeout=1.0 + 2.0 / self.fps)
+        with self._camera_lock:
+            self._camera.close()
+            self._camera_closed = True
+        stats = self._sender.stats
+        if stats.errors:
+            log.warning("%s: %d frames could not be sent (last: %s)", self._sender.name, stats.errors, stats.last_error)
 
     def compose(self, result: TrackingResult) -> np.ndarray:
         """The frame to send for ``result``: (height, width, 3) uint8 BGR."""
@@ -164,33 +166,17 @@ class VirtualCameraSink:
         shrinking = self.width * self.height < source_width * source_height
         return cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
-    def _raise_error(self) -> None:
-        """Raise the sender thread's error once (the pipeline reports the first error it sees)."""
-        with self._lock:
-            error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def _send_loop(self) -> None:
-        """Sender thread: wait for the first result, then compose the newest and send, once per 1 / fps."""
-        try:
-            self._first.wait()
-            frame: np.ndarray | None = None
-            while not self._stop.is_set():
-                with self._lock:
-                    result, fresh = self._newest, self._has_new
-                    self._has_new = False
-                if fresh or frame is None:
-                    frame = self.compose(result)
-                    with self._lock:
-                        self._composed += 1
-                with self._camera_lock:
-                    if self._stop.is_set():
-                        break
-                    self._camera.send(frame)
-                with self._lock:
-                    self._sent += 1
-                self._camera.sleep_until_next_frame()
-        except Exception as error:
+    def _send(self, result: TrackingResult) -> None:
+        """The sender thread's work, repeated until a newer result comes: draw ``result`` (once),
+        send it, wait for the camera's next frame time."""
+        if self._frame is None or self._frame[0] is not result:
+            self._frame = (result, self.compose(result))
             with self._lock:
-                self._error = error
+                self._composed += 1
+        with self._camera_lock:
+            if self._camera_closed:  # the sender outlived close()'s wait
+                return
+            self._camera.send(self._frame[1])
+        with self._lock:
+            self._sent += 1
+        self._camera.sleep_until_next_frame()

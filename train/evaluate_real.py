@@ -51,17 +51,17 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tracker.live import options as tracker_options
 from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES
 from tracker.errors import TrackerError
 from tracker.files.paths import shared_dir
+from tracker.geometry.boxes import box_iou
+from tracker.live.options import TrackerOptions, add_tracker_arguments, options_from_args
 from train.cli import Progress, add_output_options, run, writable_file
 from train.real_split import SPLITS, split_paths
 
@@ -69,9 +69,8 @@ if TYPE_CHECKING:
     import torch
 
     from tracker.fitting.arkit_side_fit import ArkitFit
-    from tracker.live.feed import CpuFeeder, CudaFeeder
-    from tracker.live.sources import Frame, FrameSource
-    from tracker.live.tracker import FaceTracker, TrackingResult
+    from tracker.live.results import TrackingResult
+    from tracker.live.tracker import FaceTracker
 
 ANNOTATION_FILES = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
 VIDEO_SUFFIXES = (".mp4", ".mov")
@@ -137,13 +136,6 @@ def annotated_faces(folder: Path) -> list[AnnotatedFace]:
 def landmark_box(points: np.ndarray) -> np.ndarray:
     """(N, 2) points -> (4,) x0, y0, x1, y1 of their bounding box."""
     return np.concatenate((points.min(0), points.max(0)))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two (4,) x0, y0, x1, y1 boxes."""
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def match_boxes(annotations: np.ndarray, detections: np.ndarray, threshold: float = MATCH_IOU) -> list[tuple[int | None, float]]:
@@ -217,27 +209,17 @@ class LandmarkSummary:
         return self.detected / self.faces if self.faces else math.nan
 
 
-def image_tracker(args: argparse.Namespace, **overrides) -> FaceTracker:
+def image_options(args: argparse.Namespace, **overrides) -> TrackerOptions:
     """The app's tracker without smoothing, for unrelated photos: MediaPipe's full-range detector
-    in static mode, up to IMAGE_MAX_FACES faces (refinement as ``--refine``; ``overrides``: see
-    ``build_tracker``)."""
-    return build_tracker(args, max_faces=IMAGE_MAX_FACES, smoothing=False, photos=True, detector="full-range", **overrides)
+    in static mode, up to IMAGE_MAX_FACES faces (refinement as ``--refine``; ``overrides``: other
+    TrackerOptions fields, e.g. refine=False)."""
+    return options_from_args(args, **{"max_faces": IMAGE_MAX_FACES, "smoothing": False, "photos": True, "detector": "full-range", **overrides})
 
 
-def track_image(tracker: FaceTracker, feeder: CpuFeeder | CudaFeeder, image: np.ndarray, upscale: float = 1.0) -> TrackingResult:
-    """One (H, W, 3) BGR photo through every stage of ``tracker`` (network via ``feeder``, made
-    by ``create_feeder``) from a fresh state, resized by ``upscale`` first; the result's pixels
-    are those of the resized photo (divide by ``upscale``)."""
-    import cv2
-
-    from tracker.live.sources import Frame
-
-    if upscale != 1.0:
-        image = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_LINEAR)
-    tracker.reset()
-    prepared = tracker.prepare(Frame(image, 0, 0.0, None))
-    raw = feeder.submit(prepared.inputs).result() if prepared.inputs is not None else None
-    return tracker.finish(prepared, raw)
+def video_options(args: argparse.Namespace, **overrides) -> TrackerOptions:
+    """The tracker exactly as ``python -m app.live`` builds it from the same options, one face,
+    smoothing as ``--no-smoothing`` says (``overrides``: other TrackerOptions fields)."""
+    return options_from_args(args, **{"max_faces": 1, "smoothing": not args.no_smoothing, **overrides})
 
 
 @dataclass
@@ -253,13 +235,11 @@ class TrackedPhoto:
 
 
 def tracked_photos(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: float = DEFAULT_UPSCALE):
-    """Yield a ``TrackedPhoto`` per photo of ``faces``: tracked (``track_image``), each annotation
-    matched to a detection by the box of MediaPipe's 68 points (``match_boxes``)."""
+    """Yield a ``TrackedPhoto`` per photo of ``faces``: resized by ``upscale``, tracked from a fresh
+    state (``FaceTracker.track_image``), each annotation matched to a detection by the box of
+    MediaPipe's 68 points (``match_boxes``)."""
     import cv2
 
-    from tracker.live.feed import create_feeder
-
-    feeder = create_feeder(tracker.run_network, tracker.device)
     by_image: dict[Path, list[AnnotatedFace]] = {}
     for face in faces:
         by_image.setdefault(face.image, []).append(face)
@@ -267,7 +247,8 @@ def tracked_photos(tracker: FaceTracker, faces: list[AnnotatedFace], upscale: fl
         image = cv2.imread(str(path))
         if image is None:
             raise TrackerError(f"cannot read the image {path}")
-        result = track_image(tracker, feeder, image, upscale)
+        resized = image if upscale == 1.0 else cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_LINEAR)
+        result = tracker.track_image(resized)
         boxes = np.array([landmark_box(f.mesh_landmarks68 / upscale) for f in result.faces]).reshape(-1, 4)
         matches = match_boxes(np.stack([a.box for a in annotations]), boxes)
         yield TrackedPhoto(image, result, upscale, [(a, d, iou) for a, (d, iou) in zip(annotations, matches)])
@@ -427,39 +408,6 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-class MediaClockSource:
-    """A file's FrameSource whose frames carry their media time, index / the nominal frame rate
-    (30 when the file gives none), as ``timestamp``: the smoothing then sees a camera at the
-    file's rate, whatever the processing speed. ``transform``: (H, W, 3) -> (H, W, 3) applied to
-    every image first (e.g. ``train.pseudo_gt.Variant``), None: none."""
-
-    def __init__(self, source: FrameSource, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        self.source, self.transform = source, transform
-        self.period = 1.0 / (source.fps or 30.0)
-
-    @property
-    def finished(self) -> bool:
-        return self.source.finished
-
-    @property
-    def frames_dropped(self) -> int:
-        return self.source.frames_dropped
-
-    def start(self) -> MediaClockSource:
-        self.source.start()
-        return self
-
-    def stop(self, timeout: float = 1.0) -> None:
-        self.source.stop(timeout)
-
-    def read(self, timeout: float | None = None) -> Frame | None:
-        frame = self.source.read(timeout)
-        if frame is None:
-            return None
-        image = frame.image if self.transform is None else self.transform(frame.image)
-        return dataclasses.replace(frame, image=image, timestamp=frame.index * self.period)
-
-
 class VideoMeter:
     """Pipeline sink: counts frames and faces, result times, the three jitters of the first
     (largest) face and its agreement with MediaPipe (``VideoRow``); ``face_vertices`` (V,) bool
@@ -542,7 +490,7 @@ def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = No
     """Every frame of ``path`` (at most ``max_frames``) in order through the sequential pipeline,
     from a fresh tracker state (``side_fit``: also run this ARKit fit on every face)."""
     from tracker.live.pipeline import Pipeline
-    from tracker.live.sources import open_source
+    from tracker.live.sources import MediaClockSource, open_source
 
     tracker.reset()
     meter = VideoMeter(tracker.head.region_masks.get("face"), side_fit)
@@ -590,25 +538,6 @@ def format_arkit_table(rows: list[VideoRow]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_tracker(args: argparse.Namespace, *, max_faces: int, smoothing: bool, photos: bool = False, **overrides) -> FaceTracker:
-    """The tracker exactly as ``python -m app.live`` builds it from the same options
-    (``tracker.live.options``); ``overrides``: TrackerOptions fields to set otherwise (e.g. refine=False)."""
-    options = tracker_options.TrackerOptions(
-        checkpoint=args.checkpoint,
-        head_model=args.head_model,
-        ict_model=args.ict_model,
-        flame_dir=args.flame_dir,
-        device=args.device,
-        runtime=args.runtime,
-        max_faces=max_faces,
-        smoothing=smoothing,
-        detector=args.detector,
-        refine=args.refine,
-        refine_iters=args.refine_iters,
-    )
-    return tracker_options.build_tracker(dataclasses.replace(options, **overrides), photos=photos)
-
-
 def data_folder(path: str | None) -> Path:
     """``--data`` or the shared folder's real-faces/; a TrackerError that says how to set it when absent."""
     if path is not None:
@@ -642,17 +571,7 @@ def video_paths(args: argparse.Namespace, folder: Path) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.evaluate_real", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="N2FNet checkpoint (.pt)")
-    p.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
-    p.add_argument("--ict-model", help="ICT-FaceKit model (default: as python -m app.live finds it)")
-    p.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
-    p.add_argument("--device", default="cpu", help="network device: cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--runtime", choices=("auto", *tracker_options.RUNTIMES), default="auto", help="network runtime, as the app's --runtime (default: auto)")
-    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
-                   help="the refinement after the network (Gauss-Newton fit to MediaPipe's landmarks, pooled identity per track; default: on, as the app)")
-    p.add_argument("--refine-iters", type=tracker_options.positive_int, metavar="N", help="refinement iterations per frame (default: the library's)")
-    p.add_argument("--detector", choices=tracker_options.DETECTORS, default="short-range",
-                   help="videos: the face detector, as the app's --detector (default: short-range); the photos always use full-range")
+    add_tracker_arguments(p, p, checkpoint_required=True)
     p.add_argument("--data", help="real-face material folder (default: the shared folder's real-faces/)")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the annotated photos")
@@ -707,8 +626,10 @@ def format_ablation_table(results: dict[str, dict]) -> str:
 
 def report_images(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     """Track the annotated photos, print their table (and write --csv) -> the JSON part."""
+    from tracker.live.tracker import FaceTracker
+
     faces = annotated_faces(folder / "dlib-faces")
-    tracker = image_tracker(args, **overrides)
+    tracker = FaceTracker.from_options(image_options(args, **overrides))
     try:
         rows, unmatched = evaluate_images(tracker, faces, args.upscale)
     finally:
@@ -744,8 +665,9 @@ def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> d
 
     from tracker.fitting.arkit_side_fit import ArkitFit
     from tracker.head_models import load_head_model
+    from tracker.live.tracker import FaceTracker
 
-    tracker = build_tracker(args, max_faces=1, smoothing=not args.no_smoothing, **overrides)
+    tracker = FaceTracker.from_options(video_options(args, **overrides))
     try:
         ict = load_head_model("ict", args.ict_model) if args.arkit_side_fit else None
         rows = [evaluate_video(tracker, path, args.max_frames, ArkitFit(ict) if ict is not None else None) for path in paths]

@@ -105,7 +105,7 @@ def face_anchor(head) -> tuple[float, float, float]:
 def projected_landmarks(head, params: dict[str, torch.Tensor], rotation: torch.Tensor, translation: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor) -> torch.Tensor:
     """Head-model parameters and a crop camera -> (B, 68, 2) projected landmarks, crop px."""
     landmarks = head.decode_landmarks(params, view_rotation=rotation)
-    return camera.project(camera.head_to_camera(landmarks, rotation, translation), focal, principal)
+    return camera.project_head(landmarks, rotation, translation, focal, principal)
 
 
 class HeadTuner:

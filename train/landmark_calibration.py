@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.live.options import TrackerOptions, build_tracker
+from tracker.live.options import TrackerOptions
 from train.cli import Progress, add_output_options, run, writable_file
 from train.evaluate_real import (
     DEFAULT_UPSCALE,
@@ -142,12 +142,13 @@ def calibration(args: argparse.Namespace, progress: Progress) -> None:
 
     from tracker.files.atomic_write import atomic_write
     from tracker.head_models.ict import CONTOURS, contour_landmarks
+    from tracker.live.tracker import FaceTracker
 
     if args.landmarks not in CONTOURS:
         raise TrackerError(f"--landmarks must be one of {', '.join(CONTOURS)}, got {args.landmarks!r}")
     torch.set_num_threads(1)
-    options = TrackerOptions(checkpoint=args.checkpoint, ict_model=args.ict_model, max_faces=IMAGE_MAX_FACES, smoothing=False)
-    tracker = build_tracker(options, photos=True)
+    options = TrackerOptions(checkpoint=args.checkpoint, ict_model=args.ict_model, max_faces=IMAGE_MAX_FACES, smoothing=False, photos=True)
+    tracker = FaceTracker.from_options(options)
     try:
         head = tracker.head
         if head.name != "ict":

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.live.options import positive_int
+from tracker.live.options import options_from_args, positive_int
 from train.cli import Progress, run, writable_folder
 from train.evaluate_real import (
     annotated_faces,
     build_parser as evaluate_parser,
-    build_tracker,
     data_folder,
-    image_tracker,
+    image_options,
     openings,
     tracked_photos,
     video_paths,
@@ -59,11 +58,12 @@ class Keep:
 def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
     from tracker.outputs.overlay import draw_mesh, draw_points, face_window
     from tracker.live.pipeline import Pipeline
-    from tracker.live.sources import open_source
-    from train.evaluate_real import MediaClockSource
+    from tracker.live.sources import MediaClockSource, open_source
+    from tracker.live.tracker import FaceTracker
 
     first = Keep(None)
-    trackers = {name: build_tracker(args, max_faces=1, smoothing=True, refine=refine) for name, refine in (("N2FNet alone", False), ("N2FNet + refinement", True))}
+    trackers = {name: FaceTracker.from_options(options_from_args(args, max_faces=1, smoothing=True, refine=refine))
+                for name, refine in (("N2FNet alone", False), ("N2FNet + refinement", True))}
     try:
         Pipeline(MediaClockSource(open_source(path, realtime=False)), trackers["N2FNet alone"], [first], mode="sequential", max_frames=max_frames).run()
         if not first.mediapipe:
@@ -98,12 +98,13 @@ def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
 def photo_picture(args, folder: Path, count: int) -> np.ndarray:
     import cv2
 
+    from tracker.live.tracker import FaceTracker
     from tracker.outputs.overlay import draw_points
 
     faces = annotated_faces(folder / "dlib-faces")
     columns = {}
     for name, refine in (("N2FNet alone", False), ("N2FNet + refinement", True)):
-        tracker = image_tracker(args, refine=refine)
+        tracker = FaceTracker.from_options(image_options(args, refine=refine))
         tiles = []
         try:
             for photo in tracked_photos(tracker, faces, args.upscale):

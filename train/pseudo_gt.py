@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.live.options import DEFAULT_CHECKPOINT, positive_int
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions, positive_int
 from train.cli import Progress, add_output_options, run, writable_folder
 from train.evaluate_real import data_folder, nme_percent
 from train.real_split import split_paths
 
 if TYPE_CHECKING:
-    from tracker.live.tracker import FaceResult, FaceTracker, TrackingResult
+    from tracker.live.results import FaceResult, TrackingResult
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -167,13 +167,13 @@ def _write_every(writer: PseudoGtWriter, source: str, variant: str, every: int, 
         writer.write(source, variant, result.frame.index, result)
 
 
-def build_tracker(checkpoint: str, photos: bool, runtime: str, refine_iters: int) -> FaceTracker:
-    """The live tracker for labelling: refinement from the mean face, per-frame fits (no parameter
-    smoothing), the live crop smoothing for videos; photos in MediaPipe's static full-range mode."""
-    from tracker.live.tracker import FaceTracker
-
-    return FaceTracker.from_checkpoint(
-        checkpoint,
+def labelling_options(checkpoint: str, photos: bool, runtime: str, refine_iters: int) -> TrackerOptions:
+    """The live tracker's settings for labelling: refinement from the mean face, per-frame fits
+    (no parameter smoothing), the live crop smoothing for videos; photos in MediaPipe's static
+    full-range mode."""
+    return TrackerOptions(
+        checkpoint=checkpoint,
+        runtime=runtime,
         max_faces=MAX_PHOTO_FACES if photos else 1,
         smoothing=False,
         crop_smoothing=not photos,
@@ -182,7 +182,6 @@ def build_tracker(checkpoint: str, photos: bool, runtime: str, refine_iters: int
         refine=True,
         refine_iters=refine_iters,
         refine_start="mean",
-        runtime=runtime,
     )
 
 
@@ -250,10 +249,10 @@ def label(args: argparse.Namespace, progress: Progress) -> None:
 
 def _label_videos(args: argparse.Namespace, videos: list[Path], variants: list[Variant], writer: PseudoGtWriter) -> None:
     from tracker.live.pipeline import Pipeline
-    from tracker.live.sources import open_source
-    from train.evaluate_real import MediaClockSource
+    from tracker.live.sources import MediaClockSource, open_source
+    from tracker.live.tracker import FaceTracker
 
-    tracker = build_tracker(args.checkpoint, False, args.runtime, args.refine_iters)
+    tracker = FaceTracker.from_options(labelling_options(args.checkpoint, False, args.runtime, args.refine_iters))
     try:
         for path in videos:
             for variant in variants:
@@ -270,19 +269,17 @@ def _label_videos(args: argparse.Namespace, videos: list[Path], variants: list[V
 def _label_photos(args: argparse.Namespace, images: list[Path], variants: list[Variant], writer: PseudoGtWriter) -> None:
     import cv2
 
-    from tracker.live.feed import create_feeder
-    from train.evaluate_real import track_image
+    from tracker.live.tracker import FaceTracker
 
-    tracker = build_tracker(args.checkpoint, True, args.runtime, args.refine_iters)
+    tracker = FaceTracker.from_options(labelling_options(args.checkpoint, True, args.runtime, args.refine_iters))
     try:
-        feeder = create_feeder(tracker.run_network, tracker.device)
         for path in images:
             image = cv2.imread(str(path))
             if image is None:
                 raise TrackerError(f"cannot read the image {path}")
             before = writer.count
             for variant in variants:  # track_image starts each from a fresh state
-                writer.write(path.stem, variant.name, 0, track_image(tracker, feeder, variant(image)))
+                writer.write(path.stem, variant.name, 0, tracker.track_image(variant(image)))
             print(f"{path.name}: {writer.count - before} faces over {len(variants)} variants", flush=True)
     finally:
         tracker.close()

@@ -109,7 +109,7 @@ def render_face(
         mask = maps.region_mask[..., None]  # (B, S, S, 1): pixel inside a triangle of the face region
         normals, mask = (maps.normals * mask).permute(0, 3, 1, 2), mask.permute(0, 3, 1, 2)
     landmarks_3d = head.landmarks(vertices, params, view_rotation=rotation)
-    landmarks = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal, principal)
+    landmarks = camera.project_head(landmarks_3d, rotation, translation, focal, principal)
     return RenderedFace(normals, mask, landmarks)
 
 
@@ -167,7 +167,7 @@ class SyntheticSampler:
             landmarks_orig = self.proxy.landmarks68(vertices, rotation, translation, focal, principal)
         else:
             landmarks_3d = head.landmarks(vertices, params, rotation)
-            landmarks_orig = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal, principal)
+            landmarks_orig = camera.project_head(landmarks_3d, rotation, translation, focal, principal)
         box = self._jitter(crop.square_box_from_landmarks(landmarks_orig, cfg.alpha))
         focal_c, principal_c = crop.crop_intrinsics(focal, principal, box, cfg.output_size)
         return SyntheticBatch(params, vertices, rotation, matrix_to_rotation_6d(rotation), translation, focal_c, principal_c, None, None, None)

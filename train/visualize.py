@@ -60,7 +60,7 @@ def preview(checkpoint: str, samples: int, seed: int, device: str = "auto") -> n
         faces = head.render_faces
         pred_normals, pred_mask = render_normal_map(vertices, faces, out.rotation, out.translation, batch.focal, batch.principal, size, config.normal_frame)
         gt_normals, gt_mask = render_normal_map(batch.vertices, faces, batch.rotation, batch.translation, batch.focal, batch.principal, size, config.normal_frame)
-        pred_lmk = camera.project(camera.head_to_camera(head.landmarks(vertices, out.params, out.rotation), out.rotation, out.translation), batch.focal, batch.principal)
+        pred_lmk = camera.project_head(head.landmarks(vertices, out.params, out.rotation), out.rotation, out.translation, batch.focal, batch.principal)
     rows = []
     for i in range(samples):
         tiles = (

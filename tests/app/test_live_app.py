@@ -23,7 +23,8 @@ from tracker.geometry import camera
 from tracker.takes.recording import IDENTITY_STATES, Recorder, journal_path, read_take
 from tracker.fitting.refinement import DEFAULT_ITERATIONS
 from tracker.live.sources import open_source
-from tracker.live.tracker import FaceTracker, RawOutput
+from tracker.live.results import RawOutput
+from tracker.live.tracker import FaceTracker
 
 INPUT_SIZE = 64  # the untrained_checkpoint fixture's input size
 
@@ -102,7 +103,7 @@ def test_identity_from_a_take_and_refinement_off(checkpoint: Path, videos: Path,
 
 def test_checkpoint_for_another_head_model_is_refused(checkpoint: Path) -> None:
     with pytest.raises(TrackerError, match="trained for the 'ict' head model, not 'flame'"):
-        FaceTracker.from_checkpoint(checkpoint, head_model="flame")
+        FaceTracker.from_options(tracker_options.TrackerOptions(checkpoint=checkpoint, head_model="flame", runtime="torch"))
 
 
 def interrupt_once_recording(process: subprocess.Popen, take_path: Path, records: int = 5) -> tuple[bytes, bytes]:
@@ -146,7 +147,7 @@ def test_network_camera_lands_on_the_crop_point_it_predicts(checkpoint: Path, vi
     Mapped through the crop box to frame pixels, that point must be where the frame camera
     projects the returned translation: checks crop intrinsics (eqs. 6-9), the translation
     parameterisation and the frame camera together, independently of the network's weights."""
-    tracker = FaceTracker.from_checkpoint(checkpoint, smoothing=False)
+    tracker = FaceTracker.from_options(tracker_options.TrackerOptions(checkpoint=checkpoint, runtime="torch", smoothing=False, crop_smoothing=True))
     bias = tracker.net.camera_module.mlp[-1].bias
     with torch.no_grad():
         bias[6:9] = torch.tensor([0.3, -0.2, 0.1])  # (u, v, log k): away from the crop centre

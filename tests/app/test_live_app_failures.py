@@ -12,7 +12,6 @@ import struct
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 
 import cv2
@@ -120,14 +119,14 @@ def test_max_frames_must_be_positive(checkpoint, video, capsys, frames):
 
 _SIGNALLED_WHILE_LOADING = """
 import os, signal, sys, time
-import tracker.live.options
+from tracker.live.tracker import FaceTracker
 
 def loading(options):  # the signal arrives while the model loads
     os.kill(os.getpid(), signal.{how})
     time.sleep(5)
     raise AssertionError("the signal did not interrupt the start-up")
 
-tracker.live.options.build_tracker = loading
+FaceTracker.from_options = staticmethod(loading)
 from app import live
 sys.exit(live.main(sys.argv[1:]))
 """
@@ -166,7 +165,7 @@ def test_full_disk_keeps_the_journal_and_says_how_to_recover(checkpoint, video, 
     code = live.main(_headless(checkpoint, "--video", str(video), "--record", str(take_path), "--max-frames", "3"))
     out, err = capsys.readouterr()
     assert code == 2 and "Traceback" not in err and "ZipFile" not in err
-    assert f"python -m tracker.takes.recording --recover {journal_path(take_path)}" in err and "No space left on device" in err
+    assert f"python -m tracker.takes recover {journal_path(take_path)}" in err and "No space left on device" in err
     assert "frames: 3 tracked" in out and "recording kept in its journal" in out
     assert not take_path.exists() and not temporary_files(take_path)
     assert len(read_take(journal_path(take_path))) == 3

@@ -11,6 +11,7 @@ in-process window tests use the software view."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,10 +26,11 @@ import pyvirtualcam
 import torch
 from PyQt6 import QtCore
 
-from tests.app.test_virtualcam import MemoryBackend
+from tests.app.test_virtualcam import FailingSendBackend, MemoryBackend
 
-MEMORY_BACKEND = "n2f-viewer-test-memory"
+MEMORY_BACKEND, FAILING_BACKEND = "n2f-viewer-test-memory", "n2f-viewer-test-failsend"
 pyvirtualcam.register_backend(MEMORY_BACKEND, MemoryBackend)
+pyvirtualcam.register_backend(FAILING_BACKEND, FailingSendBackend)
 
 
 @pytest.fixture(scope="session")
@@ -84,9 +86,10 @@ def make_window(qapp, checkpoint: Path, video: Path, tmp_path: Path, max_frames:
     from tracker.live.pipeline import Pipeline
     from tracker.live.sinks import SwitchableSink
     from tracker.live.sources import open_source
+    from tracker.live.options import TrackerOptions
     from tracker.live.tracker import FaceTracker
 
-    tracker = FaceTracker.from_checkpoint(checkpoint)
+    tracker = FaceTracker.from_options(TrackerOptions(checkpoint=checkpoint, runtime="torch"))
     source = open_source(video, loop=max_frames is None)  # open-ended windows: the clip repeats
     bridge, recording, virtualcam = ResultBridge(), SwitchableSink(), SwitchableSink()
     pipeline = Pipeline(source, tracker, [recording, virtualcam, bridge], max_frames=max_frames)
@@ -167,6 +170,26 @@ def test_window_tracks_records_and_closes_cleanly(qapp, untrained_checkpoint: Pa
     tracker.close()
 
 
+def test_a_failing_virtual_camera_is_shown_and_tracking_goes_on(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    from app.virtualcam import VirtualCameraSink
+
+    def open_camera() -> VirtualCameraSink:
+        return VirtualCameraSink(window.head.render_faces, 160, 120, 30.0, backend=FAILING_BACKEND)
+
+    window, pipeline, tracker = make_window(qapp, untrained_checkpoint, video, tmp_path, max_frames=None, software_3d=True, virtualcam=open_camera)
+    window.actions_by_name["Virtual camera"].trigger()  # V: on; its device fails from the third frame
+    camera, backend = window.virtualcam.current, MemoryBackend.instances[-1]
+    process_events_until(qapp, lambda: camera.frames_failed >= 1 and window.shown >= 3)
+    shown = window.shown
+    process_events_until(qapp, lambda: window.shown >= shown + 3)
+    assert pipeline.running and window.error is None, "the failing camera does not stop the tracking"
+    assert re.search(r"virtual camera ON \(\d+ frames failed\)", window.status.text()), window.status.text()
+    window.actions_by_name["Virtual camera"].trigger()  # V: off
+    assert window.virtualcam.current is None and "virtual camera off" in window.status.text() and backend.close_calls == 1
+    window.close()
+    tracker.close()
+
+
 def test_window_fits_the_screen(qapp, untrained_checkpoint: Path, video: Path, tmp_path: Path) -> None:
     window, pipeline, tracker = make_window(qapp, untrained_checkpoint, video, tmp_path, max_frames=2, software_3d=True)
     area = window.screen().availableGeometry()  # the test Xvfb's 1600 x 1000
@@ -194,7 +217,7 @@ def test_controls_switch_recording_smoothing_style_and_screenshot(qapp, untraine
     assert window.recording.current is None and read_take(path).complete and len(read_take(path)) >= 3
     assert path.parent == tmp_path / "takes"
     window.actions_by_name["Smoothing"].trigger()
-    assert tracker.face.smoothing is False
+    assert tracker.smoothing is False
     styles = []
     for _ in range(3):
         window.actions_by_name["Mesh style"].trigger()
@@ -271,7 +294,7 @@ IDENTITY_STATES = ("calibrating", "locked", "given", "network")
 
 
 def hand_made_face(track_id: int, state: str):
-    from tracker.live.tracker import FaceResult
+    from tracker.live.results import FaceResult
 
     return FaceResult(
         params={}, rotation_6d=torch.zeros(6), rotation=torch.eye(3), translation=torch.tensor([0.0, 0.0, 0.6]), mesh=torch.zeros(3, 3),

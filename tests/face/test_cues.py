@@ -202,9 +202,11 @@ def _fragments_both(points, faces, focal, principal, size, cull_backfaces=False)
         torch.tensor([principal], dtype=torch.float32), size, cull_backfaces=cull_backfaces,
     )  # fmt: skip
     fast = NumpyRasterizer(faces, cull_backfaces=cull_backfaces)(points, focal, principal, size)
+    triangle = np.full(size[0] * size[1], -1, np.int64)
+    triangle[fast.pixels] = fast.triangle
     bary = np.zeros((size[0] * size[1], 3), np.float32)
     bary[fast.pixels] = fast.bary
-    return (ref.triangle[0].numpy(), ref.bary[0].numpy()), (fast.triangle_image(), bary.reshape(*size, 3))
+    return (ref.triangle[0].numpy(), ref.bary[0].numpy()), (triangle.reshape(size), bary.reshape(*size, 3))
 
 
 def _assert_same_fragments(points, faces, focal, principal, size, cull_backfaces=False, min_covered=1):

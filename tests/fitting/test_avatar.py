@@ -1,4 +1,4 @@
-"""ARKit weights, head angles and gaze (tracker.fitting.arkit), the ICT fit that gives FLAME its weights
+"""ARKit weights and gaze (tracker.fitting.arkit; the head angles: tests/geometry/test_camera_crop.py), the ICT fit that gives FLAME its weights
 (tracker.fitting.arkit_side_fit), and their recording; checked against scipy, geometry, and real video."""
 
 from __future__ import annotations
@@ -13,24 +13,21 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from tests.flame_factory import make_flame_dir
-from tracker.fitting.arkit_side_fit import ArkitFit
 from tracker.fitting.arkit import (
     ARKIT_INDEX,
     ARKIT_NAMES,
     EYE_LOOK_FULL,
     Eyeballs,
-    angles_rotation,
     eye_gaze,
     gaze_weights,
-    head_pose,
     ict_to_arkit_matrix,
-    rotation_angles,
 )
 from tracker.geometry import camera
 from tracker.head_models import load_head_model
 from tracker.head_models.flame import FLAME
 from tracker.n2fnet import N2FNet
-from tracker.live.options import DEFAULT_CHECKPOINT
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
+from tracker.n2fnet.checkpoint import save_checkpoint
 from tracker.takes.recording import Recorder, journal_path, read_take
 from tracker.live.tracker import FaceTracker
 from train.evaluate_real import evaluate_video
@@ -73,28 +70,9 @@ def test_ict_left_is_the_faces_own_left(ict):
         assert (moved[neutral[:, 0] > 0].sum() > 5 * moved[neutral[:, 0] < 0].sum()), shape
 
 
-def test_angles_match_scipy_and_mean_what_they_say():
-    rng = np.random.default_rng(0)
-    angles = rng.uniform(-1.2, 1.2, size=(50, 3))
-    reference = Rotation.from_euler("YXZ", angles).as_matrix()  # intrinsic Y, X', Z'': Ry(yaw) Rx(pitch) Rz(roll)
-    assert np.allclose(angles_rotation(angles), reference, atol=1e-6)
-    assert np.allclose(rotation_angles(reference), angles, atol=1e-5)
-    # the tracker's frontal pose (R = I) is the identity; a head turned to its own left moves its nose to the image right
-    rotation, head_angles, position = head_pose(np.eye(3), np.array([0.0, 0.0, 1.0]))
-    assert np.allclose(rotation, np.eye(3)) and np.allclose(head_angles, 0) and np.allclose(position, [0, 0, -1])
-    avatar = angles_rotation(np.array([0.3, 0.0, 0.0]))  # yaw > 0
-    tracker_rotation = camera.flip_matrix().numpy() @ avatar @ camera.flip_matrix().numpy()
-    nose = camera.head_to_camera(torch.tensor([[[0.0, 0.0, 0.1]]]), torch.from_numpy(tracker_rotation)[None], torch.tensor([[0.0, 0.0, 1.0]]))
-    assert nose[0, 0, 0] > 0.02
-    assert np.allclose(head_pose(tracker_rotation, np.zeros(3))[1], [0.3, 0, 0], atol=1e-6)
-    down = angles_rotation(np.array([0.0, 0.3, 0.0]))  # pitch > 0: the nose goes down in the image (+y in OpenCV)
-    nose = camera.head_to_camera(torch.tensor([[[0.0, 0.0, 0.1]]]), torch.from_numpy(camera.flip_matrix().numpy() @ down @ camera.flip_matrix().numpy())[None], torch.tensor([[0.0, 0.0, 1.0]]))
-    assert nose[0, 0, 1] > 0.02
-
-
 def test_gaze_recovers_a_known_eye_direction():
     eyeballs = Eyeballs(np.array([[0.032, 0.036, 0.08], [-0.032, 0.036, 0.08]], np.float32), np.array([0.012, 0.012], np.float32))
-    rotation = camera.flip_matrix().numpy() @ angles_rotation(np.array([0.2, -0.1, 0.05])) @ camera.flip_matrix().numpy()
+    rotation = camera.FLIP_MATRIX @ Rotation.from_euler("YXZ", [0.2, -0.1, 0.05]).as_matrix() @ camera.FLIP_MATRIX  # yaw, pitch, roll
     translation = np.array([0.02, -0.01, 0.6])
     truth = np.array([[0.25, -0.15], [-0.1, 0.3]])  # (left, right) x (yaw, pitch)
     irises = []
@@ -123,7 +101,7 @@ def test_gaze_drives_the_eye_look_weights():
 def test_arkit_weights_follow_a_real_speakers_mouth_and_eyes(shared_path):
     """The shipped ICT tracker on a real video: jawOpen follows MediaPipe's mouth opening and the
     blinks MediaPipe's eye closing (MediaPipe's own points, not ours)."""
-    tracker = FaceTracker.from_checkpoint(DEFAULT_CHECKPOINT)
+    tracker = FaceTracker.from_options(TrackerOptions(checkpoint=DEFAULT_CHECKPOINT, runtime="torch"))
     try:
         row = evaluate_video(tracker, shared_path / "real-faces" / "videos" / "single_face.mp4")
     finally:
@@ -132,15 +110,19 @@ def test_arkit_weights_follow_a_real_speakers_mouth_and_eyes(shared_path):
 
 
 @pytest.mark.shared
-def test_flame_tracker_gets_arkit_weights_from_the_ict_fit_beside_it(shared_path, tmp_path, ict):
+def test_flame_tracker_gets_arkit_weights_from_the_ict_fit_beside_it(shared_path, tmp_path, ict_npz_path):
     """A FLAME tracker (generated FLAME model, untrained network, no FLAME refinement) has no
     ARKit semantics of its own: its weights come from ICT fitted to the same landmarks, and they
     follow the speaker's mouth and eyes as well as the ICT tracker's own."""
-    flame = FLAME.from_dir(make_flame_dir(tmp_path, use_shared_aux=True))
+    flame_dir = make_flame_dir(tmp_path, use_shared_aux=True)
     torch.manual_seed(0)
-    net = N2FNet.for_head_model(flame, backbone="resnet18", input_size=64)
-    without = FaceTracker.assemble(net, flame, refine=False)
-    tracker = FaceTracker.assemble(net, flame, refine=False, arkit_fit=ArkitFit(ict))
+    net = N2FNet.for_head_model(FLAME.from_dir(flame_dir), backbone="resnet18", input_size=64)
+    checkpoint = tmp_path / "untrained_flame.pt"
+    save_checkpoint(checkpoint, {"model": net.state_dict(), "n2fnet": net.config.to_dict(), "head_model": {"name": "flame", "path": None}})
+    options = TrackerOptions(checkpoint=checkpoint, flame_dir=flame_dir, ict_model=ict_npz_path, runtime="torch", refine=False)
+    without = FaceTracker.from_options(options)
+    without.arkit_fit = None
+    tracker = FaceTracker.from_options(options)  # a FLAME checkpoint: the ICT fit beside it
     try:
         row = evaluate_video(tracker, shared_path / "real-faces" / "videos" / "single_face.mp4")
         result = _track_one(without, shared_path / "real-faces" / "videos" / "single_face.mp4")

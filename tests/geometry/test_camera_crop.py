@@ -1,8 +1,9 @@
-"""Pinhole projection and the crop camera (N2FNet eqs. 6-9) against analytic references."""
+"""Pinhole projection, the avatar-frame head pose and the crop camera (N2FNet eqs. 6-9) against
+analytic references."""
 
-import math
-
+import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from tracker.geometry import camera, crop
 from tracker.geometry.rotations import euler_to_matrix
@@ -35,12 +36,42 @@ def test_frontal_head_faces_the_camera():
     assert torch.allclose(camera.camera_to_view(camera.head_to_camera(nose, rotation, torch.zeros(1, 3))), nose)
 
 
-def test_intrinsics_normalisation_round_trip():
-    focal, principal = torch.tensor([[900.0, 950.0]]), torch.tensor([[320.0, 180.0]])
-    fn, cn = camera.normalise_intrinsics(focal, principal, (640, 360))
-    assert torch.allclose(cn, torch.tensor([[0.5, 0.5]]))
-    f2, c2 = camera.pixel_intrinsics(fn, cn, (640, 360))
-    assert torch.allclose(f2, focal) and torch.allclose(c2, principal)
+def test_project_head_is_the_pinhole_of_the_posed_points():
+    head, rotation, t, focal, principal = _random_scene()
+    uv = camera.project_head(head, rotation, t, focal, principal)
+    flipped = head * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)  # X_cam = R diag(1, -1, -1) X_head + t
+    cam = torch.einsum("bij,bnj->bni", rotation, flipped) + t[:, None]
+    expected = cam[..., :2] / cam[..., 2:] * focal[:, None, None] + principal[:, None]
+    assert torch.allclose(uv, expected, atol=1e-9)
+
+
+def test_flip_forms_agree():
+    assert np.array_equal(camera.flip_matrix(dtype=torch.float64).numpy(), camera.FLIP_MATRIX)
+    assert np.array_equal(np.diag(camera.FLIP_MATRIX), camera.FLIP) and camera.FLIP_MATRIX.dtype == np.float32
+    vectors = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(camera.camera_to_view(vectors), vectors @ camera.flip_matrix())
+
+
+def _yaw_pitch_roll_matrix(angles) -> np.ndarray:
+    return Rotation.from_euler("YXZ", angles).as_matrix()  # intrinsic Y, X', Z'': Ry(yaw) Rx(pitch) Rz(roll)
+
+
+def test_head_pose_angles_mean_what_they_say():
+    # the tracker's frontal pose (R = I) is the identity; a head turned to its own left moves its nose to the image right
+    rotation, head_angles, position = camera.head_pose(np.eye(3), np.array([0.0, 0.0, 1.0]))
+    assert np.allclose(rotation, np.eye(3)) and np.allclose(head_angles, 0) and np.allclose(position, [0, 0, -1])
+    assert rotation.dtype == head_angles.dtype == position.dtype == np.float32
+    tracker_rotation = camera.FLIP_MATRIX @ _yaw_pitch_roll_matrix([0.3, 0.0, 0.0]) @ camera.FLIP_MATRIX  # yaw > 0
+    nose = camera.head_to_camera(torch.tensor([[[0.0, 0.0, 0.1]]]), torch.from_numpy(tracker_rotation).float()[None], torch.tensor([[0.0, 0.0, 1.0]]))
+    assert nose[0, 0, 0] > 0.02
+    assert np.allclose(camera.head_pose(tracker_rotation, np.zeros(3))[1], [0.3, 0, 0], atol=1e-6)
+    down = camera.FLIP_MATRIX @ _yaw_pitch_roll_matrix([0.0, 0.3, 0.0]) @ camera.FLIP_MATRIX  # pitch > 0: the nose goes down in the image (+y in OpenCV)
+    nose = camera.head_to_camera(torch.tensor([[[0.0, 0.0, 0.1]]]), torch.from_numpy(down).float()[None], torch.tensor([[0.0, 0.0, 1.0]]))
+    assert nose[0, 0, 1] > 0.02
+    angles = np.random.default_rng(0).uniform(-1.2, 1.2, size=(20, 3))
+    for a in angles:
+        avatar, recovered, _ = camera.head_pose(camera.FLIP_MATRIX @ _yaw_pitch_roll_matrix(a) @ camera.FLIP_MATRIX, np.zeros(3))
+        assert np.allclose(avatar, _yaw_pitch_roll_matrix(a), atol=1e-6) and np.allclose(recovered, a, atol=1e-5)
 
 
 def test_square_box_follows_deca_rule():
@@ -50,17 +81,18 @@ def test_square_box_follows_deca_rule():
     assert torch.allclose(box, torch.tensor([[30 - side / 2, 60 - side / 2, side]]))
 
 
-def test_crop_camera_equals_original_projection_then_crop_affine():
-    """Eqs. 6-9: projecting with the crop camera == projecting with the original, then cropping."""
+def test_crop_camera_equals_original_projection_then_crop():
+    """Eqs. 6-9: projecting with the crop camera == projecting with the original, then cropping
+    (``u' = (u - x0) * out_size / side``)."""
     head, rotation, t, focal, principal = _random_scene()
     points_cam = camera.head_to_camera(head, rotation, t)
     uv_orig = camera.project(points_cam, focal, principal)
     box = crop.square_box_from_landmarks(uv_orig, alpha=1.3)
     focal_c, principal_c = crop.crop_intrinsics(focal, principal, box, out_size=256)
     uv_crop = camera.project(points_cam, focal_c, principal_c)
-    uv_affine = crop.apply_affine(uv_orig, crop.crop_affine(box, 256))
-    max_px = (uv_crop - uv_affine).abs().max().item()
-    print(f"crop camera vs original projection + crop affine: max difference {max_px:.3e} px")
+    uv_cropped = (uv_orig - box[:, None, :2]) * (256 / box[:, None, 2:])
+    max_px = (uv_crop - uv_cropped).abs().max().item()
+    print(f"crop camera vs original projection + crop: max difference {max_px:.3e} px")
     assert max_px < 1e-9
     # the landmarks' box fills the crop as the padding factor says
     extent = uv_crop.amax(1) - uv_crop.amin(1)
@@ -84,9 +116,8 @@ def test_crop_images_samples_the_box_at_pixel_centres():
     assert outside.abs().max() == 0
 
 
-def test_crop_affine_maps_box_corner_to_origin_and_scales():
+def test_crop_intrinsics_move_the_box_corner_to_the_origin_and_scale():
     box = torch.tensor([[100.0, 50.0, 200.0]])
-    pts = torch.tensor([[[150.0, 75.0]]])
-    mapped = crop.apply_affine(pts, crop.crop_affine(box, 256))
-    assert torch.allclose(mapped, torch.tensor([[[64.0, 32.0]]]))
-    assert math.isclose(256 / 200, crop.crop_affine(box, 256)[0, 0, 0].item(), rel_tol=1e-6)
+    focal, principal = crop.crop_intrinsics(torch.tensor([800.0]), torch.tensor([[150.0, 75.0]]), box, 256)
+    assert torch.allclose(principal, torch.tensor([[64.0, 32.0]]))  # (150 - 100, 75 - 50) * 256 / 200
+    assert torch.allclose(focal, torch.tensor([[1024.0, 1024.0]]))

@@ -34,8 +34,43 @@ def test_euler_matches_scipy_extrinsic_xyz(random_rotations):
     euler = random_rotations.as_euler("xyz")  # extrinsic x, then y, then z: R = Rz Ry Rx
     ours = rot.euler_to_matrix(torch.from_numpy(euler)).numpy()
     np.testing.assert_allclose(ours, random_rotations.as_matrix(), atol=1e-12)
-    back = rot.matrix_to_euler(torch.from_numpy(random_rotations.as_matrix())).numpy()
-    np.testing.assert_allclose(back, euler, atol=1e-9)
+
+
+def test_yaw_pitch_roll_matches_scipy_intrinsic_yxz_and_differs_from_euler(random_rotations):
+    angles = random_rotations.as_euler("YXZ")  # intrinsic Y, X', Z'': R = Ry(yaw) Rx(pitch) Rz(roll)
+    np.testing.assert_allclose(rot.matrix_to_yaw_pitch_roll(random_rotations.as_matrix()), angles, atol=1e-5)
+    assert rot.matrix_to_yaw_pitch_roll(random_rotations.as_matrix()).dtype == np.float32
+    # Rz Ry Rx and Ry Rx Rz: the same rotation without roll, different ones with it
+    no_roll = Rotation.from_euler("YXZ", [0.4, 0.3, 0.0]).as_matrix()
+    np.testing.assert_allclose(rot.euler_to_matrix(torch.tensor([0.3, 0.4, 0.0], dtype=torch.float64)).numpy(), no_roll, atol=1e-12)
+    rolled = Rotation.from_euler("YXZ", [0.4, 0.3, 0.2]).as_matrix()
+    assert not np.allclose(rot.euler_to_matrix(torch.tensor([0.3, 0.4, 0.2], dtype=torch.float64)).numpy(), rolled, atol=1e-3)
+
+
+def test_numpy_exp_and_log_are_the_torch_axis_angle_maps():
+    rng = np.random.default_rng(0)
+    omegas = [rng.normal(size=3) * rng.uniform(0, 3) for _ in range(40)]
+    omegas = [o for o in omegas if np.linalg.norm(o) < np.pi] + [np.zeros(3), np.array([0.0, 0.0, 1e-10]), np.array([np.pi - 1e-6, 0.0, 0.0])]
+    for omega in omegas:
+        rotation = rot.exp_rotation(omega)
+        assert np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+        np.testing.assert_allclose(rotation, rot.axis_angle_to_matrix(torch.from_numpy(omega)).numpy(), atol=1e-12)
+        np.testing.assert_allclose(rot.log_rotation(rotation), omega, atol=1e-8 if np.linalg.norm(omega) < 3 else 1e-5)
+        np.testing.assert_allclose(rot.log_rotation(rotation), rot.matrix_to_axis_angle(torch.from_numpy(rotation)).numpy(), atol=1e-5)
+
+
+def test_quaternions_match_scipy_with_w_non_negative(random_rotations):
+    matrices = random_rotations.as_matrix()
+    xyzw = random_rotations.as_quat()
+    xyzw = np.where(xyzw[:, 3:] < 0, -xyzw, xyzw)
+    ours = rot.matrix_to_quaternion_xyzw(matrices)
+    np.testing.assert_allclose(ours, xyzw, atol=1e-12)
+    assert ours.dtype == np.float64 and (ours[:, 3] >= 0).all()
+    np.testing.assert_allclose(ours[:, [3, 0, 1, 2]], rot.matrix_to_quaternion(torch.from_numpy(matrices)).numpy(), atol=0)
+    np.testing.assert_allclose(rot.matrix_to_quaternion_xyzw(matrices[0].astype(np.float32)), ours[0], atol=1e-6)  # one (3, 3), any float
+    for q, matrix in zip(ours[:50], matrices):
+        np.testing.assert_allclose(rot.quaternion_xyzw_to_matrix(q), matrix, atol=1e-12)
+        np.testing.assert_allclose(rot.quaternion_xyzw_to_matrix(-2.5 * q), matrix, atol=1e-12)  # any non-zero length, either sign
 
 
 def test_6d_is_first_two_rows_and_round_trips(random_rotations):

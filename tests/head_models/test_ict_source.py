@@ -17,6 +17,7 @@ import pytest
 
 from tracker.errors import TrackerError
 from tracker.head_models import load_head_model
+from tracker.head_models.__main__ import main
 from tracker.head_models.ict import ICT
 from tracker.head_models.ict_source import (
     LICENSE_NAME,
@@ -27,7 +28,6 @@ from tracker.head_models.ict_source import (
     ModelSpec,
     download_ict_model,
     locate_ict_model,
-    main,
 )
 
 # a tiny mesh in upstream's layout (the same geometry as tests/head_models/test_ict.py's converter test)
@@ -240,7 +240,7 @@ STEPS = (
     "git clone https://github.com/ICT-VGL/ICT-FaceKit",
     "N2F_ICT_FACEKIT",
     "--ict-model",
-    "python -m tracker.head_models.ict_source --download",
+    "python -m tracker.head_models ict-source --download",
     "N2F_ICT_MODEL",
 )
 
@@ -325,11 +325,11 @@ def test_search_order(settings, monkeypatch, tmp_path):
 
 
 def test_cli(settings, capsys, tmp_path):
-    assert main([]) == 2
-    assert "python -m tracker.head_models.ict_source --download" in capsys.readouterr().err
-    assert main(["--from-checkout", str(tmp_path / "absent")]) == 2
+    assert main(["ict-source"]) == 2
+    assert "python -m tracker.head_models ict-source --download" in capsys.readouterr().err
+    assert main(["ict-source", "--from-checkout", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
     settings["cache"].mkdir()
     (settings["cache"] / MODEL_NAME).write_bytes(b"npz")
-    assert main([]) == 0
+    assert main(["ict-source"]) == 0
     assert capsys.readouterr().out.strip() == str(settings["cache"] / MODEL_NAME)

@@ -11,7 +11,8 @@ import pytest
 from app import live
 from tracker.live import options as tracker_options
 from tracker.errors import TrackerError
-from tracker.live.options import TrackerOptions, build_tracker, take_identity
+from tracker.live.options import TrackerOptions, take_identity
+from tracker.live.tracker import FaceTracker
 from tracker.takes.recording import Recorder
 from tracker.fitting.refinement import DEFAULT_ITERATIONS
 from train import evaluate_real
@@ -36,6 +37,7 @@ def test_settings_are_checked() -> None:
         ({"identity_track": 2}, "--identity"),
         ({"max_faces": 0}, "max_faces"),
         ({"identity_take": "t.npz", "refine": False}, "leave out --no-refine"),
+        ({"refine_start": "median"}, "network, mean"),
     ):
         with pytest.raises(TrackerError, match=message):
             TrackerOptions(**settings)
@@ -82,17 +84,45 @@ def test_identity_of_a_take(tmp_path: Path) -> None:
         take_identity(tmp_path / "no_face.npz", "ict", 100)
 
 
-def test_tracker_built_with_a_take_identity(untrained_checkpoint: Path, ict_npz_path: Path, tmp_path: Path) -> None:
+def test_tracker_built_with_a_take_identity(untrained_checkpoint: Path, ict_npz_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """The identity's size comes from the checkpoint the tracker is built from: the file is read once."""
+    from tracker.live import tracker as tracker_module
+
+    reads = []
+    load_checkpoint = tracker_module.load_checkpoint
+    monkeypatch.setattr(tracker_module, "load_checkpoint", lambda path: reads.append(path) or load_checkpoint(path))
     take = _take(tmp_path / "take.npz", [(1, "locked")])
     options = TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, identity_take=take, refine_iters=2, detector="full-range")
-    tracker = build_tracker(options)
+    tracker = FaceTracker.from_options(options)
     try:
         assert tracker.refine and tracker.identity.shape == (100,) and np.allclose(tracker.identity, 1.0)
-        assert tracker.refiner.settings.iterations == 2 and tracker.detector.full_range
+        assert tracker.fitter.refiner.settings.iterations == 2 and tracker.detector.full_range
     finally:
         tracker.close()
+    assert reads == [untrained_checkpoint]
     with pytest.raises(TrackerError, match="the head model's 'identity' group 100"):
-        build_tracker(TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, identity_take=_take(tmp_path / "small.npz", [(0, "locked")], groups={"identity": 10})))
+        FaceTracker.from_options(TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, identity_take=_take(tmp_path / "small.npz", [(0, "locked")], groups={"identity": 10})))
+
+
+def test_refinement_settings_are_the_options(untrained_checkpoint: Path, ict_npz_path: Path) -> None:
+    """``refine_settings`` tunes the refinement; ``refine_iters`` (the command line's) replaces its
+    iterations; ``photos`` and ``refine_start`` reach the tracker, and so does ``crop_smoothing``."""
+    from tracker.fitting.refinement import RefineSettings
+
+    tuned = RefineSettings(huber=3.0, calibration_frames=10)
+    assert TrackerOptions(refine_settings=tuned).refinement_settings() == tuned
+    assert TrackerOptions(refine_settings=tuned, refine_iters=7).refinement_settings() == RefineSettings(iterations=7, huber=3.0, calibration_frames=10)
+    assert TrackerOptions(refine_settings=tuned).resolved_refine_iters() == DEFAULT_ITERATIONS
+    assert TrackerOptions().refinement_settings() == RefineSettings()
+    options = TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, runtime="torch", refine_settings=tuned, refine_iters=5,
+                             photos=True, refine_start="mean", smoothing=False, crop_smoothing=True)
+    tracker = FaceTracker.from_options(options)
+    try:
+        assert tracker.fitter.refiner.settings == RefineSettings(iterations=5, huber=3.0, calibration_frames=10)
+        assert tracker.photos and tracker.refine_start == "mean" and tracker.detector.full_range and not tracker.smoothing
+        assert tracker.cropper.smoothing is not None  # the crop box smoothed all the same
+    finally:
+        tracker.close()
 
 
 def test_live_command_line_maps_onto_the_options(capsys) -> None:
@@ -116,6 +146,10 @@ def test_evaluate_real_command_line_has_the_refinement_options() -> None:
     parser = evaluate_real.build_parser()
     args = parser.parse_args(["--checkpoint", "c.pt"])
     assert args.refine is True and args.refine_iters is None and args.detector == "short-range"
+    assert evaluate_real.video_options(args) == TrackerOptions(checkpoint="c.pt")  # the app's tracker, one face
+    assert evaluate_real.image_options(args, refine=False) == TrackerOptions(checkpoint="c.pt", max_faces=evaluate_real.IMAGE_MAX_FACES, smoothing=False,
+                                                                             photos=True, detector="full-range", refine=False)
+    assert evaluate_real.video_options(parser.parse_args(["--checkpoint", "c.pt", "--no-smoothing"])).smoothing is False
     args = parser.parse_args(["--checkpoint", "c.pt", "--no-refine", "--refine-iters", "6", "--detector", "full-range"])
     assert args.refine is False and args.refine_iters == 6 and args.detector == "full-range"
     with pytest.raises(SystemExit):

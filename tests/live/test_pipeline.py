@@ -12,7 +12,7 @@ import torch
 from tracker.live.feed import CpuFeeder, create_feeder
 from tracker.live.pipeline import Pipeline, PipelineStats
 from tracker.live.sources import FrameSource
-from tracker.live.tracker import NetworkInputs, Prepared, RawOutput, TrackingResult
+from tracker.live.results import FaceResult, NetworkInputs, Prepared, RawOutput, TrackingResult
 
 
 class CountingReader:
@@ -247,6 +247,27 @@ def test_stats_snapshot_figures() -> None:
     assert stats.fps > 0 and stats.latency_p95_ms >= stats.latency_p50_ms > 0
     assert stats.processing_p50_ms > 0 and "network" in stats.stage_ms
     assert stats.detection_rate == 0.0  # the stand-in finds no faces
+
+
+def test_a_face_mesh_is_decoded_once_whichever_threads_ask() -> None:
+    """Sinks on several threads (the GUI's, the sink thread) may ask for a face's vertices at
+    once: the decode runs once, under the face's lock, and each gets the same vertices."""
+    calls = []
+
+    def decode() -> torch.Tensor:
+        calls.append(threading.current_thread().name)
+        time.sleep(0.05)  # long enough for every thread to ask meanwhile
+        return torch.ones(4, 3)
+
+    empty = np.zeros((68, 2))
+    face = FaceResult({}, torch.zeros(6), torch.eye(3), torch.zeros(3), decode, empty, empty, np.zeros(3), 0, None, None)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(face.vertices), name=f"sink {i}") for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(got) == 4 and all(v is got[0] for v in got) and face.mesh is got[0]
 
 
 def test_cpu_feeder_runs_the_network_in_submit() -> None:

@@ -1,4 +1,5 @@
-"""Frame sources: files, folders, loopback HTTP MJPEG streams, delivery policies, errors, stopping."""
+"""Frame sources: files, folders, loopback HTTP MJPEG streams, delivery policies, errors, stopping;
+a file's frames stamped with their media time."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from tracker.errors import TrackerError
-from tracker.live.sources import Frame, FrameSource, open_source
+from tracker.live.sources import Frame, FrameSource, MediaClockSource, open_source
 
 WIDTH, HEIGHT = 64, 48
 GREY_STEP = 8  # frame i has grey level i * GREY_STEP (mod 256)
@@ -59,7 +60,7 @@ def video(tmp_path: Path) -> Path:
 
 def test_file_delivers_every_frame_in_order(video: Path) -> None:
     source = open_source(video, queue_size=2)
-    assert (source.fps, source.size, source.is_live) == (30.0, (WIDTH, HEIGHT), False)
+    assert (source.fps, source.size, source.realtime) == (30.0, (WIDTH, HEIGHT), False)
     with source:
         frames = list(source)
     assert [f.index for f in frames] == list(range(30))
@@ -80,6 +81,32 @@ def test_realtime_file_is_paced_at_its_frame_rate(tmp_path: Path) -> None:
     assert all(b.index > a.index and b.source_time > a.source_time for a, b in zip(frames, frames[1:]))
     assert frames[-1].timestamp - started >= 11 / 30 - 1e-3  # no frame comes before its media time
     assert len(frames) + source.frames_dropped == 12
+
+
+def test_media_clock_stamps_frames_with_their_media_time(tmp_path: Path) -> None:
+    """Every frame of a file, in order, at index / the file's frame rate whatever the reading
+    speed; the transform applied to every image; the file's own rate, else 30 fps."""
+    video = write_video(tmp_path / "clip.avi", 6, 25.0)
+    source = MediaClockSource(open_source(video), transform=lambda image: image[:, ::-1])
+    assert not source.realtime
+    with open_source(video) as plain:
+        images = [f.image for f in plain]
+    frames = []
+    source.start()
+    try:
+        while (frame := source.read(timeout=5)) is not None:
+            frames.append(frame)
+            time.sleep(0.02)  # slower than the file's 25 fps: the timestamps do not follow the clock
+    finally:
+        source.stop()
+    assert [f.index for f in frames] == list(range(6)) and source.finished and source.frames_dropped == 0
+    assert [f.timestamp for f in frames] == pytest.approx([i / 25 for i in range(6)])
+    assert all(np.array_equal(f.image, image[:, ::-1]) for f, image in zip(frames, images))
+
+    class NoRate:
+        fps = None
+
+    assert MediaClockSource(NoRate()).period == pytest.approx(1 / 30)
 
 
 def test_slow_consumer_gets_only_newest_frames(video: Path) -> None:
@@ -109,7 +136,7 @@ def test_image_folder_in_name_order(tmp_path: Path) -> None:
         cv2.imwrite(str(tmp_path / f"frame_{i:03d}.png"), np.full((HEIGHT, WIDTH, 3), i * 10, np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")
     source = open_source(tmp_path, fps=10)
-    assert (source.fps, source.size, source.is_live) == (10, (WIDTH, HEIGHT), False)
+    assert (source.fps, source.size, source.realtime) == (10, (WIDTH, HEIGHT), False)
     with source:
         frames = list(source)
     assert [grey(f) for f in frames] == [0, 10, 20, 30, 40]
@@ -225,7 +252,7 @@ def free_port() -> int:
 
 def test_http_mjpeg_stream_keeps_only_newest_frames(mjpeg_server: MjpegServer) -> None:
     source = open_source(mjpeg_server.url, timeout=3)
-    assert source.is_live and source.size == (WIDTH, HEIGHT)
+    assert source.realtime and source.size == (WIDTH, HEIGHT)
     with source:
         frames = read_until(source, lambda got: len(got) >= 2)
         for _ in range(4):  # slow consumer: the stream runs at ~50 fps

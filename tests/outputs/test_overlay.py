@@ -34,7 +34,7 @@ from tracker.outputs.overlay import (
 )
 from tracker.render.maps import vertex_normals
 from tracker.live.sources import Frame
-from tracker.live.tracker import FaceResult, TrackingResult
+from tracker.live.results import FaceResult, TrackingResult
 
 WIDTH, HEIGHT = 320, 240
 FOCAL = np.array([300.0, 300.0])

@@ -25,6 +25,7 @@ from tracker.render import (
     vertex_normals,
 )
 from tracker.render.backends import _INSTALL_HINTS
+from tracker.render.maps import NumpyVertexNormals
 
 
 @pytest.fixture(autouse=True)
@@ -383,6 +384,19 @@ def test_vertex_normals_point_outwards():
     normals = vertex_normals(verts[None] * 0.1 + torch.tensor([0.3, 0.0, 0.0], dtype=torch.float64), faces)
     assert angle_deg(normals[0], verts).max() < 1.5  # vs the sphere's exact normals
     assert torch.allclose(normals.norm(dim=-1), torch.ones(()).double())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_vertex_normals_are_the_torch_ones(dtype):
+    verts, faces = icosphere(2)
+    faces = torch.cat((faces, torch.tensor([[0, 1, 1]])))  # a degenerate triangle adds nothing
+    points = (verts * torch.tensor([0.08, 0.11, 0.09], dtype=torch.float64)).numpy().astype(dtype)
+    points = np.concatenate((points, np.ones((2, 3), dtype)))  # two vertices of no triangle
+    normals = NumpyVertexNormals(faces.numpy(), len(points))(points)
+    assert normals.dtype == dtype and normals.shape == points.shape
+    reference = vertex_normals(torch.from_numpy(points)[None], faces)[0].numpy()
+    np.testing.assert_allclose(normals, reference, rtol=0, atol=1e-6 if dtype == np.float32 else 1e-12)
+    assert not normals[-2:].any(), "vertices of no triangle get zero"
 
 
 def test_head_and_camera_frame_normals_are_related_by_the_view_rotation():

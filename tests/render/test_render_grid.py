@@ -3,12 +3,12 @@
 import numpy as np
 from PIL import Image
 
-from tracker.render.grid import main
+from tracker.render.__main__ import main
 
 
 def test_grid_png_has_one_face_per_tile(tmp_path, ict_npz_path):
     out = tmp_path / "grid.png"
-    assert main(["--out", str(out), "--rows", "2", "--cols", "3", "--size", "64", "--head-model-path", str(ict_npz_path)]) == 0
+    assert main(["grid", "--out", str(out), "--rows", "2", "--cols", "3", "--size", "64", "--head-model-path", str(ict_npz_path)]) == 0
     image = np.asarray(Image.open(out))
     assert image.shape == (128, 192, 3)
     tiles = image.reshape(2, 64, 3, 64, 3).transpose(0, 2, 1, 3, 4).reshape(6, 64, 64, 3)
@@ -19,5 +19,5 @@ def test_grid_png_has_one_face_per_tile(tmp_path, ict_npz_path):
 
 
 def test_missing_head_model_is_a_clear_error(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "g.png"), "--head-model-path", str(tmp_path / "none.npz")]) == 2
+    assert main(["grid", "--out", str(tmp_path / "g.png"), "--head-model-path", str(tmp_path / "none.npz")]) == 2
     assert "ict" in capsys.readouterr().err.lower()

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from tracker.fitting.arkit import ARKIT_NAMES, head_pose
+from tracker.fitting.arkit import ARKIT_NAMES
 from tracker.errors import TrackerError
-from tracker.takes.meshes import main as export_main
-from tracker.takes.livelink_csv import ANGLE_COLUMNS, BLENDSHAPE_COUNT, HEADER, LLF_BLENDSHAPES, export_csv, format_timecode, parse_timecode
+from tracker.export import main as export_main
+from tracker.takes.livelink_csv import ANGLE_COLUMNS, BLENDSHAPE_COUNT, HEADER, LLF_BLENDSHAPES, export_csv, format_timecode
+from tracker.geometry.camera import head_pose
 from tracker.geometry.rotations import euler_to_rotation_6d, rotation_6d_to_matrix
 from tracker.takes.recording import Recorder, read_take
+from tests.takes.readers import parse_timecode
 
 GROUPS = {"identity": 3, "expression": 4}
 # frame 4 was dropped by the source (no record, its time skipped), frame 3 has no face; track 2
@@ -121,7 +123,7 @@ def test_format_timecode():
     assert format_timecode(1.0 + 7.5 / 60) == "00:00:01:07.500"
     assert format_timecode(3661.0, 30) == "01:01:01:00.000"
     assert format_timecode(59.99999999, 60) == "00:01:00:00.000"  # the fraction rounds into the next second
-    assert parse_timecode(format_timecode(123.456789)) == pytest.approx(123.456789, abs=1e-5)
+    assert parse_timecode(format_timecode(123.456789), 60) == pytest.approx(123.456789, abs=1e-5)
     with pytest.raises(ValueError):
         format_timecode(1.0, 29.97)
 

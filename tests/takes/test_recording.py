@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from tracker.errors import TrackerError
-from tracker.takes.recording import IDENTITY_STATES, Recorder, journal_path, main, read_take, write_take
+from tracker.takes.__main__ import main
+from tracker.takes.recording import IDENTITY_STATES, Recorder, journal_path, read_take, write_take
 
 GROUPS = {"identity": 4, "expression": 3}
 PROJECT = Path(__file__).resolve().parents[2]
@@ -177,18 +178,18 @@ def test_recover_cli_finalises_a_journal(tmp_path, capsys):
     recorder.close()
     stray = tmp_path / "take.npz.partial"
     stray.write_bytes(killed)
-    assert main(["--recover", str(stray)]) == 0
+    assert main(["recover", str(stray)]) == 0
     assert "8 frames, 7 with a face" in capsys.readouterr().out
     assert not stray.exists()
     take = read_take(tmp_path / "take.npz")
     assert take.complete
     _check(take, range(8))
     stray.write_bytes(killed)
-    assert main(["--recover", str(stray)]) == 2  # take.npz exists
+    assert main(["recover", str(stray)]) == 2  # take.npz exists
     assert "--force" in capsys.readouterr().err
-    assert main(["--recover", str(stray), "--force"]) == 0
+    assert main(["recover", str(stray), "--force"]) == 0
     stray.write_bytes(b"no journal")
-    assert main(["--recover", str(stray), "--out", str(tmp_path / "y.npz")]) == 2
+    assert main(["recover", str(stray), "--out", str(tmp_path / "y.npz")]) == 2
     assert "not a recording journal" in capsys.readouterr().err
 
 
@@ -228,7 +229,7 @@ def test_export_writes_decoded_meshes_of_a_take(tmp_path, ict_npz_path, capsys):
     import torch  # here only: the SIGKILL test's child process imports this module
 
     from tracker.takes.meshes import export_meshes, load_take_model
-    from tracker.takes.meshes import main as export_main
+    from tracker.export import main as export_main
     from tracker.geometry.camera import head_to_camera
     from tracker.geometry.rotations import euler_to_rotation_6d, rotation_6d_to_matrix
     from tracker.files.mesh_io import read_obj
@@ -361,7 +362,7 @@ def test_recovered_multi_face_journal(tmp_path, capsys):
     recorder.close()
     stray = tmp_path / "take.npz.partial"
     stray.write_bytes(killed)
-    assert main(["--recover", str(stray)]) == 0
+    assert main(["recover", str(stray)]) == 0
     assert "8 frames, 7 with a face, 10 face records in 2 tracks" in capsys.readouterr().out
     take = read_take(tmp_path / "take.npz")
     assert take.complete and take.tracks().track_id.tolist() == [7, 9]
@@ -431,7 +432,7 @@ def test_takes_from_before_tracks_still_read(tmp_path):
             if _frame(i)["params"] is not None:
                 assert np.array_equal(take.params["identity"][row], _frame(i)["params"]["identity"].astype(np.float32))
         assert take.tracks().track_id.tolist() == [0]
-    assert main(["--recover", str(tmp_path / "old.npz.partial"), "--out", str(tmp_path / "recovered.npz")]) == 0
+    assert main(["recover", str(tmp_path / "old.npz.partial"), "--out", str(tmp_path / "recovered.npz")]) == 0
     assert read_take(tmp_path / "recovered.npz").params["identity"].shape == (7, 4)
 
 
@@ -440,7 +441,7 @@ def test_recording_sink_records_every_face(tmp_path):
 
     from tracker.live.sinks import RecordingSink
     from tracker.live.sources import Frame
-    from tracker.live.tracker import FaceResult, TrackingResult
+    from tracker.live.results import FaceResult, TrackingResult
 
     class Head:  # what RecordingSink reads of a head model
         name = "ict"

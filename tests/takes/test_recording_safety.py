@@ -14,7 +14,8 @@ from tests.takes.test_recording import PROJECT, _check, _record, _recorder
 from tracker.files.atomic_write import temporary_files
 from tracker.errors import TrackerError
 from tracker.files.mesh_io import write_obj
-from tracker.takes.recording import journal_path, main, read_take, scan_journal
+from tracker.takes.__main__ import main
+from tracker.takes.recording import journal_path, read_take, scan_journal
 
 RECORDING_CHILD = """
 import sys, time
@@ -42,7 +43,7 @@ def test_recovery_refuses_the_journal_of_a_live_recording(tmp_path, capsys):
     path = tmp_path / "take.npz"
     child = _child(path)
     try:
-        assert main(["--recover", str(journal_path(path))]) == 2
+        assert main(["recover", str(journal_path(path))]) == 2
         err = capsys.readouterr().err
         assert "still being written by a running recording" in err and f"process {child.pid}" in err
         assert journal_path(path).exists() and not path.exists()
@@ -62,7 +63,7 @@ def test_a_killed_recording_is_recoverable_at_once(tmp_path, capsys):
     child = _child(path)
     child.kill()  # the kernel drops its lock
     child.wait()
-    assert main(["--recover", str(journal_path(path))]) == 0, capsys.readouterr().err
+    assert main(["recover", str(journal_path(path))]) == 0, capsys.readouterr().err
     _check(read_take(path), range(40))
     assert not journal_path(path).exists()
 
@@ -86,13 +87,13 @@ def test_one_damaged_record_loses_only_itself(tmp_path, capsys):
     scan = scan_journal(stray)
     assert scan.damaged == [(first + 46 * size, size)] and scan.damaged_records == 1 and scan.cut == 0
     _check(scan.take, [i for i in range(100) if i != 46])
-    assert main(["--recover", str(stray)]) == 0
+    assert main(["recover", str(stray)]) == 0
     out, err = capsys.readouterr()
     assert "99 frames" in out
     assert "1 damaged record(s) skipped" in err and "after frame 45, before frame 47" in err and "kept" in err
     assert stray.exists(), "a journal that did not recover whole is kept"
     _check(read_take(tmp_path / "take.npz"), [i for i in range(100) if i != 46])
-    assert main(["--recover", str(stray), "--force", "--delete-damaged"]) == 0
+    assert main(["recover", str(stray), "--force", "--delete-damaged"]) == 0
     assert not stray.exists()
 
 
@@ -174,10 +175,10 @@ def test_full_disk_at_the_end_keeps_the_journal_and_says_how_to_recover(small_di
     with pytest.raises(TrackerError) as error:
         recorder.close()
     message = str(error.value)
-    assert "No space left on device" in message and f"python -m tracker.takes.recording --recover {journal_path(path)}" in message
+    assert "No space left on device" in message and f"python -m tracker.takes recover {journal_path(path)}" in message
     assert not path.exists() and not temporary_files(path), "no half-written take left behind"
     ballast.unlink()
-    assert main(["--recover", str(journal_path(path))]) == 0
+    assert main(["recover", str(journal_path(path))]) == 0
     _check(read_take(path), range(300))
 
 

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 
 from tests.live.test_sources import write_video
+from tests.takes.readers import parse_timecode
 from tracker.errors import TrackerError
-from tracker.takes.meshes import main as export_main
-from tracker.takes.livelink_csv import parse_timecode
+from tracker.export import main as export_main
 from tracker.n2fnet.checkpoint import save_checkpoint
 from tracker.takes.recording import Recorder, journal_path, read_take, write_take
-from tracker.takes.recording import main as recording_main
+from tracker.takes.__main__ import main as takes_main
 from tracker.live.sources import open_source
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -152,10 +152,10 @@ def test_recovery_refuses_to_write_the_take_over_its_journal(tmp_path, capsys, l
     elif link == "hardlink":
         os.link(journal, out)
     for force in (["--force"], []):  # never the "exists: pass --force" advice: that would destroy it
-        assert recording_main(["--recover", str(journal), "--out", str(out), *force]) == 2
+        assert takes_main(["recover", str(journal), "--out", str(out), *force]) == 2
         assert "is the journal being recovered" in _one_error(capsys.readouterr().err)
     assert journal.read_bytes() == before and not (tmp_path / "take.npz").exists() and not _leftovers(tmp_path)
-    assert recording_main(["--recover", str(journal)]) == 0  # and it is still recoverable
+    assert takes_main(["recover", str(journal)]) == 0  # and it is still recoverable
     assert len(read_take(tmp_path / "take.npz")) == 50
 
 
@@ -419,9 +419,9 @@ def test_a_compressed_take_that_would_take_far_more_memory_than_its_size_is_refu
 
 # -- 8. per-frame mesh exports: the size first, progress, free space, Ctrl-C -------------------------
 def test_mesh_export_says_how_many_files_and_how_much_space_before_writing(take, tmp_path, capsys, model, monkeypatch):
-    import tracker.takes.meshes
+    import tracker.export
 
-    monkeypatch.setattr(tracker.takes.meshes, "PROGRESS_INTERVAL", 0.0)  # a progress line per file (stderr is no terminal here)
+    monkeypatch.setattr(tracker.export, "PROGRESS_INTERVAL", 0.0)  # a progress line per file (stderr is no terminal here)
     rc, out, err = _export(capsys, take, "--out", tmp_path / "meshes", "--head-model-path", model)
     assert rc == 0, err
     first = out.splitlines()[0]
@@ -448,7 +448,7 @@ def test_ctrl_c_stops_a_mesh_export_after_whole_files(tmp_path, ict_npz_path, jo
     before = take.read_bytes()
     out = tmp_path / "meshes"
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if job != "foreground" else None
-    process = subprocess.Popen([sys.executable, "-m", "tracker.takes.meshes", str(take), "--format", "ply", "--out", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "tracker.export", str(take), "--format", "ply", "--out", str(out),
                                 "--head-model-path", str(ict_npz_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=PROJECT, preexec_fn=ignore)
     try:
@@ -475,7 +475,7 @@ def test_ctrl_c_stops_a_mesh_export_after_whole_files(tmp_path, ict_npz_path, jo
 
 
 # -- 9. --help without the heavy imports ------------------------------------------------------------
-@pytest.mark.parametrize("module", ["tracker.takes.meshes", "tracker.takes.recording"])
+@pytest.mark.parametrize("module", ["tracker.export", "tracker.takes"])
 def test_help_imports_no_heavy_module(module):
     code = (f"import runpy, sys\nsys.argv = ['{module}', '--help']\ntry:\n    runpy.run_module('{module}', run_name='__main__')\n"
             "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'pygltflib', 'tqdm', 'tracker.head_models') if m in sys.modules))")

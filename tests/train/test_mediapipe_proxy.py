@@ -21,7 +21,7 @@ from tracker.geometry.rotations import euler_to_matrix
 from tracker.head_models import load_head_model
 from tracker.fitting.embedding import MediaPipeEmbedding, compute_mediapipe_embedding, mediapipe_embedding
 from tracker.render import render_maps
-from train.mediapipe_proxy import MediaPipeProxy, ProxyNoise
+from train.mediapipe_proxy import MediaPipeProxy
 from train.synthetic import SamplerConfig, SyntheticSampler
 
 from tests.flame_factory import make_flame_dir
@@ -84,7 +84,7 @@ def test_proxy_points_follow_mediapipe_on_unseen_views_and_expressions(ict, embe
         faces = detector.detect(image)
     assert faces, "MediaPipe should find the rendered ICT face"
     detected = torch.from_numpy(faces[0].points[:468, :2]).float()
-    proxy = camera.project(camera.head_to_camera(embedding.points(vertices), rotation, translation), focal, principal)[0]
+    proxy = camera.project_head(embedding.points(vertices), rotation, translation, focal, principal)[0]
     error = (proxy - detected).norm(dim=-1)
     face_size = float(faces[0].size)
     assert error.median() / face_size < 0.02, (error.median(), face_size)

@@ -18,6 +18,7 @@ from tracker.errors import TrackerError
 from tracker.geometry import camera
 from tracker.head_models import load_head_model
 from tracker.live.sources import Frame
+from tracker.live.tracker import FaceTracker
 from train import evaluate_real, pseudo_gt
 from train.real_data import MixedSource, RealDataset
 from train.real_split import HELDOUT, TRAIN, split_paths
@@ -102,7 +103,7 @@ def test_stored_pose_params_and_intrinsics_reproject_onto_the_stored_landmarks(b
         rotation = torch.tensor(pose["rotation"])[None]
         translation = torch.tensor(pose["translation"])[None]
         points = head.decode_landmarks(params, view_rotation=rotation)
-        projected = camera.project(camera.head_to_camera(points, rotation, translation), torch.tensor(intrinsics["focal"])[None], torch.tensor(intrinsics["principal"])[None])[0]
+        projected = camera.project_head(points, rotation, translation, torch.tensor(intrinsics["focal"])[None], torch.tensor(intrinsics["principal"])[None])[0]
         landmarks = np.loadtxt(built / "landmarks" / f"{name}.txt")
         assert np.all((landmarks > -20) & (landmarks < 148))  # crop pixels of the 128-px crop
         nme = evaluate_real.nme_percent(projected.numpy()[None], landmarks[None], with_jaw=False)[0]
@@ -111,7 +112,7 @@ def test_stored_pose_params_and_intrinsics_reproject_onto_the_stored_landmarks(b
 
 def test_stored_maps_are_the_live_cue_of_that_frame(built: Path, shared_path: Path) -> None:
     """Frame 3 of the clip, tracked again by a fresh tracker: its cue equals the stored maps."""
-    tracker = pseudo_gt.build_tracker(str(pseudo_gt.DEFAULT_CHECKPOINT), False, "torch", 4)
+    tracker = FaceTracker.from_options(pseudo_gt.labelling_options(str(pseudo_gt.DEFAULT_CHECKPOINT), False, "torch", 4))
     capture = cv2.VideoCapture(str(shared_path / "real-faces" / "videos" / "single_face.mp4"))
     fps = capture.get(cv2.CAP_PROP_FPS)
     for index in range(4):

@@ -156,7 +156,7 @@ def test_synthetic_batch_is_consistent(ict):
     assert (batch.normals[:, 2][batch.mask[:, 0] > 0].mean() > 0.5)
     # the crop camera reprojects the 3D landmarks onto lmk*_2D
     lmk3d = ict.landmarks(batch.vertices, batch.params, batch.rotation)
-    projected = camera.project(camera.head_to_camera(lmk3d, batch.rotation, batch.translation), batch.focal, batch.principal)
+    projected = camera.project_head(lmk3d, batch.rotation, batch.translation, batch.focal, batch.principal)
     assert torch.allclose(projected, batch.landmarks_2d, atol=1e-3)
     again = SyntheticSampler(ict, config, seed=3).sample(6)
     assert torch.equal(again.normals, batch.normals)
@@ -231,10 +231,10 @@ def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
 
 
 def test_release_checkpoint_is_small_and_close_to_the_training_one(tmp_path, untrained_checkpoint):
-    from tracker.n2fnet.checkpoint import export_release, main
+    from tracker.n2fnet.__main__ import main
 
     out = tmp_path / "release.pt"
-    assert main([str(untrained_checkpoint), str(out)]) == 0
+    assert main(["checkpoint", str(untrained_checkpoint), str(out)]) == 0
     source = load_checkpoint(untrained_checkpoint)
     released = load_checkpoint(out)
     assert released["release"]["weights"] == "int8-per-channel" and "optimizer" not in released

@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 from tracker.console import configure_logging
-from tracker.live.options import RUNTIMES
+from tracker.n2fnet import RUNTIMES
 
 
 def main(argv: list[str] | None = None) -> None:

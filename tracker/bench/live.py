@@ -23,17 +23,21 @@ times an untrained network of that backbone (said so in the output). Last line:
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from tracker.face.detection import FaceMeshDetector
 from tracker.head_models import load_head_model
-from tracker.n2fnet import N2FNet
+from tracker.live.options import TrackerOptions
 from tracker.live.pipeline import Pipeline, PipelineStats, StatsSnapshot
 from tracker.live.sources import open_source
 from tracker.live.tracker import FaceTracker
+from tracker.n2fnet import N2FNet
+from tracker.n2fnet.checkpoint import save_checkpoint
 
 
 def decode_frames(video: str, limit: int | None) -> list[np.ndarray]:
@@ -61,17 +65,20 @@ def time_mediapipe(frames: list[np.ndarray]) -> tuple[float, float, float, float
     return len(frames) / total, float(np.percentile(times, 50)), float(np.percentile(times, 95)), found / len(frames)
 
 
-def make_tracker(args: argparse.Namespace, refine: bool = True) -> FaceTracker:
-    if args.checkpoint:
-        return FaceTracker.from_checkpoint(args.checkpoint, device=args.device, head_model_path=args.ict_model, refine=refine, runtime=args.runtime)
+def untrained_checkpoint(args: argparse.Namespace, folder: str) -> Path:
+    """An untrained ICT network of ``--untrained``'s backbone and ``--input-size``, saved as a
+    checkpoint in ``folder`` (the training defaults for the crop and camera)."""
     head = load_head_model("ict", args.ict_model)
     net = N2FNet.for_head_model(head, backbone=args.untrained, input_size=args.input_size)
-    return FaceTracker.assemble(net, head, device=args.device, refine=refine, runtime=args.runtime)
+    path = Path(folder) / f"untrained_{args.untrained}.pt"
+    save_checkpoint(path, {"model": net.state_dict(), "n2fnet": net.config.to_dict(), "head_model": {"name": "ict", "path": None}})
+    return path
 
 
-def time_pipeline(args: argparse.Namespace, mode: str, frames: int, refine: bool = True) -> tuple[StatsSnapshot, float]:
+def time_pipeline(args: argparse.Namespace, checkpoint: str | Path, mode: str, frames: int, refine: bool = True) -> tuple[StatsSnapshot, float]:
     """One pipeline run -> (stats over every frame, wall-clock fps)."""
-    tracker = make_tracker(args, refine)
+    options = TrackerOptions(checkpoint=checkpoint, ict_model=args.ict_model, device=args.device, runtime=args.runtime, refine=refine)
+    tracker = FaceTracker.from_options(options)
     source = open_source(args.video, realtime=True if args.realtime else None)
     pipeline = Pipeline(source, tracker, [], mode=mode, max_frames=frames, stats=PipelineStats(frames))
     start = time.perf_counter()
@@ -96,14 +103,16 @@ def run(args: argparse.Namespace) -> None:
     mp_fps, mp_p50, mp_p95, rate = time_mediapipe(frames)
     print(f"mediapipe   {mp_fps:7.1f} fps  latency p50 {mp_p50:6.1f} ms  p95 {mp_p95:6.1f} ms  faces in {100 * rate:.1f}% of frames")
     fps = {}
-    for refine in (False, True):
-        for mode in ("sequential", "async"):
-            stats, fps[mode, refine] = time_pipeline(args, mode, count, refine)
-            p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
-            stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
-            name = f"{mode} {'refine' if refine else 'no-refine'}"
-            print(f"{name:21s} {fps[mode, refine]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
-                  f"dropped {stats.dropped}  stage ms: {stages}")
+    with tempfile.TemporaryDirectory(prefix="n2f-bench-") as folder:
+        checkpoint = args.checkpoint or untrained_checkpoint(args, folder)
+        for refine in (False, True):
+            for mode in ("sequential", "async"):
+                stats, fps[mode, refine] = time_pipeline(args, checkpoint, mode, count, refine)
+                p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
+                stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
+                name = f"{mode} {'refine' if refine else 'no-refine'}"
+                print(f"{name:21s} {fps[mode, refine]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
+                      f"dropped {stats.dropped}  stage ms: {stages}")
     for refine in (False, True):
         print(f"async/sequential speed-up ({'refine' if refine else 'no refine'}): {fps['async', refine] / fps['sequential', refine]:.2f}x")
     for mode in ("sequential", "async"):

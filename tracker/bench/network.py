@@ -25,10 +25,12 @@ import numpy as np
 import torch
 
 from tracker.n2fnet.runtime import NoInt8Copy, Runner, available_runtimes, check_runtime, create_runner, output_difference
-from tracker.live.options import DEFAULT_CHECKPOINT, RUNTIMES
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
+from tracker.n2fnet import RUNTIMES
 from tracker.files.paths import shared_dir
 from tracker.live.sources import open_source
-from tracker.live.tracker import FaceTracker, NetworkInputs
+from tracker.live.results import NetworkInputs
+from tracker.live.tracker import FaceTracker
 
 
 def default_video() -> str | None:
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> None:
     if "torch" not in names:
         names.insert(0, "torch")
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    tracker = FaceTracker.from_checkpoint(checkpoint, head_model_path=args.ict_model, refine=False, smoothing=False)
+    options = TrackerOptions(checkpoint=checkpoint, ict_model=args.ict_model, runtime="torch", smoothing=False, crop_smoothing=True, refine=False)
+    tracker = FaceTracker.from_options(options)
     try:
         inputs = real_inputs(tracker, video, args.frames)
     finally:

@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> None:
     meshes = {"flame-size": (torch.from_numpy(vertices), torch.from_numpy(faces))}
     ict = ict_face_head_mesh()
     if ict is None:
-        print("ict: skipped, ICT-FaceKit npz not found (python -m tracker.head_models.ict_source --download fetches it)")
+        print("ict: skipped, ICT-FaceKit npz not found (python -m tracker.head_models ict-source --download fetches it)")
     else:
         meshes["ict face+head"] = (torch.from_numpy(ict[0]), torch.from_numpy(ict[1]))
     print(f"normal map {args.size}x{args.size}, focal {FOCAL_RATIO:g} * size, torch threads {torch.get_num_threads()}")

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from tracker.errors import TrackerError
+from tracker.geometry.camera import FLIP, camera_to_view
 from tracker.render import interpolate, rasterize, vertex_normals
 from tracker.render.rasterize_numpy import NumpyRasterizer, fma32
 from tracker.render.rasterize_numpy import interpolate as interpolate_np
@@ -277,7 +278,7 @@ def render_mediapipe_mesh(points: torch.Tensor, faces: torch.Tensor, size: int) 
     Returns view-frame unit normals (B, S, S, 3), zero outside the mesh, and the mask (B, S, S)
     float in {0, 1}. The normals are differentiable w.r.t. ``points``; the mask is not.
     """
-    surface = points * points.new_tensor([1.0, -1.0, -1.0])  # view frame: +y up, +z towards the camera
+    surface = camera_to_view(points)  # view frame: +y up, +z towards the camera
     normals = vertex_normals(surface, faces)
     focal, depth = 1000.0 * size, 1000.0
     batch = points.shape[0]
@@ -329,7 +330,7 @@ class _MeshNormals:
         self._incidence = component * (len(faces) + 1) + _incidence(faces, num_vertices)[None]  # (3, D, V)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
-        surface = points.T * np.array([[1.0], [-1.0], [-1.0]], np.float32)  # (3, V) view frame
+        surface = points.T * np.float32(FLIP)[:, None]  # (3, V) view frame
         corners = np.take(surface, self._corners)  # (xyz, corner, F)
         u, v = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
         normal = np.zeros((3, self.num_faces + 1), np.float32)  # + a zero column for the padding

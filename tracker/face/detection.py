@@ -39,6 +39,7 @@ import torch
 
 from tracker.console import NativeMute
 from tracker.errors import TrackerError
+from tracker.geometry.boxes import box_iou, square_corners
 from tracker.geometry.crop import crop_images, square_box_from_landmarks
 from tracker.face.smoothing import OneEuroFilter, OneEuroSettings
 
@@ -205,7 +206,7 @@ class FaceMeshDetector:
         for box in self.face_boxes(image):
             centre, side = box[:2] + box[2] / 2, box[2] * self.REGION_FACTOR
             found = self._mesh_faces(image, (centre[0] - side / 2, centre[1] - side / 2, side), size)
-            if found and not any(_overlap(found[0], other) > 0.5 for other in faces):
+            if found and not any(box_iou(found[0].bounds, other.bounds) > 0.5 for other in faces):
                 faces.append(found[0])
         return sorted(faces, key=lambda f: -f.size)[: self.max_faces]
 
@@ -295,14 +296,6 @@ class FaceMeshDetector:
             self.close()
         except Exception:
             pass
-
-
-def _overlap(a: FaceLandmarks, b: FaceLandmarks) -> float:
-    """IoU of the two faces' landmark bounding boxes."""
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.bounds, b.bounds
-    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
-    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -441,7 +434,8 @@ class FaceCropper:
         free = list(self._tracks)
         tracks = []
         for box in raw:
-            overlaps = [_iou(box, track.box) for track in free]
+            corners = square_corners(box)
+            overlaps = [box_iou(corners, square_corners(track.box)) for track in free]
             best = int(np.argmax(overlaps)) if overlaps else -1
             if best >= 0 and overlaps[best] >= self.match_iou:
                 tracks.append(free.pop(best))
@@ -458,12 +452,3 @@ class FaceCropper:
         cx, cy, side = state * track.reference
         track.box = np.array([cx - side / 2, cy - side / 2, side])
         return track.box
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two square boxes (x0, y0, side)."""
-    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    h = min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = a[2] ** 2 + b[2] ** 2 - inter
-    return float(inter / union) if union > 0 else 0.0

@@ -21,7 +21,8 @@ in that direction (ARKit gives no angle; 30 deg is about the comfortable range o
 Frames and angles. The avatar frame is right-handed with +x to the viewer's right (the face's
 own left), +y up and +z towards the camera, the camera at the origin (ARKit's face-anchor
 convention, and the head frame's: a head facing the camera has the identity rotation).
-``head_angles`` (yaw, pitch, roll) compose the head's rotation as Ry(yaw) Rx(pitch) Rz(roll):
+``head_angles`` (yaw, pitch, roll) compose the head's rotation as Ry(yaw) Rx(pitch) Rz(roll)
+(``tracker.geometry.camera.head_pose``, ``tracker.geometry.rotations.matrix_to_yaw_pitch_roll``):
 yaw > 0 turns the face to its own left (the viewer's right), pitch > 0 tips it down, roll > 0
 tilts it towards its own right shoulder (its +x axis turns towards +y). Eye angles
 (yaw, pitch) are in the head frame with the same signs (yaw > 0: the eye looks to the face's
@@ -86,7 +87,7 @@ class AvatarValues:
 
     weights        (52,) float32 ARKit weights in ARKIT_NAMES order, in [0, 1]
     head_rotation  (3, 3) float32 head frame -> avatar frame (identity: facing the camera)
-    head_angles    (3,) float32 yaw, pitch, roll in radians
+    head_angles    (3,) float32 yaw, pitch, roll in radians (``tracker.geometry.camera.head_pose``)
     head_position  (3,) float32 metres, the head frame's origin in the avatar frame
     eye_angles     (2, 2) float32 radians, (left eye, right eye) x (yaw, pitch) in the head frame;
                    NaN when the irises were not found
@@ -97,37 +98,6 @@ class AvatarValues:
     head_angles: np.ndarray
     head_position: np.ndarray
     eye_angles: np.ndarray
-
-
-# camera frame (OpenCV: +x right, +y down, +z forward) -> avatar frame (+x right, +y up, +z towards the camera)
-CAMERA_TO_AVATAR = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
-
-
-def head_pose(rotation: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The tracker's head pose (3, 3) R, (3,) t (``X_cam = R FLIP X_head + t``, ``tracker.geometry.camera``)
-    -> (avatar rotation (3, 3) = FLIP R FLIP, angles (3,) yaw pitch roll, position (3,) FLIP t), float32."""
-    avatar = CAMERA_TO_AVATAR @ np.asarray(rotation, np.float32) @ CAMERA_TO_AVATAR
-    return avatar, rotation_angles(avatar), CAMERA_TO_AVATAR @ np.asarray(translation, np.float32)
-
-
-def rotation_angles(rotation: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) R = Ry(yaw) Rx(pitch) Rz(roll) -> (..., 3) float32 (yaw, pitch, roll) radians."""
-    r = np.asarray(rotation, np.float64)
-    pitch = np.arcsin(np.clip(-r[..., 1, 2], -1.0, 1.0))
-    yaw = np.arctan2(r[..., 0, 2], r[..., 2, 2])
-    roll = np.arctan2(r[..., 1, 0], r[..., 1, 1])
-    return np.stack([yaw, pitch, roll], axis=-1).astype(np.float32)
-
-
-def angles_rotation(angles: np.ndarray) -> np.ndarray:
-    """(..., 3) (yaw, pitch, roll) -> (..., 3, 3) float32 Ry(yaw) Rx(pitch) Rz(roll) (``rotation_angles``'s inverse)."""
-    a = np.asarray(angles, np.float64)
-    cy, sy, cp, sp, cr, sr = np.cos(a[..., 0]), np.sin(a[..., 0]), np.cos(a[..., 1]), np.sin(a[..., 1]), np.cos(a[..., 2]), np.sin(a[..., 2])
-    one, zero = np.ones_like(cy), np.zeros_like(cy)
-    ry = np.stack([np.stack([cy, zero, sy], -1), np.stack([zero, one, zero], -1), np.stack([-sy, zero, cy], -1)], -2)
-    rx = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, cp, -sp], -1), np.stack([zero, sp, cp], -1)], -2)
-    rz = np.stack([np.stack([cr, -sr, zero], -1), np.stack([sr, cr, zero], -1), np.stack([zero, zero, one], -1)], -2)
-    return (ry @ rx @ rz).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -170,8 +140,10 @@ def eye_gaze(
     """(2, 2) float32 (left, right) x (yaw, pitch) radians in the head frame, from the (2, 2)
     pixel positions of the two iris centres (any order: each goes to the eyeball it is nearest
     to in the image); NaN where an iris is not finite. rotation (3, 3), translation (3,): the
-    tracker's head pose (``head_pose``); focal, principal (2,) px."""
-    rotation = np.asarray(rotation, np.float64) @ CAMERA_TO_AVATAR  # head frame -> camera frame
+    tracker's head pose (``X_cam = R FLIP X_head + t``); focal, principal (2,) px."""
+    from tracker.geometry.camera import FLIP_MATRIX
+
+    rotation = np.asarray(rotation, np.float64) @ FLIP_MATRIX  # head frame -> camera frame
     translation = np.asarray(translation, np.float64)
     centres = eyeballs.centres.astype(np.float64) @ rotation.T + translation  # (2, 3) camera frame
     projected = centres[:, :2] / centres[:, 2:] * focal + principal

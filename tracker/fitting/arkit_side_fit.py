@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracker.fitting.arkit import EyeballDecoder, ict_to_arkit_matrix
+from tracker.fitting.arkit import Eyeballs, EyeballDecoder, ict_to_arkit_matrix
 from tracker.face.detection import FaceCrop
 from tracker.head_models.base import HeadModel
-from tracker.fitting.refinement import FrameProblem, IdentityPool, LinearEmbeddedHead, RefineSettings, Refiner, TrackState, embedded_head, initial_pose, refine_face, single_blas_thread
+from tracker.fitting.refinement import LinearEmbeddedHead, RefineSettings, Refiner, embedded_head
+from tracker.fitting.track_fitter import TrackFitter
 
 
 class ArkitFit:
@@ -36,30 +37,20 @@ class ArkitFit:
             raise ValueError(f"the ARKit fit needs the ICT-FaceKit head model, got {ict.name!r}")
         model = embedded_head(ict)
         assert isinstance(model, LinearEmbeddedHead)
-        self.refiner = Refiner(model, settings or RefineSettings())
+        self.fitter = TrackFitter(Refiner(model, settings or RefineSettings()))
         self.matrix = ict_to_arkit_matrix(ict.expression_names)  # (52, 53)
         self._eyeballs = EyeballDecoder(ict)
-        self._identity, self._prior = model.to_vectors({g: v[0] for g, v in ict.neutral_params(1, device="cpu").items()})
-        self._tracks: dict[int, TrackState] = {}
 
-    def fit(self, crop: FaceCrop, focal: np.ndarray, principal: np.ndarray, temporal: bool = True, photo: bool = False):
+    def fit(
+        self, crop: FaceCrop, focal: np.ndarray, principal: np.ndarray, temporal: bool = True, photo: bool = False
+    ) -> tuple[np.ndarray, Eyeballs, np.ndarray, np.ndarray]:
         """One face -> (expression (53,) float32, Eyeballs in ICT's head frame, rotation (3, 3),
         translation (3,): ICT's pose, ``X_cam = R FLIP X_head + t``). The solve runs on one BLAS
         thread (``single_blas_thread``)."""
-        model = self.refiner.model
-        track = self._tracks.get(crop.track_id)
-        if track is None:
-            pool = IdentityPool(model.identity_size, self.refiner.identity_std, self.refiner.settings.calibration_frames)
-            track = self._tracks[crop.track_id] = TrackState(pool)
-        observed = crop.face.points[model.mediapipe_ids, :2].astype(np.float64)
-        start = track.last if track.last is not None else initial_pose(model, observed, focal, principal, self._identity, self._prior)
-        problem = FrameProblem(observed, focal, principal, self._prior, track.last if temporal and not photo else None)
-        with single_blas_thread():
-            sol = refine_face(self.refiner, track, problem, start, photo=photo).solution
-        params = model.to_params(sol.identity, sol.local)
+        sol = self.fitter.fit(crop.track_id, crop.face.points, focal, principal, temporal=temporal, photo=photo).solution
+        params = self.fitter.refiner.model.to_params(sol.identity, sol.local)
         return params["expression"].numpy(), self._eyeballs(params), sol.rotation, sol.translation
 
-    def drop_lost_tracks(self, alive: set[int]) -> None:
-        for track_id in list(self._tracks):
-            if track_id not in alive:
-                del self._tracks[track_id]
+    def drop_lost(self, alive: set[int]) -> None:
+        """Forget every track not in ``alive``."""
+        self.fitter.drop_lost(alive)

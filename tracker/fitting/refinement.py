@@ -44,13 +44,12 @@ import torch
 from threadpoolctl import ThreadpoolController
 
 from tracker.errors import TrackerError
-from tracker.geometry.rotations import axis_angle_to_rotation_6d, rotation_6d_to_axis_angle
-from tracker.head_models.base import GaussianPrior, HeadModel, RotationPrior, SparseUniformPrior, UniformPrior
-from tracker.takes.recording import default_identity_group
+from tracker.geometry.camera import FLIP
+from tracker.geometry.rotations import axis_angle_to_rotation_6d, exp_rotation, log_rotation, rotation_6d_to_axis_angle
+from tracker.head_models.base import GaussianPrior, HeadModel, RotationPrior, SparseUniformPrior, UniformPrior, default_identity_group
 
 DEFAULT_ITERATIONS = 3
 MEDIAPIPE_POINTS = 468
-FLIP = np.array([1.0, -1.0, -1.0])
 # groups that are never refined per frame: the head's own root pose is the camera's (R, t)
 POSE_GROUPS = ("global", "neck", "translation", "eyes")
 # numpy's BLAS libraries, found once (a scan costs milliseconds)
@@ -291,32 +290,6 @@ def embedded_head(head: HeadModel, embedding=None, floor_mm: float = 1.0) -> Emb
     if LinearEmbeddedHead.supports(head):
         return LinearEmbeddedHead(head, embedding.vertex_ids, embedding.bary, ids, sigma)
     return DecodedEmbeddedHead(head, embedding.to(head.device).points, ids, sigma)
-
-
-# ----------------------------------------------------------------------------- rotations
-
-
-def exp_rotation(omega: np.ndarray) -> np.ndarray:
-    """(3,) axis-angle -> (3, 3) rotation (Rodrigues)."""
-    angle = float(np.linalg.norm(omega))
-    k = np.array([[0.0, -omega[2], omega[1]], [omega[2], 0.0, -omega[0]], [-omega[1], omega[0], 0.0]])
-    if angle < 1e-12:
-        return np.eye(3) + k
-    return np.eye(3) + math.sin(angle) / angle * k + (1.0 - math.cos(angle)) / angle**2 * (k @ k)
-
-
-def log_rotation(rotation: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation -> (3,) axis-angle."""
-    cos = np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0)
-    angle = math.acos(cos)
-    vee = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
-    if angle < 1e-6:
-        return vee / 2.0
-    if angle > math.pi - 1e-4:  # near pi: the axis from the symmetric part
-        axis = np.sqrt(np.clip((np.diag(rotation) + 1.0) / 2.0, 0.0, None))
-        axis *= np.sign(vee + (vee == 0))
-        return axis / np.linalg.norm(axis) * angle
-    return vee * angle / (2.0 * math.sin(angle))
 
 
 # ----------------------------------------------------------------------------- solver
@@ -632,9 +605,7 @@ __all__ = [
     "Solution",
     "TrackState",
     "embedded_head",
-    "exp_rotation",
     "initial_pose",
-    "log_rotation",
     "refine_face",
     "refinement_groups",
     "single_blas_thread",

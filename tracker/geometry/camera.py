@@ -8,6 +8,12 @@ Frames:
     view frame    camera axes with +y up and +z towards the camera (OpenGL's eye frame):
                   ``n_view = FLIP @ n_cam``. Camera-frame normal maps are stored in this frame, so
                   a frontal face is blue-ish and the view and head frames agree when R = I.
+    avatar frame  the view frame as an avatar's world (ARKit's face-anchor convention, glTF's,
+                  the streams'): the head sits at ``X_avatar = FLIP R FLIP X_head + FLIP t``
+                  (``head_pose``).
+
+FLIP = diag(1, -1, -1) is its own inverse and the one axis flip between all of them: ``FLIP``
+(its diagonal, for element-wise products), ``flip_matrix`` (torch) and ``FLIP_MATRIX`` (NumPy).
 
 Image coordinates (pixel convention): continuous, origin at the top-left *corner* of the image,
 x right, y down; pixel (row i, column j) covers [j, j+1) x [i, i+1) and its centre is
@@ -22,9 +28,14 @@ focal by the zoom factor and moves the principal point (see ``tracker.geometry.c
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-FLIP = (1.0, -1.0, -1.0)
+from tracker.geometry.rotations import matrix_to_yaw_pitch_roll
+
+FLIP = (1.0, -1.0, -1.0)  # the diagonal of diag(1, -1, -1)
+# (3, 3) diag(1, -1, -1) in NumPy; float32 and exact, so a product keeps the other operand's float32 or float64
+FLIP_MATRIX = np.diag(np.float32(FLIP))
 
 
 def flip_matrix(device=None, dtype=torch.float32) -> torch.Tensor:
@@ -54,16 +65,12 @@ def project(points_cam: torch.Tensor, focal: torch.Tensor, principal: torch.Tens
     return points_cam[..., :2] / z * focal[:, None, :] + principal[:, None, :]
 
 
-def normalise_intrinsics(focal: torch.Tensor, principal: torch.Tensor, size: torch.Tensor | tuple[float, float]):
-    """Pixel intrinsics -> normalised (divided by image (width, height)); returns (focal_n, principal_n)."""
-    size = torch.as_tensor(size, dtype=principal.dtype, device=principal.device)
-    return focal_xy(focal) / size, principal / size
-
-
-def pixel_intrinsics(focal_n: torch.Tensor, principal_n: torch.Tensor, size: torch.Tensor | tuple[float, float]):
-    """Normalised intrinsics -> pixels; inverse of ``normalise_intrinsics``."""
-    size = torch.as_tensor(size, dtype=principal_n.dtype, device=principal_n.device)
-    return focal_xy(focal_n) * size, principal_n * size
+def project_head(
+    points_head: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor
+) -> torch.Tensor:
+    """(B, N, 3) head-frame points posed by (B, 3, 3) R, (B, 3) t -> (B, N, 2) pixel coordinates
+    (``project`` of ``head_to_camera``; focal and principal as there)."""
+    return project(head_to_camera(points_head, rotation, translation), focal, principal)
 
 
 def focal_xy(focal: torch.Tensor) -> torch.Tensor:
@@ -71,3 +78,11 @@ def focal_xy(focal: torch.Tensor) -> torch.Tensor:
     if focal.dim() == 1:
         focal = focal[:, None]
     return focal.expand(focal.shape[0], 2)
+
+
+def head_pose(rotation: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A head pose (3, 3) R, (3,) t (``X_cam = R FLIP X_head + t``) in the avatar frame -> (avatar
+    rotation (3, 3) = FLIP R FLIP, its (3,) yaw, pitch, roll (``matrix_to_yaw_pitch_roll``: ARKit's
+    head angles), position (3,) FLIP t), float32."""
+    avatar = FLIP_MATRIX @ np.asarray(rotation, np.float32) @ FLIP_MATRIX
+    return avatar, matrix_to_yaw_pitch_roll(avatar), FLIP_MATRIX @ np.asarray(translation, np.float32)

@@ -42,24 +42,6 @@ def crop_intrinsics(
     return focal_xy(focal) * scale, (principal - box[:, :2]) * scale
 
 
-def crop_affine(box: torch.Tensor, out_size: int) -> torch.Tensor:
-    """(B, 3) boxes -> (B, 2, 3) affine maps from original pixel coordinates to crop pixels."""
-    scale = out_size / box[:, 2]
-    zero = torch.zeros_like(scale)
-    return torch.stack(
-        (
-            torch.stack((scale, zero, -box[:, 0] * scale), -1),
-            torch.stack((zero, scale, -box[:, 1] * scale), -1),
-        ),
-        dim=-2,
-    )
-
-
-def apply_affine(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-    """(B, N, 2) points, (B, 2, 3) affine -> (B, N, 2)."""
-    return points @ affine[:, :, :2].transpose(-1, -2) + affine[:, None, :, 2]
-
-
 def crop_images(images: torch.Tensor, box: torch.Tensor, out_size: int, mode: str = "bilinear") -> torch.Tensor:
     """(B, C, H, W) images, (B, 3) boxes -> (B, C, out_size, out_size) crops (zeros outside).
 

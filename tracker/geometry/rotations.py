@@ -6,11 +6,25 @@ Conventions:
                 pytorch3d's ``matrix_to_rotation_6d`` that Pixel3DMM uses); identity = [1,0,0, 0,1,0].
     axis-angle  (..., 3), axis * angle in radians.
     Euler       (..., 3) angles (x, y, z) in radians, ``R = Rz @ Ry @ Rx`` (extrinsic X, then Y,
-                then Z): x is pitch, y is yaw, z is roll for a head facing +z.
+                then Z): x is pitch, y is yaw, z is roll for a head facing +z. Draws poses (training
+                samples, the head priors, the viewer's orbit).
+    yaw, pitch, roll
+                (..., 3) radians, ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)``: ARKit's head angles
+                (``tracker.geometry.camera.head_pose``), another order than the Euler angles
+                above: the same rotation for the same angles without roll, different ones with it.
+    quaternion  (..., 4) unit (w, x, y, z), w >= 0; the NumPy helpers for file formats and
+                streams take and give (x, y, z, w) (glTF's, Unity's and scipy's order: ``_xyzw``).
+
+The torch functions are batched and differentiable; the NumPy ones (last section), in the same
+conventions, serve the float64 solver of ``tracker.fitting.refinement``, the avatar outputs and
+the exporters.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -99,15 +113,6 @@ def euler_to_matrix(euler: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
-def matrix_to_euler(matrix: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) -> (..., 3) angles (x, y, z) with y in [-pi/2, pi/2]; inverse of euler_to_matrix."""
-    r = matrix
-    y = torch.asin((-r[..., 2, 0]).clamp(-1.0, 1.0))
-    x = torch.atan2(r[..., 2, 1], r[..., 2, 2])
-    z = torch.atan2(r[..., 1, 0], r[..., 0, 0])
-    return torch.stack((x, y, z), -1)
-
-
 def axis_angle_to_rotation_6d(axis_angle: torch.Tensor) -> torch.Tensor:
     """(..., 3) -> (..., 6)."""
     return matrix_to_rotation_6d(axis_angle_to_matrix(axis_angle))
@@ -121,3 +126,54 @@ def rotation_6d_to_axis_angle(d6: torch.Tensor) -> torch.Tensor:
 def euler_to_rotation_6d(euler: torch.Tensor) -> torch.Tensor:
     """(..., 3) Euler (x, y, z) radians -> (..., 6)."""
     return matrix_to_rotation_6d(euler_to_matrix(euler))
+
+
+# -- NumPy ----------------------------------------------------------------------------------------
+def exp_rotation(omega: np.ndarray) -> np.ndarray:
+    """(3,) axis-angle -> (3, 3) float64 rotation (Rodrigues; ``axis_angle_to_matrix`` of one)."""
+    angle = float(np.linalg.norm(omega))
+    k = np.array([[0.0, -omega[2], omega[1]], [omega[2], 0.0, -omega[0]], [-omega[1], omega[0], 0.0]])
+    if angle < 1e-12:
+        return np.eye(3) + k
+    return np.eye(3) + math.sin(angle) / angle * k + (1.0 - math.cos(angle)) / angle**2 * (k @ k)
+
+
+def log_rotation(rotation: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation -> (3,) axis-angle, angle in [0, pi] (``matrix_to_axis_angle`` of one)."""
+    cos = np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0)
+    angle = math.acos(cos)
+    vee = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
+    if angle < 1e-6:
+        return vee / 2.0
+    if angle > math.pi - 1e-4:  # near pi: the axis from the symmetric part
+        axis = np.sqrt(np.clip((np.diag(rotation) + 1.0) / 2.0, 0.0, None))
+        axis *= np.sign(vee + (vee == 0))
+        return axis / np.linalg.norm(axis) * angle
+    return vee * angle / (2.0 * math.sin(angle))
+
+
+def matrix_to_yaw_pitch_roll(rotation: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) R = Ry(yaw) Rx(pitch) Rz(roll) -> (..., 3) float32 (yaw, pitch, roll) radians,
+    pitch in [-pi/2, pi/2]."""
+    r = np.asarray(rotation, np.float64)
+    pitch = np.arcsin(np.clip(-r[..., 1, 2], -1.0, 1.0))
+    yaw = np.arctan2(r[..., 0, 2], r[..., 2, 2])
+    roll = np.arctan2(r[..., 1, 0], r[..., 1, 1])
+    return np.stack([yaw, pitch, roll], axis=-1).astype(np.float32)
+
+
+def matrix_to_quaternion_xyzw(rotation: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotations -> (..., 4) float64 unit quaternions (x, y, z, w), w >= 0
+    (``matrix_to_quaternion`` in float64, scalar last)."""
+    wxyz = matrix_to_quaternion(torch.from_numpy(np.array(rotation, np.float64))).numpy()
+    return np.concatenate([wxyz[..., 1:], wxyz[..., :1]], axis=-1)
+
+
+def quaternion_xyzw_to_matrix(quaternion: np.ndarray) -> np.ndarray:
+    """(4,) quaternion (x, y, z, w), any length but zero -> (3, 3) float64 rotation."""
+    x, y, z, w = quaternion / np.linalg.norm(quaternion)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])

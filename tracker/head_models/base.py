@@ -16,6 +16,7 @@ A head model is an ``nn.Module`` with
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,12 @@ from torch import nn
 from tracker.geometry.rotations import euler_to_rotation_6d, identity_6d
 
 REQUIRED_REGIONS = ("face", "eyes", "nose", "mouth", "ears")
+IDENTITY_GROUPS = ("identity", "shape")  # a head model's identity group, first found (ICT, FLAME)
+
+
+def default_identity_group(groups: Container[str]) -> str | None:
+    """The identity group among ``groups`` (names): "identity" (ICT), else "shape" (FLAME), else None."""
+    return next((group for group in IDENTITY_GROUPS if group in groups), None)
 
 
 @dataclass(frozen=True)
@@ -163,13 +170,6 @@ class HeadModel(nn.Module):
     def render_faces(self) -> torch.Tensor:
         """(F', 3) triangles drawn into normal maps and masks (default: the whole mesh)."""
         return self.faces
-
-    def region_faces(self, regions: tuple[str, ...] | list[str]) -> torch.Tensor:
-        """(F', 3) triangles whose three vertices all lie in the union of ``regions``."""
-        keep = torch.zeros(self.num_vertices, dtype=torch.bool, device=self.faces.device)
-        for region in regions:
-            keep |= self.region_masks[region]
-        return self.faces[keep[self.faces].all(dim=1)]
 
     # -- parameters --------------------------------------------------------------------------
     @property

@@ -8,7 +8,7 @@ eyeballs, eyelashes, ...):
 with 100 identity PCA weights (prior N(0, 1)) and 53 ARKit-named expression blendshape weights
 in [0, 1] (prior: each shape on with probability 0.2, then U(0, 1); neutral 0). Data: the packed
 npz of ``ict-facekit/README.md`` in the shared folder, made from an upstream checkout by
-``python -m tracker.head_models.ict_convert``.
+``python -m tracker.head_models ict-convert``.
 
 Head frame (upstream's, scaled from centimetres to metres): +x to the subject's left (ICT's
 "_L" shapes act on +x), +y up, +z out of the face. The origin lies on the mid-sagittal plane at
@@ -120,8 +120,8 @@ EYE_MARGIN, NOSE_MARGIN, MOUTH_MARGIN = 0.3, 0.2, 0.1  # times the inner-eye-cor
 HOW_TO_GET = (
     "Set N2F_ICT_MODEL to the npz (or N2F_SHARED_DIR to the folder holding ict-facekit/ict_face_model.npz). "
     "To make it, clone the public ICT-FaceKit repository github.com/ICT-VGL/ICT-FaceKit (MIT licence) and run "
-    "`python -m tracker.head_models.ict_convert ICT-FaceKit/ ict_face_model.npz`, or fetch and convert it into the "
-    "cache with `python -m tracker.head_models.ict_source --download`."
+    "`python -m tracker.head_models ict-convert ICT-FaceKit/ ict_face_model.npz`, or fetch and convert it into the "
+    "cache with `python -m tracker.head_models ict-source --download`."
 )
 
 

@@ -1,6 +1,6 @@
 """Pack an upstream ICT-FaceKit checkout into the one-file npz that ``tracker.head_models.ict`` loads.
 
-    python -m tracker.head_models.ict_convert ICT-FaceKit/ ict_face_model.npz
+    python -m tracker.head_models ict-convert ICT-FaceKit/ ict_face_model.npz
 
 Upstream (github.com/ICT-VGL/ICT-FaceKit, MIT licence) keeps the "Light" model in ``FaceXModel/``:
 ``generic_neutral_mesh.obj`` (quads and triangles with texture coordinates, centimetres),
@@ -19,9 +19,7 @@ region_ranges (R, 2) int32 [start, stop), units "centimeters". Deltas are mesh m
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -155,25 +153,3 @@ def _four_columns(polygons: np.ndarray) -> np.ndarray:
     out = np.full((len(polygons), 4), -1, dtype=np.int32)
     out[:, : polygons.shape[1]] = polygons
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tracker.head_models.ict_convert",
-        description=f"Pack an ICT-FaceKit checkout ({UPSTREAM_URL}, MIT licence) into the npz the tracker loads.",
-    )
-    parser.add_argument("checkout", type=Path, help="the ICT-FaceKit repository folder (or its FaceXModel folder)")
-    parser.add_argument("out", type=Path, help="the npz to write, e.g. ict_face_model.npz")
-    args = parser.parse_args(argv)
-    print(f"reading the ICT-FaceKit meshes in {args.checkout} (154 OBJ files, about a minute)")
-    try:
-        path = convert(args.checkout, args.out)
-    except TrackerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}; point N2F_ICT_MODEL at it (keep upstream's LICENSE beside it)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,17 +12,15 @@
      beside it; skipped when N2F_OFFLINE=1.
 A path named in 1, 2 or 5 that does not exist is an error: the search does not go on past it.
 
-    python -m tracker.head_models.ict_source [--download] [--url URL] [--from-checkout DIR]
+    python -m tracker.head_models ict-source [--download] [--url URL] [--from-checkout DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
 import shutil
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -117,7 +115,7 @@ def locate_ict_model(
 
     checkout = os.environ.get("N2F_ICT_FACEKIT")
     if checkout:
-        return convert_checkout(_existing(Path(checkout).expanduser(), "N2F_ICT_FACEKIT"), spec=spec, log=log)
+        return convert_checkout(existing_path(Path(checkout).expanduser(), "N2F_ICT_FACEKIT"), spec=spec, log=log)
     searched.append("N2F_ICT_FACEKIT: not set")
 
     if allow_download is None:
@@ -364,7 +362,8 @@ def _read_source(npz: Path) -> str | None:
 
 
 # -- the given paths and the message -------------------------------------------------------------
-def _existing(path: Path, label: str) -> Path:
+def existing_path(path: Path, label: str) -> Path:
+    """``path`` when it exists, else a TrackerError naming it as ``label`` (the option or variable)."""
     if not path.exists():
         raise TrackerError(f"{label} {path} does not exist; give the packed {MODEL_NAME} or an ICT-FaceKit checkout folder ({UPSTREAM_REPO})")
     return path
@@ -372,7 +371,7 @@ def _existing(path: Path, label: str) -> Path:
 
 def _resolve_given(path: Path, label: str, spec: ModelSpec, log: Log) -> Path:
     """An npz as it is; a folder holding the npz; else a checkout, converted into the cache."""
-    if _existing(path, label).is_file():
+    if existing_path(path, label).is_file():
         return path
     if (path / MODEL_NAME).is_file():
         return path / MODEL_NAME
@@ -381,50 +380,16 @@ def _resolve_given(path: Path, label: str, spec: ModelSpec, log: Log) -> Path:
 
 def _not_found(searched: list[str], reason: str) -> str:
     places = "\n".join(f"  - {place}" for place in searched)
-    return f"ICT-FaceKit model not found, and {reason}.\nSearched:\n{places}\n{_how_to_get()}"
+    return f"ICT-FaceKit model not found, and {reason}.\nSearched:\n{places}\n{how_to_get()}"
 
 
-def _how_to_get() -> str:
+def how_to_get() -> str:
+    """The ways to get the model, for the user (several lines)."""
     cache = cache_dir()
     return (
         "Get it (MIT licence) in one of these ways:\n"
         f"  1. git clone {UPSTREAM_REPO} and set N2F_ICT_FACEKIT=/path/to/ICT-FaceKit "
         f"(or pass --ict-model /path/to/ICT-FaceKit); it is converted once into {cache}\n"
-        f"  2. python -m tracker.head_models.ict_source --download   (fetches {DEFAULT_URL} into {cache})\n"
+        f"  2. python -m tracker.head_models ict-source --download   (fetches {DEFAULT_URL} into {cache})\n"
         f"  3. set N2F_ICT_MODEL=/path/to/{MODEL_NAME} (a packed model you already have)"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tracker.head_models.ict_source",
-        description="Print where the ICT-FaceKit model is; fetch or convert it into the cache when it is nowhere (search order: module docstring).",
-    )
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--download", action="store_true", help=f"download and convert the pinned upstream archive into {cache_dir()} now, replacing a cached copy")
-    action.add_argument("--from-checkout", type=Path, metavar="DIR", help="convert this ICT-FaceKit checkout into the cache (kept while the cache holds its conversion)")
-    parser.add_argument("--url", help=f"the archive to download (default: $N2F_ICT_FACEKIT_URL or {DEFAULT_URL})")
-    args = parser.parse_args(argv)
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    try:
-        if args.download:
-            path = download_ict_model(args.url or os.environ.get("N2F_ICT_FACEKIT_URL") or DEFAULT_URL, log=log)
-        elif args.from_checkout:
-            path = convert_checkout(_existing(args.from_checkout, "--from-checkout"), log=log)
-        else:
-            path = locate_ict_model(url=args.url, log=log)
-    except DownloadError as err:
-        print(f"error: {err}; are you offline?\n{_how_to_get()}", file=sys.stderr)
-        return 2
-    except TrackerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from tracker.errors import TrackerError
-from tracker.live.tracker import NetworkInputs, RawOutput
+from tracker.live.results import NetworkInputs, RawOutput
 
 Network = Callable[[NetworkInputs], tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]]
 

@@ -1,13 +1,15 @@
-"""The tracker's settings as one object, and the tracker built from them.
+"""The tracker's settings as one object, and the command-line options that fill it.
 
     options = TrackerOptions(checkpoint="runs/ict/best_stage2.pt", device="cuda", refine_iters=5)
-    tracker = build_tracker(options)            # a FaceTracker, ready for a Pipeline
+    tracker = FaceTracker.from_options(options)     # tracker.live.tracker: ready for a Pipeline
 
-``python -m app.live`` maps its command line onto a ``TrackerOptions`` and so does
-``train.evaluate_real``, so both build exactly the same tracker from the same settings.
+``python -m app.live`` and ``train.evaluate_real`` add the same options to their command lines
+(``add_tracker_arguments``) and map them onto a ``TrackerOptions`` (``options_from_args``), so
+both build exactly the same tracker from the same settings.
 
 This module is light to import (no torch, no MediaPipe): command lines build their parsers from
-the names below and check their settings before the heavy imports, which ``build_tracker`` does.
+the names below and check their settings before the heavy imports, which
+``FaceTracker.from_options`` does.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,21 +25,19 @@ import numpy as np
 
 from tracker.errors import TrackerError
 from tracker.files.paths import PROJECT_ROOT
-from tracker.takes.recording import IDENTITY_STATES, default_identity_group, read_take
+from tracker.n2fnet import PREFERENCE, RUNTIMES
+from tracker.takes.recording import IDENTITY_STATES, read_take
 
 if TYPE_CHECKING:
     import torch
 
-    from tracker.live.tracker import FaceTracker
+    from tracker.fitting.refinement import RefineSettings
 
 log = logging.getLogger(__name__)
 
 # the names the settings take (their meanings: TrackerOptions)
 DETECTORS = ("short-range", "full-range")
-# what runs the network (tracker.n2fnet.runtime); PREFERENCE: fastest first on this project's CPU
-# (python -m tracker.bench network; README "Network runtime")
-RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino-int8")
-PREFERENCE = ("openvino-int8", "openvino", "onnxruntime", "torch")
+REFINE_STARTS = ("network", "mean")
 # how the pipeline runs its stages (tracker.live.pipeline)
 MODES = ("async", "sequential")
 
@@ -54,7 +54,7 @@ The tracker regresses the head mesh with a trained N2FNet and will not run an un
 
 @dataclass
 class TrackerOptions:
-    """Everything that decides how the tracker is built (``build_tracker``).
+    """Everything that decides how the tracker is built (``FaceTracker.from_options``).
 
     checkpoint      N2FNet checkpoint; None: the shipped DEFAULT_CHECKPOINT
     head_model      "ict" | "flame" | None (the checkpoint's); a TrackerError when it is not the checkpoint's
@@ -69,12 +69,18 @@ class TrackerOptions:
                     refused for another network)
     cue             geometry cue (``tracker.face.cues.create_cue``); pixel3dmm_weights, farl_weights its weights
     max_faces       faces tracked per frame
-    smoothing       One-Euro smoothing of the parameters and the crop box
+    smoothing       One-Euro smoothing of the parameters (and of the crop box, unless ``crop_smoothing`` says otherwise)
+    crop_smoothing  the crop box's smoothing (None: as ``smoothing``)
     focal           the frame camera's focal length in pixels (None: the training camera's)
     detector        "short-range" (Face Mesh's own) | "full-range" (MediaPipe's full-range face detector, small faces)
+    photos          unrelated still images rather than video: MediaPipe's static-image mode with its
+                    full-range face detector (faces of any size, no tracking between frames), no
+                    temporal term in the refinement, several identity rounds per face
     refine          the Gauss-Newton refinement against MediaPipe's landmarks after the network
-    refine_iters    its iterations (None: ``tracker.fitting.refinement.DEFAULT_ITERATIONS``)
-    refine_start    "network" (from and towards N2FNet's prediction) | "mean" (the no-network ablation)
+    refine_iters    its iterations (None: ``refine_settings``'s, by default ``tracker.fitting.refinement.DEFAULT_ITERATIONS``)
+    refine_settings its weights and schedule (``tracker.fitting.refinement.RefineSettings``; None: the
+                    library's); ``refine_iters``, when given, replaces its iterations (``refinement_settings``)
+    refine_start    "network" (from and towards N2FNet's prediction) | "mean" (from the mean face: the no-network ablation)
     identity_take   a take (npz or journal) whose calibrated identity every track uses, fixed
     identity_track  the track of ``identity_take`` to take it from (None: the first locked, else given, one)
     """
@@ -90,10 +96,13 @@ class TrackerOptions:
     farl_weights: str | Path | None = None
     max_faces: int = 1
     smoothing: bool = True
+    crop_smoothing: bool | None = None
     focal: float | None = None
     detector: str = "short-range"
+    photos: bool = False
     refine: bool = True
     refine_iters: int | None = None
+    refine_settings: RefineSettings | None = None
     refine_start: str = "network"
     identity_take: str | Path | None = None
     identity_track: int | None = None
@@ -101,6 +110,8 @@ class TrackerOptions:
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
             raise TrackerError(f"the detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
+        if self.refine_start not in REFINE_STARTS:
+            raise TrackerError(f"refine_start must be one of {', '.join(REFINE_STARTS)}, got {self.refine_start!r}")
         iters = self.refine_iters
         if iters is not None and (isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 1):
             raise TrackerError(f"the refinement iterations must be a positive whole number, got {self.refine_iters!r}")
@@ -125,15 +136,17 @@ class TrackerOptions:
             return DEFAULT_CHECKPOINT
         raise TrackerError(NO_CHECKPOINT.format(path=DEFAULT_CHECKPOINT))
 
-    def resolved_refine_iters(self) -> int | None:
-        """The refinement's iteration count (the library default for None); None when refinement is off."""
-        if not self.refine:
-            return None
-        if self.refine_iters is not None:
-            return int(self.refine_iters)
-        from tracker.fitting.refinement import DEFAULT_ITERATIONS
+    def refinement_settings(self) -> RefineSettings:
+        """The refinement's settings: ``refine_settings`` (None: the library's), with ``refine_iters``'s
+        iterations when that is given."""
+        from tracker.fitting.refinement import RefineSettings
 
-        return int(DEFAULT_ITERATIONS)
+        settings = self.refine_settings if self.refine_settings is not None else RefineSettings()
+        return settings if self.refine_iters is None else replace(settings, iterations=int(self.refine_iters))
+
+    def resolved_refine_iters(self) -> int | None:
+        """The refinement's iteration count (``refinement_settings``); None when refinement is off."""
+        return int(self.refinement_settings().iterations) if self.refine else None
 
     def recording_metadata(self) -> dict[str, Any]:
         """The settings a take records in its metadata (``tracker.takes.recording``)."""
@@ -147,56 +160,6 @@ class TrackerOptions:
             metadata["identity_take"] = str(self.identity_take)
             metadata["identity_track"] = self.identity_track
         return metadata
-
-
-def build_tracker(options: TrackerOptions, photos: bool = False) -> FaceTracker:
-    """The tracker of ``options`` (``photos``: unrelated still images, see ``FaceTracker.assemble``)."""
-    import torch
-
-    from tracker.live.tracker import FaceTracker
-
-    checkpoint = options.checkpoint_path()
-    cue_options = {}
-    if options.cue != "mediapipe":
-        cue_options = {"pixel3dmm_weights": options.pixel3dmm_weights, "farl_weights": options.farl_weights}
-    head_name = options.head_model
-    identity = None
-    if options.flame_dir or options.ict_model or options.identity_take is not None:
-        head_name, size = _checkpoint_identity(checkpoint)
-        if options.flame_dir and head_name != "flame":
-            raise TrackerError(
-                f"--flame-dir {options.flame_dir} gives FLAME files, but the checkpoint {checkpoint} regresses the {head_name.upper()} head model: "
-                "leave out --flame-dir, or pass a FLAME checkpoint with --checkpoint"
-            )
-    head_path = options.flame_dir if (head_name == "flame" or options.flame_dir) else options.ict_model
-    if options.identity_take is not None:
-        identity = torch.from_numpy(take_identity(options.identity_take, head_name, size, options.identity_track))
-    tracker = FaceTracker.from_checkpoint(
-        checkpoint,
-        head_model=options.head_model,
-        head_model_path=head_path,
-        device=options.device,
-        cue=options.cue,
-        cue_options=cue_options,
-        max_faces=options.max_faces,
-        smoothing=options.smoothing,
-        crop_smoothing=options.smoothing,
-        focal_px=options.focal,
-        photos=photos,
-        detector=options.detector,
-        refine=options.refine,
-        refine_iters=options.refine_iters,
-        refine_start=options.refine_start,
-        identity=identity,
-        ict_model_path=options.ict_model,
-        runtime=options.runtime,
-    )
-    log.info(
-        "checkpoint %s: %s, %s backbone, %d px input, on %s (%s); refinement %s",
-        checkpoint, tracker.head.name, tracker.net.config.backbone, tracker.input_size, options.device, tracker.runner.describe(),
-        f"{options.resolved_refine_iters()} iterations" if options.refine else "off",
-    )
-    return tracker
 
 
 def take_identity(path: str | Path, head_model: str, size: int | None = None, track: int | None = None) -> np.ndarray:
@@ -240,16 +203,6 @@ def take_identity(path: str | Path, head_model: str, size: int | None = None, tr
     return identity
 
 
-def _checkpoint_identity(checkpoint: Path) -> tuple[str, int | None]:
-    """(the head model ``checkpoint`` was trained for, the size of its identity group when the network regresses it)."""
-    from tracker.n2fnet.checkpoint import load_checkpoint
-
-    config = load_checkpoint(checkpoint)["n2fnet"]
-    groups = {str(g): int(s) for g, s in config.get("groups", {}).items()}
-    group = default_identity_group(groups)
-    return str(config["head_model"]), (groups[group] if group is not None else None)
-
-
 def check_device(device: str) -> torch.device:
     """``device`` ("cpu", "cuda", "cuda:N") as a torch.device this machine has; TrackerError otherwise."""
     import torch
@@ -270,6 +223,51 @@ def check_device(device: str) -> torch.device:
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise TrackerError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return parsed
+
+
+def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argparse._ActionsContainer, *, checkpoint_required: bool = False) -> None:
+    """Add the tracker's command-line options that every tracking program shares (``app.live``,
+    ``train.evaluate_real``) to a parser or its groups: the checkpoint, head model, device, runtime
+    and detector to ``model``, the refinement's to ``refinement``; ``options_from_args`` reads them."""
+    checkpoint_help = "N2FNet checkpoint (.pt)" if checkpoint_required else "N2FNet checkpoint (default: assets/n2fnet_ict_resnet18.pt, when present)"
+    model.add_argument("--checkpoint", required=checkpoint_required, help=checkpoint_help)
+    model.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
+    model.add_argument("--ict-model", help="ICT-FaceKit npz or upstream checkout (default, first found: $N2F_ICT_MODEL, "
+                       "$N2F_SHARED_DIR/ict-facekit/ict_face_model.npz, the cache ~/.cache/n2f-tracker, $N2F_ICT_FACEKIT, "
+                       "else a download of the pinned upstream archive unless N2F_OFFLINE=1); with a FLAME checkpoint, the ICT model fitted "
+                       "beside FLAME for its ARKit weights")
+    model.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
+    model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    model.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
+                       help=f"what runs the network: auto (default: on the CPU the first installed of {', '.join(PREFERENCE)}, the fastest first; "
+                       "torch on CUDA), or one of them; onnxruntime and openvino run on the CPU only, with --threads threads, and export the "
+                       "network at first use into the cache (~/.cache/n2f-tracker/networks); openvino-int8 (CPU only) runs the int8 copy "
+                       "shipped beside the shipped checkpoint (assets/*.int8.xml), refused for another network")
+    model.add_argument("--detector", choices=DETECTORS, default="short-range",
+                       help="face detector: short-range (Face Mesh's own, faces near the camera; default) or full-range "
+                       "(MediaPipe's full-range detector, then a mesh per face: small and distant faces, slower)")
+    refinement.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                            help="fit the head model to MediaPipe's landmarks after the network (Gauss-Newton, from the network's prediction) "
+                            "and pool one identity per tracked person (default: on)")
+    refinement.add_argument("--refine-iters", type=positive_int, metavar="N",
+                            help="refinement iterations per frame (default: the library's, tracker.fitting.refinement.DEFAULT_ITERATIONS)")
+
+
+def options_from_args(args: argparse.Namespace, **fields: Any) -> TrackerOptions:
+    """The TrackerOptions of the options ``add_tracker_arguments`` added to a command line, with
+    ``fields`` (other TrackerOptions fields, or these set otherwise) on top; checked (imports torch)."""
+    values = {
+        "checkpoint": args.checkpoint,
+        "head_model": args.head_model,
+        "ict_model": args.ict_model,
+        "flame_dir": args.flame_dir,
+        "device": args.device,
+        "runtime": args.runtime,
+        "detector": args.detector,
+        "refine": args.refine,
+        "refine_iters": args.refine_iters,
+    }
+    return TrackerOptions(**{**values, **fields})
 
 
 def positive_int(text: str) -> int:

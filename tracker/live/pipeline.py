@@ -46,14 +46,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from tracker.live.feed import Pending, create_feeder
 from tracker.live.options import MODES
+from tracker.live.sinks import Sink
 from tracker.live.sources import FrameSource
-from tracker.live.tracker import FaceTracker, Prepared, Stopwatch, TrackingResult
+from tracker.live.results import Prepared, Stopwatch, TrackingResult
+from tracker.live.tracker import FaceTracker
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,6 @@ class _End:
     """End of the stream, passed down the queues behind the last frame; ``error``: what ended it."""
 
     error: BaseException | None = None
-
-
-class Sink(Protocol):
-    """Receives every TrackingResult, in frame order, on the sink thread."""
-
-    def __call__(self, result: TrackingResult) -> None: ...
 
 
 @dataclass

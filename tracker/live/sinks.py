@@ -1,7 +1,21 @@
-"""Pipeline sinks that ship with the library: recording a take, and a progress display for headless runs.
+"""The pipeline's ``Sink`` protocol and the sinks that ship with the library.
 
-A sink is any callable taking a ``TrackingResult``; one with a ``close()`` method is closed when
-the pipeline ends (a recording is finalised there, also after Ctrl-C).
+A sink is any callable taking a ``TrackingResult`` (``Sink``); one with a ``close()`` method is
+closed when the pipeline ends (a recording is finalised there, also after Ctrl-C). A sink whose
+output may be slow hands each result to its own thread (``tracker.live.mailbox``). Every sink:
+
+    RecordingSink      tracker/live/sinks.py           every tracked face to a take (--record)
+    SwitchableSink     tracker/live/sinks.py           a slot the user switches a sink into and out of
+    ProgressLog        tracker/live/sinks.py           a headless run's progress bar or log lines
+    StreamSink         tracker/outputs/streaming.py    base of the UDP avatar streams (sender thread)
+      VmcSink          tracker/outputs/streaming.py    --vmc: VMC bundles for VSeeFace, VNyan, Warudo
+      LiveLinkSink     tracker/outputs/streaming.py    --livelink: Live Link Face packets for Unreal
+      OscSink          tracker/outputs/streaming.py    --osc: every face's parameters and pose over OSC
+    VirtualCameraSink  app/virtualcam.py               --virtualcam: the drawn frames to a virtual camera
+    ResultBridge       app/viewer.py                   the newest result for the viewer's GUI thread
+    VideoMeter         train/evaluate_real.py          counts, times and jitters of an evaluated video
+    Keep               train/landmark_pictures.py      the results of chosen frames, for the pictures
+    (plain functions)  app/bench_viewer.py, train/pseudo_gt.py: keep results / write pseudo labels
 """
 
 from __future__ import annotations
@@ -11,15 +25,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from tqdm import tqdm
 
 from tracker.head_models.base import HeadModel
 from tracker.takes.recording import AUTO, Recorder
-from tracker.live.tracker import TrackingResult
+from tracker.live.results import TrackingResult
 
 log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Receives every TrackingResult, in frame order, on the pipeline's sink thread."""
+
+    def __call__(self, result: TrackingResult) -> None: ...
 
 
 class RecordingSink:

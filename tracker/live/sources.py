@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -39,7 +39,7 @@ import numpy as np
 
 from tracker.errors import TrackerError
 
-__all__ = ["Frame", "FrameSource", "open_source", "NETWORK_SCHEMES", "IMAGE_SUFFIXES", "BAD_FRAME_POLICIES"]
+__all__ = ["Frame", "FrameSource", "MediaClockSource", "open_source", "NETWORK_SCHEMES", "IMAGE_SUFFIXES", "BAD_FRAME_POLICIES"]
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,6 @@ class FrameSource:
     ) -> None:
         self.name = name
         self._reader = reader
-        self._live = live
         self._stop = stop
         self._keep_latest = keep_latest = live or paced
         self._buffer = _FrameBuffer(1 if keep_latest else queue_size, overwrite=keep_latest)
@@ -372,11 +371,6 @@ class FrameSource:
     def size(self) -> tuple[int, int]:
         """(width, height) of the first frame."""
         return self._reader.size
-
-    @property
-    def is_live(self) -> bool:
-        """True for cameras and network streams."""
-        return self._live
 
     @property
     def realtime(self) -> bool:
@@ -471,6 +465,43 @@ class FrameSource:
         finally:
             self._reader.close()
             self._buffer.close()
+
+
+class MediaClockSource:
+    """A file's FrameSource whose frames carry their media time, index / the nominal frame rate
+    (30 when the file gives none), as ``timestamp``: the smoothing then sees a camera at the
+    file's rate, whatever the processing speed (evaluations, labelling). ``transform``:
+    (H, W, 3) -> (H, W, 3) applied to every image first (e.g. ``train.pseudo_gt.Variant``), None: none."""
+
+    def __init__(self, source: FrameSource, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.source, self.transform = source, transform
+        self.period = 1.0 / (source.fps or 30.0)
+
+    @property
+    def realtime(self) -> bool:
+        return self.source.realtime
+
+    @property
+    def finished(self) -> bool:
+        return self.source.finished
+
+    @property
+    def frames_dropped(self) -> int:
+        return self.source.frames_dropped
+
+    def start(self) -> MediaClockSource:
+        self.source.start()
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self.source.stop(timeout)
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        frame = self.source.read(timeout)
+        if frame is None:
+            return None
+        image = frame.image if self.transform is None else self.transform(frame.image)
+        return replace(frame, image=image, timestamp=frame.index * self.period)
 
 
 def open_source(

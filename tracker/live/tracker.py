@@ -7,6 +7,9 @@ splits the work of one frame into the three stages the pipeline overlaps:
     run_network(inputs)     device: N2FNet on the stacked normal maps                   -> raw outputs
     finish(prepared, raw)   CPU: head-model decode, smoothing, projection to the frame  -> TrackingResult
 
+(the types they hand on: ``tracker.live.results``); ``track_image(image)`` runs the three on one
+unrelated photo.
+
 A face whose network outputs, or whose refined parameters, hold a non-finite number (a damaged
 network, a diverged fit) is left out of the result and named in ``TrackingResult.errors`` (a frame
 error: the pipeline counts and reports it); nothing non-finite reaches the smoothing, the
@@ -24,15 +27,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tracker.fitting.arkit_side_fit import ArkitFit
-from tracker.fitting.arkit import IRIS_CENTRES, AvatarValues, EyeballDecoder, eye_gaze, gaze_weights, head_pose, ict_to_arkit_matrix
-from tracker.face.cues import CueOutput, GeometryCue, create_cue
+from tracker.fitting.arkit import IRIS_CENTRES, AvatarValues, EyeballDecoder, eye_gaze, gaze_weights, ict_to_arkit_matrix
+from tracker.face.cues import GeometryCue, create_cue
 from tracker.errors import TrackerError
 from tracker.face.detection import DEFAULT_BOX_SMOOTHING, FaceCrop, FaceCropper, FaceMeshDetector
 from tracker.geometry import camera
@@ -42,142 +44,16 @@ from tracker.head_models import HeadModel, load_head_model
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import DeferredNetwork, load_checkpoint
 from tracker.n2fnet.runtime import Runner, create_runner
-from tracker.live.options import DETECTORS
-from tracker.takes.recording import default_identity_group
-from tracker.fitting.refinement import (
-    DecodedEmbeddedHead,
-    FrameFit,
-    FrameProblem,
-    IdentityPool,
-    RefineSettings,
-    Refiner,
-    Solution,
-    TrackState,
-    embedded_head,
-    initial_pose,
-    refine_face,
-    single_blas_thread,
-)
+from tracker.live.feed import create_feeder
+from tracker.live.options import TrackerOptions, take_identity
+from tracker.live.results import FaceResult, NetworkInputs, Prepared, RawOutput, Stopwatch, TrackingResult
+from tracker.head_models.base import default_identity_group
+from tracker.fitting.refinement import DecodedEmbeddedHead, FrameFit, RefineSettings, Refiner, Solution, embedded_head, single_blas_thread
+from tracker.fitting.track_fitter import TrackFitter
 from tracker.face.smoothing import FrameParameters, ParameterSmoother, live_smoother
 from tracker.live.sources import Frame
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class NetworkInputs:
-    """Stacked network inputs of the faces of one frame (F faces, crop size S).
-
-    normals (F, 3, S, S) float32 masked unit normals; mask (F, 1, S, S) float32;
-    focal, principal (F, 2) float32 crop intrinsics in crop pixels.
-    """
-
-    normals: torch.Tensor
-    mask: torch.Tensor
-    focal: torch.Tensor
-    principal: torch.Tensor
-
-
-@dataclass
-class Prepared:
-    """A frame after the CPU stage: its face crops, their cues and the stacked network inputs
-    (None when no face was found)."""
-
-    frame: Frame
-    crops: list[FaceCrop]
-    cues: list[CueOutput]
-    inputs: NetworkInputs | None
-    timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
-    started: float = field(default_factory=time.monotonic)  # when the pipeline took the frame
-
-
-@dataclass
-class RawOutput:
-    """N2FNet outputs for the F faces of a frame, on the CPU: params {group: (F, n)},
-    rotation_6d (F, 6), translation (F, 3)."""
-
-    params: dict[str, torch.Tensor]
-    rotation_6d: torch.Tensor
-    translation: torch.Tensor
-
-
-@dataclass
-class FaceResult:
-    """One tracked face in a frame (after smoothing).
-
-    params        {group: (n,)} every group of the head model (non-regressed groups neutral)
-    rotation_6d   (6,) and rotation (3, 3): head rotation in the frame camera
-    translation   (3,) metres in the frame camera
-    vertices      (V, 3) metres in the frame camera (OpenCV axes: x right, y down, z forward): a
-                  property, decoded on first use (``mesh``: the vertices, or the function that
-                  decodes them), so frames whose sinks never look at the mesh skip its decode
-    landmarks68   (68, 2) frame pixels, the head model's landmarks projected
-    mesh_landmarks68 (68, 2) frame pixels, MediaPipe's 68-point subset (what the crop used)
-    crop_box      (3,) (x0, y0, side) frame pixels of the crop fed to the network
-    track_id      the face's identity across frames
-    identity_state  "calibrating" / "locked" (the track's pooled identity), "given" (fixed by the
-                  caller), "network" (refinement off: the network's per-frame identity)
-    refined       whether the landmark refinement ran on this face (derived: the state is not "network")
-    refine_iterations  its Levenberg-Marquardt iterations in this frame (0: not refined)
-    avatar        ARKit-52 weights, head pose and gaze (``tracker.fitting.arkit``); None for a head model
-                  without ARKit semantics
-    """
-
-    params: dict[str, torch.Tensor]
-    rotation_6d: torch.Tensor
-    rotation: torch.Tensor
-    translation: torch.Tensor
-    mesh: torch.Tensor | Callable[[], torch.Tensor]
-    landmarks68: np.ndarray
-    mesh_landmarks68: np.ndarray
-    crop_box: np.ndarray
-    track_id: int
-    crop: FaceCrop
-    cue: CueOutput
-    identity_state: str = "network"
-    refine_iterations: int = 0
-    avatar: AvatarValues | None = None
-
-    @property
-    def refined(self) -> bool:
-        return self.identity_state != "network"
-
-    @property
-    def vertices(self) -> torch.Tensor:
-        if callable(self.mesh):
-            self.mesh = self.mesh()
-        return self.mesh
-
-
-@dataclass
-class TrackingResult:
-    """Everything the tracker knows about one frame; what sinks receive.
-
-    faces      tracked faces, largest first (empty: no face in this frame)
-    focal, principal  (2,) the frame camera's assumed intrinsics, pixels
-    timings    {stage: ms} time spent in each stage of this frame (detect, crop, cue, upload,
-               network, smooth, refine, decode; queue waits are not counted)
-    latency_ms capture -> result ready (includes queue waits; a file read as fast as possible
-               is decoded ahead, so there it includes the source's read-ahead queue)
-    processing_ms  the pipeline taking the frame -> result ready
-    dropped    frames the source had dropped (never processed) up to this frame
-    errors     why faces found in this frame were left out of ``faces`` (a frame error each: the
-               network's or the refinement's outputs not finite); empty for a clean frame
-    """
-
-    frame: Frame
-    faces: list[FaceResult]
-    focal: np.ndarray
-    principal: np.ndarray
-    timings: dict[str, float]
-    latency_ms: float = 0.0
-    processing_ms: float = 0.0
-    dropped: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def face_found(self) -> bool:
-        return bool(self.faces)
 
 
 def frame_intrinsics(width: int, height: int, focal_ratio: float = 1.0, focal_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -188,29 +64,11 @@ def frame_intrinsics(width: int, height: int, focal_ratio: float = 1.0, focal_px
     return np.array([focal, focal]), np.array([width / 2.0, height / 2.0])
 
 
-class Stopwatch:
-    """Accumulates named durations in milliseconds: ``with watch("cue"): ...``."""
-
-    def __init__(self, timings: dict[str, float]) -> None:
-        self.timings = timings
-
-    def __call__(self, name: str):
-        return _Lap(self.timings, name)
-
-
-class _Lap:
-    def __init__(self, timings: dict[str, float], name: str) -> None:
-        self.timings, self.name = timings, name
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.timings[self.name] = self.timings.get(self.name, 0.0) + (time.perf_counter() - self.start) * 1000.0
-
-
 class FaceTracker:
     """Models and per-face state of the tracker (see the module docstring).
+
+    ``FaceTracker.from_options(TrackerOptions(...))`` builds one from a checkpoint and the
+    settings; the constructor takes the parts already built (tests give it fakes):
 
     net, head     a trained N2FNet (eval mode) and the head model it regresses
     detector      MediaPipe landmarks; cropper  the smoothed crop (its alpha and out_size must be
@@ -277,33 +135,33 @@ class FaceTracker:
         self._smoother_factory = smoother_factory
         self._smoothing = smoothing
         self._smoothers: dict[int, ParameterSmoother] = {}
+        self._image_feeder = None  # track_image's, made on first use
         if refine_start not in ("network", "mean"):
             raise TrackerError(f"refine_start must be 'network' or 'mean', got {refine_start!r}")
         self.refine, self.refine_start, self.photos = bool(refine), refine_start, bool(photos)
         self._refine_settings, self._embedding = refine_settings or RefineSettings(), embedding
-        self._refiner: Refiner | None = None
+        self._fitter: TrackFitter | None = None
         if identity is not None:
             identity = np.asarray(identity.detach().cpu() if isinstance(identity, torch.Tensor) else identity, dtype=np.float64).reshape(-1)
             group = default_identity_group(head.param_groups)
             if group is None or identity.shape != (head.param_groups[group].size,):
                 size = head.param_groups[group].size if group else 0
                 raise TrackerError(f"the given identity has {identity.size} values; the {head.name} head model's identity group {group!r} has {size}")
-        if self.refine:  # built now, so that a missing embedding fails at start-up, not at the first face
-            self._refiner = self._make_refiner()
         self.identity = identity
-        self._tracks: dict[int, TrackState] = {}
+        if self.refine:  # built now, so that a missing embedding fails at start-up, not at the first face
+            self._fitter = TrackFitter(self._make_refiner(), identity)
         self._arkit = ict_to_arkit_matrix(head.expression_names) if head.name == "ict" else None
         if self._arkit is not None:
             self._eyeballs = EyeballDecoder(head)
         self.arkit_fit = arkit_fit if self._arkit is None else None
 
     @property
-    def refiner(self) -> Refiner:
-        """The refinement of this head model (built on first use: it needs the head's MediaPipe
-        embedding, computed once and cached)."""
-        if self._refiner is None:
-            self._refiner = self._make_refiner()
-        return self._refiner
+    def fitter(self) -> TrackFitter:
+        """The refinement of this head model and its tracks (built on first use: it needs the
+        head's MediaPipe embedding, computed once and cached)."""
+        if self._fitter is None:
+            self._fitter = TrackFitter(self._make_refiner(), self.identity)
+        return self._fitter
 
     def _make_refiner(self) -> Refiner:
         refiner = Refiner(embedded_head(self.head, self._embedding), self._refine_settings)
@@ -332,7 +190,8 @@ class FaceTracker:
         self.detector.reset()
         self.cropper.reset()
         self._smoothers.clear()
-        self._tracks.clear()
+        if self._fitter is not None:
+            self._fitter.reset()
 
     def intrinsics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = image.shape[:2]
@@ -401,7 +260,8 @@ class FaceTracker:
                     values[i], fit_of[i] = self._refine(crop, values[i], focal, principal)
                     if bad := non_finite(values[i]):
                         errors.append(f"track {crop.track_id}: the refinement's result is not finite ({', '.join(bad)}); its track starts again")
-                        del values[i], self._tracks[crop.track_id]  # its identity pool and last solution took the fit in
+                        del values[i]
+                        self.fitter.forget(crop.track_id)  # its identity pool and last solution took the fit in
         if not values:
             return TrackingResult(frame, [], focal, principal, timings, errors=errors)
         kept = list(values)
@@ -418,7 +278,7 @@ class FaceTracker:
             count = len(smoothed)
             focal_t = torch.from_numpy(focal).float()[None].expand(count, 2)
             principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
-            landmarks = camera.project(camera.head_to_camera(landmarks_3d, rotation, translation), focal_t, principal_t)
+            landmarks = camera.project_head(landmarks_3d, rotation, translation, focal_t, principal_t)
         with lap("avatar"):
             avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i) for i, crop in enumerate(crops)]
         for i, crop in enumerate(crops):
@@ -442,6 +302,17 @@ class FaceTracker:
             )
         return TrackingResult(frame, faces, focal, principal, timings, errors=errors)
 
+    def track_image(self, image: np.ndarray) -> TrackingResult:
+        """One (H, W, 3) uint8 BGR image through every stage, from a fresh state (``reset``): an
+        unrelated photo, frame 0 at time 0. The network runs through this tracker's own feeder
+        (``tracker.live.feed``, made on first use), as the pipeline's would."""
+        if self._image_feeder is None:
+            self._image_feeder = create_feeder(self.run_network, self.device)
+        self.reset()
+        prepared = self.prepare(Frame(image, 0, 0.0, None))
+        raw = self._image_feeder.submit(prepared.inputs).result() if prepared.inputs is not None else None
+        return self.finish(prepared, raw)
+
     def _mesh(self, params: dict[str, torch.Tensor], rotation: torch.Tensor, translation: torch.Tensor, index: int) -> Callable[[], torch.Tensor]:
         """Face ``index``'s decode: () -> (V, 3) camera-frame vertices (``FaceResult.vertices``)."""
         one = {g: v[index : index + 1] for g, v in params.items()}
@@ -462,7 +333,7 @@ class FaceTracker:
             return None
         matrix = self._arkit if self._arkit is not None else self.arkit_fit.matrix
         weights = np.clip(matrix @ expression, 0.0, 1.0)
-        head_rotation, angles, position = head_pose(rotation.numpy(), translation.numpy())
+        head_rotation, angles, position = camera.head_pose(rotation.numpy(), translation.numpy())
         eyes = np.full((2, 2), np.nan, np.float32)
         points = crop.face.points
         if len(points) > max(IRIS_CENTRES):
@@ -477,154 +348,78 @@ class FaceTracker:
         return smoother(values, timestamp)
 
     def _refine(self, crop: FaceCrop, predicted: FrameParameters, focal: np.ndarray, principal: np.ndarray):
-        """One face's network prediction -> (refined FrameParameters, FrameFit)."""
-        model = self.refiner.model
-        track = self._tracks.get(crop.track_id)
-        if track is None:
-            pool = IdentityPool(model.identity_size, self.refiner.identity_std, self.refiner.settings.calibration_frames, self.identity)
-            track = self._tracks[crop.track_id] = TrackState(pool)
-        observed = crop.face.points[model.mediapipe_ids, :2].astype(np.float64)
+        """One face's network prediction -> (refined FrameParameters, FrameFit); with ``refine_start``
+        "mean" the fit neither starts from nor pulls towards the prediction."""
+        model = self.fitter.refiner.model
+        network = None
         if self.refine_start == "network":
-            network = self.head.complete_params({g: v[None] for g, v in predicted.params.items()})
-            identity, local = model.to_vectors({g: v[0] for g, v in network.items()})
-            prior = local
-        else:
-            identity, prior = model.to_vectors({g: v[0] for g, v in self.head.neutral_params(1, device="cpu").items()})
-            local = prior
-        if track.last is not None:
-            start = track.last
-        elif self.refine_start == "network":
+            completed = self.head.complete_params({g: v[None] for g, v in predicted.params.items()})
+            identity, local = model.to_vectors({g: v[0] for g, v in completed.items()})
             rotation = rotation_6d_to_matrix(predicted.rotation_6d[None].double())[0].numpy()
-            start = Solution(rotation, predicted.translation.double().numpy(), local, identity)
-        else:
-            start = initial_pose(model, observed, focal, principal, identity, local)
-        temporal = self._smoothing and not self.photos
-        problem = FrameProblem(observed, focal, principal, prior, track.last if temporal else None)
-        fit = refine_face(self.refiner, track, problem, start, photo=self.photos)
+            network = Solution(rotation, predicted.translation.double().numpy(), local, identity)
+        fit = self.fitter.fit(crop.track_id, crop.face.points, focal, principal, network, temporal=self._smoothing, photo=self.photos)
         sol = fit.solution
         params = dict(predicted.params)
-        params.update({g: v for g, v in model.to_params(sol.identity, sol.local).items()})
+        params.update(model.to_params(sol.identity, sol.local))
         rotation_6d = matrix_to_rotation_6d(torch.from_numpy(sol.rotation)[None])[0].float()
         return FrameParameters(params, rotation_6d, torch.from_numpy(sol.translation).float()), fit
 
     def _drop_lost_tracks(self, alive: set[int]) -> None:
-        for per_track in (self._smoothers, self._tracks):
-            for track_id in list(per_track):
-                if track_id not in alive:
-                    del per_track[track_id]
+        for track_id in list(self._smoothers):
+            if track_id not in alive:
+                del self._smoothers[track_id]
+        if self._fitter is not None:
+            self._fitter.drop_lost(alive)
         if self.arkit_fit is not None:
-            self.arkit_fit.drop_lost_tracks(alive)
+            self.arkit_fit.drop_lost(alive)
 
     def close(self) -> None:
         self.detector.close()
         self.cue.close()
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        checkpoint: str | Path,
-        *,
-        head_model_path: str | Path | None = None,
-        head_model: str | None = None,
-        device: str | torch.device = "cpu",
-        cue: str = "mediapipe",
-        cue_options: dict | None = None,
-        max_faces: int = 1,
-        smoothing: bool = True,
-        crop_smoothing: bool = True,
-        focal_px: float | None = None,
-        photos: bool = False,
-        detector: str = "short-range",
-        refine: bool = True,
-        refine_iters: int | None = None,
-        refine_start: str = "network",
-        identity: torch.Tensor | np.ndarray | None = None,
-        ict_model_path: str | Path | None = None,
-        runtime: str = "torch",
-    ) -> FaceTracker:
-        """Everything the live tracker needs from an N2FNet checkpoint: its network, its head model
-        (``head_model_path``: ICT npz / FLAME folder; None: the head model's default place), the
-        crop rule and input size it was trained with, the frame camera it assumes. For a FLAME
-        checkpoint also the ICT-FaceKit fit that gives its ARKit weights (``ict_model_path``, None:
-        ICT's default place; without an ICT model a warning, and no ARKit weights).
+    def from_options(cls, options: TrackerOptions) -> FaceTracker:
+        """The tracker ``options`` describe (``tracker.live.options``), from its N2FNet checkpoint
+        (read once): the network, the head model it was trained for (its files: ``flame_dir`` for
+        FLAME, ``ict_model`` for ICT; None: the head model's default place), the crop rule (alpha),
+        input size, normal frame and frame camera (focal mean) it was trained with; MediaPipe's
+        detector (``photos``: static-image mode with the full-range face detector; ``detector``
+        "full-range": that detector on every frame, then a mesh per face), the smoothed cropper and
+        the cue. For a FLAME checkpoint also the ICT-FaceKit fit that gives its ARKit weights
+        (``ict_model``; without an ICT model a warning, and no ARKit weights).
 
-        ``head_model``: the name the user asked for; a TrackerError when the checkpoint was
-        trained for another one. ``cue``/``cue_options``: ``tracker.face.cues.create_cue``. ``photos``,
-        ``detector``, ``refine``, ``refine_iters``, ``refine_start``, ``identity``, ``runtime``: see ``assemble``.
-        """
+        TrackerError when the checkpoint was trained for another head model than ``head_model``,
+        when ``flame_dir`` is given for a checkpoint of another head model, when the identity take
+        does not fit (``take_identity``), or when the network regresses parameter groups (names,
+        sizes) that the loaded head model does not have."""
+        checkpoint = options.checkpoint_path()
         state = load_checkpoint(checkpoint)
-        trained_for = state["n2fnet"]["head_model"]
-        if head_model is not None and head_model != trained_for:
+        config = state["n2fnet"]
+        trained_for = str(config["head_model"])
+        if options.flame_dir and trained_for != "flame":
             raise TrackerError(
-                f"checkpoint {checkpoint} was trained for the {trained_for!r} head model, not {head_model!r}: "
-                f"pass a checkpoint trained for {head_model!r} (python -m train --head-model {head_model}) or --head-model {trained_for}"
+                f"--flame-dir {options.flame_dir} gives FLAME files, but the checkpoint {checkpoint} regresses the {trained_for.upper()} head model: "
+                "leave out --flame-dir, or pass a FLAME checkpoint with --checkpoint"
+            )
+        identity = None
+        if options.identity_take is not None:
+            groups = {str(g): int(s) for g, s in config.get("groups", {}).items()}
+            group = default_identity_group(groups)
+            size = groups[group] if group is not None else None
+            identity = torch.from_numpy(take_identity(options.identity_take, trained_for, size, options.identity_track))
+        if options.head_model is not None and options.head_model != trained_for:
+            raise TrackerError(
+                f"checkpoint {checkpoint} was trained for the {trained_for!r} head model, not {options.head_model!r}: "
+                f"pass a checkpoint trained for {options.head_model!r} (python -m train --head-model {options.head_model}) or --head-model {trained_for}"
             )
         sampler = state.get("sampler", {})
-        if sampler.get("surface") == "mediapipe" and cue != "mediapipe":
-            log.warning("checkpoint %s was trained on normal maps like the embedded MediaPipe cue's; with the %r cue its input looks different", checkpoint, cue)
+        if sampler.get("surface") == "mediapipe" and options.cue != "mediapipe":
+            log.warning("checkpoint %s was trained on normal maps like the embedded MediaPipe cue's; with the %r cue its input looks different", checkpoint, options.cue)
         net = DeferredNetwork(state)  # built only when the runtime needs the PyTorch module (not the int8 copy)
-        runner = create_runner(net, runtime, device, checkpoint=checkpoint)  # the checkpoint's int8 copy sits beside it
-        return cls.assemble(
-            net,
-            load_head_model(trained_for, head_model_path),
-            alpha=float(sampler.get("alpha", 1.4)),
-            normal_frame=sampler.get("normal_frame", "camera"),
-            focal_ratio=float(sampler.get("focal_mean", 1.0)),
-            device=device,
-            cue=cue,
-            cue_options=cue_options,
-            max_faces=max_faces,
-            smoothing=smoothing,
-            crop_smoothing=crop_smoothing,
-            focal_px=focal_px,
-            photos=photos,
-            detector=detector,
-            refine=refine,
-            refine_iters=refine_iters,
-            refine_start=refine_start,
-            identity=identity,
-            arkit_fit=None if trained_for == "ict" else _arkit_fit(ict_model_path, refine_iters),
-            runtime=runner,
-        )
-
-    @classmethod
-    def assemble(
-        cls,
-        net: N2FNet,
-        head: HeadModel,
-        *,
-        alpha: float = 1.4,
-        normal_frame: str = "camera",
-        focal_ratio: float = 1.0,
-        device: str | torch.device = "cpu",
-        cue: str = "mediapipe",
-        cue_options: dict | None = None,
-        max_faces: int = 1,
-        smoothing: bool = True,
-        crop_smoothing: bool = True,
-        focal_px: float | None = None,
-        photos: bool = False,
-        detector: str = "short-range",
-        refine: bool = True,
-        refine_iters: int | None = None,
-        refine_start: str = "network",
-        identity: torch.Tensor | np.ndarray | None = None,
-        arkit_fit: ArkitFit | None = None,
-        runtime: str | Runner = "torch",
-    ) -> FaceTracker:
-        """A tracker around ``net`` with the standard detector, cropper (``alpha``, the network's
-        input size) and cue; the training settings (alpha, normal frame, focal) as given.
-
-        ``photos``: for unrelated still images rather than video, MediaPipe's static-image mode
-        with its full-range face detector (faces of any size, no tracking between frames).
-        ``detector``: "short-range" (Face Mesh's own detector, then tracking between frames) or
-        "full-range" (MediaPipe's full-range face detector on every frame, then a mesh per face:
-        small and distant faces, at the detector's cost). ``refine``, ``refine_start``,
-        ``identity``, ``arkit_fit``, ``runtime``: see the class; ``refine_iters``: the refinement's iterations per frame
-        (None: ``tracker.fitting.refinement.DEFAULT_ITERATIONS``). TrackerError when the network regresses
-        parameter groups (names, sizes) that ``head`` does not have."""
-        if detector not in DETECTORS:
-            raise TrackerError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+        runner = create_runner(net, options.runtime, options.device, checkpoint=checkpoint)  # the checkpoint's int8 copy sits beside it
+        head = load_head_model(trained_for, options.flame_dir if trained_for == "flame" else options.ict_model)
+        settings = options.refinement_settings()
+        arkit_fit = None if trained_for == "ict" else _arkit_fit(options.ict_model, RefineSettings(iterations=settings.iterations))
         misfits = {g: n for g, n in net.config.groups.items() if g not in head.param_groups or head.param_groups[g].size != n}
         if misfits:
             has = {g: p.size for g, p in head.param_groups.items()}
@@ -633,17 +428,25 @@ class FaceTracker:
                 f"{head.name} head model does not have (its groups: {has}): "
                 f"load the head model the checkpoint was trained for, or use a checkpoint trained for this one (python -m train --head-model {head.name})"
             )
-        full_range = photos or detector == "full-range"
-        mesh_detector = FaceMeshDetector(max_faces=max_faces, static_images=photos, full_range=full_range)
-        cropper = FaceCropper(alpha=alpha, out_size=net.config.input_size, max_faces=max_faces, smoothing=DEFAULT_BOX_SMOOTHING if crop_smoothing else None)
-        geometry_cue = create_cue(cue, device=device if cue != "mediapipe" else None, **(cue_options or {}))
-        settings = RefineSettings() if refine_iters is None else RefineSettings(iterations=int(refine_iters))
-        return cls(
-            net, head, mesh_detector, cropper, geometry_cue,
-            normal_frame=normal_frame, smoothing=smoothing, device=device, focal_ratio=focal_ratio, focal_px=focal_px,
-            refine=refine, refine_settings=settings, refine_start=refine_start, identity=identity, photos=photos,
-            arkit_fit=arkit_fit, runtime=runtime,
+        full_range = options.photos or options.detector == "full-range"
+        detector = FaceMeshDetector(max_faces=options.max_faces, static_images=options.photos, full_range=full_range)
+        crop_smoothing = options.smoothing if options.crop_smoothing is None else options.crop_smoothing
+        cropper = FaceCropper(alpha=float(sampler.get("alpha", 1.4)), out_size=net.config.input_size, max_faces=options.max_faces,
+                              smoothing=DEFAULT_BOX_SMOOTHING if crop_smoothing else None)
+        cue_options = {} if options.cue == "mediapipe" else {"pixel3dmm_weights": options.pixel3dmm_weights, "farl_weights": options.farl_weights}
+        cue = create_cue(options.cue, device=options.device if options.cue != "mediapipe" else None, **cue_options)
+        tracker = cls(
+            net, head, detector, cropper, cue,
+            normal_frame=sampler.get("normal_frame", "camera"), smoothing=options.smoothing, device=options.device,
+            focal_ratio=float(sampler.get("focal_mean", 1.0)), focal_px=options.focal, refine=options.refine, refine_settings=settings,
+            refine_start=options.refine_start, identity=identity, photos=options.photos, arkit_fit=arkit_fit, runtime=runner,
         )
+        log.info(
+            "checkpoint %s: %s, %s backbone, %d px input, on %s (%s); refinement %s",
+            checkpoint, tracker.head.name, tracker.net.config.backbone, tracker.input_size, options.device, tracker.runner.describe(),
+            f"{options.resolved_refine_iters()} iterations" if options.refine else "off",
+        )
+        return tracker
 
 
 def _network_values(raw: RawOutput, index: int) -> FrameParameters:
@@ -658,11 +461,12 @@ def non_finite(values: FrameParameters) -> list[str]:
     return [name for name, value in named if value is not None and not bool(torch.isfinite(value).all())]
 
 
-def _arkit_fit(ict_model_path: str | Path | None, refine_iters: int | None) -> ArkitFit | None:
-    """The ICT fit that gives a FLAME tracker its ARKit weights; None (with a warning) without an ICT model."""
+def _arkit_fit(ict_model_path: str | Path | None, settings: RefineSettings) -> ArkitFit | None:
+    """The ICT fit that gives a FLAME tracker its ARKit weights (``settings``: its refinement's);
+    None (with a warning) without an ICT model."""
     try:
         ict = load_head_model("ict", ict_model_path)
     except TrackerError as error:
         log.warning("no ARKit weights: they come from an ICT-FaceKit fit beside FLAME, and %s", error)
         return None
-    return ArkitFit(ict, RefineSettings() if refine_iters is None else RefineSettings(iterations=int(refine_iters)))
+    return ArkitFit(ict, settings)

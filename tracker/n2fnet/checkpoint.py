@@ -39,7 +39,6 @@ before it builds the real one, so no setting makes it allocate more than the wei
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import hashlib
@@ -48,18 +47,6 @@ import re
 import reprlib
 import zipfile
 from pathlib import Path
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``python -m tracker.n2fnet.checkpoint``'s command line (``main``)."""
-    parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.checkpoint", description="Export a training checkpoint as a small release checkpoint (int8 per-channel weights, no optimiser).")
-    parser.add_argument("source", help="training checkpoint, e.g. runs/NAME/best_stage2.pt")
-    parser.add_argument("out", help="release checkpoint to write, e.g. assets/n2fnet_ict_resnet18.pt")
-    return parser
-
-
-if __name__ == "__main__":  # --help and bad arguments answer here, before the imports below load torch (about 1.5 s)
-    build_parser().parse_args()
 
 import torch
 
@@ -71,8 +58,8 @@ from tracker.files.safe_load import load_torch_file
 
 BACKBONE_NAME = "a timm model name, e.g. resnet18 or vit_large_patch16_dinov3"
 FORMAT = "n2fnet-checkpoint-v1"
-_RESTORE = "Restore or re-download the file, or re-export it (python -m tracker.n2fnet.checkpoint SRC OUT)."
-_INVALID = "Use the checkpoint as python -m train or python -m tracker.n2fnet.checkpoint wrote it (restore or re-download it)."
+_RESTORE = "Restore or re-download the file, or re-export it (python -m tracker.n2fnet checkpoint SRC OUT)."
+_INVALID = "Use the checkpoint as python -m train or python -m tracker.n2fnet checkpoint wrote it (restore or re-download it)."
 
 # -- the schema (module docstring) ----------------------------------------------------------------
 # A value's spec: ("int" | "real", low, high), ("reals", count, low, high), ("choice", options),
@@ -195,7 +182,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise TrackerError(f"checkpoint not found: {path} (train one with `python -m train`, or pass --checkpoint)")
     _check_archive(path)
-    state = load_torch_file(path, "checkpoint", "Re-export it from its training checkpoint (python -m tracker.n2fnet.checkpoint SRC OUT), or use one written by python -m train.", map_location)
+    state = load_torch_file(path, "checkpoint", "Re-export it from its training checkpoint (python -m tracker.n2fnet checkpoint SRC OUT), or use one written by python -m train.", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrackerError(f"{path} is not an N2FNet checkpoint (expected format {FORMAT!r})")
     digest = state.pop("digest", None)
@@ -399,7 +386,7 @@ def model_from_checkpoint(state: dict) -> N2FNet:
         raise TrackerError(
             f"the checkpoint's weights do not fit its network settings (groups {config.groups}, backbone {config.backbone}, "
             f"input size {config.input_size}): {'; '.join(misfits[:3])}{more}. Its settings were changed after training: "
-            "use the checkpoint as python -m train or python -m tracker.n2fnet.checkpoint wrote it"
+            "use the checkpoint as python -m train or python -m tracker.n2fnet checkpoint wrote it"
         )
     net = N2FNet(config)
     net.load_state_dict(weights)
@@ -453,18 +440,3 @@ class DeferredNetwork:
 def built(net: N2FNet | DeferredNetwork) -> N2FNet:
     """The module of ``net``, built now when it was deferred."""
     return net.module() if isinstance(net, DeferredNetwork) else net
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        export_release(args.source, args.out)
-    except TrackerError as error:
-        print(f"error: {error}")
-        return 2
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

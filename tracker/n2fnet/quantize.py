@@ -1,7 +1,7 @@
 """Release step: the int8 OpenVINO copy of a checkpoint's network (``--runtime openvino-int8``),
 written beside the checkpoint and shipped with it.
 
-    python -m tracker.n2fnet.quantize assets/n2fnet_ict_resnet18.pt --calibration DATA_DIR
+    python -m tracker.n2fnet quantize assets/n2fnet_ict_resnet18.pt --calibration DATA_DIR [--samples 300]
     # -> assets/n2fnet_ict_resnet18.int8.xml + .int8.bin (``runtime.int8_path``)
 
 The network is converted by OpenVINO as ``--runtime openvino`` converts it (float32), then
@@ -32,28 +32,9 @@ samples, sha256 of the files used), the settings, the versions, and this command
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import shlex
-import time
 from pathlib import Path
-
-DEFAULT_SAMPLES = 300
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``python -m tracker.n2fnet.quantize``'s command line (``main``)."""
-    parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.quantize", description="Make the int8 OpenVINO copy of a checkpoint's network (--runtime openvino-int8), beside it.")
-    parser.add_argument("checkpoint", help="N2FNet checkpoint, e.g. assets/n2fnet_ict_resnet18.pt")
-    parser.add_argument("--calibration", required=True, help="fine-tuning folder of real cue maps (normals/, masks/, cameras/; train/real_data.py's format)")
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"calibration samples, evenly spaced by name (default {DEFAULT_SAMPLES})")
-    parser.add_argument("--out", help="the int8 copy to write (default: beside the checkpoint, NAME.int8.xml: where --runtime openvino-int8 reads it)")
-    return parser
-
-
-if __name__ == "__main__":  # --help and bad arguments answer here, before the imports below load torch (about 1.5 s)
-    build_parser().parse_args()
 
 import numpy as np
 import torch
@@ -62,7 +43,6 @@ from tracker.files.atomic_write import staged
 from tracker.errors import TrackerError
 from tracker.files.cue_maps import read_cue_maps
 from tracker.n2fnet import runtime as rt
-from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from tracker.n2fnet.model import N2FNet
 
 # kept float32 (OpenVINO node names): everything from the tokens on (their projection and position
@@ -71,7 +51,7 @@ FLOAT = (r".*\.backbone\.project/.*", r".*\.backbone/.*", r".*\.(flame|camera)_m
 SETTINGS = "nncf.quantize: performance preset, full bias correction; int8: the ResNet body's convolutions; float32: the rest"
 
 
-def read_calibration(folder: str | Path, net: N2FNet, samples: int = DEFAULT_SAMPLES) -> tuple[list[list[np.ndarray]], str]:
+def read_calibration(folder: str | Path, net: N2FNet, samples: int) -> tuple[list[list[np.ndarray]], str]:
     """``samples`` network inputs [normals (1, 3, S, S), focal (1, 2), principal (1, 2)[, mask (1, 1, S, S)]]
     from a fine-tuning folder (module docstring), and a description of them."""
     folder = Path(folder)
@@ -135,6 +115,26 @@ def output_differences(model, net: N2FNet, inputs: list[list[np.ndarray]]) -> di
     return worst
 
 
+def int8_metadata(net: N2FNet, checkpoint: str | Path, calibration: str, command: str) -> dict[str, str]:
+    """What the int8 copy of ``net`` records in its rt_info (module docstring): the format, the
+    network's digest, the source checkpoint's name, the ``calibration`` (``read_calibration``'s
+    description), the settings, the ``command`` that made it and the versions."""
+    import nncf
+    import openvino
+
+    return {
+        "format": rt.INT8_FORMAT,
+        "digest": rt.network_digest(net),
+        "source": Path(checkpoint).name,
+        "calibration": calibration,
+        "settings": SETTINGS,
+        "command": command,
+        "openvino": openvino.get_version().split("-")[0],
+        "nncf": nncf.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
 def write(model, out: Path, metadata: dict[str, str]) -> None:
     """Save ``model`` with ``metadata`` and the sha256 of its .bin in its rt_info (["n2f", key]) to
     ``out`` (.xml) and its .bin, atomically (the .bin first, the .xml renamed last); then read it
@@ -152,52 +152,3 @@ def write(model, out: Path, metadata: dict[str, str]) -> None:
         rt.read_openvino(out)
     except rt.DamagedCopy as why:
         raise TrackerError(f"the int8 copy written to {out} does not read back: {why}") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tracker.n2fnet.quantize CHECKPOINT --calibration DATA_DIR [--out X.int8.xml]``."""
-    args = build_parser().parse_args(argv)
-    try:
-        import nncf
-    except ImportError:
-        print('error: making the int8 copy needs NNCF: pip install -e ".[quantize]" (nncf==3.4.0)')
-        return 2
-    import openvino
-
-    out = Path(args.out) if args.out else rt.int8_path(args.checkpoint)
-    command = ["python", "-m", "tracker.n2fnet.quantize", args.checkpoint, "--calibration", args.calibration]
-    command += (["--samples", str(args.samples)] if args.samples != DEFAULT_SAMPLES else []) + (["--out", args.out] if args.out else [])
-    start = time.perf_counter()
-    try:
-        net = model_from_checkpoint(load_checkpoint(args.checkpoint))
-        inputs, calibration = read_calibration(args.calibration, net, args.samples)
-    except TrackerError as error:
-        print(f"error: {error}")
-        return 2
-    print(f"calibration: {calibration}")
-    model = quantize(net, inputs)
-    differences = output_differences(model, net, inputs)
-    metadata = {
-        "format": rt.INT8_FORMAT,
-        "digest": rt.network_digest(net),
-        "source": Path(args.checkpoint).name,
-        "calibration": calibration,
-        "settings": SETTINGS,
-        "command": shlex.join(command),
-        "openvino": openvino.get_version().split("-")[0],
-        "nncf": nncf.__version__,
-        "torch": torch.__version__.split("+")[0],
-    }
-    try:
-        write(model, out, metadata)
-    except TrackerError as error:
-        print(f"error: {error}")
-        return 2
-    size = (out.stat().st_size + out.with_suffix(".bin").stat().st_size) / 1e6
-    print(f"wrote {out} and {out.with_suffix('.bin').name} ({size:.1f} MB) in {time.perf_counter() - start:.0f} s; network digest {metadata['digest'][:12]}")
-    print("largest |int8 - torch| on the calibration samples: " + ", ".join(f"{k} {v:.3g}" for k, v in differences.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

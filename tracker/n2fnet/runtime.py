@@ -11,7 +11,7 @@ twice as fast, the int8 copy about 2.8 times faster than those, at int8's accura
 ``openvino``       the network converted by OpenVINO straight from the torch module (nothing more
                    needed), compiled for the CPU in float32.
 ``openvino-int8``  the int8 copy shipped beside the checkpoint (``int8_path``: NAME.int8.xml /
-                   .bin beside NAME.pt), made at release time by ``python -m tracker.n2fnet.quantize``
+                   .bin beside NAME.pt), made at release time by ``python -m tracker.n2fnet quantize``
                    (the ResNet body's convolutions in int8, calibrated on real cue maps; the rest,
                    both heads among it, in float32). It
                    records the digest of the network it was made from and the sha256 of its .bin;
@@ -44,7 +44,6 @@ of its own: quietly), down to torch. A runtime asked for by name is used or refu
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import logging
@@ -56,21 +55,6 @@ import warnings
 from pathlib import Path
 from xml.etree import ElementTree
 
-EXPORTED = ("onnxruntime", "openvino")  # the runtimes that export the network into the cache
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``python -m tracker.n2fnet.runtime``'s command line (``main``)."""
-    parser = argparse.ArgumentParser(prog="python -m tracker.n2fnet.runtime", description="Export a checkpoint's network into the cache now "
-                                     "(e.g. while building an image); print where, its size and its parity with PyTorch.")
-    parser.add_argument("checkpoint", nargs="?", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
-    parser.add_argument("--runtime", choices=("all", *EXPORTED), default="all", help="the runtime to export for (default: every one installed)")
-    return parser
-
-
-if __name__ == "__main__":  # --help and bad arguments answer here, before the imports below load torch (about 1.5 s)
-    build_parser().parse_args()
-
 import numpy as np
 import torch
 from torch import nn
@@ -78,8 +62,8 @@ from torch import nn
 from tracker.files.atomic_write import atomic_write, staged
 from tracker.errors import TrackerError
 from tracker.n2fnet.checkpoint import DeferredNetwork, built, content_digest
+from tracker.n2fnet import PREFERENCE, RUNTIMES
 from tracker.n2fnet.model import N2FNet
-from tracker.live.options import PREFERENCE, RUNTIMES
 from tracker.files.paths import PROJECT_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
@@ -614,7 +598,7 @@ class OpenVinoInt8Runner(OpenVinoRunner):
         self._lock = threading.Lock()
         checkpoint = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
         self.path, self.origin = int8_path(checkpoint), "shipped"
-        remake = f"python -m tracker.n2fnet.quantize {checkpoint} --calibration DATA_DIR"
+        remake = f"python -m tracker.n2fnet quantize {checkpoint} --calibration DATA_DIR"
         if not self.path.is_file():
             raise NoInt8Copy(
                 f"no int8 copy of the network beside {checkpoint}: {self.path} does not exist. Make it (a release step): {remake} "
@@ -693,31 +677,3 @@ def _create(net: N2FNet | DeferredNetwork, runtime: str, threads: int | None, ca
     if runtime == "torch":
         return Runner(built(net))
     return RUNNERS[runtime](built(net).eval(), threads, cache)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tracker.n2fnet.runtime [CHECKPOINT] [--runtime NAME]``: export a checkpoint's
-    network into the cache now (e.g. while building an image), print where, its size and its parity."""
-    from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
-
-    args = build_parser().parse_args(argv)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
-    names = [n for n in EXPORTED if installed(n)] if args.runtime == "all" else [args.runtime]
-    try:
-        net = model_from_checkpoint(load_checkpoint(checkpoint))
-        for name in names:
-            runner = create_runner(net, name)
-            files = [runner.path] + ([runner.path.with_suffix(".bin")] if name == "openvino" else [])
-            size = sum(f.stat().st_size for f in files) / 1e6
-            print(f"{name}: {runner.origin} {runner.path} ({size:.1f} MB; export {runner.setup_s:.1f} s, load + check {runner.load_s:.1f} s; "
-                  f"max |diff| from torch on the probe {runner.parity_error():.1e})")
-    except TrackerError as error:
-        print(f"error: {error}")
-        return 2
-    if not names:
-        print(f"no exporting runtime installed: {INSTALL['openvino']} or {INSTALL['onnxruntime']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import torch
 
     from tracker.render.rasterize import Fragments
-    from tracker.live.tracker import FaceResult, TrackingResult
+    from tracker.live.results import FaceResult, TrackingResult
 
 MESH_STYLES = ("shaded", "wireframe", "none")
 MESH_COLOUR = (235, 206, 135)  # BGR: sky blue, #87ceeb
@@ -110,36 +110,17 @@ def shade_colours(colour: tuple[int, int, int]) -> np.ndarray:
 class MeshTopology:
     """Tables of one triangle list, built once and reused for every frame.
 
-    faces      (F, 3) int64, indices below ``num_vertices`` (V)
-    corners    (3, F) int64: the faces transposed (corner k of every face, contiguous)
-    incidence  (V, F) scipy.sparse CSR float32: 1 where vertex v is a corner of face f
+    faces           (F, 3) int64, indices below ``num_vertices`` (V)
+    corners         (3, F) int64: the faces transposed (corner k of every face, contiguous)
+    vertex_normals  (V, 3) vertices -> (V, 3) unit area-weighted vertex normals, one sparse
+                    product (``tracker.render.maps.NumpyVertexNormals``)
     """
 
     def __init__(self, faces: np.ndarray, num_vertices: int) -> None:
-        import scipy.sparse
+        from tracker.render.maps import NumpyVertexNormals
 
-        self.faces = np.ascontiguousarray(faces, dtype=np.int64)
-        self.num_vertices = int(num_vertices)
-        self.corners = np.ascontiguousarray(self.faces.T)
-        count = len(self.faces)
-        ones = np.ones(3 * count, np.float32)
-        face_of = np.tile(np.arange(count), 3)
-        self.incidence = scipy.sparse.csr_matrix((ones, (self.corners.reshape(-1), face_of)), shape=(self.num_vertices, count))
-
-    def face_normals(self, vertices: np.ndarray) -> np.ndarray:
-        """(V, 3) -> (F, 3) ``(v1 - v0) x (v2 - v0)``: twice the area times the unit normal."""
-        x, y, z = np.take(np.ascontiguousarray(vertices.T), self.corners, axis=1)  # each (3 corners, F)
-        ax, ay, az = x[1] - x[0], y[1] - y[0], z[1] - z[0]
-        bx, by, bz = x[2] - x[0], y[2] - y[0], z[2] - z[0]
-        return np.stack((ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx), 1)
-
-    def vertex_normals(self, vertices: np.ndarray) -> np.ndarray:
-        """(V, 3) -> (V, 3) unit area-weighted vertex normals (zero where no triangle has area):
-        the incidence matrix times the face normals."""
-        normals = self.incidence @ self.face_normals(vertices)
-        length = np.sqrt(np.einsum("ij,ij->i", normals, normals))
-        normals /= np.maximum(length, 1e-12)[:, None]
-        return normals
+        self.vertex_normals = NumpyVertexNormals(faces, num_vertices)
+        self.faces, self.num_vertices, self.corners = self.vertex_normals.faces, self.vertex_normals.num_vertices, self.vertex_normals.corners
 
     def projected_corners(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(V, 2) projected vertices -> (x, y) of every face's corners, (3, F) each."""
@@ -285,8 +266,10 @@ def shade_face(
 def head_coordinates(face: FaceResult) -> np.ndarray:
     """(V, 3) float32 the face's posed vertices in its head's frame (+x to the viewer's right, +y
     up, +z out of the face; ``X_cam = R diag(1, -1, -1) X_head + t`` inverted), metres."""
+    from tracker.geometry.camera import FLIP
+
     rotation, translation = face.rotation.numpy().astype(np.float32), face.translation.numpy().astype(np.float32)
-    return (face.vertices.numpy().astype(np.float32) - translation) @ rotation * np.array([1.0, -1.0, -1.0], np.float32)
+    return (face.vertices.numpy().astype(np.float32) - translation) @ rotation * np.float32(FLIP)
 
 
 def grid_spacing(face: FaceResult, focal: np.ndarray, scale: float = 1.0) -> float:

@@ -6,109 +6,11 @@ and researchers' own tools (OSC).
     sink = OscSink("127.0.0.1", 9000)            # --osc :9000
     Pipeline(source, tracker, [sink, ...]).run()
 
-Every sink sends every tracked frame over UDP from a thread of its own: ``__call__`` (the pipeline's
-sink thread) only leaves the result in a one-slot mailbox, and when a result arrives before the
-sender took the previous one, the newer replaces it (newest frame wins; counted as ``replaced``).
-A send that fails (no route, a full buffer, a host that went away) is logged once and counted,
-never raised into the pipeline; ``close()`` sends what is still in the mailbox, then joins the
-thread. ``StreamStats`` counts results received, packets sent, results replaced before sending,
-results with nothing to send (``skipped``) and errors: ``received == sent + replaced + skipped +
-errors`` once closed. The encoders are pure functions (``vmc_bundle``, ``livelink_packet``,
-``osc_bundle``) from ``tracker.fitting.arkit.AvatarValues`` / ``FaceResult`` to bytes or python-osc
-bundles. VMC and Live Link carry one face, the largest (``TrackingResult.faces[0]``); OSC carries
-every face. A frame's time (``stream_time``) is its position in the media for files, else the
-seconds since the stream's first frame.
-
-VMC (``VmcSink``; sh-akira/VirtualMotionCaptureProtocol, docs/marionette-spec). One OSC bundle per
-frame, every value an OSC float ('f') but OK's int flag, in this order::
-
-    /VMC/Ext/OK        (i) 1                                  model loaded
-    /VMC/Ext/T         (f) stream time, seconds
-    /VMC/Ext/Root/Pos  (s) "root" (f) 0 0 0  0 0 0 1          the avatar stays where it is
-    /VMC/Ext/Bone/Pos  (s) "Head" (f) 0 0 0  qx qy qz qw      the head's local rotation, Unity axes
-    /VMC/Ext/Blend/Val (s) name (f) value                     one per name
-    /VMC/Ext/Blend/Apply                                      last: receivers apply the values here
-
-A frame without a face (or without ARKit values) sends only OK and T, so the receiver keeps the
-last pose. Names: ``names="arkit"`` the 52 ARKit names, for "perfect sync" avatars; ``"vrm"`` the
-VRM 0.x proxy keys, derived from the same weights (``vrm_weights``). The Head bone position is 0
-as other face-only senders send it (iFacialMocap's VMC tutorial: switch off EVMC4U's "Bone
-Position Synchronize"); head translation is not sent, and neither are eye bones (the eyeLook
-weights carry the gaze).
-
-Axes. Unity is left-handed: +x the avatar's right, +y up, +z its forward (UniVRM's normalised
-bones rest at the identity). Our head frame (``tracker.fitting.arkit``) is right-handed with +x the face's
-own left; the two differ by S = diag(-1, 1, 1), so the head's rotation R in Unity axes is S R S,
-whose quaternion is (qx, -qy, -qz, qw) for R's quaternion (qx, qy, qz, qw) (a puppet: turning to
-your own left turns the avatar to its own left). ``mirror=True`` (the default, ``--vmc-mirror``)
-sends the mirror image instead, as VTuber apps show an avatar facing you: the reflection S R S of
-the puppet rotation gives back (qx, qy, qz, qw) itself, and every Left / Right weight swaps sides
-(eyeBlinkLeft <-> eyeBlinkRight, jawLeft <-> jawRight, ...; VRM: Blink_L <-> Blink_R). So you turn
-to your left and the avatar turns to the screen's left, you close your left eye and the eye on the
-screen's left closes. VMagicMirror's webcam tracking flips the same way by default (its "Disable
-horizontal flip" option is off); the VMC protocol carries the model's own bone poses and
-blendshape values, so flipping is the sender's choice.
-
-VRM proxy keys (``vrm_weights``), from the ARKit weights w:
-  A, I, U   VMagicMirror's external-tracker lip sync (malaybaku/VMagicMirror, ExternalTrackerLipSync.cs,
-            default mode): A = m(2 jawOpen), I = m(0.6 (mouthSmileLeft + mouthSmileRight) - 0.1),
-            U = m(0.4 (mouthPucker + mouthFunnel + jawForward)), scaled down to sum to 1 when their
-            sum exceeds 1, with m(x) = clamp01((x - 0.15) / 0.45); E and O are 0 there and here
-            (ARKit has no shape that tells them apart from A and U).
-  Blink_L, Blink_R  eyeBlinkLeft / eyeBlinkRight through VMagicMirror's blink ramp clamp01((w - 0.2) / 0.6)
-            (ExternalTrackerBlink.cs); VRM's Blink_L is the avatar's own left eye, so the face's own
-            left, or its right when mirrored.
-  Joy       m(mean of mouthSmileLeft, mouthSmileRight).
-  Angry     m(mean of browDownLeft, browDownRight).
-  Sorrow    m(mean of mouthFrownLeft, mouthFrownRight).
-  Fun       0 (no ARKit cue tells it from Joy).
-The emotion keys use the lip-sync ramp m so that a resting face (small smile or brow weights) sends 0.
-
-Live Link Face (``LiveLinkSink``, Unreal's Live Link Face / ARKit source; the packet the iPhone app
-sends, as Unreal's AppleARKitLiveLinkSource reads it with FNboSerializeFromBuffer, network byte
-order). One UDP packet per frame::
-
-    !B  version 6
-    !i  length, then the device id (36 ASCII characters: a uuid)
-    !i  length, then the subject name (UTF-8)
-    !i  frame number, !f subframe              FFrameTime at the frame rate below
-    !i  rate numerator, !i rate denominator    FFrameRate (e.g. 30000 / 1001)
-    !B  count, 61
-    !61f values
-
-JimWest/PyLiveLinkFace reads the same bytes as "<I version, a 37-byte id '$' + uuid, ..." (its
-'$' is the low byte of the big-endian length 36; hence the 36-character id), and its decoder's
-"!if2ib" for the frame time, rate and count. The 61 values: the 52 ARKit weights in Apple's order,
-then HeadYaw, HeadPitch, HeadRoll, LeftEyeYaw, LeftEyePitch, LeftEyeRoll, RightEyeYaw,
-RightEyePitch, RightEyeRoll. Units: the angles are normalised, -1..1 for -180..180 degrees
-(Unreal's AppleARKitConversion ToBlendShapeMap: "Map the -180..180 range to -1..1", the FRotator's
-degrees / 180), i.e. radians / pi here. Signs: Unreal converts ARKit's face-anchor transform to its
-own axes (X = -z, Y = x, Z = y) and, face-relative (not mirrored, what Live Link Face streams for
-performance capture), negates yaw and roll; worked through, HeadYaw / HeadPitch / HeadRoll are our
-``head_angles`` yaw / pitch / roll over pi with our signs: > 0 the face turns to its own left,
-tips down, tilts towards its own right shoulder. The eyes likewise (roll 0); a NaN gaze sends 0.
-Sides are the face's own (face-relative: "right eye is the mesh's right eye"), nothing is mirrored.
-The frame number counts frames of the source's rate: floor(stream time x rate), the fraction as
-the subframe.
-
-OSC (``OscSink``, ``--osc``): one bundle per frame, every number an OSC float ('f') unless noted::
-
-    /n2f/frame                       (i) frame index (f) stream time, seconds (i) number of faces
-    /n2f/face/<track>/pose           px py pz qx qy qz qw: head position (metres) and rotation
-                                     (quaternion, scalar last) in the avatar frame (right-handed,
-                                     +x viewer's right, +y up, +z towards the camera; camera at 0)
-    /n2f/face/<track>/angles         yaw pitch roll, radians (``tracker.fitting.arkit``'s convention)
-    /n2f/face/<track>/camera         R (9, row-major) t (3, metres): the tracker's own pose in the
-                                     OpenCV camera frame, X_cam = R diag(1, -1, -1) X_head + t
-    /n2f/face/<track>/params/<group> every raw head-model parameter of that group, e.g. ICT's
-                                     identity (100) and expression (53), FLAME's shape, expression,
-                                     jaw (6D rotation), ...
-    /n2f/face/<track>/arkit          52 ARKit weights in Apple's order (when the face has them)
-    /n2f/face/<track>/gaze           left yaw, left pitch, right yaw, right pitch, radians in the
-                                     head frame, NaN where the iris was not found (with arkit)
-    /n2f/face/<track>/identity       (s) identity state: calibrating, locked, given or network
-
-``<track>`` is the face's track id (stable while the face stays tracked); faces come largest first.
+Each sink sends every tracked frame over UDP from a thread of its own, newest frame wins, never
+raising into the pipeline (``StreamStats`` counts what happened). The encoders are pure functions
+(``vmc_bundle``, ``livelink_packet``, ``osc_bundle``) from ``AvatarValues`` / ``FaceResult`` to
+bytes or python-osc bundles. The wire formats, axes, mirroring, VRM keys and their sources:
+docs/streaming.md.
 """
 
 from __future__ import annotations
@@ -128,11 +30,12 @@ from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, AvatarValues, head_pose
+from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, AvatarValues
 from tracker.errors import TrackerError
+from tracker.live.mailbox import MailboxThread
 
 if TYPE_CHECKING:
-    from tracker.live.tracker import FaceResult, TrackingResult
+    from tracker.live.results import FaceResult, TrackingResult
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +86,10 @@ def stream_time(result: TrackingResult, start: float) -> float:
     return float(frame.source_time) if frame.source_time is not None else float(frame.timestamp - start)
 
 
-# -- the sender thread ----------------------------------------------------------------------------
+# -- the sender ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StreamStats:
-    """What a stream did so far (module docstring)."""
+    """What a stream did so far (docs/streaming.md)."""
 
     received: int = 0
     sent: int = 0
@@ -197,7 +100,8 @@ class StreamStats:
 
 
 class StreamSink:
-    """A pipeline sink that sends each result over UDP from its own thread, newest frame wins.
+    """A pipeline sink that sends each result over UDP from its own thread, newest frame wins
+    (``tracker.live.mailbox.MailboxThread``: a failed send is logged once and counted, never raised).
 
     Subclasses implement ``encode(result) -> bytes or None`` (None: nothing to send for this
     result, counted as skipped) and may override ``transmit(packet)``; ``label`` names the stream
@@ -217,20 +121,18 @@ class StreamSink:
         self.address = address
         self._socket = socket.socket(family, socket.SOCK_DGRAM)
         self._socket.settimeout(1.0)  # a full send buffer waits up to 1 s, then counts as an error
-        self._cond = threading.Condition()
-        self._pending: TrackingResult | None = None
         self._start: float | None = None
-        self._closing = False
+        self._lock = threading.Lock()  # guards the counts
+        self._counts = dict(sent=0, skipped=0)
         self._closed = False
-        self._counts = dict(received=0, sent=0, replaced=0, skipped=0, errors=0)
-        self._last_error: str | None = None
-        self._thread = threading.Thread(target=self._run, name=f"{self.label} sender", daemon=True)
-        self._thread.start()
+        self._sender = MailboxThread(self._send, f"{self.label} to {host}:{self.port}")
 
     @property
     def stats(self) -> StreamStats:
-        with self._cond:
-            return StreamStats(**self._counts, last_error=self._last_error)
+        mailbox = self._sender.stats
+        with self._lock:
+            sent, skipped = self._counts["sent"], self._counts["skipped"]
+        return StreamStats(mailbox.received, sent, mailbox.replaced, skipped, mailbox.errors, mailbox.last_error)
 
     def describe(self) -> str:
         """One line for the run's figures."""
@@ -240,25 +142,14 @@ class StreamSink:
 
     def __call__(self, result: TrackingResult) -> None:
         """Leave ``result`` for the sender (O(1), never waits on the network)."""
-        with self._cond:
-            if self._closing:
-                return
-            if self._pending is not None:
-                self._counts["replaced"] += 1
-            self._pending = result
-            self._counts["received"] += 1
-            self._cond.notify()
+        self._sender.put(result)
 
     def close(self) -> None:
         """Send what is still in the mailbox, stop the thread, close the socket. Idempotent."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = self._closing = True
-            self._cond.notify()
-        self._thread.join(timeout=5.0)
-        if self._thread.is_alive():
-            log.warning("%s to %s:%d: the sender did not stop within 5 s", self.label, self.host, self.port)
+        if self._closed:
+            return
+        self._closed = True
+        self._sender.close(timeout=5.0)
         self._socket.close()
         stats = self.stats
         if stats.errors:
@@ -277,29 +168,13 @@ class StreamSink:
             self._start = result.frame.timestamp
         return stream_time(result, self._start)
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closing:
-                    self._cond.wait()
-                result, self._pending = self._pending, None
-            if result is None:
-                return
-            try:
-                packet = self.encode(result)
-                if packet is not None:
-                    self.transmit(packet)
-            except Exception as error:  # a socket error (or a bad value): reported, never raised into the pipeline
-                message = f"{type(error).__name__}: {error}"
-                with self._cond:
-                    first = self._counts["errors"] == 0
-                    self._counts["errors"] += 1
-                    self._last_error = message
-                if first:
-                    log.warning("%s to %s:%d: cannot send (%s); the stream goes on, later errors are counted", self.label, self.host, self.port, message)
-                continue
-            with self._cond:
-                self._counts["sent" if packet is not None else "skipped"] += 1
+    def _send(self, result: TrackingResult) -> None:
+        """The sender thread's work: encode and send one result (errors: ``MailboxThread``)."""
+        packet = self.encode(result)
+        if packet is not None:
+            self.transmit(packet)
+        with self._lock:
+            self._counts["sent" if packet is not None else "skipped"] += 1
 
 
 # -- VMC ------------------------------------------------------------------------------------------
@@ -335,19 +210,13 @@ def mirrored_name(name: str) -> str:
 MIRROR_ORDER = np.array([ARKIT_INDEX[mirrored_name(name)] for name in ARKIT_NAMES])  # weights[MIRROR_ORDER]: the mirror image
 
 
-def quaternion(rotation: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation -> (4,) float64 unit quaternion (x, y, z, w), w >= 0."""
-    from scipy.spatial.transform import Rotation
-
-    q = Rotation.from_matrix(np.asarray(rotation, np.float64)).as_quat()
-    return -q if q[3] < 0 else q
-
-
 def unity_head_quaternion(rotation: np.ndarray, mirror: bool = True) -> np.ndarray:
-    """Our (3, 3) head rotation (head frame -> avatar frame, ``tracker.fitting.arkit``) -> (4,) the Unity
-    quaternion (x, y, z, w) of the Head bone's local rotation (module docstring: puppet S R S, or its
+    """Our (3, 3) head rotation (head frame -> avatar frame, ``tracker.geometry.camera.head_pose``) -> (4,) the Unity
+    quaternion (x, y, z, w) of the Head bone's local rotation (docs/streaming.md: puppet S R S, or its
     mirror image)."""
-    x, y, z, w = quaternion(rotation)
+    from tracker.geometry.rotations import matrix_to_quaternion_xyzw
+
+    x, y, z, w = matrix_to_quaternion_xyzw(rotation)
     return np.array([x, y, z, w] if mirror else [x, -y, -z, w])
 
 
@@ -356,7 +225,7 @@ def _ramp(value: float, low: float, high: float) -> float:
 
 
 def vrm_weights(weights: np.ndarray, mirror: bool = True) -> dict[str, float]:
-    """(52,) ARKit weights -> {VRM 0.x proxy key: value} (module docstring for the mapping and its source)."""
+    """(52,) ARKit weights -> {VRM 0.x proxy key: value} (docs/streaming.md for the mapping and its source)."""
     w = {name: float(weights[i]) for i, name in enumerate(ARKIT_NAMES)}
     lip = lambda x: _ramp(x, 0.15, 0.6)  # noqa: E731  (VMagicMirror's bsMin, bsMax)
     a = lip(2.0 * w["jawOpen"])
@@ -391,7 +260,7 @@ def vmc_blendshapes(values: AvatarValues, names: str = "arkit", mirror: bool = T
 
 
 def vmc_bundle(values: AvatarValues | None, time_s: float, names: str = "arkit", mirror: bool = True) -> OscBundle:
-    """One frame of VMC (module docstring): OK, T, then with ``values`` the root, the Head bone,
+    """One frame of VMC (docs/streaming.md): OK, T, then with ``values`` the root, the Head bone,
     every blendshape and Apply last."""
     messages = [_message("/VMC/Ext/OK", 1), _message("/VMC/Ext/T", float(time_s))]
     if values is not None:
@@ -405,7 +274,7 @@ def vmc_bundle(values: AvatarValues | None, time_s: float, names: str = "arkit",
 
 
 class VmcSink(StreamSink):
-    """``--vmc``: the largest face as VMC bundles (module docstring). ``names``: "arkit" or "vrm";
+    """``--vmc``: the largest face as VMC bundles (docs/streaming.md). ``names``: "arkit" or "vrm";
     ``mirror``: send the mirror image (default, as VTuber apps show the avatar)."""
 
     label = "VMC"
@@ -442,7 +311,7 @@ def livelink_values(values: AvatarValues) -> np.ndarray:
 
 
 def livelink_packet(values: AvatarValues, time_s: float, fps: tuple[int, int] = (30, 1), subject: str = "N2F", device_id: str | None = None) -> bytes:
-    """One Live Link Face packet (module docstring). ``fps``: (numerator, denominator); ``device_id``:
+    """One Live Link Face packet (docs/streaming.md). ``fps``: (numerator, denominator); ``device_id``:
     36 ASCII characters (default: a fresh uuid)."""
     device = device_id if device_id is not None else str(uuid.uuid4())
     device_bytes, subject_bytes = device.encode("ascii"), subject.encode("utf-8")
@@ -460,7 +329,7 @@ def livelink_packet(values: AvatarValues, time_s: float, fps: tuple[int, int] = 
 
 
 class LiveLinkSink(StreamSink):
-    """``--livelink``: the largest face as Live Link Face packets for Unreal (module docstring).
+    """``--livelink``: the largest face as Live Link Face packets for Unreal (docs/streaming.md).
     ``fps``: the source's frame rate (the packets' FFrameRate); ``subject``: the name Unreal shows."""
 
     label = "Live Link"
@@ -481,13 +350,16 @@ class LiveLinkSink(StreamSink):
 
 # -- OSC ------------------------------------------------------------------------------------------
 def face_messages(face: FaceResult, prefix: str = "/n2f") -> list[OscMessageBuilder]:
-    """The /n2f/face/<track>/... messages of one face (module docstring)."""
+    """The /n2f/face/<track>/... messages of one face (docs/streaming.md)."""
+    from tracker.geometry.camera import head_pose
+    from tracker.geometry.rotations import matrix_to_quaternion_xyzw
+
     base = f"{prefix}/face/{int(face.track_id)}"
     rotation = np.asarray(face.rotation, np.float64)
     translation = np.asarray(face.translation, np.float64)
     avatar_rotation, angles, position = head_pose(rotation, translation)
     messages = [
-        _message(f"{base}/pose", *position, *quaternion(avatar_rotation)),
+        _message(f"{base}/pose", *position, *matrix_to_quaternion_xyzw(avatar_rotation)),
         _message(f"{base}/angles", *angles),
         _message(f"{base}/camera", *rotation.ravel(), *translation),
     ]
@@ -509,7 +381,7 @@ def osc_bundle(result: TrackingResult, time_s: float, prefix: str = "/n2f") -> O
 
 
 class OscSink(StreamSink):
-    """``--osc``: every face's raw parameters and pose under /n2f/... (module docstring)."""
+    """``--osc``: every face's raw parameters and pose under /n2f/... (docs/streaming.md)."""
 
     label = "OSC"
 

@@ -82,7 +82,7 @@ def _pytorch3d_rasterize(
     from pytorch3d.structures import Meshes
 
     height, width = int(size[0]), int(size[1])
-    batch, num_faces = points_cam.shape[0], faces.shape[0]
+    num_faces = faces.shape[0]
     uv = project(points_cam, focal, principal)
     short = float(min(height, width))
     # pytorch3d NDC: +x left, +y up, the shorter image side spans [-1, 1]; z stays camera depth

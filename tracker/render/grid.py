@@ -1,4 +1,6 @@
-"""``python -m tracker.render.grid``: a PNG grid of camera-frame normal maps of random heads.
+"""A grid of camera-frame normal maps of random heads (``python -m tracker.render grid`` writes it as a PNG).
+
+    render_grid(head, rows, cols, size, seed, frame="camera") -> (rows * size, cols * size, 3) uint8
 
 Each tile is a head drawn from the model's priors (identity and expression), turned by Gaussian
 Euler angles (pitch 15, yaw 20, roll 10 degrees: the paper's camera distribution), 1 m in front
@@ -7,13 +9,8 @@ of a camera with focal 3.5 x size (the whole head in view), rendered by the proj
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from typing import TYPE_CHECKING
-
-from tracker.files.atomic_write import staged
-from tracker.errors import TrackerError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,6 +22,7 @@ def render_grid(head: HeadModel, rows: int, cols: int, size: int, seed: int, fra
     """(rows * size, cols * size, 3) uint8 image of ``rows * cols`` random heads."""
     import torch
 
+    from tracker.geometry.camera import FLIP
     from tracker.geometry.rotations import euler_to_matrix
     from tracker.render import normals_to_rgb, render_normal_map
 
@@ -38,41 +36,8 @@ def render_grid(head: HeadModel, rows: int, cols: int, size: int, seed: int, fra
     focal = torch.full((count, 2), 3.5 * size, device=head.device)
     principal = torch.full((count, 2), size / 2, device=head.device)
     # aim at the landmarks' centre so every face sits in the middle of its tile
-    centre = head.landmarks(vertices, params, rotation).mean(1) * torch.tensor([1.0, -1.0, -1.0], device=head.device)
+    centre = head.landmarks(vertices, params, rotation).mean(1) * torch.tensor(FLIP, device=head.device)
     translation = translation - (rotation @ centre[..., None])[..., 0] * torch.tensor([1.0, 1.0, 0.0], device=head.device)
     normals, mask = render_normal_map(vertices, head.render_faces, rotation, translation, focal, principal, (size, size), frame=frame)
     tiles = normals_to_rgb(normals, mask).cpu().numpy()  # (N, S, S, 3)
     return tiles.reshape(rows, cols, size, size, 3).transpose(0, 2, 1, 3, 4).reshape(rows * size, cols * size, 3)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tracker.render.grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="normals_grid.png", help="PNG to write")
-    p.add_argument("--head-model", choices=("ict", "flame"), default="ict")
-    p.add_argument("--head-model-path", default=None, help="ICT npz (default: found or fetched as README's Quick start says: N2F_ICT_MODEL, shared folder, cache, download) or FLAME folder")
-    p.add_argument("--rows", type=int, default=4)
-    p.add_argument("--cols", type=int, default=4)
-    p.add_argument("--size", type=int, default=256, help="tile size in pixels")
-    p.add_argument("--frame", choices=("camera", "head"), default="camera", help="normal frame")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    import torch
-    from PIL import Image
-
-    from tracker.head_models import load_head_model
-
-    try:
-        head = load_head_model(args.head_model, args.head_model_path)
-    except TrackerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    with torch.no_grad():
-        grid = render_grid(head, args.rows, args.cols, args.size, args.seed, args.frame)
-    with staged(args.out) as temporary:
-        Image.fromarray(grid).save(temporary, format="PNG")
-    print(f"wrote {args.out}: {args.rows}x{args.cols} {head.name} normal maps ({args.frame} frame), {grid.shape[1]}x{grid.shape[0]} px")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

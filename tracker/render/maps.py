@@ -1,4 +1,6 @@
 """Per-pixel maps of head meshes: normals, coverage / region masks, depth; uint8 normal encoding.
+Vertex normals: ``vertex_normals`` (torch, batched, differentiable) and ``NumpyVertexNormals``
+(NumPy, one fixed triangle list, for the overlay, the viewer and the glb export).
 
 Every map comes from one non-differentiable ``rasterize`` (which triangle, which barycentrics)
 followed by differentiable ``interpolate`` of per-vertex quantities, so losses on the maps reach
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,6 +51,43 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     for corner in range(3):
         summed = summed.index_add(2, faces[:, corner], face_normal)
     return F.normalize(summed.transpose(1, 2), dim=-1, eps=1e-20)
+
+
+class NumpyVertexNormals:
+    """``vertex_normals`` of one triangle list in NumPy, as one sparse product, for callers
+    without torch tensors: ``normals(vertices)`` with (V, 3) float32 or float64 vertices -> (V, 3)
+    unit area-weighted normals of their dtype, zero where no triangle has area. The sums run in
+    another order than ``vertex_normals``' (about 1e-7 apart in float32).
+
+    faces      (F, 3) int64, indices below ``num_vertices`` (V)
+    corners    (3, F) int64: the faces transposed (corner k of every face, contiguous)
+    incidence  (V, F) scipy.sparse CSR float32: 1 where vertex v is a corner of face f
+    """
+
+    def __init__(self, faces: np.ndarray, num_vertices: int) -> None:
+        import scipy.sparse
+
+        self.faces = np.ascontiguousarray(faces, dtype=np.int64)
+        self.num_vertices = int(num_vertices)
+        self.corners = np.ascontiguousarray(self.faces.T)
+        count = len(self.faces)
+        ones = np.ones(3 * count, np.float32)
+        face_of = np.tile(np.arange(count), 3)
+        self.incidence = scipy.sparse.csr_matrix((ones, (self.corners.reshape(-1), face_of)), shape=(self.num_vertices, count))
+
+    def face_normals(self, vertices: np.ndarray) -> np.ndarray:
+        """(V, 3) -> (F, 3) ``(v1 - v0) x (v2 - v0)``: twice the area times the unit normal."""
+        x, y, z = np.take(np.ascontiguousarray(vertices.T), self.corners, axis=1)  # each (3 corners, F)
+        ax, ay, az = x[1] - x[0], y[1] - y[0], z[1] - z[0]
+        bx, by, bz = x[2] - x[0], y[2] - y[0], z[2] - z[0]
+        return np.stack((ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx), 1)
+
+    def __call__(self, vertices: np.ndarray) -> np.ndarray:
+        """(V, 3) -> (V, 3) unit vertex normals: the incidence matrix times the face normals."""
+        normals = self.incidence @ self.face_normals(vertices)
+        length = np.sqrt(np.einsum("ij,ij->i", normals, normals))
+        normals /= np.maximum(length, 1e-12)[:, None]
+        return normals
 
 
 def view_rotation(rotation: torch.Tensor) -> torch.Tensor:

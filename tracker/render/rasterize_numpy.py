@@ -106,13 +106,6 @@ class NumpyFragments:
         out[self.pixels] = True
         return out.reshape(height, width)
 
-    def triangle_image(self) -> np.ndarray:
-        """(H, W) int64: the visible triangle, -1 for background (``Fragments.triangle``)."""
-        height, width = self.size
-        out = np.full(height * width, -1, np.int64)
-        out[self.pixels] = self.triangle
-        return out.reshape(height, width)
-
     def to_image(self, values: np.ndarray) -> np.ndarray:
         """(C, N) values at the covered pixels -> (H, W, C) image of their dtype, zeros elsewhere."""
         height, width = self.size

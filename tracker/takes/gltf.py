@@ -1,80 +1,18 @@
 """glTF 2.0 binary (.glb) of a recorded take: one tracked person's head, animated, for Blender,
-Unity and Unreal (no plug-in in Blender and Unreal; Unity reads it with its glTFast package).
+Unity and Unreal (written with pygltflib).
 
-    python -m tracker.export take.npz --format glb --out take.glb [--track N] [--gaps hold|hide]
     export_glb(take, model, "take.glb", track=None, gaps="hold") -> GlbExport
+    track_frames(take, track) -> TrackFrames     # K keyframes: one per frame of the take
 
-Written with pygltflib, a maintained glTF reader/writer that maps the specification one to one,
-so the file holds exactly the layout below (trimesh's glTF exporter writes meshes and scenes, but
-no skins and no animations).
-
-What is in the file
-    One track of the take (``select_track``: by default the track with the most records, the
-    lowest id among equals); records of other tracks are ignored. One keyframe per frame of the
-    take (every frame index, the other tracks' frames and frames without a face included), at
-    ``clock - the take's first clock`` seconds (``Take.clock``: the frames' times in the video for
-    a file, their capture times for a live source): a dropped frame keeps its time.
-    Frames where the track has no face (``gaps``): "hold" (default) keeps the previous face
-    frame's pose and weights (before the first face: the first one's), so the head stands still
-    through the gap and then moves linearly to the next face frame; "hide" does the same and
-    also scales the head to zero from each gap frame's time to the next face frame's (a STEP
-    scale channel), so the head disappears where the tracker saw no face.
-
-    Units metres, glTF's axes (+y up, right-handed), in the tracker's avatar frame
-    (``tracker.fitting.arkit``): the camera at the origin looking down -z, +x to the viewer's right, so
-    the head moves as in the video. A ``camera`` node at the origin with the take's focal length
-    (yfov = 2 atan(cy / fy), aspect cx / cy: the image assumed centred on the principal point)
-    shows the head as the video's camera saw it.
-
-    Nodes: ``camera``; the skeleton, rooted at joint ``head`` (rest: the origin, identity),
-    animated with the head pose ``X_avatar = FLIP R FLIP X_head + FLIP t`` (rotation quaternion
-    and translation, ``tracker.fitting.arkit.head_pose``); the mesh node ``head_mesh`` (at the scene
-    root, untransformed, as the specification wants a skinned mesh) with the mesh and the skin.
-    Mesh: vertex positions in the head frame with the track's identity baked in (the track's
-    identity from the take's track table), smooth NORMALs of that neutral head, no UVs, one
-    vertex per model vertex in the model's order (primitives share the vertex arrays: the model's
-    ``render_faces`` with an opaque material; the rest, ICT's see-through eye and lash layers,
-    with a translucent one). Morph targets (mesh ``extras.targetNames``, also each target's
-    source and scale in ``extras.n2f``), weights animated with LINEAR interpolation:
-      ICT    one target per expression shape (the expression basis: ICT is linear, so the shapes
-             do not depend on the identity; the export checks decode = base + weights x targets).
-             Every vertex is skinned to ``head`` alone.
-      FLAME  shape blendshapes baked into the base; one target per expression blendshape and one
-             per pose-corrective feature (``pose_<joint>_<row><column>``: the 36 entries of
-             R_j - I of the neck, jaw and eyes, FLAME's posedirs), applied before skinning, as
-             FLAME does. Joints ``global``, ``neck``, ``jaw``, ``eye_left``, ``eye_right`` under
-             ``head`` (FLAME's kinematic tree) at the identity's rest joints (J_regressor @
-             shaped template), inverse bind matrices from them, FLAME's skinning weights; joint
-             rotations (LINEAR) and translations (LINEAR) per frame. The translations are exact
-             where FLAME moves joints: its joints come from the expression-shaped template, so
-             every frame's joint locations follow its expression (and the translation group).
-             FLAME adds the eyelid blendshapes after skinning; linear blend skinning cannot move
-             a vertex by an unrotated offset, so each eyelid is carried by extra joints
-             (``eyelid_<side>_<joint>_<axis>_<pos|neg>``): children of a vertex's main joint whose
-             rotation is that joint's and whose translation is (eyelid weight x a fixed length)
-             along one head-frame axis; a vertex takes from its main joint the share
-             |offset component| / that length, so it moves by exactly the eyelid offset. With
-             eyelids a vertex has up to 8 influences (JOINTS_0 / JOINTS_1, largest first).
-    Morph weights stay in [0, 1] in the file: a target whose coefficient goes negative in the
-    take is split into ``<name>_pos`` and ``<name>_neg`` (the negative part's target negated),
-    and one whose coefficient exceeds 1 has its target scaled by its largest value and its weights
-    divided by it. Blender clamps shape-key values to the slider range, and its importer (3.4)
-    widens the range from a channel's first keyframe only; weights in [0, 1] are exact in every
-    client. ICT takes (weights in [0, 1]) keep ICT's names unscaled.
-
-Checked in the tests: headless Blender (Debian's 3.4) imports the file and its evaluated vertices
-at sampled keyframes match ``decode`` of the take's parameters, posed into the avatar frame, for
-ICT and FLAME. Before writing, the exporter evaluates its own glTF encoding (morphs, skinning and
-node hierarchy, as the specification defines them) at a few keyframes against ``decode``.
-Limitations: vertices between keyframes follow the client's interpolation (linear weights and
-translations, slerped rotations; Blender interpolates quaternion components), not a re-decode; FLAME's per-vertex influences beyond 4 (eyelids) need a client that
-reads JOINTS_1 (Blender, Unreal); one reading only JOINTS_0 drops the smallest influences.
+The head of one track with its identity baked in, one morph target per expression shape (FLAME:
+also its pose correctives, joints and eyelid carriers), the head pose, a camera; every keyframe
+at the take's own time. Before writing, the encoding is evaluated at a few keyframes against
+``decode`` (``evaluate``, ``CHECK_TOLERANCE``). Format: docs/gltf-export.md.
 """
 
 from __future__ import annotations
 
 import copy
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,13 +22,15 @@ import torch
 
 from tracker.files.atomic_write import atomic_write
 from tracker.errors import TrackerError
-from tracker.takes.meshes import check_clock, check_output, check_records, select_track
-from tracker.geometry.rotations import matrix_to_quaternion, rotation_6d_to_matrix
+from tracker.takes.checks import check_clock, check_output, check_records, select_track
+from tracker.geometry.camera import FLIP_MATRIX
+from tracker.geometry.rotations import matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix, rotation_6d_to_matrix
 from tracker.head_models import HeadModel
-from tracker.takes.recording import Take, default_identity_group
+from tracker.head_models.base import default_identity_group
+from tracker.render.maps import NumpyVertexNormals
+from tracker.takes.recording import Take
 
 GAPS = ("hold", "hide")
-FLIP = np.diag([1.0, -1.0, -1.0])  # camera frame <-> avatar frame (tracker.fitting.arkit.CAMERA_TO_AVATAR)
 FLAME_JOINTS = ("global", "neck", "jaw", "eye_left", "eye_right")
 AXES = "xyz"
 CHECK_TOLERANCE = 1e-5  # m: the exporter's own check of its encoding against decode (float32 data)
@@ -200,7 +140,7 @@ class Rig:
 def export_glb(take: Take, model: HeadModel, out: str | Path, track: int | None = None, gaps: str = "hold",
                camera: bool = True) -> GlbExport:
     """Write ``take``'s ``track`` (None: ``select_track``'s default) as a glb at ``out`` (atomically);
-    ``model`` is the take's head model (``tracker.takes.meshes.load_take_model``). Module docstring: layout."""
+    ``model`` is the take's head model (``tracker.takes.meshes.load_take_model``). Layout: docs/gltf-export.md."""
     if gaps not in GAPS:
         raise ValueError(f"gaps must be one of {GAPS}, got {gaps!r}")
     out = Path(out)
@@ -238,14 +178,13 @@ def _head_pose(take: Take, frames: TrackFrames) -> tuple[np.ndarray, np.ndarray]
     if missing.any():
         raise TrackerError(f"the take lacks the head pose (rotation, translation) for frames {frames.frame_index[missing][:10].tolist()}: "
                            "it cannot be placed in the camera's view")
-    rotation = FLIP @ rotation_6d_to_matrix(torch.from_numpy(r6d)).numpy() @ FLIP
-    return _quaternions(rotation), t @ FLIP
+    rotation = FLIP_MATRIX @ rotation_6d_to_matrix(torch.from_numpy(r6d)).numpy() @ FLIP_MATRIX
+    return _quaternions(rotation), t @ FLIP_MATRIX
 
 
 def _quaternions(matrices: np.ndarray) -> np.ndarray:
     """(K, 3, 3) rotations -> (K, 4) x, y, z, w, each on the side of the previous (shortest interpolation)."""
-    wxyz = matrix_to_quaternion(torch.from_numpy(np.ascontiguousarray(matrices, np.float64))).numpy()
-    quats = np.concatenate([wxyz[:, 1:], wxyz[:, :1]], axis=1)
+    quats = matrix_to_quaternion_xyzw(matrices)
     for k in range(1, len(quats)):
         if quats[k] @ quats[k - 1] < 0:
             quats[k] = -quats[k]
@@ -277,14 +216,11 @@ def _identity(model: HeadModel, take: Take, frames: TrackFrames, notes: list[str
 
 
 def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) area-weighted unit vertex normals ((0, 0, 1) where a vertex has no face)."""
-    corners = vertices[faces]
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    return np.where(length > 0, normals / np.maximum(length, 1e-30), np.array([0.0, 0.0, 1.0]))
+    """(V, 3) area-weighted unit vertex normals (``NumpyVertexNormals``); (0, 0, 1) where a vertex
+    has no face (glTF's normals are unit vectors)."""
+    normals = NumpyVertexNormals(faces, len(vertices))(vertices)
+    normals[~normals.any(1)] = (0.0, 0.0, 1.0)
+    return normals
 
 
 def _primitives(model: HeadModel) -> list[tuple[np.ndarray, bool]]:
@@ -403,7 +339,7 @@ def _flame_rig(model: HeadModel, take: Take, frames: TrackFrames) -> Rig:
 
 def _add_eyelid_carriers(dirs: np.ndarray, eyelids: np.ndarray, weights: np.ndarray, world_rot: np.ndarray,
                          joints: list[Joint], skin: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Append the eyelid carrier joints (module docstring) to ``joints``; returns ``skin`` (V, J)
+    """Append the eyelid carrier joints (docs/gltf-export.md) to ``joints``; returns ``skin`` (V, J)
     with the carriers' columns appended and their shares taken from the main joints.
 
     dirs (2, V, 3) eyelid offsets per unit weight (left, right); eyelids (K, 2) weights; weights
@@ -448,7 +384,7 @@ def _translation_matrix(t: np.ndarray) -> np.ndarray:
 def _split_morphs(morphs: list[Morph]) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
     """[(name, target (V, 3), weights (K,) in [0, 1], info)]: each morph as one target, or as a
     "_pos" and a "_neg" target where its coefficient goes negative; a target is scaled by its
-    coefficient's largest magnitude when that exceeds 1 (module docstring)."""
+    coefficient's largest magnitude when that exceeds 1 (docs/gltf-export.md)."""
     out = []
     for morph in morphs:
         w = morph.weight
@@ -471,7 +407,7 @@ def evaluate(rig: Rig, targets: list[tuple[str, np.ndarray, np.ndarray, dict]], 
     for index, joint in enumerate(rig.joints):
         local = np.eye(4)
         if joint.rotation is not None and (head or index):
-            local[:3, :3] = _quaternion_matrix(joint.rotation[key])
+            local[:3, :3] = quaternion_xyzw_to_matrix(joint.rotation[key])
         if index == 0 and not head:
             local[:3, 3] = 0.0
         else:
@@ -480,15 +416,6 @@ def evaluate(rig: Rig, targets: list[tuple[str, np.ndarray, np.ndarray, dict]], 
     matrices = np.stack([w @ j.inverse_bind for w, j in zip(world, rig.joints)])  # (J, 4, 4)
     blended = np.einsum("vj,jab->vab", rig.skin, matrices)
     return np.einsum("vab,vb->va", blended[:, :3, :3], positions) + blended[:, :3, 3]
-
-
-def _quaternion_matrix(q: np.ndarray) -> np.ndarray:
-    x, y, z, w = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
 
 
 @torch.no_grad()
@@ -637,17 +564,3 @@ def _build_gltf(rig: Rig, targets, frames: TrackFrames, scale: np.ndarray | None
     gltf.buffers[0].byteLength = len(blob.data)
     gltf.set_binary_blob(bytes(blob.data))
     return gltf
-
-
-def read_glb_header(path: str | Path) -> dict:
-    """The JSON chunk of a glb (for checks and tools)."""
-    import json
-
-    data = Path(path).read_bytes()
-    magic, version, _ = struct.unpack_from("<4sII", data)
-    if magic != b"glTF" or version != 2:
-        raise TrackerError(f"{path} is not a glTF 2.0 binary")
-    length, kind = struct.unpack_from("<I4s", data, 12)
-    if kind != b"JSON":
-        raise TrackerError(f"{path} does not start with a JSON chunk")
-    return json.loads(data[20 : 20 + length])

@@ -1,46 +1,12 @@
 """Live Link Face CSV of a recorded take: ARKit's 52 weights with the head and eye angles, one row per
-frame, in the layout of the CSV takes Epic's Live Link Face app records (Unreal's Live Link Face
-importer, Blender's Faceit and Maya's Live Link CSV importers read it).
+frame, in the layout of the CSV takes Epic's Live Link Face app records (Unreal's importer reads it).
 
-    python -m tracker.export take.npz --format csv --out take.csv [--track N] [--timecode-fps 60]
-    export_csv(take, "take.csv", track=None, fps=60) -> CsvExport
+    export_csv(take, "take.csv", track=None, fps=60) -> CsvExport   # one track, a row per face frame
+    format_timecode(seconds, fps=60) -> "HH:MM:SS:FF.fff"
 
-Layout (63 columns, comma-separated, one header row):
-    Timecode, BlendShapeCount, the 52 ARKit names in PascalCase in the app's column order
-    (``LLF_BLENDSHAPES``: Apple's order except JawRight before JawLeft and MouthRight before
-    MouthLeft), HeadYaw, HeadPitch, HeadRoll, LeftEyeYaw, LeftEyePitch, LeftEyeRoll, RightEyeYaw,
-    RightEyePitch, RightEyeRoll.
-    Timecode ``HH:MM:SS:FF.fff``: a non-drop SMPTE timecode at ``fps`` frames per second (default
-    60, the app's rate) whose frame field carries the fraction of a frame (the app's subframe) after
-    the point, e.g. ``00:00:01:07.500`` = 1 s + 7.5 frames. It starts at 00:00:00:00.000 at the
-    take's first frame, and each row is at its frame's own time (``Take.clock``), so dropped frames keep
-    their times (the rows are not at a fixed rate).
-    BlendShapeCount is 61 (52 weights + 9 angles); the weights are in [0, 1]; the angles are
-    normalised, -1..1 for -180..180 degrees (radians / pi), as Live Link Face streams them.
-Sources: the header row of app captures as several public importers and writers hold it (e.g.
-the Blender Live Link Face add-ons' LIVE_LINK_FACE_HEADER, tests quoting a real capture's header),
-Faceit's Epic importer (columns 2-53 weights, 54-56 head, 57-59 left eye, 60-62 right eye; the
-timecode's last field parsed as fractional frames) and JimWest's PyLiveLinkFace (the same 61
-values over UDP). Those sources spell the count column "BlendShapeCount" (one quotes
-"BlendshapeCount"); readers index the columns by position or match names without regard to
-case. Public notes report that the app's MouthLeft / MouthRight columns are swapped relative to
-ARKit; this writer puts each ARKit weight under its own name.
-
-Angles: the convention of the tracker's live Live Link Face stream (``tracker.outputs.streaming``'s
-``livelink_values``, whose docstring has the source: Unreal's AppleARKitConversion maps the
--180..180 degree range to -1..1, and its face-relative conversion gives these signs), so a take
-and a live session drive a rig alike. HeadYaw, HeadPitch, HeadRoll are ``tracker.fitting.arkit``'s head
-angles (``head_pose``: R = Ry(yaw) Rx(pitch) Rz(roll) in the avatar frame) over pi: > 0 the face
-turns to its own left, tips down, tilts towards its own right shoulder. Eye yaw and pitch are the
-take's ``eye_angles`` (head frame, same signs; left = the face's own left eye) over pi, roll 0;
-an eye whose iris was not found gets 0 (looking straight ahead). Some importers (Faceit) read
-the angles as radians; multiply by pi for them.
-
-One track per file (``tracker.takes.meshes.select_track``: by default the track with the most
-records); frames where it has no face get no row (a reader holds the last values, and the next
-row's timecode says when the face came back). Takes without ARKit weights (recorded before the
-avatar values, or FLAME takes recorded without the ICT model that gives FLAME its weights,
-``tracker.fitting.arkit_side_fit``) are refused with a TrackerError.
+Columns: Timecode, BlendShapeCount (61), the 52 weights in the app's order (``LLF_BLENDSHAPES``),
+then the head and eye angles over pi (``ANGLE_COLUMNS``), as the live Live Link Face stream sends
+them. Format, sources and angle signs: docs/livelink-csv.md.
 """
 
 from __future__ import annotations
@@ -55,9 +21,10 @@ import numpy as np
 import torch
 
 from tracker.files.atomic_write import atomic_write
-from tracker.fitting.arkit import ARKIT_NAMES, head_pose
+from tracker.fitting.arkit import ARKIT_NAMES
 from tracker.errors import TrackerError
-from tracker.takes.meshes import check_clock, check_output, check_records, select_track
+from tracker.takes.checks import check_clock, check_output, check_records, select_track
+from tracker.geometry.camera import head_pose
 from tracker.geometry.rotations import rotation_6d_to_matrix
 from tracker.takes.recording import Take
 
@@ -107,15 +74,9 @@ def format_timecode(seconds: float, fps: int = DEFAULT_FPS) -> str:
     return f"{hours:02d}:{minute:02d}:{second:02d}:{frame:02d}.{fraction:03d}"
 
 
-def parse_timecode(timecode: str, fps: int = DEFAULT_FPS) -> float:
-    """``HH:MM:SS:FF.fff`` at ``fps`` -> seconds (``format_timecode``'s inverse)."""
-    hours, minutes, seconds, frames = timecode.split(":")
-    return (int(hours) * 60 + int(minutes)) * 60 + int(seconds) + float(frames) / fps
-
-
 def export_csv(take: Take, out: str | Path, track: int | None = None, fps: int = DEFAULT_FPS) -> CsvExport:
     """Write ``take``'s ``track`` (None: the default track) as a Live Link Face CSV at ``out``
-    (atomically). Module docstring: layout, units, signs; ``tracker.takes.meshes``'s: what is refused."""
+    (atomically). Layout, units, signs: docs/livelink-csv.md; what is refused: ``tracker.takes.checks``."""
     out = Path(out)
     if out.is_dir():
         raise TrackerError(f"{out} is a folder: give the CSV's file name, e.g. {out / 'take.csv'}")

@@ -6,101 +6,16 @@
                         track_id=3, identity_state="locked")                     # per face
         recorder.append(t, i, None)                                              # no face
     take = read_take("take.npz")     # also loads an interrupted take (from take.npz.partial)
+    scan = finalise_journal("take.npz.partial")   # python -m tracker.takes recover take.npz.partial
 
-A take is a sequence of records: one per tracked face per frame (a frame with two faces has two
-records with the same frame index, each with its face's ``track_id``), and one record with
-face_found False and track_id -1 for a frame without a face.
-
-While recording, records go to an append-only journal next to the output, ``take.npz.partial``;
-``close()`` (also on leaving the ``with`` block, Ctrl-C included) turns it into ``take.npz`` and
-removes it. A journal left behind by a crash loads with ``read_take`` and is finalised by
-``python -m tracker.takes.recording --recover take.npz.partial``.
-
-Locking: the recorder holds an exclusive OS lock (``flock``) on its journal while it records. The
-kernel releases it when the process ends, however it ends, so a killed run's journal is
-recoverable at once, while recovering a journal that a live run is still writing is refused.
-
-Damage: a journal is read record by record, each checked by its CRC. A damaged record (a flipped
-byte, a torn write) is skipped and the reader resynchronises on the next intact record, so every
-intact frame is kept; the damaged stretches are reported (``JournalScan``). Recovery and
-``close()`` delete a journal only when it was read whole (a last record cut short by a crash
-counts as whole: it was never written); a damaged one is kept unless ``delete_damaged``.
-
-Failures: when the take cannot be written (a full disk), the journal is kept, the half-written
-temporary file is removed, and the TrackerError gives the ``--recover`` command. A failed
-``append`` truncates the journal back to its last whole record, so the journal stays readable.
-Recovery refuses to write the take over the journal it recovers (``--out`` naming the journal,
-also through a link): it would delete both.
-
-Links: the journal is created exclusively (``O_EXCL``: a file or symbolic link already at its name
-is never written through; a link is refused), and the take is written through a freshly created
-temporary file beside it (``tracker.files.atomic_write``), so no planted link redirects a recording.
-
-Durability: ``append`` hands each record to the operating system with one ``write`` before it
-returns, so killing the process at any moment (Ctrl-C, SIGKILL, a crash, a closed window) loses
-at most the record being appended. The journal is fsync'ed when it is created, on ``close``, and by
-the first ``append`` at least ``sync_interval`` seconds (default 1; 0: every record) after the
-previous fsync, so an OS crash or power cut loses at most the records of that interval.
-
-Reading (``read_take``): a take is untrusted input. Its header entries must have their types (the
-metadata a JSON object, the group list {name: size} with at most 64 groups of 1-10000 values),
-and before any array is allocated, each npz member's .npy header must fit its zip entry (shape x
-itemsize = its size) and the take's layout (one row per record, each group's width), and the
-members must fit the file: their compressed sizes its size, and their total at most 16 times its
-size (or 64 MB). This version writes takes uncompressed, so a real take is about 1:1; a compressed
-file of 3 million records that would take 1.6 GB of arrays from 22 MB is refused at once instead
-of taking 4 GB of memory. A journal's records are read from the file itself (their count is its
-size over the record size), so it takes at most about twice its size.
-
-Identity: the head model's identity group (``identity_group``: ICT's "identity", FLAME's
-"shape") belongs to the person, not the frame. The journal keeps it in every record (each record
-is self-contained); the finished take.npz stores it once per track, the track's last identity
-(its locked one when the tracker pooled and locked it), and ``read_take`` gives every record its
-track's identity back in ``params``. A take read from a journal has each record's own value.
-
-Identity states (``identity_state``, uint8; ``IDENTITY_STATES``): 0 none (no face, or not
-known), 1 calibrating (the track's identity is still being pooled), 2 locked, 3 given (fixed by
-the caller), 4 network (no refinement: the network's per-frame identity).
-
-take.npz arrays (T records; records without a face: face_found False, track_id -1, NaN
-parameters, rotation, translation and crop box):
-    timestamp (T,) float64 s (capture time, ``time.monotonic()``), media_time (T,) float64 s (the
-    frame's position in its file; NaN for live sources; ``Take.clock`` picks the one to animate at),
-    frame_index (T,) int64, face_found (T,) bool, track_id (T,) int64,
-    identity_state (T,) uint8, crop_box (T, 3) float32 (x0, y0, side) px, rotation_6d (T, 6)
-    float32 head rotation in the camera frame, translation (T, 3) float32 m, focal (T, 2) float32
-    px, principal (T, 2) float32 px, arkit (T, 52) float32 ARKit weights (``tracker.fitting.arkit``
-    ARKIT_NAMES order; NaN: none, e.g. a head model without ARKit semantics), eye_angles (T, 2, 2)
-    float32 radians (left, right eye) x (yaw, pitch) in the head frame (NaN: not found),
-    params/<group> (T, n) float32 for every head-model parameter group but the identity group,
-    identity_group () str, the identity group's name ("": none, then every group is per record),
-    tracks/track_id (N,) int64, tracks/identity (N, K) float32, tracks/identity_state (N,) uint8:
-    the N tracks in increasing id, each with its last identity and identity state,
-    head_model () str, groups () str JSON {group: size} in order (the identity group included),
-    metadata () str JSON {source, software_version, created, ... caller's entries, e.g. checkpoint,
-    refine, refine_iters, detector}.
-Takes written before tracks existed (no track_id / identity_state / identity_group arrays, one
-record per frame, every group per record) still load: track_id 0 where a face was found, -1
-elsewhere, identity_state 0; so do takes and journals from before the animation fields
-(media_time, arkit and eye_angles NaN).
-
-Journal format (little-endian):
-    8 bytes   magic b"N2FTAKE1" (1: format version)
-    4 bytes   uint32 header length H
-    4 bytes   uint32 CRC-32 of the header
-    H bytes   UTF-8 JSON {"head_model", "groups": {group: size}, "identity_group": name or null,
-              "metadata": {...}, "record_fields": [[name, numpy dtype, shape], ...], "record_size": R}
-    records   R bytes each: the record_fields packed in order, then a uint32 CRC-32 of those bytes.
-The record fields are timestamp, media_time, frame_index, face_found, track_id, identity_state, crop_box,
-rotation_6d, translation, focal, principal, arkit, eye_angles, then params/<group> for every group
-(identity included). The header also names its writer ("writer": {"pid", "host"}) for the lock message.
-Journals written before tracks existed have no track_id / identity_state fields and no
-"identity_group"; they still load.
+A take holds T records, one per tracked face per frame and one per frame without a face. Records
+go to an append-only, CRC-checked, locked journal (``take.npz.partial``) that ``close()`` turns
+into ``take.npz``; ``read_take`` reads either, as untrusted input. The journal, the npz arrays,
+the identity per track, locking, damage, durability and the reader's limits: docs/take-format.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -108,7 +23,6 @@ import math
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 import zipfile
@@ -158,10 +72,9 @@ _ANIMATION_FIELDS = ("media_time", "arkit", "eye_angles")
 # the fixed fields each layout leaves out: this version's, takes before the animation fields, takes before tracks
 _LAYOUTS = {"current": (), "before animation": _ANIMATION_FIELDS, "before tracks": (*_TRACK_FIELDS, *_ANIMATION_FIELDS)}
 _VECTORS = ("crop_box", "rotation_6d", "translation", "focal", "principal")
-# identity_state codes (module docstring); the tracker's FaceResult.identity_state is one of these names
+# identity_state codes (docs/take-format.md); the tracker's FaceResult.identity_state is one of these names
 IDENTITY_STATES = ("none", "calibrating", "locked", "given", "network")
-IDENTITY_GROUPS = ("identity", "shape")  # a head model's identity group, first found (ICT, FLAME)
-# what a take or journal may declare (module docstring, "Reading"): far above any real take, low
+# what a take or journal may declare (docs/take-format.md, "Reading"): far above any real take, low
 # enough that a damaged or forged file is refused before memory is allocated for it
 _MAX_GROUPS = 64  # parameter groups (ICT has 2, FLAME 6)
 _MAX_GROUP_SIZE = 10_000  # values in one group (FLAME's shape has up to 300, ICT's identity 100)
@@ -171,11 +84,6 @@ _EXPANSION_ALLOWANCE = 64 << 20  # ... or this many bytes, whichever is more
 _COPY_ROWS = 1 << 16  # records per block when a take's per-track identity is given to each record
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 AUTO = "auto"
-
-
-def default_identity_group(groups: Mapping[str, int] | Any) -> str | None:
-    """The identity group among ``groups`` (names): "identity" (ICT), else "shape" (FLAME), else None."""
-    return next((group for group in IDENTITY_GROUPS if group in groups), None)
 
 
 def identity_state_code(state: int | str | None) -> int:
@@ -235,7 +143,7 @@ class Tracks:
 
 @dataclass
 class Take:
-    """A recorded take of T records (array layout: the take.npz arrays of the module docstring).
+    """A recorded take of T records (array layout: the take.npz arrays of docs/take-format.md).
 
     ``params`` {group: (T, n)} (the identity group too: in a finished take, each record's track's
     identity); ``track_id`` (T,) int64 and ``identity_state`` (T,) uint8 (None: as a take from
@@ -325,12 +233,12 @@ class Recorder:
 
     head_model     the head model's name ("flame", "ict", ...)
     groups         {group: size} of the parameters each record carries, in order
-    identity_group the group stored once per track in the finished take (module docstring);
+    identity_group the group stored once per track in the finished take (docs/take-format.md);
                    "auto": "identity" if in ``groups``, else "shape" if there, else None (none)
     focal, principal   (2,) camera intrinsics in pixels, the default of every frame (None: NaN)
     source         what is tracked ("camera 0", a file, a URL), stored in the metadata
     metadata       more JSON-serialisable entries for the metadata
-    sync_interval  seconds between fsyncs of the journal (0: every frame); see module docstring
+    sync_interval  seconds between fsyncs of the journal (0: every frame); see docs/take-format.md
     overwrite      replace an existing take at ``path`` (else TrackerError)
 
     ``append`` (one record: one face of a frame, or a frame without a face) may be called from
@@ -355,7 +263,11 @@ class Recorder:
         self.groups = {str(group): int(size) for group, size in groups.items()}
         if any(size < 1 for size in self.groups.values()):
             raise ValueError(f"group sizes must be positive, got {self.groups}")
-        self.identity_group = default_identity_group(self.groups) if identity_group == AUTO else identity_group
+        if identity_group == AUTO:
+            from tracker.head_models.base import default_identity_group  # imported here: the take commands stay light (no torch)
+
+            identity_group = default_identity_group(self.groups)
+        self.identity_group = identity_group
         if self.identity_group is not None and self.identity_group not in self.groups:
             raise ValueError(f"identity group {self.identity_group!r} is not one of the recorded groups {list(self.groups)}")
         self.focal = _vector(focal, 2, "focal")
@@ -517,7 +429,7 @@ class Recorder:
                 pass
             raise TrackerError(
                 f"cannot write the recording journal {self.journal_path}: {err.strerror or err}. The frames recorded so far are in it: "
-                f"free disk space, then run `python -m tracker.takes.recording --recover {self.journal_path}`"
+                f"free disk space, then run `python -m tracker.takes recover {self.journal_path}`"
             ) from err
         self._size += len(data)
 
@@ -595,7 +507,7 @@ def finalise_journal(journal: str | Path, out: str | Path | None = None, delete_
     atomically, then delete the journal unless it was damaged (``delete_damaged``: delete it
     anyway). TrackerError when a live recording still holds the journal's lock."""
     journal = Path(journal)
-    out = _take_path(journal) if out is None else Path(out)
+    out = recovered_take_path(journal) if out is None else Path(out)
     try:
         fd = os.open(journal, os.O_RDONLY)
     except OSError as err:
@@ -634,7 +546,7 @@ def check_recovery_target(journal: str | Path, out: str | Path) -> None:
 def _suggested_take(journal: Path) -> Path:
     """Where a recovered take could go: take.npz.partial -> take.npz, else beside it as <name>.npz."""
     if journal.name.endswith(JOURNAL_SUFFIX) and journal.name != JOURNAL_SUFFIX:
-        return _take_path(journal)
+        return recovered_take_path(journal)
     return journal.with_name(journal.name + ".npz")
 
 
@@ -649,7 +561,7 @@ def _finalise(journal: Path, out: Path, delete_damaged: bool = False) -> Journal
     except TrackerError as err:
         raise TrackerError(
             f"{err}. Nothing is lost: the recording journal {journal} was kept; free space (or fix the folder), then run "
-            f"`python -m tracker.takes.recording --recover {journal}`"
+            f"`python -m tracker.takes recover {journal}`"
         ) from err
     if scan.whole or delete_damaged:
         journal.unlink()
@@ -657,7 +569,7 @@ def _finalise(journal: Path, out: Path, delete_damaged: bool = False) -> Journal
     return scan
 
 
-def _take_path(journal: Path) -> Path:
+def recovered_take_path(journal: Path) -> Path:
     """take.npz.partial -> take.npz."""
     if not journal.name.endswith(JOURNAL_SUFFIX):
         raise TrackerError(f"{journal} is not named like a journal (*{JOURNAL_SUFFIX}): say where the take goes")
@@ -676,7 +588,7 @@ class _Member:
 
 def _read_npz(path: Path) -> Take:
     """Read a take.npz, every member's declared shape checked against the take's layout and the
-    file's real size before any array is allocated (module docstring, "Reading")."""
+    file's real size before any array is allocated (docs/take-format.md, "Reading")."""
     try:
         with zipfile.ZipFile(path) as archive:
             return _read_npz_members(path, archive, _npz_members(path, archive))
@@ -833,7 +745,7 @@ def _identity_per_record(path: Path, arrays: dict[str, np.ndarray], face_found: 
 
 def scan_journal(path: str | Path) -> JournalScan:
     """Read journal ``path``: every record that passes its CRC, resynchronising past damaged ones
-    (module docstring). TrackerError when the file is no journal or its header is damaged."""
+    (docs/take-format.md, "Damage"). TrackerError when the file is no journal or its header is damaged."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -955,7 +867,7 @@ def _create_journal(path: Path) -> int:
             if state == "kept":
                 raise TrackerError(
                     f"an unfinished recording is in the way: {path}. Finalise it with "
-                    f"`python -m tracker.takes.recording --recover {path}` (or delete it), then record again"
+                    f"`python -m tracker.takes recover {path}` (or delete it), then record again"
                 ) from None
         except OSError as err:
             raise TrackerError(f"cannot create the recording journal {path}: {err.strerror or err}") from err
@@ -1030,37 +942,3 @@ def _software_version() -> str:
         return package_metadata.version("n2f-tracker")
     except package_metadata.PackageNotFoundError:
         return "unknown"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tracker.takes.recording", description="Finalise the journal of an interrupted recording into its take npz."
-    )
-    parser.add_argument("--recover", type=Path, required=True, metavar="JOURNAL", help="the journal, e.g. take.npz.partial")
-    parser.add_argument("--out", type=Path, default=None, help="the take to write (default: the journal's name without .partial)")
-    parser.add_argument("--force", action="store_true", help="replace an existing take")
-    parser.add_argument("--delete-damaged", action="store_true", help="delete the journal even when some of its records were damaged "
-                        "(by default such a journal is kept beside the recovered take)")
-    args = parser.parse_args(argv)
-    try:
-        out = args.out or _take_path(args.recover)
-        check_recovery_target(args.recover, out)
-        if out.exists() and not args.force:
-            raise TrackerError(f"{out} exists already: choose another --out or pass --force to replace it")
-        scan = finalise_journal(args.recover, out, delete_damaged=args.delete_damaged)
-    except TrackerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    take = scan.take
-    with_face = len(np.unique(take.frame_index[take.face_found]))
-    faces = f", {int(take.face_found.sum())} face records in {len(take.tracks())} tracks" if len(take) != take.frame_count else ""
-    cut = f"; ignored {scan.cut} trailing bytes (a last record the recording never finished)" if scan.cut else ""
-    print(f"wrote {out}: {take.frame_count} frames, {with_face} with a face{faces}{cut}")
-    if not scan.whole:
-        kept = "deleted as asked" if args.delete_damaged else "kept (pass --delete-damaged to delete it)"
-        print(f"warning: {scan.damage()}; every intact record was recovered; the journal {args.recover} was {kept}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

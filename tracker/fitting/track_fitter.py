@@ -1,0 +1,84 @@
+"""The landmark refinement of every tracked face: each track's identity pool and last solution.
+
+    fitter = TrackFitter(Refiner(embedded_head(head)))
+    fit = fitter.fit(crop.track_id, crop.face.points, focal, principal, predicted)  # -> FrameFit
+    fitter.drop_lost({track ids of this frame's faces})
+
+A track's first frame starts from ``predicted`` (the network's solution) or, without one, from the
+neutral face at a frontal pose at the landmarks' depth (``initial_pose``); every later frame
+starts from the track's previous solution, which is also the temporal term's target (video).
+The locals are pulled towards ``predicted``'s, or the neutral face's. The identity is pooled per
+track and locks after ``calibration_frames`` (``IdentityPool``), unless one is given for every
+track (state "given").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracker.fitting.refinement import FrameFit, FrameProblem, IdentityPool, Refiner, Solution, TrackState, initial_pose, refine_face, single_blas_thread
+
+
+class TrackFitter:
+    """``refine_face`` per tracked face (module docstring).
+
+    refiner   the head model's refinement
+    identity  (K,) a fixed identity for every track (state "given"); None: pooled per track
+    neutral_identity (K,), neutral_local (L,)  the neutral face's solver vectors
+    """
+
+    def __init__(self, refiner: Refiner, identity: np.ndarray | None = None) -> None:
+        self.refiner, self.identity = refiner, identity
+        model = refiner.model
+        neutral = model.head.neutral_params(1, device="cpu")
+        self.neutral_identity, self.neutral_local = model.to_vectors({g: v[0] for g, v in neutral.items()})
+        self._tracks: dict[int, TrackState] = {}
+
+    def fit(
+        self,
+        track_id: int,
+        landmarks: np.ndarray,
+        focal: np.ndarray,
+        principal: np.ndarray,
+        predicted: Solution | None = None,
+        temporal: bool = True,
+        photo: bool = False,
+    ) -> FrameFit:
+        """One face in one frame -> its FrameFit; the track's pool and last solution take it in.
+
+        landmarks  (468, 2+) the face's MediaPipe points, frame pixels; focal, principal (2,)
+        predicted  the network's solution (None: none; module docstring)
+        temporal   pull towards the track's previous solution (video; never for a ``photo``)
+        photo      a single still image: several identity rounds, no temporal term
+        The solve runs on one BLAS thread (``single_blas_thread``).
+        """
+        model = self.refiner.model
+        track = self._tracks.get(track_id)
+        if track is None:
+            pool = IdentityPool(model.identity_size, self.refiner.identity_std, self.refiner.settings.calibration_frames, self.identity)
+            track = self._tracks[track_id] = TrackState(pool)
+        observed = landmarks[model.mediapipe_ids, :2].astype(np.float64)
+        if track.last is not None:
+            start = track.last
+        elif predicted is not None:
+            start = predicted
+        else:
+            start = initial_pose(model, observed, focal, principal, self.neutral_identity, self.neutral_local)
+        prior = predicted.local if predicted is not None else self.neutral_local
+        problem = FrameProblem(observed, focal, principal, prior, track.last if temporal and not photo else None)
+        with single_blas_thread():
+            return refine_face(self.refiner, track, problem, start, photo=photo)
+
+    def forget(self, track_id: int) -> None:
+        """Start track ``track_id`` again at its next frame (its pool and last solution go)."""
+        self._tracks.pop(track_id, None)
+
+    def drop_lost(self, alive: set[int]) -> None:
+        """Forget every track not in ``alive``."""
+        for track_id in list(self._tracks):
+            if track_id not in alive:
+                del self._tracks[track_id]
+
+    def reset(self) -> None:
+        """Forget every track."""
+        self._tracks.clear()
