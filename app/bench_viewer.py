@@ -38,7 +38,16 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from tracker.outputs.overlay import MESH_COLOUR, SHADE_RESOLUTION, draw_overlay, face_window, front_facing, mesh_topology, mesh_window, project_vertices
+from tracker.outputs.overlay import (
+    MESH_COLOUR,
+    SHADE_RESOLUTION,
+    draw_overlay,
+    face_window,
+    front_facing,
+    mesh_topology,
+    mesh_window,
+    project_vertices,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -49,10 +58,10 @@ if TYPE_CHECKING:
 def track(video: str, checkpoint: str | None, frames: int) -> tuple[list[TrackingResult], torch.Tensor]:
     """-> (the results of the first ``frames`` frames that have a face, meshes decoded; the
     head's render faces (F, 3))."""
+    from tracker.live.face_tracker import FaceTracker
     from tracker.live.options import TrackerOptions
     from tracker.live.pipeline import Pipeline
     from tracker.live.sources import open_source
-    from tracker.live.tracker import FaceTracker
 
     tracker = FaceTracker.from_options(TrackerOptions(checkpoint=checkpoint, runtime="torch"))
     results: list[TrackingResult] = []
@@ -86,7 +95,11 @@ def shaded_before(image: np.ndarray, result: TrackingResult, faces_tri: torch.Te
     import torch
 
     from tracker.render.maps import vertex_normals
-    from tracker.render.rasterize import covered_to_image, interpolate_covered, rasterize
+    from tracker.render.rasterizer import (
+        covered_to_image,
+        interpolate_covered,
+        rasterize,
+    )
 
     image = image.copy()
     height, width = image.shape[:2]

@@ -32,17 +32,42 @@ from typing import TYPE_CHECKING
 
 from tracker.console import configure_logging, interruptible, seconds_since_launch
 from tracker.errors import TrackerError
-from tracker.live.options import MODES, TrackerOptions, add_tracker_arguments, non_negative_int, options_from_args, positive_float, positive_int
-from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, parse_colour, parse_opacity
-from tracker.takes.recording import check_take_path, journal_path
+from tracker.live.options import (
+    MODES,
+    TrackerOptions,
+    add_tracker_arguments,
+    non_negative_int,
+    options_from_args,
+    positive_float,
+    positive_int,
+)
 from tracker.live.sources import BAD_FRAME_POLICIES, camera_index, open_source
-from tracker.outputs.streaming import LIVELINK_PORT, OSC_PORT, VMC_NAMES, VMC_PORT, LiveLinkSink, OscSink, StreamSink, VmcSink, parse_endpoint
+from tracker.outputs.overlay import (
+    MESH_COLOUR,
+    MESH_OPACITY,
+    MESH_STYLES,
+    SHADE_RESOLUTION,
+    parse_colour,
+    parse_opacity,
+)
+from tracker.outputs.streaming import (
+    LIVELINK_PORT,
+    OSC_PORT,
+    VMC_NAMES,
+    VMC_PORT,
+    LiveLinkSink,
+    OscSink,
+    StreamSink,
+    VmcSink,
+    parse_endpoint,
+)
+from tracker.takes.recording import check_take_path, journal_path
 
 if TYPE_CHECKING:
+    from tracker.live.face_tracker import FaceTracker
     from tracker.live.pipeline import StatsSnapshot
     from tracker.live.sinks import RecordingSink
     from tracker.live.sources import FrameSource
-    from tracker.live.tracker import FaceTracker
 
 log = logging.getLogger("app.live")
 
@@ -108,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--virtualcam-device", help="virtual camera device (e.g. /dev/video10); default: the first one")
     cam.add_argument("--virtualcam-backend", help="pyvirtualcam backend: v4l2loopback, obs, unitycapture (default: the first that works)")
 
-    streams = parser.add_argument_group("avatar streams (UDP; tracker.outputs.streaming documents the formats)")
+    streams = parser.add_argument_group("avatar streams (UDP; docs/streaming.md documents the formats)")
     streams.add_argument("--vmc", metavar="HOST:PORT", help=f"send the largest face over the VMC protocol (VSeeFace, VNyan, Warudo; key K in the viewer); "
                          f"HOST alone takes port {VMC_PORT}, :PORT host 127.0.0.1")
     streams.add_argument("--vmc-names", choices=VMC_NAMES, default="arkit",
@@ -238,9 +263,9 @@ def run_headless(args: argparse.Namespace, clock: StartupClock) -> int:
         check_take_path(args.record, args.overwrite)  # before the set-up, not after the tracking
     start_torch(args)  # the heavy imports begin here, once the cheap checks passed
     options = tracker_options(args)
+    from tracker.live.face_tracker import FaceTracker
     from tracker.live.pipeline import Pipeline, PipelineStats
     from tracker.live.sinks import ProgressLog, RecordingSink
-    from tracker.live.tracker import FaceTracker
 
     clock.mark("Python and imports")
     source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop, on_bad_frame=args.on_bad_frame)
@@ -305,9 +330,9 @@ def run_viewer(args: argparse.Namespace, clock: StartupClock) -> int:
     from PyQt6 import QtCore, QtWidgets
 
     from app.viewer import ResultBridge, ViewerOptions, ViewerWindow
+    from tracker.live.face_tracker import FaceTracker
     from tracker.live.pipeline import Pipeline
     from tracker.live.sinks import SwitchableSink
-    from tracker.live.tracker import FaceTracker
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["n2f-tracker"])
     spec = source_spec(args)

@@ -29,17 +29,26 @@ import pyqtgraph as pg
 import torch
 from PyQt6 import QtCore, QtGui, QtWidgets
 
-from tracker.fitting.arkit import ARKIT_INDEX
 from tracker.errors import TrackerError
+from tracker.fitting.arkit import ARKIT_INDEX
 from tracker.geometry.camera import FLIP, camera_to_view
 from tracker.geometry.rotations import euler_to_matrix, rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
-from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, SHADE_RESOLUTION, MeshTopology, draw_overlay, shade_colours, shade_mesh
 from tracker.live.mailbox import Mailbox
 from tracker.live.pipeline import Pipeline
-from tracker.live.sinks import RecordingSink, SwitchableSink
-from tracker.outputs.streaming import LiveLinkSink, OscSink, VmcSink
 from tracker.live.results import FaceResult, TrackingResult
+from tracker.live.sinks import RecordingSink, SwitchableSink
+from tracker.outputs.overlay import (
+    MESH_COLOUR,
+    MESH_OPACITY,
+    MESH_STYLES,
+    SHADE_RESOLUTION,
+    MeshTopology,
+    draw_overlay,
+    shade_colours,
+    shade_mesh,
+)
+from tracker.outputs.streaming import LiveLinkSink, OscSink, VmcSink
 
 PLOT_REFRESH_S = 0.2  # the plots are redrawn 5 times a second
 DISPLAY_INTERVAL_MS = 15  # the GUI looks for a new result this often (up to ~66 displayed fps)

@@ -21,8 +21,16 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.live.mailbox import MailboxThread
-from tracker.outputs.overlay import MESH_COLOUR, MESH_OPACITY, MESH_STYLES, check_look, draw_landmarks, draw_mesh, draw_overlay
 from tracker.live.results import TrackingResult
+from tracker.outputs.overlay import (
+    MESH_COLOUR,
+    MESH_OPACITY,
+    MESH_STYLES,
+    check_look,
+    draw_landmarks,
+    draw_mesh,
+    draw_overlay,
+)
 
 log = logging.getLogger(__name__)
 

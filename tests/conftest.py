@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tracker.files.paths import default_ict_model_path, shared_dir
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import save_checkpoint
-from tracker.files.paths import default_ict_model_path, shared_dir
 
 os.environ["N2F_OFFLINE"] = "1"
 os.environ["N2F_CACHE_DIR"] = tempfile.mkdtemp(prefix="n2f-test-cache-")

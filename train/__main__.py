@@ -11,7 +11,13 @@ import sys
 
 from tracker.errors import TrackerError
 from tracker.live.options import positive_int
-from train.cli import Progress, add_output_options, checkpoints_note, run, writable_folder
+from train.cli import (
+    Progress,
+    add_output_options,
+    checkpoints_note,
+    run,
+    writable_folder,
+)
 from train.config import SamplerConfig, TrainConfig, checkpoint_train_config
 
 

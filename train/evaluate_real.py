@@ -57,11 +57,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES
 from tracker.errors import TrackerError
 from tracker.files.paths import shared_dir
+from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES
 from tracker.geometry.boxes import box_iou
-from tracker.live.options import TrackerOptions, add_tracker_arguments, options_from_args
+from tracker.live.options import (
+    TrackerOptions,
+    add_tracker_arguments,
+    options_from_args,
+)
 from train.cli import Progress, add_output_options, run, writable_file
 from train.real_split import SPLITS, split_paths
 
@@ -69,8 +73,8 @@ if TYPE_CHECKING:
     import torch
 
     from tracker.fitting.arkit_side_fit import ArkitFit
+    from tracker.live.face_tracker import FaceTracker
     from tracker.live.results import TrackingResult
-    from tracker.live.tracker import FaceTracker
 
 ANNOTATION_FILES = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
 VIDEO_SUFFIXES = (".mp4", ".mov")
@@ -626,7 +630,7 @@ def format_ablation_table(results: dict[str, dict]) -> str:
 
 def report_images(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     """Track the annotated photos, print their table (and write --csv) -> the JSON part."""
-    from tracker.live.tracker import FaceTracker
+    from tracker.live.face_tracker import FaceTracker
 
     faces = annotated_faces(folder / "dlib-faces")
     tracker = FaceTracker.from_options(image_options(args, **overrides))
@@ -665,7 +669,7 @@ def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> d
 
     from tracker.fitting.arkit_side_fit import ArkitFit
     from tracker.head_models import load_head_model
-    from tracker.live.tracker import FaceTracker
+    from tracker.live.face_tracker import FaceTracker
 
     tracker = FaceTracker.from_options(video_options(args, **overrides))
     try:

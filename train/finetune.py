@@ -18,7 +18,13 @@ import sys
 
 from tracker.errors import TrackerError
 from tracker.live.options import positive_int
-from train.cli import Progress, add_output_options, checkpoints_note, run, writable_folder
+from train.cli import (
+    Progress,
+    add_output_options,
+    checkpoints_note,
+    run,
+    writable_folder,
+)
 from train.config import PAPER_LR_BACKBONE, checkpoint_train_config
 
 REAL_LANDMARK_WEIGHT = 10000.0

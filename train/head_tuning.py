@@ -27,7 +27,13 @@ import time
 
 from tracker.errors import TrackerError
 from tracker.live.options import positive_int
-from train.cli import Progress, add_output_options, checkpoints_note, run, writable_folder
+from train.cli import (
+    Progress,
+    add_output_options,
+    checkpoints_note,
+    run,
+    writable_folder,
+)
 from train.config import HeadTuningConfig, checkpoint_train_config
 
 

@@ -142,7 +142,7 @@ def calibration(args: argparse.Namespace, progress: Progress) -> None:
 
     from tracker.files.atomic_write import atomic_write
     from tracker.head_models.ict import CONTOURS, contour_landmarks
-    from tracker.live.tracker import FaceTracker
+    from tracker.live.face_tracker import FaceTracker
 
     if args.landmarks not in CONTOURS:
         raise TrackerError(f"--landmarks must be one of {', '.join(CONTOURS)}, got {args.landmarks!r}")

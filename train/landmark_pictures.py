@@ -20,12 +20,14 @@ from tracker.live.options import options_from_args, positive_int
 from train.cli import Progress, run, writable_folder
 from train.evaluate_real import (
     annotated_faces,
-    build_parser as evaluate_parser,
     data_folder,
     image_options,
     openings,
     tracked_photos,
     video_paths,
+)
+from train.evaluate_real import (
+    build_parser as evaluate_parser,
 )
 
 OURS, MEDIAPIPE, ANNOTATION = (255, 0, 255), (0, 255, 255), (0, 200, 0)
@@ -56,10 +58,10 @@ class Keep:
 
 
 def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
-    from tracker.outputs.overlay import draw_mesh, draw_points, face_window
+    from tracker.live.face_tracker import FaceTracker
     from tracker.live.pipeline import Pipeline
     from tracker.live.sources import MediaClockSource, open_source
-    from tracker.live.tracker import FaceTracker
+    from tracker.outputs.overlay import draw_mesh, draw_points, face_window
 
     first = Keep(None)
     trackers = {name: FaceTracker.from_options(options_from_args(args, max_faces=1, smoothing=True, refine=refine))
@@ -98,7 +100,7 @@ def video_picture(args, path: Path, max_frames: int | None) -> np.ndarray:
 def photo_picture(args, folder: Path, count: int) -> np.ndarray:
     import cv2
 
-    from tracker.live.tracker import FaceTracker
+    from tracker.live.face_tracker import FaceTracker
     from tracker.outputs.overlay import draw_points
 
     faces = annotated_faces(folder / "dlib-faces")

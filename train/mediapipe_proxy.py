@@ -33,9 +33,9 @@ import torch
 
 from tracker.face.cues import mediapipe_triangles, render_mediapipe_mesh
 from tracker.face.detection import MEDIAPIPE_68
+from tracker.fitting.mediapipe_embedding import MediaPipeEmbedding, mediapipe_embedding
 from tracker.geometry import camera
 from tracker.head_models.base import HeadModel
-from tracker.fitting.embedding import MediaPipeEmbedding, mediapipe_embedding
 
 
 @dataclass(frozen=True)

@@ -248,9 +248,9 @@ def label(args: argparse.Namespace, progress: Progress) -> None:
 
 
 def _label_videos(args: argparse.Namespace, videos: list[Path], variants: list[Variant], writer: PseudoGtWriter) -> None:
+    from tracker.live.face_tracker import FaceTracker
     from tracker.live.pipeline import Pipeline
     from tracker.live.sources import MediaClockSource, open_source
-    from tracker.live.tracker import FaceTracker
 
     tracker = FaceTracker.from_options(labelling_options(args.checkpoint, False, args.runtime, args.refine_iters))
     try:
@@ -269,7 +269,7 @@ def _label_videos(args: argparse.Namespace, videos: list[Path], variants: list[V
 def _label_photos(args: argparse.Namespace, images: list[Path], variants: list[Variant], writer: PseudoGtWriter) -> None:
     import cv2
 
-    from tracker.live.tracker import FaceTracker
+    from tracker.live.face_tracker import FaceTracker
 
     tracker = FaceTracker.from_options(labelling_options(args.checkpoint, True, args.runtime, args.refine_iters))
     try:

@@ -26,6 +26,7 @@ from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet, N2FNetConfig, N2FNetOutput
 from tracker.n2fnet.backbone import load_backbone_weights
 from tracker.n2fnet.checkpoint import load_checkpoint, save_checkpoint
+from tracker.n2fnet.runtime import check_device
 from train import metrics
 from train.config import SamplerConfig, TrainConfig
 from train.losses import (
@@ -82,11 +83,9 @@ def _tensorboard_writer(folder: Path):
 
 
 def pick_device(name: str) -> torch.device:
-    """"auto" | "cpu" | "cuda" | "cuda:N" -> a device; CUDA without an index means this process's
-    GPU (LOCAL_RANK under torchrun)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    """"auto" | "cpu" | "cuda" | "cuda:N" -> a device this machine has (``check_device``; TrackerError
+    otherwise); CUDA without an index means this process's GPU (LOCAL_RANK under torchrun)."""
+    device = check_device(name, allow_auto=True)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device

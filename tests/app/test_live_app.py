@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from app import live
-from tracker.live import options as tracker_options
 from tracker.bench.__main__ import main as bench_main
 from tracker.errors import TrackerError
-from tracker.geometry import camera
-from tracker.takes.recording import IDENTITY_STATES, Recorder, journal_path, read_take
 from tracker.fitting.refinement import DEFAULT_ITERATIONS
-from tracker.live.sources import open_source
+from tracker.geometry import camera
+from tracker.live import options as tracker_options
+from tracker.live.face_tracker import FaceTracker
 from tracker.live.results import RawOutput
-from tracker.live.tracker import FaceTracker
+from tracker.live.sources import open_source
+from tracker.takes.recording import IDENTITY_STATES, Recorder, journal_path, read_take
 
 INPUT_SIZE = 64  # the untrained_checkpoint fixture's input size
 

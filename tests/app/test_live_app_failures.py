@@ -119,7 +119,7 @@ def test_max_frames_must_be_positive(checkpoint, video, capsys, frames):
 
 _SIGNALLED_WHILE_LOADING = """
 import os, signal, sys, time
-from tracker.live.tracker import FaceTracker
+from tracker.live.face_tracker import FaceTracker
 
 def loading(options):  # the signal arrives while the model loads
     os.kill(os.getpid(), signal.{how})

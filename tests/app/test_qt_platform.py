@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from app import qt_platform
-from app.qt_platform import DEBIAN_PACKAGES, GUI_PACKAGES, drop_cv2_qt_settings, gui_problem, missing_library_message
+from app.qt_platform import (
+    DEBIAN_PACKAGES,
+    GUI_PACKAGES,
+    drop_cv2_qt_settings,
+    gui_problem,
+    missing_library_message,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 MISSING = "libxcb-cursor.so.9"  # what the portable copy of the plugin needs instead of libxcb-cursor.so.0

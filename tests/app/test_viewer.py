@@ -83,11 +83,11 @@ def process_events_until(qapp, condition, timeout: float = 60.0) -> None:
 
 def make_window(qapp, checkpoint: Path, video: Path, tmp_path: Path, max_frames: int | None = 12, **options):
     from app.viewer import ResultBridge, ViewerOptions, ViewerWindow
+    from tracker.live.face_tracker import FaceTracker
+    from tracker.live.options import TrackerOptions
     from tracker.live.pipeline import Pipeline
     from tracker.live.sinks import SwitchableSink
     from tracker.live.sources import open_source
-    from tracker.live.options import TrackerOptions
-    from tracker.live.tracker import FaceTracker
 
     tracker = FaceTracker.from_options(TrackerOptions(checkpoint=checkpoint, runtime="torch"))
     source = open_source(video, loop=max_frames is None)  # open-ended windows: the clip repeats

@@ -15,16 +15,21 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
-import pyvirtualcam
 import pytest
+import pyvirtualcam
 from pyvirtualcam.util import encode_fourcc
 
 from app.virtualcam import VirtualCameraSink
-from tests.outputs.test_overlay import HEIGHT, WIDTH, analytic_sphere_view, sphere_result
+from tests.outputs.test_overlay import (
+    HEIGHT,
+    WIDTH,
+    analytic_sphere_view,
+    sphere_result,
+)
 from tracker.errors import TrackerError
-from tracker.outputs.overlay import AMBIENT
-from tracker.live.sources import Frame
 from tracker.live.results import TrackingResult
+from tracker.live.sources import Frame
+from tracker.outputs.overlay import AMBIENT
 
 MEMORY, NO_DEVICE, FAILING_SEND, SLOW_SEND = "n2f-test-memory", "n2f-test-nodevice", "n2f-test-failsend", "n2f-test-slowsend"
 BGR_FOURCC, RGB_FOURCC = encode_fourcc(pyvirtualcam.PixelFormat.BGR.value), encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tracker.errors import TrackerError
 from tracker.face.cues import (
     FARL_FACE_CLASSES,
     CueOutput,
@@ -21,12 +22,11 @@ from tracker.face.cues import (
     GeometryCue,
     MediaPipeMeshCue,
     Pixel3DMMCue,
+    _MeshNormals,
     create_cue,
     mediapipe_boundary_loops,
     mediapipe_triangles,
 )
-from tracker.face.cues import _MeshNormals
-from tracker.errors import TrackerError
 from tracker.face.detection import FaceCropper, FaceMeshDetector
 from tracker.render import rasterize, vertex_normals
 from tracker.render.rasterize_numpy import NumpyRasterizer, fma32
@@ -184,7 +184,7 @@ def test_cue_rejects_bad_input(cue):
 
 
 # ----------------------------------------------------------------------------- the NumPy renderer
-# tracker.render.rasterize_numpy reproduces tracker.render.rasterize (the reference, used by the
+# tracker.render.rasterize_numpy reproduces tracker.render.rasterizer (the reference, used by the
 # "torch" renderer and the training data) in its float32 arithmetic: the same visible triangle and
 # the same barycentrics (bit for bit where torch's CPU kernels fuse multiply-adds, as here; to the
 # last float32 bits otherwise, hence BARY_TOLERANCE). Only its coverage test rounds differently

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from tracker.errors import TrackerError
-from tracker.face.detection import MEDIAPIPE_68, FaceCropper, FaceLandmarks, FaceMeshDetector, landmarks68_from_mesh
+from tracker.face.detection import (
+    MEDIAPIPE_68,
+    FaceCropper,
+    FaceLandmarks,
+    FaceMeshDetector,
+    landmarks68_from_mesh,
+)
 from tracker.geometry.crop import crop_images
 
 

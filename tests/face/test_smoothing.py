@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from tracker.face.smoothing import (
+    FrameParameters,
+    OneEuroFilter,
+    OneEuroSettings,
+    ParameterSmoother,
+)
 from tracker.geometry.rotations import euler_to_rotation_6d, rotation_6d_to_matrix
-from tracker.face.smoothing import FrameParameters, OneEuroFilter, OneEuroSettings, ParameterSmoother
 
 
 def _run(filt: OneEuroFilter, values, times) -> np.ndarray:

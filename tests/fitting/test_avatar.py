@@ -25,11 +25,11 @@ from tracker.fitting.arkit import (
 from tracker.geometry import camera
 from tracker.head_models import load_head_model
 from tracker.head_models.flame import FLAME
-from tracker.n2fnet import N2FNet
+from tracker.live.face_tracker import FaceTracker
 from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
+from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import save_checkpoint
 from tracker.takes.recording import Recorder, journal_path, read_take
-from tracker.live.tracker import FaceTracker
 from train.evaluate_real import evaluate_video
 
 FOCAL, PRINCIPAL = np.array([800.0, 800.0]), np.array([320.0, 240.0])

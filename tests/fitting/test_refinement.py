@@ -13,16 +13,14 @@ import torch
 from scipy.optimize import least_squares
 
 from tests.flame_factory import make_flame_dir
-from tracker.head_models import load_head_model
-from tracker.head_models.flame import FLAME
-from tracker.fitting.embedding import MediaPipeEmbedding
+from tracker.fitting.mediapipe_embedding import MediaPipeEmbedding
 from tracker.fitting.refinement import (
     DecodedEmbeddedHead,
     FrameProblem,
     IdentityPool,
     LinearEmbeddedHead,
-    RefineSettings,
     Refiner,
+    RefineSettings,
     Solution,
     TrackState,
     embedded_head,
@@ -30,6 +28,8 @@ from tracker.fitting.refinement import (
 )
 from tracker.geometry.camera import FLIP
 from tracker.geometry.rotations import exp_rotation, log_rotation
+from tracker.head_models import load_head_model
+from tracker.head_models.flame import FLAME
 from train import metrics
 from train.mediapipe_proxy import MediaPipeProxy, ProxyNoise
 
@@ -44,7 +44,7 @@ def ict(ict_npz_path):
 
 @pytest.fixture(scope="module")
 def ict_embedding(ict):
-    from tracker.fitting.embedding import mediapipe_embedding
+    from tracker.fitting.mediapipe_embedding import mediapipe_embedding
 
     return mediapipe_embedding(ict, log=lambda _: None)
 
@@ -297,9 +297,8 @@ def test_flame_official_mediapipe_embedding_format(tmp_path):
 def test_refinement_puts_the_mesh_on_a_real_face_and_locks_the_identity(shared_path):
     """A real video through the shipped tracker: with the refinement our 68 points agree with
     MediaPipe's, closer than the network's own, and the identity calibrates then locks."""
-    from tracker.live.options import DEFAULT_CHECKPOINT
-    from tracker.live.options import TrackerOptions
-    from tracker.live.tracker import FaceTracker
+    from tracker.live.face_tracker import FaceTracker
+    from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
     from train.evaluate_real import evaluate_video
 
     video = shared_path / "real-faces" / "videos" / "WolfgangLanger_Pexels.mp4"

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from tracker.fitting.refinement import LinearEmbeddedHead, RefineSettings, Refiner, Solution
+from tracker.fitting.refinement import (
+    LinearEmbeddedHead,
+    Refiner,
+    RefineSettings,
+    Solution,
+)
 from tracker.fitting.track_fitter import TrackFitter
 from tracker.geometry.camera import FLIP
 from tracker.geometry.rotations import exp_rotation

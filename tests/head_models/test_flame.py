@@ -18,11 +18,21 @@ import scipy.sparse as sp
 import torch
 
 from tests.flame_factory import (
-    MODEL_FILE, flame_arrays, make_flame_dir, make_smplx_dir, write_chumpy_pickle, write_generated_aux,
+    MODEL_FILE,
+    flame_arrays,
+    make_flame_dir,
+    make_smplx_dir,
+    write_chumpy_pickle,
+    write_generated_aux,
 )
 from tracker.errors import TrackerError
 from tracker.geometry.camera import flip_matrix
-from tracker.geometry.rotations import euler_to_matrix, euler_to_rotation_6d, identity_6d, rotation_6d_to_axis_angle
+from tracker.geometry.rotations import (
+    euler_to_matrix,
+    euler_to_rotation_6d,
+    identity_6d,
+    rotation_6d_to_axis_angle,
+)
 from tracker.head_models.base import REQUIRED_REGIONS, RotationPrior
 from tracker.head_models.flame import FLAME, FlameFiles
 from tracker.head_models.safe_pickle import load_npy_object, load_pickle, to_numpy

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from tracker.errors import TrackerError
+from tracker.files.mesh_io import triangulate
+from tracker.head_models.__main__ import main
 from tracker.head_models.base import REQUIRED_REGIONS
 from tracker.head_models.ict import ICT, LEFT_JAWLINE, RIGHT_JAWLINE
-from tracker.head_models.__main__ import main
 from tracker.head_models.ict_convert import UPSTREAM_REGIONS, convert
-from tracker.files.mesh_io import triangulate
 
 # iBUG-68 left/right mirror partners
 MIRROR = (

@@ -5,7 +5,13 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from tracker.geometry.rotations import rotation_6d_to_matrix
-from tracker.head_models import GaussianPrior, ParamGroup, RotationPrior, SparseUniformPrior, UniformPrior
+from tracker.head_models import (
+    GaussianPrior,
+    ParamGroup,
+    RotationPrior,
+    SparseUniformPrior,
+    UniformPrior,
+)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,13 @@ import torch
 
 from tests.flame_factory import MODEL_FILE, flame_arrays, make_flame_dir, write_model
 from tracker.head_models import safe_pickle
-from tracker.head_models.safe_pickle import MAX_ARRAY_BYTES, MAX_FILE_BYTES, load_npy_object, load_pickle, to_numpy
+from tracker.head_models.safe_pickle import (
+    MAX_ARRAY_BYTES,
+    MAX_FILE_BYTES,
+    load_npy_object,
+    load_pickle,
+    to_numpy,
+)
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from app import live
-from tracker.live import options as tracker_options
 from tracker.errors import TrackerError
-from tracker.live.options import TrackerOptions, take_identity
-from tracker.live.tracker import FaceTracker
-from tracker.takes.recording import Recorder
 from tracker.fitting.refinement import DEFAULT_ITERATIONS
+from tracker.live import options as tracker_options
+from tracker.live.face_tracker import FaceTracker
+from tracker.live.options import TrackerOptions, take_identity
+from tracker.takes.recording import Recorder
 from train import evaluate_real
 
 ICT_GROUPS = {"identity": 100, "expression": 53}
@@ -86,7 +86,7 @@ def test_identity_of_a_take(tmp_path: Path) -> None:
 
 def test_tracker_built_with_a_take_identity(untrained_checkpoint: Path, ict_npz_path: Path, tmp_path: Path, monkeypatch) -> None:
     """The identity's size comes from the checkpoint the tracker is built from: the file is read once."""
-    from tracker.live import tracker as tracker_module
+    from tracker.live import face_tracker as tracker_module
 
     reads = []
     load_checkpoint = tracker_module.load_checkpoint

@@ -11,8 +11,14 @@ import torch
 
 from tracker.live.feed import CpuFeeder, create_feeder
 from tracker.live.pipeline import Pipeline, PipelineStats
+from tracker.live.results import (
+    FaceResult,
+    NetworkInputs,
+    Prepared,
+    RawOutput,
+    TrackingResult,
+)
 from tracker.live.sources import FrameSource
-from tracker.live.results import FaceResult, NetworkInputs, Prepared, RawOutput, TrackingResult
 
 
 class CountingReader:

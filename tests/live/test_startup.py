@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tracker.live import sinks, sources
 from tracker.errors import TrackerError
+from tracker.live import sinks, sources
 from tracker.live.options import TrackerOptions
 from tracker.live.sources import MAX_PACED_GAP, camera_index, open_source
 from tracker.outputs.streaming import parse_endpoint
@@ -31,6 +31,7 @@ PROGRAMS = (
     "tracker.export",
     "tracker.takes recover",
     "tracker.bench",
+    "tracker.render grid",
     "tracker.n2fnet checkpoint",
     "tracker.n2fnet runtime",
     "tracker.n2fnet quantize",

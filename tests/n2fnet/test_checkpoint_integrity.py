@@ -19,13 +19,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tracker.face.cues import Pixel3DMMCue
 from tracker.errors import TrackerError
-from tracker.n2fnet.backbone import read_state_dict
-from tracker.n2fnet import N2FNet, N2FNetConfig
-from tracker.n2fnet.checkpoint import FORMAT, content_digest, export_release, load_checkpoint, model_from_checkpoint, save_checkpoint
+from tracker.face.cues import Pixel3DMMCue
+from tracker.live.face_tracker import FaceTracker
 from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
-from tracker.live.tracker import FaceTracker
+from tracker.n2fnet import N2FNet, N2FNetConfig
+from tracker.n2fnet.backbone import read_state_dict
+from tracker.n2fnet.checkpoint import (
+    FORMAT,
+    content_digest,
+    export_release,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 
 SHIPPED = DEFAULT_CHECKPOINT
 

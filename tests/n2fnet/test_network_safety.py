@@ -35,17 +35,22 @@ import torch
 
 from app import live
 from tracker.errors import TrackerError
-from tracker.n2fnet import N2FNet, N2FNetConfig
-from tracker.n2fnet import runtime as rt
-from tracker.n2fnet.checkpoint import content_digest, load_checkpoint, model_from_checkpoint, save_checkpoint
-from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
 from tracker.files.paths import PROJECT_ROOT
+from tracker.live.face_tracker import FaceTracker
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
 from tracker.live.pipeline import Pipeline
-from tracker.takes.recording import read_take
+from tracker.live.results import TrackingResult
 from tracker.live.sinks import RecordingSink
 from tracker.live.sources import Frame, open_source
-from tracker.live.results import TrackingResult
-from tracker.live.tracker import FaceTracker
+from tracker.n2fnet import N2FNet, N2FNetConfig
+from tracker.n2fnet import runtime as rt
+from tracker.n2fnet.checkpoint import (
+    content_digest,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from tracker.takes.recording import read_take
 
 SHIPPED_INT8 = rt.int8_path(DEFAULT_CHECKPOINT)
 EXPORTED = [pytest.param(name, marks=pytest.mark.skipif(not rt.installed(name), reason=f"{name} not installed ({rt.INSTALL[name]})")) for name in ("onnxruntime", "openvino")]
@@ -209,7 +214,7 @@ def _track(checkpoint: Path, video: Path, take: Path, frames: int, ict_npz_path:
     """Run ``checkpoint`` through the real Pipeline on ``frames`` frames of ``video``, recording to
     ``take`` (``identity``: every track's, fixed, as a take's would be: one no take can hold, since
     ``take_identity`` refuses a non-finite one); returns (every TrackingResult, the pipeline's StatsSnapshot)."""
-    from tracker.live import tracker as tracker_module
+    from tracker.live import face_tracker as tracker_module
 
     with pytest.MonkeyPatch.context() as patch:
         if identity is not None:

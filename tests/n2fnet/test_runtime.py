@@ -24,13 +24,17 @@ from tracker.errors import TrackerError
 from tracker.geometry.camera import head_to_camera, project
 from tracker.geometry.rotations import rotation_6d_to_matrix
 from tracker.head_models import load_head_model
+from tracker.live.face_tracker import FaceTracker
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
+from tracker.live.results import NetworkInputs
+from tracker.live.sources import open_source
 from tracker.n2fnet import N2FNet, N2FNetConfig
 from tracker.n2fnet import runtime as rt
-from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
-from tracker.live.sources import open_source
-from tracker.live.results import NetworkInputs
-from tracker.live.tracker import FaceTracker
+from tracker.n2fnet.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 
 EXPORTED = [pytest.param(name, marks=pytest.mark.skipif(not rt.installed(name), reason=f"{name} not installed ({rt.INSTALL[name]})")) for name in ("onnxruntime", "openvino")]
 TOLERANCE = 1e-4  # the parity bound, on every output

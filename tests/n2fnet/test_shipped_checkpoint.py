@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from app import live
-from tracker.n2fnet.checkpoint import load_checkpoint
-from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
 from tracker.files.paths import PROJECT_ROOT
-from tracker.takes.recording import read_take
+from tracker.live.face_tracker import FaceTracker
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
 from tracker.live.sources import open_source
-from tracker.live.tracker import FaceTracker
+from tracker.n2fnet.checkpoint import load_checkpoint
+from tracker.takes.recording import read_take
 
 SHIPPED = DEFAULT_CHECKPOINT
 MAX_BYTES = 25 * 1024 * 1024

@@ -16,6 +16,8 @@ import torch
 
 from tests.meshes import icosphere
 from tracker.head_models import load_head_model
+from tracker.live.results import FaceResult, TrackingResult
+from tracker.live.sources import Frame
 from tracker.outputs.overlay import (
     AMBIENT,
     LINE_SHADE,
@@ -33,8 +35,6 @@ from tracker.outputs.overlay import (
     wireframe_face,
 )
 from tracker.render.maps import vertex_normals
-from tracker.live.sources import Frame
-from tracker.live.results import FaceResult, TrackingResult
 
 WIDTH, HEIGHT = 320, 240
 FOCAL = np.array([300.0, 300.0])

@@ -23,9 +23,11 @@ from pythonosc.osc_server import ThreadingOSCUDPServer
 from scipy.spatial.transform import Rotation
 
 from app import live
-from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, AvatarValues
+from tests.app.test_viewer import display, qapp  # noqa: F401  (the viewer tests' X display and QApplication)
 from tracker.errors import TrackerError
 from tracker.files.paths import PROJECT_ROOT
+from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, AvatarValues
+from tracker.live.results import FaceResult, TrackingResult
 from tracker.live.sources import Frame
 from tracker.outputs.streaming import (
     VRM_NAMES,
@@ -39,9 +41,6 @@ from tracker.outputs.streaming import (
     vmc_bundle,
     vrm_weights,
 )
-from tracker.live.results import FaceResult, TrackingResult
-
-from tests.app.test_viewer import display, qapp  # noqa: F401  (the viewer tests' X display and QApplication)
 
 SHIPPED_CHECKPOINT = PROJECT_ROOT / "assets" / "n2fnet_ict_resnet18.pt"
 
@@ -420,11 +419,11 @@ def test_viewer_keys_switch_the_streams(qapp, untrained_checkpoint: Path, shared
     from PyQt6 import QtCore
 
     from app.viewer import STREAMS, ResultBridge, ViewerOptions, ViewerWindow
+    from tracker.live.face_tracker import FaceTracker
+    from tracker.live.options import TrackerOptions
     from tracker.live.pipeline import Pipeline
     from tracker.live.sinks import SwitchableSink
     from tracker.live.sources import open_source
-    from tracker.live.options import TrackerOptions
-    from tracker.live.tracker import FaceTracker
 
     port, read, sock = udp_receiver
     video = shared_path / "real-faces" / "videos" / "single_face.mp4"

@@ -12,14 +12,21 @@ import numpy as np
 import pytest
 import torch
 
-from tracker.fitting.arkit import ARKIT_NAMES
+from tests.takes.readers import parse_timecode
 from tracker.errors import TrackerError
 from tracker.export import main as export_main
-from tracker.takes.livelink_csv import ANGLE_COLUMNS, BLENDSHAPE_COUNT, HEADER, LLF_BLENDSHAPES, export_csv, format_timecode
+from tracker.fitting.arkit import ARKIT_NAMES
 from tracker.geometry.camera import head_pose
 from tracker.geometry.rotations import euler_to_rotation_6d, rotation_6d_to_matrix
+from tracker.takes.livelink_csv import (
+    ANGLE_COLUMNS,
+    BLENDSHAPE_COUNT,
+    HEADER,
+    LLF_BLENDSHAPES,
+    export_csv,
+    format_timecode,
+)
 from tracker.takes.recording import Recorder, read_take
-from tests.takes.readers import parse_timecode
 
 GROUPS = {"identity": 3, "expression": 4}
 # frame 4 was dropped by the source (no record, its time skipped), frame 3 has no face; track 2

@@ -37,13 +37,19 @@ from tests.flame_factory import make_flame_dir  # noqa: E402
 from tests.takes.readers import read_glb_header  # noqa: E402
 from tracker.errors import TrackerError  # noqa: E402
 from tracker.export import main as export_main  # noqa: E402
-from tracker.takes.checks import select_track  # noqa: E402
-from tracker.takes.meshes import load_take_model  # noqa: E402
-from tracker.takes.gltf import CHECK_TOLERANCE, _float64, evaluate, export_glb, track_frames  # noqa: E402
 from tracker.geometry.camera import head_to_camera  # noqa: E402
 from tracker.geometry.rotations import euler_to_rotation_6d, rotation_6d_to_matrix  # noqa: E402
 from tracker.head_models import load_head_model  # noqa: E402
 from tracker.head_models.base import RotationPrior  # noqa: E402
+from tracker.takes.checks import select_track  # noqa: E402
+from tracker.takes.gltf import (  # noqa: E402
+    CHECK_TOLERANCE,
+    _float64,
+    evaluate,
+    export_glb,
+    track_frames,
+)
+from tracker.takes.meshes import load_take_model  # noqa: E402
 from tracker.takes.recording import Recorder, read_take  # noqa: E402
 
 TOLERANCE = 1e-4  # m: 0.1 mm

@@ -18,7 +18,13 @@ import pytest
 
 from tracker.errors import TrackerError
 from tracker.takes.__main__ import main
-from tracker.takes.recording import IDENTITY_STATES, Recorder, journal_path, read_take, write_take
+from tracker.takes.recording import (
+    IDENTITY_STATES,
+    Recorder,
+    journal_path,
+    read_take,
+    write_take,
+)
 
 GROUPS = {"identity": 4, "expression": 3}
 PROJECT = Path(__file__).resolve().parents[2]
@@ -228,11 +234,11 @@ def test_user_errors(tmp_path):
 def test_export_writes_decoded_meshes_of_a_take(tmp_path, ict_npz_path, capsys):
     import torch  # here only: the SIGKILL test's child process imports this module
 
-    from tracker.takes.meshes import export_meshes, load_take_model
     from tracker.export import main as export_main
+    from tracker.files.mesh_io import read_obj
     from tracker.geometry.camera import head_to_camera
     from tracker.geometry.rotations import euler_to_rotation_6d, rotation_6d_to_matrix
-    from tracker.files.mesh_io import read_obj
+    from tracker.takes.meshes import export_meshes, load_take_model
 
     expression = np.random.default_rng(0).uniform(0.0, 1.0, size=(3, 53)).astype(np.float32)
     rotation = euler_to_rotation_6d(torch.tensor([[0.1, 0.3, -0.05], [0.0, 0.0, 0.0], [-0.2, 0.1, 0.0]]))
@@ -439,9 +445,9 @@ def test_takes_from_before_tracks_still_read(tmp_path):
 def test_recording_sink_records_every_face(tmp_path):
     import torch  # here only: the SIGKILL test's child process imports this module
 
+    from tracker.live.results import FaceResult, TrackingResult
     from tracker.live.sinks import RecordingSink
     from tracker.live.sources import Frame
-    from tracker.live.results import FaceResult, TrackingResult
 
     class Head:  # what RecordingSink reads of a head model
         name = "ict"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tests.takes.test_recording import PROJECT, _check, _record, _recorder
-from tracker.files.atomic_write import temporary_files
 from tracker.errors import TrackerError
+from tracker.files.atomic_write import temporary_files
 from tracker.files.mesh_io import write_obj
 from tracker.takes.__main__ import main
 from tracker.takes.recording import journal_path, read_take, scan_journal

@@ -26,10 +26,10 @@ from tests.live.test_sources import write_video
 from tests.takes.readers import parse_timecode
 from tracker.errors import TrackerError
 from tracker.export import main as export_main
-from tracker.n2fnet.checkpoint import save_checkpoint
-from tracker.takes.recording import Recorder, journal_path, read_take, write_take
-from tracker.takes.__main__ import main as takes_main
 from tracker.live.sources import open_source
+from tracker.n2fnet.checkpoint import save_checkpoint
+from tracker.takes.__main__ import main as takes_main
+from tracker.takes.recording import Recorder, journal_path, read_take, write_take
 
 PROJECT = Path(__file__).resolve().parents[2]
 GROUPS = {"identity": 100, "expression": 53}

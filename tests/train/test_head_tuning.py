@@ -7,16 +7,21 @@ import shutil
 import pytest
 import torch
 
+from tests.train.test_training import SIZE, _write_real_dataset, tiny_config
 from tracker.head_models import load_head_model
 from tracker.n2fnet.checkpoint import load_checkpoint
 from train import head_tuning
 from train.config import HeadTuningConfig
-from train.head_tuner import HeadTuner, TokenSet, projected_landmarks, real_token_set, synthetic_token_set
+from train.head_tuner import (
+    HeadTuner,
+    TokenSet,
+    projected_landmarks,
+    real_token_set,
+    synthetic_token_set,
+)
 from train.real_data import RealDataset
 from train.synthetic import SamplerConfig, SyntheticSampler
 from train.trainer import Trainer
-
-from tests.train.test_training import SIZE, _write_real_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,21 @@ import numpy as np
 import pytest
 import torch
 
-from tracker.face.cues import MediaPipeMeshCue
+from tests.flame_factory import make_flame_dir
 from tracker.errors import TrackerError
+from tracker.face.cues import MediaPipeMeshCue
 from tracker.face.detection import MEDIAPIPE_68, FaceMeshDetector
+from tracker.fitting.mediapipe_embedding import (
+    MediaPipeEmbedding,
+    compute_mediapipe_embedding,
+    mediapipe_embedding,
+)
 from tracker.geometry import camera
 from tracker.geometry.rotations import euler_to_matrix
 from tracker.head_models import load_head_model
-from tracker.fitting.embedding import MediaPipeEmbedding, compute_mediapipe_embedding, mediapipe_embedding
 from tracker.render import render_maps
 from train.mediapipe_proxy import MediaPipeProxy
 from train.synthetic import SamplerConfig, SyntheticSampler
-
-from tests.flame_factory import make_flame_dir
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +167,7 @@ def test_flame_works_with_an_embedding_and_reports_a_head_mediapipe_cannot_see(t
 
 
 def test_embedding_cache_is_used(ict, embedding, tmp_path, monkeypatch):
-    import tracker.fitting.embedding as module
+    import tracker.fitting.mediapipe_embedding as module
 
     calls = []
     monkeypatch.setattr(module, "compute_mediapipe_embedding", lambda head: calls.append(1) or embedding)

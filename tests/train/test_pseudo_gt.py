@@ -17,8 +17,8 @@ import torch
 from tracker.errors import TrackerError
 from tracker.geometry import camera
 from tracker.head_models import load_head_model
+from tracker.live.face_tracker import FaceTracker
 from tracker.live.sources import Frame
-from tracker.live.tracker import FaceTracker
 from train import evaluate_real, pseudo_gt
 from train.real_data import MixedSource, RealDataset
 from train.real_split import HELDOUT, TRAIN, split_paths

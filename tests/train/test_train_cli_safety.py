@@ -21,9 +21,9 @@ import torch
 
 from tests.train.test_training import SIZE, _write_real_dataset, tiny_config
 from tracker.errors import TrackerError
+from tracker.files.paths import PROJECT_ROOT
 from tracker.head_models import load_head_model
 from tracker.n2fnet.checkpoint import load_checkpoint
-from tracker.files.paths import PROJECT_ROOT
 from train import finetune
 from train.real_data import RealDataset
 from train.trainer import Trainer
@@ -222,7 +222,7 @@ def test_an_output_folder_that_is_a_file_and_an_output_file_that_is_a_folder_are
 
 
 def test_an_unwritable_embedding_cache_warns_once_and_the_work_goes_on(ict, unwritable, tmp_path, monkeypatch, caplog):
-    import tracker.fitting.embedding as module
+    import tracker.fitting.mediapipe_embedding as module
 
     computed = module.MediaPipeEmbedding(torch.zeros(468, 3, dtype=torch.long), torch.full((468, 3), 1 / 3), torch.zeros(468), torch.ones(468, dtype=torch.int32))
     calls = []

@@ -16,10 +16,18 @@ from scipy.spatial.transform import Rotation
 
 from tracker.geometry import camera
 from tracker.head_models import load_head_model
+from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
 from tracker.render import normals_to_rgb
 from train import evaluate, finetune
-from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
-from train.losses import PARAM_WEIGHTS, PoseWeights, RenderWeights, coefficient_metrics, param_loss, pose_loss, render_loss
+from train.losses import (
+    PARAM_WEIGHTS,
+    PoseWeights,
+    RenderWeights,
+    coefficient_metrics,
+    param_loss,
+    pose_loss,
+    render_loss,
+)
 from train.metrics import similarity_align
 from train.real_data import RealDataset
 from train.synthetic import SamplerConfig, SyntheticSampler
@@ -343,8 +351,8 @@ def test_help_documents_the_settings():
 
 
 def test_param_weight_overrides_reach_the_loss_and_unknown_groups_are_refused(tmp_path, ict_npz_path):
-    from train.__main__ import build_parser, config_from_args
     from tracker.errors import TrackerError
+    from train.__main__ import build_parser, config_from_args
 
     config = config_from_args(build_parser().parse_args(["--param-weight", "identity=25", "--surface", "mediapipe"]))
     assert config.param_weights == {"identity": 25.0} and config.sampler.surface == "mediapipe"

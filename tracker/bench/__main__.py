@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from tracker.console import configure_logging
+from tracker.errors import TrackerError
 from tracker.n2fnet import RUNTIMES
 
 
@@ -23,7 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     add_network_parser(subparsers)
     args = parser.parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=True)
-    importlib.import_module(args.module).run(args)
+    try:
+        importlib.import_module(args.module).run(args)
+    except TrackerError as error:
+        sys.exit(f"error: {error}")
 
 
 def add_render_parser(subparsers: argparse._SubParsersAction) -> None:

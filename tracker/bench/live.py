@@ -32,12 +32,13 @@ import torch
 
 from tracker.face.detection import FaceMeshDetector
 from tracker.head_models import load_head_model
+from tracker.live.face_tracker import FaceTracker
 from tracker.live.options import TrackerOptions
 from tracker.live.pipeline import Pipeline, PipelineStats, StatsSnapshot
 from tracker.live.sources import open_source
-from tracker.live.tracker import FaceTracker
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import save_checkpoint
+from tracker.n2fnet.runtime import check_device
 
 
 def decode_frames(video: str, limit: int | None) -> list[np.ndarray]:
@@ -91,8 +92,7 @@ def time_pipeline(args: argparse.Namespace, checkpoint: str | Path, mode: str, f
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available on this machine")
+    check_device(args.device)
     if not args.checkpoint and not args.untrained:
         raise SystemExit("give --checkpoint C, or --untrained BACKBONE to time an untrained network of that backbone")
     frames = decode_frames(args.video, args.frames)

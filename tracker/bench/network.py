@@ -24,13 +24,20 @@ import time
 import numpy as np
 import torch
 
-from tracker.n2fnet.runtime import NoInt8Copy, Runner, available_runtimes, check_runtime, create_runner, output_difference
-from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
-from tracker.n2fnet import RUNTIMES
 from tracker.files.paths import shared_dir
-from tracker.live.sources import open_source
+from tracker.live.face_tracker import FaceTracker
+from tracker.live.options import DEFAULT_CHECKPOINT, TrackerOptions
 from tracker.live.results import NetworkInputs
-from tracker.live.tracker import FaceTracker
+from tracker.live.sources import open_source
+from tracker.n2fnet import RUNTIMES
+from tracker.n2fnet.runtime import (
+    NoInt8Copy,
+    Runner,
+    available_runtimes,
+    check_runtime,
+    create_runner,
+    output_difference,
+)
 
 
 def default_video() -> str | None:

@@ -41,6 +41,7 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.head_models.ict_source import locate_ict_model
+from tracker.n2fnet.runtime import check_device
 from tracker.render.maps import render_normal_map
 
 FLAME_VERTICES = 5023
@@ -217,9 +218,7 @@ def devices(requested: str) -> list[torch.device]:
     """``cpu``, ``cuda`` or ``auto`` (CPU, then CUDA when available) -> devices to benchmark."""
     if requested == "auto":
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available on this machine")
-    return [torch.device(requested)]
+    return [check_device(requested)]
 
 
 def run(args: argparse.Namespace) -> None:

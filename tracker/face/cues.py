@@ -64,11 +64,11 @@ import numpy as np
 import torch
 
 from tracker.errors import TrackerError
+from tracker.files.safe_load import load_torch_file
 from tracker.geometry.camera import FLIP, camera_to_view
 from tracker.render import interpolate, rasterize, vertex_normals
 from tracker.render.rasterize_numpy import NumpyRasterizer, fma32
 from tracker.render.rasterize_numpy import interpolate as interpolate_np
-from tracker.files.safe_load import load_torch_file
 
 __all__ = [
     "CueOutput",

@@ -39,9 +39,9 @@ import torch
 
 from tracker.console import NativeMute
 from tracker.errors import TrackerError
+from tracker.face.smoothing import OneEuroFilter, OneEuroSettings
 from tracker.geometry.boxes import box_iou, square_corners
 from tracker.geometry.crop import crop_images, square_box_from_landmarks
-from tracker.face.smoothing import OneEuroFilter, OneEuroSettings
 
 __all__ = [
     "MEDIAPIPE_68",

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tracker.files.atomic_write import atomic_write
 from tracker.errors import TrackerError
+from tracker.files.atomic_write import atomic_write
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracker.fitting.arkit import Eyeballs, EyeballDecoder, ict_to_arkit_matrix
 from tracker.face.detection import FaceCrop
-from tracker.head_models.base import HeadModel
-from tracker.fitting.refinement import LinearEmbeddedHead, RefineSettings, Refiner, embedded_head
+from tracker.fitting.arkit import EyeballDecoder, Eyeballs, ict_to_arkit_matrix
+from tracker.fitting.refinement import (
+    LinearEmbeddedHead,
+    Refiner,
+    RefineSettings,
+    embedded_head,
+)
 from tracker.fitting.track_fitter import TrackFitter
+from tracker.head_models.base import HeadModel
 
 
 class ArkitFit:

@@ -45,8 +45,20 @@ from threadpoolctl import ThreadpoolController
 
 from tracker.errors import TrackerError
 from tracker.geometry.camera import FLIP
-from tracker.geometry.rotations import axis_angle_to_rotation_6d, exp_rotation, log_rotation, rotation_6d_to_axis_angle
-from tracker.head_models.base import GaussianPrior, HeadModel, RotationPrior, SparseUniformPrior, UniformPrior, default_identity_group
+from tracker.geometry.rotations import (
+    axis_angle_to_rotation_6d,
+    exp_rotation,
+    log_rotation,
+    rotation_6d_to_axis_angle,
+)
+from tracker.head_models.base import (
+    GaussianPrior,
+    HeadModel,
+    RotationPrior,
+    SparseUniformPrior,
+    UniformPrior,
+    default_identity_group,
+)
 
 DEFAULT_ITERATIONS = 3
 MEDIAPIPE_POINTS = 468
@@ -282,7 +294,7 @@ def embedded_head(head: HeadModel, embedding=None, floor_mm: float = 1.0) -> Emb
         sigma = np.full(len(ids), floor_mm * 1e-3)
         return DecodedEmbeddedHead(head, head.mediapipe_landmarks, ids, sigma)
     if embedding is None:
-        from tracker.fitting.embedding import mediapipe_embedding
+        from tracker.fitting.mediapipe_embedding import mediapipe_embedding
 
         embedding = mediapipe_embedding(head)
     ids = np.arange(MEDIAPIPE_POINTS)

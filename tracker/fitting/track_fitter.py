@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracker.fitting.refinement import FrameFit, FrameProblem, IdentityPool, Refiner, Solution, TrackState, initial_pose, refine_face, single_blas_thread
+from tracker.fitting.refinement import (
+    FrameFit,
+    FrameProblem,
+    IdentityPool,
+    Refiner,
+    Solution,
+    TrackState,
+    initial_pose,
+    refine_face,
+    single_blas_thread,
+)
 
 
 class TrackFitter:

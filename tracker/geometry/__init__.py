@@ -1,1 +1,1 @@
-"""Pure batched geometry: rotations, the pinhole camera, DECA-style crops."""
+"""Geometry, torch and numpy alike: rotations (one convention), the pinhole camera and its head/camera axis flip, crops, boxes."""

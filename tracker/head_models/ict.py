@@ -76,8 +76,13 @@ import torch
 from scipy.sparse.csgraph import connected_components
 
 from tracker.errors import TrackerError
-from tracker.head_models.base import GaussianPrior, HeadModel, ParamGroup, SparseUniformPrior
 from tracker.files.paths import default_ict_model_path
+from tracker.head_models.base import (
+    GaussianPrior,
+    HeadModel,
+    ParamGroup,
+    SparseUniformPrior,
+)
 
 # Upstream README, "Right/Left jawline (substitutes 0-7 / 9-16 in Multi PIE)".
 RIGHT_JAWLINE = (1278, 1272, 12, 1834, 243, 781, 2199, 1447)

@@ -34,10 +34,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from tracker.files.atomic_write import atomic_write, staged
 from tracker.errors import TrackerError
-from tracker.head_models.ict_convert import UPSTREAM_REGIONS, convert
+from tracker.files.atomic_write import atomic_write, staged
 from tracker.files.paths import cache_dir, shared_dir
+from tracker.head_models.ict_convert import UPSTREAM_REGIONS, convert
 
 UPSTREAM_REPO = "https://github.com/ICT-VGL/ICT-FaceKit"
 UPSTREAM_COMMIT = "da5f95a607f5e6b37755b38d3385d7f2853732e5"  # the shared npz's source (its README: da5f95a)

@@ -1,6 +1,6 @@
 """Moving network inputs to the device and outputs back, overlapped with compute on CUDA.
 
-``DeviceFeeder.submit(inputs)`` starts one frame's upload and network run and returns a
+``create_feeder(network, device)`` gives a ``CpuFeeder`` or a ``CudaFeeder``; its ``submit(inputs)`` starts one frame's upload and network run and returns a
 ``Pending``; ``Pending.result()`` waits for it and gives the outputs on the CPU. The pipeline
 submits frame k+1 before it collects frame k, so on CUDA the copy of k+1 overlaps the compute of k.
 

@@ -1,7 +1,7 @@
 """The tracker's settings as one object, and the command-line options that fill it.
 
     options = TrackerOptions(checkpoint="runs/ict/best_stage2.pt", device="cuda", refine_iters=5)
-    tracker = FaceTracker.from_options(options)     # tracker.live.tracker: ready for a Pipeline
+    tracker = FaceTracker.from_options(options)     # tracker.live.face_tracker: ready for a Pipeline
 
 ``python -m app.live`` and ``train.evaluate_real`` add the same options to their command lines
 (``add_tracker_arguments``) and map them onto a ``TrackerOptions`` (``options_from_args``), so
@@ -29,8 +29,6 @@ from tracker.n2fnet import PREFERENCE, RUNTIMES
 from tracker.takes.recording import IDENTITY_STATES, read_take
 
 if TYPE_CHECKING:
-    import torch
-
     from tracker.fitting.refinement import RefineSettings
 
 log = logging.getLogger(__name__)
@@ -123,7 +121,7 @@ class TrackerOptions:
             raise TrackerError("a given identity (--identity) is used by the refinement, which is off: leave out --no-refine")
         if self.focal is not None and not (isinstance(self.focal, (int, float)) and math.isfinite(self.focal) and self.focal > 0):
             raise TrackerError(f"the focal length must be a positive number of pixels, got {self.focal!r}: give --focal PX, or leave it out")
-        from tracker.n2fnet.runtime import check_runtime
+        from tracker.n2fnet.runtime import check_device, check_runtime
 
         check_device(self.device)
         check_runtime(self.runtime, self.device)
@@ -201,28 +199,6 @@ def take_identity(path: str | Path, head_model: str, size: int | None = None, tr
     if not np.isfinite(identity).all():
         raise TrackerError(f"the identity of track {int(tracks.track_id[row])} in {path} is not finite: pick another track with --identity-track N")
     return identity
-
-
-def check_device(device: str) -> torch.device:
-    """``device`` ("cpu", "cuda", "cuda:N") as a torch.device this machine has; TrackerError otherwise."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise TrackerError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise TrackerError(f"the tracker runs on cpu or cuda, not {device!r}: use cpu, cuda or cuda:N")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            build = f"a build for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise TrackerError(
-                f"--device {device}: no CUDA GPU is usable on this machine (PyTorch {torch.__version__} is {build}; "
-                "no NVIDIA driver or GPU answered). Run with --device cpu, or check the driver with nvidia-smi"
-            )
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise TrackerError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return parsed
 
 
 def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argparse._ActionsContainer, *, checkpoint_required: bool = False) -> None:

@@ -2,7 +2,7 @@
 
     capture thread   FrameSource (live sources keep only the newest frame; files every frame)
     prepare thread   FaceTracker.prepare: MediaPipe, smoothed crop, geometry cue        (CPU)
-    network thread   DeviceFeeder.submit / Pending.result, FaceTracker.finish            (device)
+    network thread   CpuFeeder / CudaFeeder submit, Pending.result, FaceTracker.finish    (device)
     sink thread      every sink in turn, then the statistics
 
 Threads are joined by FIFO queues of one slot (``put`` waits while the slot is full), so at most
@@ -46,15 +46,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tracker.live.face_tracker import FaceTracker
 from tracker.live.feed import Pending, create_feeder
 from tracker.live.options import MODES
-from tracker.live.sinks import Sink
-from tracker.live.sources import FrameSource
 from tracker.live.results import Prepared, Stopwatch, TrackingResult
-from tracker.live.tracker import FaceTracker
+from tracker.live.sources import FrameSource
+
+if TYPE_CHECKING:  # the sinks module loads the take format: for the annotation only
+    from tracker.live.sinks import Sink
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Protocol, TextIO
 from tqdm import tqdm
 
 from tracker.head_models.base import HeadModel
-from tracker.takes.recording import AUTO, Recorder
 from tracker.live.results import TrackingResult
+from tracker.takes.recording import AUTO, Recorder
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tracker.n2fnet.model import REGRESSED_GROUPS, N2FNet, N2FNetConfig, N2FNetOutput
+    from tracker.n2fnet.model import (
+        REGRESSED_GROUPS,
+        N2FNet,
+        N2FNetConfig,
+        N2FNetOutput,
+    )
 
 # what runs the network (tracker.n2fnet.runtime); PREFERENCE: fastest first on this project's CPU
 # (python -m tracker.bench network; README "Network runtime")

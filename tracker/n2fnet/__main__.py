@@ -78,7 +78,12 @@ def export_networks(args: argparse.Namespace) -> int:
     its size and its parity (``tracker.n2fnet.runtime.create_runner``)."""
     from tracker.errors import TrackerError
     from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
-    from tracker.n2fnet.runtime import INSTALL, SHIPPED_CHECKPOINT, create_runner, installed
+    from tracker.n2fnet.runtime import (
+        INSTALL,
+        SHIPPED_CHECKPOINT,
+        create_runner,
+        installed,
+    )
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
     names = [n for n in EXPORTED if installed(n)] if args.runtime == "all" else [args.runtime]
@@ -109,7 +114,13 @@ def make_int8_copy(args: argparse.Namespace) -> int:
     from tracker.errors import TrackerError
     from tracker.n2fnet import runtime as rt
     from tracker.n2fnet.checkpoint import load_checkpoint, model_from_checkpoint
-    from tracker.n2fnet.quantize import int8_metadata, output_differences, quantize, read_calibration, write
+    from tracker.n2fnet.quantize import (
+        int8_metadata,
+        output_differences,
+        quantize,
+        read_calibration,
+        write,
+    )
 
     out = Path(args.out) if args.out else rt.int8_path(args.checkpoint)
     command = ["python", "-m", "tracker.n2fnet", "quantize", args.checkpoint, "--calibration", args.calibration]

@@ -50,11 +50,11 @@ from pathlib import Path
 
 import torch
 
-from tracker.files.atomic_write import staged
 from tracker.errors import TrackerError
+from tracker.files.atomic_write import staged
+from tracker.files.safe_load import load_torch_file
 from tracker.n2fnet import N2FNet, N2FNetConfig
 from tracker.n2fnet.model import GROUP_SIZES
-from tracker.files.safe_load import load_torch_file
 
 BACKBONE_NAME = "a timm model name, e.g. resnet18 or vit_large_patch16_dinov3"
 FORMAT = "n2fnet-checkpoint-v1"

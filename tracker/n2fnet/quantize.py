@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tracker.files.atomic_write import staged
 from tracker.errors import TrackerError
+from tracker.files.atomic_write import staged
 from tracker.files.cue_maps import read_cue_maps
 from tracker.n2fnet import runtime as rt
 from tracker.n2fnet.model import N2FNet

@@ -59,12 +59,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracker.files.atomic_write import atomic_write, staged
 from tracker.errors import TrackerError
-from tracker.n2fnet.checkpoint import DeferredNetwork, built, content_digest
-from tracker.n2fnet import PREFERENCE, RUNTIMES
-from tracker.n2fnet.model import N2FNet
+from tracker.files.atomic_write import atomic_write, staged
 from tracker.files.paths import PROJECT_ROOT, cache_dir
+from tracker.n2fnet import PREFERENCE, RUNTIMES
+from tracker.n2fnet.checkpoint import DeferredNetwork, built, content_digest
+from tracker.n2fnet.model import N2FNet
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,29 @@ def installed(runtime: str) -> bool:
 def available_runtimes() -> tuple[str, ...]:
     """The runtimes installed here, in RUNTIMES order."""
     return tuple(name for name in RUNTIMES if installed(name))
+
+
+def check_device(device: str, allow_auto: bool = False) -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:N"; with ``allow_auto`` also "auto": CUDA when usable, else the
+    CPU) as a torch.device this machine has; TrackerError otherwise."""
+    if allow_auto and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise TrackerError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise TrackerError(f"the tracker runs on cpu or cuda, not {device!r}: use cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"a build for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise TrackerError(
+                f"--device {device}: no CUDA GPU is usable on this machine (PyTorch {torch.__version__} is {build}; "
+                "no NVIDIA driver or GPU answered). Run with --device cpu, or check the driver with nvidia-smi"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise TrackerError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return parsed
 
 
 def check_runtime(runtime: str | None, device: str | torch.device = "cpu") -> str:

@@ -1,1 +1,1 @@
-"""outputs"""
+"""Outputs for avatars and video: VMC / Live Link / OSC streams, the mesh overlay."""

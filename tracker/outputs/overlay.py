@@ -45,8 +45,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from tracker.render.rasterize import Fragments
     from tracker.live.results import FaceResult, TrackingResult
+    from tracker.render.rasterizer import Fragments
 
 MESH_STYLES = ("shaded", "wireframe", "none")
 MESH_COLOUR = (235, 206, 135)  # BGR: sky blue, #87ceeb
@@ -172,7 +172,7 @@ def rasterize_mesh(vertices: np.ndarray, faces_tri: torch.Tensor | np.ndarray, f
     pixel centre: they cover none)."""
     import torch
 
-    from tracker.render.rasterize import rasterize
+    from tracker.render.rasterizer import rasterize
 
     height, width = int(size[0]), int(size[1])
     topology = mesh_topology(faces_tri, len(vertices))
@@ -196,7 +196,7 @@ def shade_mesh(points: torch.Tensor, faces_tri: torch.Tensor | np.ndarray, focal
     """
     import torch
 
-    from tracker.render.rasterize import covered_to_image, interpolate_covered
+    from tracker.render.rasterizer import covered_to_image, interpolate_covered
 
     vertices = points.detach().cpu().numpy().astype(np.float32)
     faces, fragments = rasterize_mesh(vertices, faces_tri, focal, principal, size)
@@ -317,7 +317,7 @@ def wireframe_face(
     than CONTOUR_STEP, smoothed."""
     import torch
 
-    from tracker.render.rasterize import covered_to_image, interpolate_covered
+    from tracker.render.rasterizer import covered_to_image, interpolate_covered
 
     x0, y0, x1, y1 = window
     size, focal_w, principal_w = window_camera(window, focal, principal, resolution)

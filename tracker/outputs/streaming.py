@@ -30,8 +30,8 @@ from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, AvatarValues
 from tracker.errors import TrackerError
+from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, AvatarValues
 from tracker.live.mailbox import MailboxThread
 
 if TYPE_CHECKING:

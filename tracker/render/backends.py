@@ -1,4 +1,4 @@
-"""Pluggable rasterisers with the signature and ``Fragments`` output of ``tracker.render.rasterize``.
+"""Pluggable rasterisers with the signature and ``Fragments`` output of ``tracker.render.rasterizer``.
 
     torch       the built-in pure-PyTorch rasteriser (always available, CPU and CUDA)
     pytorch3d   ``pytorch3d.renderer.mesh.rasterize_meshes`` (CPU and CUDA; build it from source)
@@ -20,7 +20,7 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.geometry.camera import project
-from tracker.render.rasterize import Fragments, rasterize
+from tracker.render.rasterizer import Fragments, rasterize
 
 Rasterizer = Callable[..., Fragments]
 

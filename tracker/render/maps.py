@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from tracker.geometry.camera import flip_matrix, head_to_camera
-from tracker.render.rasterize import Fragments, covered_to_image, interpolate_covered, rasterize
+from tracker.render.rasterizer import (
+    Fragments,
+    covered_to_image,
+    interpolate_covered,
+    rasterize,
+)
 
 Frame = Literal["camera", "head"]
 Rasterizer = Callable[..., Fragments]
@@ -179,29 +184,6 @@ def render_normal_map(
     values = interpolate_covered(_normals(vertices_head, faces, rotation, frame), faces, fragments)
     normal_map = covered_to_image(_unit(values), fragments)
     return normal_map, fragments.mask.to(vertices_head.dtype)
-
-
-def render_depth(
-    vertices_head: torch.Tensor,
-    faces: torch.Tensor,
-    rotation: torch.Tensor,
-    translation: torch.Tensor,
-    focal: torch.Tensor,
-    principal: torch.Tensor,
-    size: tuple[int, int],
-    near: float = 1e-3,
-    cull_backfaces: bool = False,
-    rasterizer: Rasterizer = rasterize,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depth map (camera z, metres) and coverage mask (arguments as ``render_maps``).
-
-    Returns:
-        depth (B, H, W), 0 in the background, differentiable; mask (B, H, W) float.
-    """
-    points = head_to_camera(vertices_head, rotation, translation)
-    fragments = rasterizer(points, faces, focal, principal, size, near=near, cull_backfaces=cull_backfaces)
-    depth = covered_to_image(interpolate_covered(points[..., 2:], faces, fragments), fragments)[..., 0]
-    return depth, fragments.mask.to(vertices_head.dtype)
 
 
 def render_region_mask(fragments: Fragments, faces: torch.Tensor, vertex_mask: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``tracker.render.rasterize`` for one small float32 mesh in NumPy: the same fragments, faster.
+"""``tracker.render.rasterizer`` for one small float32 mesh in NumPy: the same fragments, faster.
 
     NumpyRasterizer   faces fixed at construction; ``rasterizer(points_cam, focal, principal, size)``
                       -> ``NumpyFragments`` of one image
@@ -13,7 +13,7 @@ groups, chunks, scatter, compaction); with this one 1.1-1.8 ms (medians: alone, 
 MediaPipe calls in the live loop; ``python -m tracker.bench render`` times both in one process).
 The general rasteriser stays the reference (batched, CUDA, differentiable interpolation).
 
-Same rules as ``tracker.render.rasterize`` (read its module docstring): pixel (i, j) has its centre
+Same rules as ``tracker.render.rasterizer`` (read its module docstring): pixel (i, j) has its centre
 at (j + 0.5, i + 0.5) and is covered when its centre is inside the projected triangle or on its
 boundary, each edge anchored at its endpoint of lower vertex index and widened by the same
 rounding bound; both windings (or front faces only with ``cull_backfaces``); triangles with a
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_MAX_TILE = 16  # tracker.render.rasterize's largest tile side: in its rounding bound and offsets
+_MAX_TILE = 16  # tracker.render.rasterizer's largest tile side: in its rounding bound and offsets
 _TRI_BITS = 29  # the z-buffer key keeps 2^29 - 1 - triangle index in its low bits
 _TRI_MASK = (1 << _TRI_BITS) - 1
 _F32 = np.float32
@@ -73,7 +73,7 @@ class NumpyFragments:
 
     pixels     (N,) int64 flat indices ``row * W + column``
     weights    (3, N) float32 perspective-correct barycentrics, component-major (the weights of
-               the triangle's corners 0, 1, 2), as ``tracker.render.rasterize`` computes them
+               the triangle's corners 0, 1, 2), as ``tracker.render.rasterizer`` computes them
     runs       (triangles (R,) ascending, counts (R,)): the pixels are ``counts[0]`` pixels of
                ``triangles[0]``, then ``counts[1]`` of ``triangles[1]``, ...
     size       (H, W)
@@ -132,7 +132,7 @@ def interpolate(attributes: np.ndarray, faces: np.ndarray, fragments: NumpyFragm
 
 
 class NumpyRasterizer:
-    """``tracker.render.rasterize`` for one float32 mesh with fixed faces (module docstring).
+    """``tracker.render.rasterizer`` for one float32 mesh with fixed faces (module docstring).
 
     Args:
         faces: (F, 3) vertex indices (at most 2^29 - 1 triangles).

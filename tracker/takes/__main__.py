@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.takes.recording import check_recovery_target, finalise_journal, recovered_take_path
+from tracker.takes.recording import (
+    check_recovery_target,
+    finalise_journal,
+    recovered_take_path,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,14 +20,18 @@ import numpy as np
 import pygltflib as gl
 import torch
 
-from tracker.files.atomic_write import atomic_write
 from tracker.errors import TrackerError
-from tracker.takes.checks import check_clock, check_output, check_records, select_track
+from tracker.files.atomic_write import atomic_write
 from tracker.geometry.camera import FLIP_MATRIX
-from tracker.geometry.rotations import matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix, rotation_6d_to_matrix
+from tracker.geometry.rotations import (
+    matrix_to_quaternion_xyzw,
+    quaternion_xyzw_to_matrix,
+    rotation_6d_to_matrix,
+)
 from tracker.head_models import HeadModel
 from tracker.head_models.base import default_identity_group
 from tracker.render.maps import NumpyVertexNormals
+from tracker.takes.checks import check_clock, check_output, check_records, select_track
 from tracker.takes.recording import Take
 
 GAPS = ("hold", "hide")
@@ -217,9 +221,9 @@ def _identity(model: HeadModel, take: Take, frames: TrackFrames, notes: list[str
 
 def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(V, 3) area-weighted unit vertex normals (``NumpyVertexNormals``); (0, 0, 1) where a vertex
-    has no face (glTF's normals are unit vectors)."""
+    has no face or only faces without area (glTF's normals are unit vectors)."""
     normals = NumpyVertexNormals(faces, len(vertices))(vertices)
-    normals[~normals.any(1)] = (0.0, 0.0, 1.0)
+    normals[np.einsum("ij,ij->i", normals, normals) < 0.25] = (0.0, 0.0, 1.0)
     return normals
 
 

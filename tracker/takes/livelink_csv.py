@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tracker.errors import TrackerError
 from tracker.files.atomic_write import atomic_write
 from tracker.fitting.arkit import ARKIT_NAMES
-from tracker.errors import TrackerError
-from tracker.takes.checks import check_clock, check_output, check_records, select_track
 from tracker.geometry.camera import head_pose
 from tracker.geometry.rotations import rotation_6d_to_matrix
+from tracker.takes.checks import check_clock, check_output, check_records, select_track
 from tracker.takes.recording import Take
 
 # the app's column order of the 52 weights (ARKit's names with a capital first letter)

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from tracker.files.atomic_write import atomic_write, fsync_dir, same_file
 from tracker.errors import TrackerError
+from tracker.files.atomic_write import atomic_write, fsync_dir, same_file
 
 try:
     import fcntl
@@ -264,7 +264,9 @@ class Recorder:
         if any(size < 1 for size in self.groups.values()):
             raise ValueError(f"group sizes must be positive, got {self.groups}")
         if identity_group == AUTO:
-            from tracker.head_models.base import default_identity_group  # imported here: the take commands stay light (no torch)
+            from tracker.head_models.base import (
+                default_identity_group,  # imported here: the take commands stay light (no torch)
+            )
 
             identity_group = default_identity_group(self.groups)
         self.identity_group = identity_group

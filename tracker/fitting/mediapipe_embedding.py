@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from tracker.errors import TrackerError
+from tracker.files.paths import cache_dir, write_cached
 from tracker.geometry.rotations import euler_to_matrix
 from tracker.head_models.base import HeadModel
-from tracker.files.paths import cache_dir, write_cached
 from tracker.render import render_maps
 
 logger = logging.getLogger(__name__)

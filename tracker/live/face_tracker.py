@@ -32,26 +32,53 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tracker.fitting.arkit_side_fit import ArkitFit
-from tracker.fitting.arkit import IRIS_CENTRES, AvatarValues, EyeballDecoder, eye_gaze, gaze_weights, ict_to_arkit_matrix
-from tracker.face.cues import GeometryCue, create_cue
 from tracker.errors import TrackerError
-from tracker.face.detection import DEFAULT_BOX_SMOOTHING, FaceCrop, FaceCropper, FaceMeshDetector
+from tracker.face.cues import GeometryCue, create_cue
+from tracker.face.detection import (
+    DEFAULT_BOX_SMOOTHING,
+    FaceCrop,
+    FaceCropper,
+    FaceMeshDetector,
+)
+from tracker.face.smoothing import FrameParameters, ParameterSmoother, live_smoother
+from tracker.fitting.arkit import (
+    IRIS_CENTRES,
+    AvatarValues,
+    EyeballDecoder,
+    eye_gaze,
+    gaze_weights,
+    ict_to_arkit_matrix,
+)
+from tracker.fitting.arkit_side_fit import ArkitFit
+from tracker.fitting.refinement import (
+    DecodedEmbeddedHead,
+    FrameFit,
+    Refiner,
+    RefineSettings,
+    Solution,
+    embedded_head,
+    single_blas_thread,
+)
+from tracker.fitting.track_fitter import TrackFitter
 from tracker.geometry import camera
 from tracker.geometry.crop import crop_intrinsics
 from tracker.geometry.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
 from tracker.head_models import HeadModel, load_head_model
+from tracker.head_models.base import default_identity_group
+from tracker.live.feed import create_feeder
+from tracker.live.options import TrackerOptions, take_identity
+from tracker.live.results import (
+    FaceResult,
+    NetworkInputs,
+    Prepared,
+    RawOutput,
+    Stopwatch,
+    TrackingResult,
+)
+from tracker.live.sources import Frame
 from tracker.n2fnet import N2FNet
 from tracker.n2fnet.checkpoint import DeferredNetwork, load_checkpoint
 from tracker.n2fnet.runtime import Runner, create_runner
-from tracker.live.feed import create_feeder
-from tracker.live.options import TrackerOptions, take_identity
-from tracker.live.results import FaceResult, NetworkInputs, Prepared, RawOutput, Stopwatch, TrackingResult
-from tracker.head_models.base import default_identity_group
-from tracker.fitting.refinement import DecodedEmbeddedHead, FrameFit, RefineSettings, Refiner, Solution, embedded_head, single_blas_thread
-from tracker.fitting.track_fitter import TrackFitter
-from tracker.face.smoothing import FrameParameters, ParameterSmoother, live_smoother
-from tracker.live.sources import Frame
 
 log = logging.getLogger(__name__)
 
