@@ -575,7 +575,7 @@ def video_paths(args: argparse.Namespace, folder: Path) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.evaluate_real", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_tracker_arguments(p, p, checkpoint_required=True)
+    add_tracker_arguments(p, p, checkpoint_required=True, detector_note="; videos only: the photos always use full-range")
     p.add_argument("--data", help="real-face material folder (default: the shared folder's real-faces/)")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the annotated photos")

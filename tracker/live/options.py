@@ -201,10 +201,12 @@ def take_identity(path: str | Path, head_model: str, size: int | None = None, tr
     return identity
 
 
-def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argparse._ActionsContainer, *, checkpoint_required: bool = False) -> None:
+def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argparse._ActionsContainer, *, checkpoint_required: bool = False,
+                          detector_note: str = "") -> None:
     """Add the tracker's command-line options that every tracking program shares (``app.live``,
     ``train.evaluate_real``) to a parser or its groups: the checkpoint, head model, device, runtime
-    and detector to ``model``, the refinement's to ``refinement``; ``options_from_args`` reads them."""
+    and detector to ``model``, the refinement's to ``refinement``; ``options_from_args`` reads them.
+    ``detector_note``: what the program adds to the detector's help."""
     checkpoint_help = "N2FNet checkpoint (.pt)" if checkpoint_required else "N2FNet checkpoint (default: assets/n2fnet_ict_resnet18.pt, when present)"
     model.add_argument("--checkpoint", required=checkpoint_required, help=checkpoint_help)
     model.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
@@ -221,7 +223,7 @@ def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argpars
                        "shipped beside the shipped checkpoint (assets/*.int8.xml), refused for another network")
     model.add_argument("--detector", choices=DETECTORS, default="short-range",
                        help="face detector: short-range (Face Mesh's own, faces near the camera; default) or full-range "
-                       "(MediaPipe's full-range detector, then a mesh per face: small and distant faces, slower)")
+                       "(MediaPipe's full-range detector, then a mesh per face: small and distant faces, slower)" + detector_note)
     refinement.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                             help="fit the head model to MediaPipe's landmarks after the network (Gauss-Newton, from the network's prediction) "
                             "and pool one identity per tracked person (default: on)")
