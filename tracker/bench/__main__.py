@@ -1,4 +1,4 @@
-"""``python -m tracker.bench <subcommand> [options]``; subcommands: render, live, network.
+"""``python -m tracker.bench <subcommand> [options]``; subcommands: render, live, network, refine.
 
 The command lines are here and the benchmarks in ``tracker.bench.<subcommand>`` (``run(args)``),
 imported only once the command line is parsed: ``--help`` answers before torch loads.
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     add_render_parser(subparsers)
     add_live_parser(subparsers)
     add_network_parser(subparsers)
+    add_refine_parser(subparsers)
     args = parser.parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=True)
     try:
@@ -72,6 +73,16 @@ def add_network_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fresh", action="store_true", help="export into a temporary folder, not the cache: times the first use")
     parser.add_argument("--ict-model", help="ICT npz (default: found as the README's Quick start says)")
     parser.set_defaults(module="tracker.bench.network")
+
+
+def add_refine_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``refine`` subcommand."""
+    parser = subparsers.add_parser("refine", help="ms per face per frame of the landmark refinement, FLAME (analytic) vs ICT, one thread")
+    parser.add_argument("--frames", type=int, default=40, help="frames of the synthetic track per model (default 40)")
+    parser.add_argument("--flame", help="FLAME folder (default: a generated FLAME-size model)")
+    parser.add_argument("--ict-model", help="ICT npz (default: found as the README's Quick start says)")
+    parser.add_argument("--autodiff-frames", type=int, default=2, help="frames timed through the old autodiff path (default 2; 0: skip)")
+    parser.set_defaults(module="tracker.bench.refine")
 
 
 if __name__ == "__main__":

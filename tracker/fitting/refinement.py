@@ -23,7 +23,8 @@ steps with an active set (a weight at a bound whose gradient points outward is h
 Jacobians are analytic: dX/domega = -[R F P]_x for the left-multiplied rotation update
 R <- exp([omega]_x) R, dX/dt = I, dX/dcoefficient = R F dP/dcoefficient, through the pinhole's
 2x3 derivative. ICT is linear in its coefficients (``LinearEmbeddedHead``: fixed bases at the
-embedded points). Other models (FLAME's jaw goes through LBS) are linearised at every step by
+embedded points). FLAME's Jacobians are analytic through its LBS (``FlameEmbeddedHead``,
+``tracker.fitting.flame_embedded_head``); other models are linearised at every step by
 forward-mode autodiff of their ``decode`` (``DecodedEmbeddedHead``).
 
 Identity pooling: at the frame's solution the identity's normal equations are reduced to the
@@ -44,6 +45,7 @@ import torch
 from threadpoolctl import ThreadpoolController
 
 from tracker.errors import TrackerError
+from tracker.fitting.flame_embedded_head import FlameSkinning
 from tracker.geometry.camera import FLIP
 from tracker.geometry.rotations import (
     axis_angle_to_rotation_6d,
@@ -59,6 +61,7 @@ from tracker.head_models.base import (
     UniformPrior,
     default_identity_group,
 )
+from tracker.head_models.flame import FLAME
 
 DEFAULT_ITERATIONS = 3
 MEDIAPIPE_POINTS = 468
@@ -285,13 +288,40 @@ class DecodedEmbeddedHead(EmbeddedHead):
         return j_loc.double().numpy(), None
 
 
-def embedded_head(head: HeadModel, embedding=None, floor_mm: float = 1.0) -> EmbeddedHead:
+class FlameEmbeddedHead(DecodedEmbeddedHead):
+    """FLAME at N barycentric points, analytic through its LBS (``FlameSkinning``); the decoded
+    parent's methods stay as the reference.
+
+    vertex_ids (N, 3), bary (N, 3): the points' triangles; fixed: {group: (size,)} for groups the
+    solver does not touch (default neutral); pose_jacobian: pose correctives in the Jacobian too.
+    """
+
+    def __init__(self, head: FLAME, vertex_ids, bary, mediapipe_ids, sigma_m, fixed=None, pose_jacobian: bool = True) -> None:
+        ids, weights = torch.as_tensor(vertex_ids).long(), torch.as_tensor(bary)
+        self._setup(head, mediapipe_ids, sigma_m)
+        self.point_fn = lambda v: (v[:, ids] * weights.to(v)[None, :, :, None]).sum(2)
+        self.dtype = head.v_template.dtype
+        self.skinning = FlameSkinning(head, vertex_ids, bary, self.groups, self.identity_size, fixed, pose_jacobian)
+
+    def points(self, identity, local):
+        return self.skinning.points(identity, local)
+
+    def jacobians(self, identity, local, with_identity):
+        return self.skinning.jacobians(identity, local, with_identity)
+
+
+def embedded_head(head: HeadModel, embedding=None, floor_mm: float = 1.0, analytic: bool = True) -> EmbeddedHead:
     """The ``EmbeddedHead`` of ``head``: ICT exactly linear; FLAME with the official
     ``mediapipe_landmark_embedding.npz`` (105 points) when loaded; otherwise through a
-    ``MediaPipeEmbedding`` (468 points; None: computed or read from the cache)."""
+    ``MediaPipeEmbedding`` (468 points; None: computed or read from the cache). FLAME is
+    ``FlameEmbeddedHead`` (analytic), or with ``analytic=False`` the autodiff reference."""
+    flame = analytic and isinstance(head, FLAME)
     if embedding is None and getattr(head, "has_mediapipe", False):
         ids = head.mediapipe_indices.cpu().numpy()
         sigma = np.full(len(ids), floor_mm * 1e-3)
+        if flame:
+            corners = head.faces[head.mediapipe_lmk_faces_idx]
+            return FlameEmbeddedHead(head, corners, head.mediapipe_lmk_bary_coords, ids, sigma)
         return DecodedEmbeddedHead(head, head.mediapipe_landmarks, ids, sigma)
     if embedding is None:
         from tracker.fitting.mediapipe_embedding import mediapipe_embedding
@@ -301,6 +331,8 @@ def embedded_head(head: HeadModel, embedding=None, floor_mm: float = 1.0) -> Emb
     sigma = np.sqrt(embedding.spread_mm.double().numpy() ** 2 + floor_mm**2) * 1e-3
     if LinearEmbeddedHead.supports(head):
         return LinearEmbeddedHead(head, embedding.vertex_ids, embedding.bary, ids, sigma)
+    if flame:
+        return FlameEmbeddedHead(head, embedding.vertex_ids, embedding.bary, ids, sigma)
     return DecodedEmbeddedHead(head, embedding.to(head.device).points, ids, sigma)
 
 
@@ -607,6 +639,7 @@ __all__ = [
     "DEFAULT_ITERATIONS",
     "DecodedEmbeddedHead",
     "EmbeddedHead",
+    "FlameEmbeddedHead",
     "FrameFit",
     "FrameProblem",
     "IdentityPool",

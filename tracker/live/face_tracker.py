@@ -192,7 +192,7 @@ class FaceTracker:
 
     def _make_refiner(self) -> Refiner:
         refiner = Refiner(embedded_head(self.head, self._embedding), self._refine_settings)
-        if isinstance(refiner.model, DecodedEmbeddedHead):
+        if type(refiner.model) is DecodedEmbeddedHead:  # FLAME's own (FlameEmbeddedHead) is analytic
             log.warning(
                 "the %s head model is refined through autodiff Jacobians of its decode (tenths of a second per frame on a CPU, "
                 "more while the identity calibrates): pass --refine-iters 1 or --no-refine where speed matters", self.head.name,
