@@ -1,9 +1,11 @@
-"""Export of a recorded take: per-frame meshes (OBJ, PLY), an animated glTF (GLB) or a Live Link Face CSV.
+"""Export of a recorded take: per-frame meshes (OBJ, PLY), an animated glTF (GLB), a Live Link Face CSV
+or a FLAME parameter sequence (npz).
 
     python -m tracker.export take.npz --out meshes/ [--format obj|ply] [--every N] [--posed]
                              [--head-model-path ICT_NPZ | --flame-dir FLAME_DIR]
     python -m tracker.export take.npz --format glb --out take.glb [--track N] [--gaps hold|hide]
     python -m tracker.export take.npz --format csv --out take.csv [--track N] [--timecode-fps 60]
+    python -m tracker.export take.npz --format flame-npz --out seq.npz --flame-dir FLAME_DIR [--track N]
 
 Meshes (``tracker.takes.meshes``): the head model named in the take is loaded (ICT:
 ``--head-model-path`` or the N2F_ICT_MODEL / shared-folder default; FLAME: ``--flame-dir``, with
@@ -28,9 +30,15 @@ docs/livelink-csv.md): Live Link Face's CSV take layout (timecode, 52 ARKit weig
 angles) for Unreal's Live Link Face importer; no head model needed. Both export one track
 (``--track``; default: the track with the most records).
 
+FLAME npz (``tracker.takes.flame_npz``, docs/flame-npz.md): a FLAME take's parameters per frame in
+VHAP's ``tracked_flame_params.npz`` layout (shape once; expr, rotation, neck_pose, jaw_pose,
+eyes_pose, eyelids, translation per frame; the camera intrinsics), which GaussianAvatars loads as a
+motion (``--motion_path``); one track (``--track``), frames without its face hold the previous one.
+A take recorded with another head model is refused.
+
 Refused with one ``error:`` line (exit code 2) before anything is written (``tracker.takes.checks``):
 an output that is the take's own file (also through a link), a record with a face holding a value
-that is not a finite number, and for glb and CSV a clock that is NaN or goes back. Every file is
+that is not a finite number, and for glb, CSV and flame-npz a clock that is NaN or goes back. Every file is
 written whole or not at all (``tracker.files.atomic_write``).
 """
 
@@ -51,6 +59,7 @@ from tracker.takes.recording import read_take
 
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 INTERRUPTED = 130  # exit code after Ctrl-C (128 + SIGINT)
+_SUFFIX = {"csv": ".csv", "glb": ".glb", "flame-npz": "_flame.npz"}  # an output's usual name, for the suggestion
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("take", type=Path, help="the take (.npz, or its .partial journal)")
     parser.add_argument("--out", type=Path, required=True,
-                        help="obj / ply: folder for the meshes (created if missing); glb / csv: the file to write")
-    parser.add_argument("--format", choices=(*FORMATS, "glb", "csv"), default="obj")
+                        help="obj / ply: folder for the meshes (created if missing); glb / csv / flame-npz: the file to write")
+    parser.add_argument("--format", choices=(*FORMATS, "glb", "csv", "flame-npz"), default="obj")
     parser.add_argument("--every", type=int, default=1, help="obj / ply: export every N-th frame of the take")
     parser.add_argument(
         "--head-model-path", "--flame-dir", dest="head_model_path", type=Path, default=None,
@@ -70,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--posed", action="store_true", help="obj / ply: camera-frame vertices (recorded rotation and translation) instead of head-frame"
     )
-    parser.add_argument("--track", type=int, default=None, help="glb / csv: the track to export (default: the one with the most records)")
+    parser.add_argument("--track", type=int, default=None, help="glb / csv / flame-npz: the track to export (default: the one with the most records)")
     parser.add_argument("--gaps", choices=("hold", "hide"), default="hold",
                         help="glb: frames where the track has no face keep the previous pose and weights (hold) or also hide the head (hide)")
     parser.add_argument("--timecode-fps", type=int, default=60, help="csv: the timecode's frame rate (default 60, Live Link Face's)")
@@ -91,7 +100,7 @@ def _run(argv: list[str] | None) -> int:
         parser.error("--timecode-fps must be >= 1")
     plan = None
     try:
-        refuse_overwriting(args.take, args.out, f".{args.format}" if args.format in ("csv", "glb") else "_meshes")  # also a take read from its journal
+        refuse_overwriting(args.take, args.out, _SUFFIX.get(args.format, "_meshes"))  # also a take read from its journal
         take = read_take(args.take)
         state = "" if take.complete else " (an unfinished take, read from its journal)"
         if args.format == "csv":  # the csv and glb exporters import torch: imported here
@@ -100,6 +109,14 @@ def _run(argv: list[str] | None) -> int:
             written = export_csv(take, args.out, args.track, args.timecode_fps)
             print(f"wrote {written.path}: Live Link Face CSV, track {written.track}, {written.rows} rows{state}")
             _report_frames(written.skipped, "skipped {} frames without this track's face (no row)")
+            return 0
+        if args.format == "flame-npz":
+            from tracker.takes.flame_npz import check_flame_take, export_flame_npz
+
+            check_flame_take(take)  # before loading a head model
+            written = export_flame_npz(take, load_take_model(take, args.head_model_path), args.out, args.track)
+            print(f"wrote {written.path}: FLAME sequence (VHAP layout), track {written.track}, {written.frames} frames{state}")
+            _report_frames(written.held, "{} frames without this track's face, holding the previous one")
             return 0
         model = load_take_model(take, args.head_model_path)
         if args.format == "glb":
