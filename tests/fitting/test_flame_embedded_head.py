@@ -200,10 +200,10 @@ def test_refinement_reaches_the_autodiff_optimum(flame, embedding):
 
 
 @pytest.mark.shared
-def test_refine_benchmark_runs(capsys):
+def test_refine_benchmark_runs(capsys, ict_npz_path):
     """``python -m tracker.bench refine`` prints ms per frame for FLAME and ICT."""
     from tracker.bench.__main__ import main
 
-    main(["refine", "--frames", "3", "--autodiff-frames", "0"])
+    main(["refine", "--frames", "3", "--autodiff-frames", "0", "--ict-model", str(ict_npz_path)])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("flame_ms=") and "ict_ms=" in last and "ratio=" in last
