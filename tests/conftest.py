@@ -15,6 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton's native library (torch.func loads it lazily, through torch._dynamo) segfaulted on its first
+# load after tests/app had run (its Qt and OpenGL libraries loaded): load it before any test does.
+try:
+    import triton  # noqa: F401
+except ImportError:  # a torch without Triton (CPU wheels)
+    pass
+
 from tracker.files.paths import default_ict_model_path, shared_dir
 from tracker.head_models import load_head_model
 from tracker.n2fnet import N2FNet
