@@ -51,14 +51,6 @@ def embedding(flame):
     return MediaPipeEmbedding(triangles[pick], bary, torch.full((468,), 1.5), torch.full((468,), 15, dtype=torch.int32))
 
 
-class Autodiff(FlameEmbeddedHead):
-    """The same head through DecodedEmbeddedHead's autodiff of the decode (the reference path;
-    ``embedded_head(..., analytic=False)`` needs a float32 FLAME, this one works in float64)."""
-
-    points = DecodedEmbeddedHead.points
-    jacobians = DecodedEmbeddedHead.jacobians
-
-
 def random_state(model, rng) -> tuple[np.ndarray, np.ndarray]:
     identity = rng.normal(size=model.identity_size) * 0.8
     local = rng.normal(size=model.local_size) * 0.5
@@ -97,6 +89,7 @@ def test_groups_and_selection(flame, embedding):
     assert type(model) is FlameEmbeddedHead
     assert [g.name for g in model.groups] == ["expression", "jaw", "eyelids"] and model.identity_size == 300
     assert isinstance(model, DecodedEmbeddedHead)  # its decoded methods stay as the reference
+    assert not model.autodiff and model.autodiff_reference().autodiff  # the tracker warns only for the slow path
 
 
 @pytest.mark.parametrize("posed", [False, True])
@@ -163,7 +156,7 @@ def test_refinement_reaches_the_autodiff_optimum(flame, embedding):
     Without the pose correctives in the Jacobian the fixed point is off the optimum."""
     analytic = embedded_head(flame, embedding)
     assert analytic.skinning.pose_jacobian
-    autodiff = Autodiff(flame, embedding.vertex_ids, embedding.bary, analytic.mediapipe_ids, analytic.sigma_m)
+    autodiff = FlameEmbeddedHead(flame, embedding.vertex_ids, embedding.bary, analytic.mediapipe_ids, analytic.sigma_m).autodiff_reference()
     truth, observed, prior, start = frame(analytic, 21)
     settings = RefineSettings(iterations=40, tolerance=1e-14, huber=1e6)
     problem = FrameProblem(observed, FOCAL, PRINCIPAL, prior, None, depth=0.6)

@@ -16,7 +16,6 @@ pose-corrective Jacobian is timed both ways. Last line: ``flame_ms=<a> ict_ms=<b
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import numpy as np
@@ -24,7 +23,6 @@ import torch
 
 from tracker.fitting.mediapipe_embedding import MediaPipeEmbedding, mediapipe_embedding
 from tracker.fitting.refinement import (
-    DecodedEmbeddedHead,
     FlameEmbeddedHead,
     FrameProblem,
     IdentityPool,
@@ -154,9 +152,7 @@ def run(args: argparse.Namespace) -> None:
                     print(f"{name:15s} {'locked' if locked else 'calibrating':11s}: {ms:6.2f} ms/frame, {its:.1f} iterations, mean cost {cost:.4f}")
                     results[(name, locked, True)] = ms
         if args.autodiff_frames:
-            reference = copy.copy(flame_model)  # the same head through the decode's autodiff
-            reference.points = DecodedEmbeddedHead.points.__get__(reference)
-            reference.jacobians = DecodedEmbeddedHead.jacobians.__get__(reference)
+            reference = flame_model.autodiff_reference()
             ms, its, cost = time_track(reference, flame_frames[: args.autodiff_frames + 1], True)
             print(f"FLAME autodiff  locked     : {ms:6.2f} ms/frame, {its:.1f} iterations (the old path, {args.autodiff_frames} frames)")
         flame_ms, ict_ms = results[("FLAME analytic", True, True)], results[("ICT linear", True, True)]

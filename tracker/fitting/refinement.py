@@ -37,6 +37,7 @@ information; the pooled identity solves (A_pool + I / identity_std^2) i = b_pool
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 
@@ -154,6 +155,7 @@ class EmbeddedHead:
     solver coordinates concatenate to the (L,) local vector; lower, upper (L,) bounds.
     """
 
+    autodiff = False  # Jacobians by autodiff of the whole decode (tenths of a second per frame on a CPU)
     mediapipe_ids: np.ndarray
     sigma_m: np.ndarray
     identity_group: str | None
@@ -254,6 +256,8 @@ class DecodedEmbeddedHead(EmbeddedHead):
     ``mediapipe_landmarks``); the groups the solver does not touch stay neutral.
     """
 
+    autodiff = True
+
     def __init__(self, head: HeadModel, point_fn, mediapipe_ids, sigma_m) -> None:
         self._setup(head, mediapipe_ids, sigma_m)
         self.point_fn = point_fn
@@ -296,6 +300,8 @@ class FlameEmbeddedHead(DecodedEmbeddedHead):
     solver does not touch (default neutral); pose_jacobian: pose correctives in the Jacobian too.
     """
 
+    autodiff = False
+
     def __init__(self, head: FLAME, vertex_ids, bary, mediapipe_ids, sigma_m, fixed=None, pose_jacobian: bool = True) -> None:
         ids, weights = torch.as_tensor(vertex_ids).long(), torch.as_tensor(bary)
         self._setup(head, mediapipe_ids, sigma_m)
@@ -308,6 +314,13 @@ class FlameEmbeddedHead(DecodedEmbeddedHead):
 
     def jacobians(self, identity, local, with_identity):
         return self.skinning.jacobians(identity, local, with_identity)
+
+    def autodiff_reference(self) -> DecodedEmbeddedHead:
+        """The same head (points, fixed groups, dtype) through the decode's forward-mode autodiff:
+        the reference the analytic path is checked and timed against."""
+        reference = copy.copy(self)
+        reference.__class__ = DecodedEmbeddedHead
+        return reference
 
 
 def embedded_head(head: HeadModel, embedding=None, floor_mm: float = 1.0, analytic: bool = True) -> EmbeddedHead:

@@ -51,7 +51,6 @@ from tracker.fitting.arkit import (
 )
 from tracker.fitting.arkit_side_fit import ArkitFit
 from tracker.fitting.refinement import (
-    DecodedEmbeddedHead,
     FrameFit,
     Refiner,
     RefineSettings,
@@ -192,7 +191,7 @@ class FaceTracker:
 
     def _make_refiner(self) -> Refiner:
         refiner = Refiner(embedded_head(self.head, self._embedding), self._refine_settings)
-        if type(refiner.model) is DecodedEmbeddedHead:  # FLAME's own (FlameEmbeddedHead) is analytic
+        if refiner.model.autodiff:
             log.warning(
                 "the %s head model is refined through autodiff Jacobians of its decode (tenths of a second per frame on a CPU, "
                 "more while the identity calibrates): pass --refine-iters 1 or --no-refine where speed matters", self.head.name,
