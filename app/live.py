@@ -283,7 +283,7 @@ def run_headless(args: argparse.Namespace, clock: StartupClock) -> int:
             total = None if args.loop else _total(source, args.max_frames)
             sinks.append(ProgressLog(stats, total=total, launch=clock.launch, startup=clock.describe()))
         if args.record:  # opened last: a set-up step that fails leaves no journal behind
-            recording = RecordingSink(args.record, tracker.head, source=source.name, overwrite=args.overwrite, metadata=options.recording_metadata())
+            recording = RecordingSink(args.record, tracker.head, source=source.name, overwrite=args.overwrite, metadata={**options.recording_metadata(), **tracker.fit_metadata()})
             sinks.insert(0, recording)
         pipeline = Pipeline(source, tracker, sinks, mode=args.mode, max_frames=args.max_frames, stats=stats)
     except BaseException:
@@ -361,7 +361,7 @@ def run_viewer(args: argparse.Namespace, clock: StartupClock) -> int:
         record_path=args.record,
         record_dir=args.record_dir,
         overwrite=args.overwrite,
-        record_metadata=tracker_settings.recording_metadata(),
+        record_metadata={**tracker_settings.recording_metadata(), **tracker.fit_metadata()},
         software_3d=args.software_3d,
         screenshot_at_end=args.screenshot,
         virtualcam=virtualcam_factory(args, tracker, source),

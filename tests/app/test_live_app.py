@@ -101,9 +101,13 @@ def test_identity_from_a_take_and_refinement_off(checkpoint: Path, videos: Path,
     assert "take not found" in capsys.readouterr().err
 
 
-def test_checkpoint_for_another_head_model_is_refused(checkpoint: Path) -> None:
-    with pytest.raises(TrackerError, match="trained for the 'ict' head model, not 'flame'"):
-        FaceTracker.from_options(tracker_options.TrackerOptions(checkpoint=checkpoint, head_model="flame", runtime="torch"))
+def test_another_head_model_needs_the_refinement_from_the_mean_face(checkpoint: Path) -> None:
+    """FLAME with an ICT checkpoint is fitted from FLAME's mean face: refused without the
+    refinement, or with the refinement starting from the network's (ICT) prediction."""
+    for settings, message in (({"refine": False}, "which is off"), ({"refine_start": "network"}, "--refine-start network")):
+        options = tracker_options.TrackerOptions(checkpoint=checkpoint, head_model="flame", runtime="torch", **settings)
+        with pytest.raises(TrackerError, match=message):
+            FaceTracker.from_options(options)
 
 
 def interrupt_once_recording(process: subprocess.Popen, take_path: Path, records: int = 5) -> tuple[bytes, bytes]:

@@ -91,7 +91,9 @@ def test_failed_set_up_leaves_no_journal_behind(checkpoint, video, tmp_path, cap
         (["--record", "{tmp}"], "is a folder"),
         (["--record", "{tmp}", "--overwrite"], "is a folder"),
         (["--record", "{tmp}/a_file/sub/take.npz"], "is a file, not a folder"),
-        (["--flame-dir", "{tmp}"], "gives FLAME files, but the checkpoint"),
+        (["--flame-dir", "{tmp}"], "FLAME files are missing or malformed"),
+        (["--flame-dir", "{tmp}", "--no-refine"], "which is off: leave out --no-refine"),
+        (["--head-model", "flame", "--refine-start", "network"], "--refine-start network: the checkpoint"),
     ],
 )
 def test_bad_settings_give_one_clear_error(checkpoint, video, tmp_path, capsys, argv, message):

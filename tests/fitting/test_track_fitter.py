@@ -111,3 +111,27 @@ def test_given_identity_is_every_tracks_and_the_network_start_is_used_once(model
         track.fit(0, points[0], FOCAL, PRINCIPAL, predicted)
         later.append(track.fit(0, points[1], FOCAL, PRINCIPAL, second_start))
     assert same(later[0], later[1])
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("yaw_deg", [45.0, -70.0])
+def test_pnp_first_pose_starts_a_turned_head_at_its_pose(model, yaw_deg):
+    """A new track of a head turned away, without a prediction: the PnP start is the true pose
+    before any iteration (the points' noise aside), and the fit stays there."""
+    rng = np.random.default_rng(3)
+    rotation = exp_rotation(np.radians([5.0, yaw_deg, 0.0]))
+    truth = Solution(rotation, np.array([0.02, -0.01, 0.6]), np.zeros(model.local_size), np.zeros(model.identity_size))
+    points = landmarks(model, truth, rng)
+
+    def angle_deg(found: np.ndarray) -> float:
+        return float(np.degrees(np.arccos(np.clip((np.trace(found @ rotation.T) - 1) / 2, -1, 1))))
+
+    pnp = TrackFitter(Refiner(model, RefineSettings(calibration_frames=CALIBRATION)), first_pose="pnp")
+    start = pnp._first_pose(points[model.mediapipe_ids, :2], FOCAL, PRINCIPAL)
+    assert angle_deg(start.rotation) < 0.5 and np.abs(start.translation - truth.translation).max() < 5e-3
+    assert angle_deg(pnp.fit(0, points, FOCAL, PRINCIPAL).solution.rotation) < 0.5
+
+
+def test_unknown_first_pose_is_refused(model):
+    with pytest.raises(Exception, match="frontal, pnp"):
+        TrackFitter(Refiner(model), first_pose="sideways")

@@ -37,7 +37,7 @@ def test_settings_are_checked() -> None:
         ({"identity_track": 2}, "--identity"),
         ({"max_faces": 0}, "max_faces"),
         ({"identity_take": "t.npz", "refine": False}, "leave out --no-refine"),
-        ({"refine_start": "median"}, "network, mean"),
+        ({"refine_start": "median"}, "network, camera, pnp, mean"),
     ):
         with pytest.raises(TrackerError, match=message):
             TrackerOptions(**settings)
@@ -154,3 +154,14 @@ def test_evaluate_real_command_line_has_the_refinement_options() -> None:
     assert args.refine is False and args.refine_iters == 6 and args.detector == "full-range"
     with pytest.raises(SystemExit):
         parser.parse_args(["--checkpoint", "c.pt", "--refine-iters", "-2"])
+
+
+def test_fitted_head_model_and_its_start() -> None:
+    """FLAME files with an ICT checkpoint fit FLAME, from the network's head pose by default;
+    the checkpoint's own head model starts from the network's prediction."""
+    assert TrackerOptions().fitted_head_model("ict") == "ict" and TrackerOptions().resolved_refine_start("ict") == "network"
+    flame = TrackerOptions(flame_dir="flame")
+    assert flame.fitted_head_model("ict") == "flame" and flame.resolved_refine_start("ict") == tracker_options.OTHER_HEAD_START
+    assert flame.resolved_refine_start("flame") == "network"  # a FLAME checkpoint
+    assert TrackerOptions(head_model="flame", refine_start="pnp").resolved_refine_start("ict") == "pnp"
+    assert TrackerOptions(head_model="ict", flame_dir="flame").fitted_head_model("flame") == "ict"

@@ -5,7 +5,8 @@
     fitter.drop_lost({track ids of this frame's faces})
 
 A track's first frame starts from ``predicted`` (the network's solution) or, without one, from the
-neutral face at a frontal pose at the landmarks' depth (``initial_pose``); every later frame
+neutral face: at a frontal pose at the landmarks' depth (``initial_pose``), or at the pose a
+perspective-n-point solve gives (``start_pose.pnp_pose``, ``first_pose="pnp"``); every later frame
 starts from the track's previous solution, which is also the temporal term's target (video).
 The locals are pulled towards ``predicted``'s, or the neutral face's. The identity is pooled per
 track and locks after ``calibration_frames`` (``IdentityPool``), unless one is given for every
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tracker.errors import TrackerError
 from tracker.fitting.refinement import (
     FrameFit,
     FrameProblem,
@@ -27,6 +29,9 @@ from tracker.fitting.refinement import (
     refine_face,
     single_blas_thread,
 )
+from tracker.fitting.start_pose import pnp_pose
+
+FIRST_POSES = ("frontal", "pnp")
 
 
 class TrackFitter:
@@ -34,11 +39,14 @@ class TrackFitter:
 
     refiner   the head model's refinement
     identity  (K,) a fixed identity for every track (state "given"); None: pooled per track
+    first_pose  a new track's pose without a prediction: "frontal" (``initial_pose``) or "pnp"
     neutral_identity (K,), neutral_local (L,)  the neutral face's solver vectors
     """
 
-    def __init__(self, refiner: Refiner, identity: np.ndarray | None = None) -> None:
-        self.refiner, self.identity = refiner, identity
+    def __init__(self, refiner: Refiner, identity: np.ndarray | None = None, first_pose: str = "frontal") -> None:
+        if first_pose not in FIRST_POSES:
+            raise TrackerError(f"first_pose must be one of {', '.join(FIRST_POSES)}, got {first_pose!r}")
+        self.refiner, self.identity, self.first_pose = refiner, identity, first_pose
         model = refiner.model
         neutral = model.head.neutral_params(1, device="cpu")
         self.neutral_identity, self.neutral_local = model.to_vectors({g: v[0] for g, v in neutral.items()})
@@ -73,11 +81,24 @@ class TrackFitter:
         elif predicted is not None:
             start = predicted
         else:
-            start = initial_pose(model, observed, focal, principal, self.neutral_identity, self.neutral_local)
+            start = self._first_pose(observed, focal, principal)
         prior = predicted.local if predicted is not None else self.neutral_local
         problem = FrameProblem(observed, focal, principal, prior, track.last if temporal and not photo else None)
         with single_blas_thread():
             return refine_face(self.refiner, track, problem, start, photo=photo)
+
+    def _first_pose(self, observed: np.ndarray, focal: np.ndarray, principal: np.ndarray) -> Solution:
+        """The neutral face at a new track's first pose (``first_pose``); a failed PnP falls back
+        to the frontal pose."""
+        model = self.refiner.model
+        frontal = initial_pose(model, observed, focal, principal, self.neutral_identity, self.neutral_local)
+        if self.first_pose == "frontal":
+            return frontal
+        try:
+            rotation, translation = pnp_pose(model.points(self.neutral_identity, self.neutral_local), observed, focal, principal)
+        except TrackerError:
+            return frontal
+        return Solution(rotation, translation, self.neutral_local.copy(), self.neutral_identity.copy())
 
     def forget(self, track_id: int) -> None:
         """Start track ``track_id`` again at its next frame (its pool and last solution go)."""

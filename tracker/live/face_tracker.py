@@ -58,6 +58,7 @@ from tracker.fitting.refinement import (
     embedded_head,
     single_blas_thread,
 )
+from tracker.fitting.start_pose import HeadAlignment
 from tracker.fitting.track_fitter import TrackFitter
 from tracker.geometry import camera
 from tracker.geometry.crop import crop_intrinsics
@@ -65,7 +66,7 @@ from tracker.geometry.rotations import matrix_to_rotation_6d, rotation_6d_to_mat
 from tracker.head_models import HeadModel, load_head_model
 from tracker.head_models.base import default_identity_group
 from tracker.live.feed import create_feeder
-from tracker.live.options import TrackerOptions, take_identity
+from tracker.live.options import REFINE_STARTS, TrackerOptions, take_identity
 from tracker.live.results import (
     FaceResult,
     NetworkInputs,
@@ -96,7 +97,9 @@ class FaceTracker:
     ``FaceTracker.from_options(TrackerOptions(...))`` builds one from a checkpoint and the
     settings; the constructor takes the parts already built (tests give it fakes):
 
-    net, head     a trained N2FNet (eval mode) and the head model it regresses
+    net, head     a trained N2FNet (eval mode) and the head model fitted: the one the network
+                  regresses, or another one (FLAME with the shipped ICT network) that the
+                  refinement fits from its mean face, the network giving at most its head pose
     detector      MediaPipe landmarks; cropper  the smoothed crop (its alpha and out_size must be
                   the network's: the training crop rule and input size)
     cue           crop -> normal map + mask, in the frame the network was trained on
@@ -111,9 +114,15 @@ class FaceTracker:
     focal_ratio / focal_px   the frame camera (module docstring)
     refine        fit the head to MediaPipe's landmarks after the network (``tracker.fitting.refinement``;
                   switchable while running); ``refine_settings`` its weights and iterations
-    refine_start  "network": start from and pull towards N2FNet's prediction; "mean": start from
-                  the mean face at a frontal pose and pull towards the neutral expression (the
-                  no-network ablation of ``train.evaluate_real``)
+    refine_start  a new track's start (later frames start from the previous solution):
+                  "network": from N2FNet's prediction, the locals pulled towards it (the network
+                  must regress ``head``); the others fit from the mean face, pulled towards the
+                  neutral expression: "camera" at the network's head pose (carried into ``head``'s
+                  frame by ``start_pose.HeadAlignment`` when the network regresses another head
+                  model), "pnp" at a perspective-n-point pose of MediaPipe's points, "mean" frontal
+                  (the no-network ablation of ``train.evaluate_real``)
+    network_head  the head model the network regresses, when it is not ``head`` (the "camera"
+                  start carries the network's pose from its frame)
     identity      (K,) a fixed identity for every track (state "given"); None: pooled per track
     photos        unrelated still images: no temporal term, several identity rounds per face
     embedding     the head model's MediaPipe embedding (None: its default, see ``embedded_head``)
@@ -144,9 +153,22 @@ class FaceTracker:
         photos: bool = False,
         embedding=None,
         arkit_fit: ArkitFit | None = None,
+        network_head: HeadModel | None = None,
     ) -> None:
-        if net.config.head_model != head.name:
-            raise TrackerError(f"the checkpoint regresses the {net.config.head_model!r} head model but {head.name!r} is loaded")
+        if refine_start not in REFINE_STARTS:
+            raise TrackerError(f"refine_start must be one of {', '.join(REFINE_STARTS)}, got {refine_start!r}")
+        self.same_head = net.config.head_model == head.name
+        if not self.same_head and (not refine or refine_start == "network"):
+            raise TrackerError(
+                f"the checkpoint regresses the {net.config.head_model!r} head model but {head.name!r} is loaded: {head.name} is then fitted "
+                f"from its mean face by the refinement, from the network's head pose or a PnP start (refine_start 'camera' or 'pnp'), "
+                f"{'which is off' if not refine else 'not from the network'}; or pass a checkpoint trained for {head.name!r}"
+            )
+        self._alignment = None
+        if not self.same_head and refine_start == "camera":
+            if network_head is None or network_head.name != net.config.head_model:
+                raise TrackerError(f"the 'camera' start needs the {net.config.head_model} head model the network regresses, to carry its head pose into {head.name}'s frame")
+            self._alignment = HeadAlignment(network_head, head)
         if cropper.out_size != net.config.input_size:
             raise TrackerError(f"crop size {cropper.out_size} does not match the network's input size {net.config.input_size}")
         if cue.frame != normal_frame:
@@ -162,8 +184,6 @@ class FaceTracker:
         self._smoothing = smoothing
         self._smoothers: dict[int, ParameterSmoother] = {}
         self._image_feeder = None  # track_image's, made on first use
-        if refine_start not in ("network", "mean"):
-            raise TrackerError(f"refine_start must be 'network' or 'mean', got {refine_start!r}")
         self.refine, self.refine_start, self.photos = bool(refine), refine_start, bool(photos)
         self._refine_settings, self._embedding = refine_settings or RefineSettings(), embedding
         self._fitter: TrackFitter | None = None
@@ -175,7 +195,7 @@ class FaceTracker:
                 raise TrackerError(f"the given identity has {identity.size} values; the {head.name} head model's identity group {group!r} has {size}")
         self.identity = identity
         if self.refine:  # built now, so that a missing embedding fails at start-up, not at the first face
-            self._fitter = TrackFitter(self._make_refiner(), identity)
+            self._fitter = self._make_fitter()
         self._arkit = ict_to_arkit_matrix(head.expression_names) if head.name == "ict" else None
         if self._arkit is not None:
             self._eyeballs = EyeballDecoder(head)
@@ -186,8 +206,30 @@ class FaceTracker:
         """The refinement of this head model and its tracks (built on first use: it needs the
         head's MediaPipe embedding, computed once and cached)."""
         if self._fitter is None:
-            self._fitter = TrackFitter(self._make_refiner(), self.identity)
+            self._fitter = self._make_fitter()
         return self._fitter
+
+    def _make_fitter(self) -> TrackFitter:
+        return TrackFitter(self._make_refiner(), self.identity, first_pose="pnp" if self.refine_start == "pnp" else "frontal")
+
+    def describe_start(self) -> str:
+        """How a new track's fit starts, in words (the log line)."""
+        network, head = self.net.config.head_model, self.head.name
+        if not self.refine:
+            return f"no refinement: the {network} network's prediction"
+        start = {
+            "network": f"the {network} network's prediction (start and prior)",
+            "camera": f"{head}'s mean face at the {network} network's head pose"
+            + (f" (carried into {head}'s frame; the mean faces' inner landmarks {self._alignment.residual_mm:.1f} mm apart)" if self._alignment else ""),
+            "pnp": f"{head}'s mean face at a perspective-n-point pose of MediaPipe's points",
+            "mean": f"{head}'s mean face, frontal",
+        }[self.refine_start]
+        return f"{start}, then the previous frame's solution"
+
+    def fit_metadata(self) -> dict[str, str]:
+        """What a take records of how its faces were fitted: the head model the network regresses,
+        and a new face's start (``refine_start``; "none" without the refinement)."""
+        return {"network_head_model": self.net.config.head_model, "fit_start": self.refine_start if self.refine else "none"}
 
     def _make_refiner(self) -> Refiner:
         refiner = Refiner(embedded_head(self.head, self._embedding), self._refine_settings)
@@ -376,16 +418,22 @@ class FaceTracker:
     def _refine(self, crop: FaceCrop, predicted: FrameParameters, focal: np.ndarray, principal: np.ndarray):
         """One face's network prediction -> (refined FrameParameters, FrameFit); with ``refine_start``
         "mean" the fit neither starts from nor pulls towards the prediction."""
-        model = self.fitter.refiner.model
+        fitter = self.fitter
+        model = fitter.refiner.model
         network = None
+        rotation = rotation_6d_to_matrix(predicted.rotation_6d[None].double())[0].numpy()
+        translation = predicted.translation.double().numpy()
         if self.refine_start == "network":
             completed = self.head.complete_params({g: v[None] for g, v in predicted.params.items()})
             identity, local = model.to_vectors({g: v[0] for g, v in completed.items()})
-            rotation = rotation_6d_to_matrix(predicted.rotation_6d[None].double())[0].numpy()
-            network = Solution(rotation, predicted.translation.double().numpy(), local, identity)
-        fit = self.fitter.fit(crop.track_id, crop.face.points, focal, principal, network, temporal=self._smoothing, photo=self.photos)
+            network = Solution(rotation, translation, local, identity)
+        elif self.refine_start == "camera":
+            if self._alignment is not None:
+                rotation, translation = self._alignment.pose(rotation, translation)
+            network = Solution(rotation, translation, fitter.neutral_local.copy(), fitter.neutral_identity.copy())
+        fit = fitter.fit(crop.track_id, crop.face.points, focal, principal, network, temporal=self._smoothing, photo=self.photos)
         sol = fit.solution
-        params = dict(predicted.params)
+        params = dict(predicted.params) if self.same_head else {g: v[0] for g, v in self.head.neutral_params(1, device="cpu").items()}
         params.update(model.to_params(sol.identity, sol.local))
         rotation_6d = matrix_to_rotation_6d(torch.from_numpy(sol.rotation)[None])[0].float()
         return FrameParameters(params, rotation_6d, torch.from_numpy(sol.translation).float()), fit
@@ -406,47 +454,57 @@ class FaceTracker:
     @classmethod
     def from_options(cls, options: TrackerOptions) -> FaceTracker:
         """The tracker ``options`` describe (``tracker.live.options``), from its N2FNet checkpoint
-        (read once): the network, the head model it was trained for (its files: ``flame_dir`` for
+        (read once): the network, the head model fitted (``options.fitted_head_model``: the
+        checkpoint's unless ``head_model`` or ``flame_dir`` say FLAME; its files: ``flame_dir`` for
         FLAME, ``ict_model`` for ICT; None: the head model's default place), the crop rule (alpha),
         input size, normal frame and frame camera (focal mean) it was trained with; MediaPipe's
         detector (``photos``: static-image mode with the full-range face detector; ``detector``
         "full-range": that detector on every frame, then a mesh per face), the smoothed cropper and
-        the cue. For a FLAME checkpoint also the ICT-FaceKit fit that gives its ARKit weights
-        (``ict_model``; without an ICT model a warning, and no ARKit weights).
+        the cue. For FLAME also the ICT-FaceKit fit that gives its ARKit weights (``ict_model``;
+        without an ICT model a warning, and no ARKit weights).
 
-        TrackerError when the checkpoint was trained for another head model than ``head_model``,
-        when ``flame_dir`` is given for a checkpoint of another head model, when the identity take
-        does not fit (``take_identity``), or when the network regresses parameter groups (names,
-        sizes) that the loaded head model does not have."""
+        A head model the checkpoint does not regress (FLAME with the shipped ICT network) is fitted
+        from its mean face (``options.resolved_refine_start``: by default from the network's head
+        pose, carried into the head's frame).
+
+        TrackerError when the identity take does not fit (``take_identity``), when the refinement is
+        off or starts from the network for a head model the checkpoint does not regress, or when the
+        network regresses parameter groups (names, sizes) that its head model does not have."""
         checkpoint = options.checkpoint_path()
         state = load_checkpoint(checkpoint)
         config = state["n2fnet"]
         trained_for = str(config["head_model"])
-        if options.flame_dir and trained_for != "flame":
+        fitted = options.fitted_head_model(trained_for)
+        start = options.resolved_refine_start(trained_for)
+        if fitted != trained_for and not options.refine:
             raise TrackerError(
-                f"--flame-dir {options.flame_dir} gives FLAME files, but the checkpoint {checkpoint} regresses the {trained_for.upper()} head model: "
-                "leave out --flame-dir, or pass a FLAME checkpoint with --checkpoint"
+                f"the checkpoint {checkpoint} regresses the {trained_for.upper()} head model, and {fitted.upper()} is fitted from its mean face "
+                f"by the refinement, which is off: leave out --no-refine, or pass a checkpoint trained for {fitted} with --checkpoint"
             )
-        identity = None
-        if options.identity_take is not None:
-            groups = {str(g): int(s) for g, s in config.get("groups", {}).items()}
-            group = default_identity_group(groups)
-            size = groups[group] if group is not None else None
-            identity = torch.from_numpy(take_identity(options.identity_take, trained_for, size, options.identity_track))
-        if options.head_model is not None and options.head_model != trained_for:
+        if fitted != trained_for and start == "network":
             raise TrackerError(
-                f"checkpoint {checkpoint} was trained for the {trained_for!r} head model, not {options.head_model!r}: "
-                f"pass a checkpoint trained for {options.head_model!r} (python -m train --head-model {options.head_model}) or --head-model {trained_for}"
+                f"--refine-start network: the checkpoint {checkpoint} regresses the {trained_for.upper()} head model, not {fitted.upper()}; "
+                "start from its head pose (camera), a PnP pose (pnp) or the frontal mean face (mean), or pass a checkpoint trained for "
+                f"{fitted} with --checkpoint"
             )
         sampler = state.get("sampler", {})
         if sampler.get("surface") == "mediapipe" and options.cue != "mediapipe":
             log.warning("checkpoint %s was trained on normal maps like the embedded MediaPipe cue's; with the %r cue its input looks different", checkpoint, options.cue)
         net = DeferredNetwork(state)  # built only when the runtime needs the PyTorch module (not the int8 copy)
         runner = create_runner(net, options.runtime, options.device, checkpoint=checkpoint)  # the checkpoint's int8 copy sits beside it
-        head = load_head_model(trained_for, options.flame_dir if trained_for == "flame" else options.ict_model)
+        head = _load_head(fitted, options)
+        network_head = None if fitted == trained_for or start != "camera" else _load_head(trained_for, options)
+        identity = None
+        if options.identity_take is not None:
+            group = default_identity_group(head.param_groups)
+            size = head.param_groups[group].size if group is not None else None
+            identity = torch.from_numpy(take_identity(options.identity_take, fitted, size, options.identity_track))
         settings = options.refinement_settings()
-        arkit_fit = None if trained_for == "ict" else _arkit_fit(options.ict_model, RefineSettings(iterations=settings.iterations))
-        misfits = {g: n for g, n in net.config.groups.items() if g not in head.param_groups or head.param_groups[g].size != n}
+        arkit_fit = None
+        if fitted != "ict":
+            ict = network_head if network_head is not None and network_head.name == "ict" else None
+            arkit_fit = _arkit_fit(options.ict_model, RefineSettings(iterations=settings.iterations), ict)
+        misfits = {g: n for g, n in net.config.groups.items() if g not in head.param_groups or head.param_groups[g].size != n} if fitted == trained_for else {}
         if misfits:
             has = {g: p.size for g, p in head.param_groups.items()}
             raise TrackerError(
@@ -465,12 +523,12 @@ class FaceTracker:
             net, head, detector, cropper, cue,
             normal_frame=sampler.get("normal_frame", "camera"), smoothing=options.smoothing, device=options.device,
             focal_ratio=float(sampler.get("focal_mean", 1.0)), focal_px=options.focal, refine=options.refine, refine_settings=settings,
-            refine_start=options.refine_start, identity=identity, photos=options.photos, arkit_fit=arkit_fit, runtime=runner,
+            refine_start=start, identity=identity, photos=options.photos, arkit_fit=arkit_fit, runtime=runner, network_head=network_head,
         )
         log.info(
-            "checkpoint %s: %s, %s backbone, %d px input, on %s (%s); refinement %s",
-            checkpoint, tracker.head.name, tracker.net.config.backbone, tracker.input_size, options.device, tracker.runner.describe(),
-            f"{options.resolved_refine_iters()} iterations" if options.refine else "off",
+            "checkpoint %s: %s network, %s backbone, %d px input, on %s (%s); %s head model, refinement %s; a new face starts from %s",
+            checkpoint, trained_for, tracker.net.config.backbone, tracker.input_size, options.device, tracker.runner.describe(), head.name,
+            f"{options.resolved_refine_iters()} iterations" if options.refine else "off", tracker.describe_start(),
         )
         return tracker
 
@@ -487,11 +545,16 @@ def non_finite(values: FrameParameters) -> list[str]:
     return [name for name, value in named if value is not None and not bool(torch.isfinite(value).all())]
 
 
-def _arkit_fit(ict_model_path: str | Path | None, settings: RefineSettings) -> ArkitFit | None:
-    """The ICT fit that gives a FLAME tracker its ARKit weights (``settings``: its refinement's);
-    None (with a warning) without an ICT model."""
+def _load_head(name: str, options: TrackerOptions) -> HeadModel:
+    """Head model ``name`` from the files ``options`` name (``flame_dir``, ``ict_model``)."""
+    return load_head_model(name, options.flame_dir if name == "flame" else options.ict_model)
+
+
+def _arkit_fit(ict_model_path: str | Path | None, settings: RefineSettings, ict: HeadModel | None = None) -> ArkitFit | None:
+    """The ICT fit that gives a FLAME tracker its ARKit weights (``settings``: its refinement's;
+    ``ict``: the ICT model when already loaded); None (with a warning) without an ICT model."""
     try:
-        ict = load_head_model("ict", ict_model_path)
+        ict = ict if ict is not None else load_head_model("ict", ict_model_path)
     except TrackerError as error:
         log.warning("no ARKit weights: they come from an ICT-FaceKit fit beside FLAME, and %s", error)
         return None

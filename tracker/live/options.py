@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 # the names the settings take (their meanings: TrackerOptions)
 DETECTORS = ("short-range", "full-range")
-REFINE_STARTS = ("network", "mean")
+# where a new track's fit starts (tracker.live.face_tracker.FaceTracker's refine_start)
+REFINE_STARTS = ("network", "camera", "pnp", "mean")
+# the start of a head model the checkpoint does not regress (FLAME with the shipped ICT network),
+# chosen by measurement on the real videos (README, "FLAME quick start")
+OTHER_HEAD_START = "camera"
 # how the pipeline runs its stages (tracker.live.pipeline)
 MODES = ("async", "sequential")
 
@@ -55,7 +59,9 @@ class TrackerOptions:
     """Everything that decides how the tracker is built (``FaceTracker.from_options``).
 
     checkpoint      N2FNet checkpoint; None: the shipped DEFAULT_CHECKPOINT
-    head_model      "ict" | "flame" | None (the checkpoint's); a TrackerError when it is not the checkpoint's
+    head_model      "ict" | "flame" | None: the head model fitted (None: FLAME when ``flame_dir`` is
+                    given, else the checkpoint's); one the checkpoint does not regress is fitted from
+                    its mean face by the refinement (``resolved_refine_start``)
     ict_model       ICT-FaceKit npz or upstream checkout (None: found as ``tracker.files.paths`` finds it);
                     with a FLAME checkpoint, the model of the ICT fit that gives FLAME its ARKit weights
     flame_dir       folder with the FLAME files
@@ -78,7 +84,11 @@ class TrackerOptions:
     refine_iters    its iterations (None: ``refine_settings``'s, by default ``tracker.fitting.refinement.DEFAULT_ITERATIONS``)
     refine_settings its weights and schedule (``tracker.fitting.refinement.RefineSettings``; None: the
                     library's); ``refine_iters``, when given, replaces its iterations (``refinement_settings``)
-    refine_start    "network" (from and towards N2FNet's prediction) | "mean" (from the mean face: the no-network ablation)
+    refine_start    a new track's start: "network" (from and towards N2FNet's prediction), "camera"
+                    (the mean face at the network's head pose), "pnp" (the mean face at a PnP pose of
+                    MediaPipe's points), "mean" (the frontal mean face: the no-network ablation);
+                    None: "network" when the checkpoint regresses the fitted head model, else
+                    OTHER_HEAD_START
     identity_take   a take (npz or journal) whose calibrated identity every track uses, fixed
     identity_track  the track of ``identity_take`` to take it from (None: the first locked, else given, one)
     """
@@ -101,14 +111,14 @@ class TrackerOptions:
     refine: bool = True
     refine_iters: int | None = None
     refine_settings: RefineSettings | None = None
-    refine_start: str = "network"
+    refine_start: str | None = None
     identity_take: str | Path | None = None
     identity_track: int | None = None
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
             raise TrackerError(f"the detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
-        if self.refine_start not in REFINE_STARTS:
+        if self.refine_start is not None and self.refine_start not in REFINE_STARTS:
             raise TrackerError(f"refine_start must be one of {', '.join(REFINE_STARTS)}, got {self.refine_start!r}")
         iters = self.refine_iters
         if iters is not None and (isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 1):
@@ -133,6 +143,18 @@ class TrackerOptions:
         if DEFAULT_CHECKPOINT.is_file():
             return DEFAULT_CHECKPOINT
         raise TrackerError(NO_CHECKPOINT.format(path=DEFAULT_CHECKPOINT))
+
+    def fitted_head_model(self, trained_for: str) -> str:
+        """The head model fitted, for a checkpoint that regresses ``trained_for``: ``head_model``,
+        else FLAME when ``flame_dir`` is given, else ``trained_for``."""
+        return self.head_model or ("flame" if self.flame_dir else trained_for)
+
+    def resolved_refine_start(self, trained_for: str) -> str:
+        """``refine_start``, else "network" when the checkpoint (regressing ``trained_for``) regresses
+        the fitted head model, else OTHER_HEAD_START."""
+        if self.refine_start is not None:
+            return self.refine_start
+        return "network" if self.fitted_head_model(trained_for) == trained_for else OTHER_HEAD_START
 
     def refinement_settings(self) -> RefineSettings:
         """The refinement's settings: ``refine_settings`` (None: the library's), with ``refine_iters``'s
@@ -209,12 +231,14 @@ def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argpars
     ``detector_note``: what the program adds to the detector's help."""
     checkpoint_help = "N2FNet checkpoint (.pt)" if checkpoint_required else "N2FNet checkpoint (default: assets/n2fnet_ict_resnet18.pt, when present)"
     model.add_argument("--checkpoint", required=checkpoint_required, help=checkpoint_help)
-    model.add_argument("--head-model", choices=("flame", "ict"), help="head model; must be the checkpoint's (default: the checkpoint's)")
+    model.add_argument("--head-model", choices=("flame", "ict"),
+                       help="head model fitted (default: flame with --flame-dir, else the checkpoint's); with a checkpoint of another head model "
+                       "(FLAME with the shipped ICT network) it is fitted from its mean face by the refinement")
     model.add_argument("--ict-model", help="ICT-FaceKit npz or upstream checkout (default, first found: $N2F_ICT_MODEL, "
                        "$N2F_SHARED_DIR/ict-facekit/ict_face_model.npz, the cache ~/.cache/n2f-tracker, $N2F_ICT_FACEKIT, "
                        "else a download of the pinned upstream archive unless N2F_OFFLINE=1); with a FLAME checkpoint, the ICT model fitted "
                        "beside FLAME for its ARKit weights")
-    model.add_argument("--flame-dir", help="folder with the FLAME files (--head-model flame)")
+    model.add_argument("--flame-dir", help="folder with the FLAME files: tracks FLAME (with the shipped ICT network: fitted from FLAME's mean face)")
     model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     model.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
                        help=f"what runs the network: auto (default: on the CPU the first installed of {', '.join(PREFERENCE)}, the fastest first; "
@@ -229,6 +253,10 @@ def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argpars
                             "and pool one identity per tracked person (default: on)")
     refinement.add_argument("--refine-iters", type=positive_int, metavar="N",
                             help="refinement iterations per frame (default: the library's, tracker.fitting.refinement.DEFAULT_ITERATIONS)")
+    refinement.add_argument("--refine-start", choices=REFINE_STARTS,
+                            help="a new face's start: network (its prediction, start and prior), camera (the mean face at the network's head pose), "
+                            "pnp (the mean face at a perspective-n-point pose of MediaPipe's points), mean (the frontal mean face); default: network "
+                            f"when the checkpoint regresses the head model fitted, else {OTHER_HEAD_START}")
 
 
 def options_from_args(args: argparse.Namespace, **fields: Any) -> TrackerOptions:
@@ -244,6 +272,7 @@ def options_from_args(args: argparse.Namespace, **fields: Any) -> TrackerOptions
         "detector": args.detector,
         "refine": args.refine,
         "refine_iters": args.refine_iters,
+        "refine_start": args.refine_start,
     }
     return TrackerOptions(**{**values, **fields})
 
