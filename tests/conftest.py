@@ -80,3 +80,14 @@ def untrained_checkpoint(tmp_path_factory, ict_npz_path: Path) -> Path:
         },
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def ict_as_flame_dir(tmp_path_factory, ict_npz_path: Path) -> Path:
+    """A FLAME-format folder with ICT-FaceKit's face and its own aux files (tests/flame_factory.py
+    ``write_ict_as_flame``; about 25 s), built once per session."""
+    from tests.flame_factory import shared_aux_dir, write_ict_as_flame
+
+    if shared_aux_dir() is None:
+        pytest.skip("shared flame-aux folder not found (its MediaPipe embedding gives the official landmark indices)")
+    return write_ict_as_flame(tmp_path_factory.mktemp("ict_as_flame"), load_head_model("ict", ict_npz_path))

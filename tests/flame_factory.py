@@ -8,8 +8,9 @@ to 1, and the official kintree_table. Variants:
     "2023"  flame2023.pkl, plain numpy arrays + scipy sparse J_regressor
     "npz"   flame.npz, the same keys, J_regressor dense
 Auxiliary files (landmark_embedding.npy, FLAME_masks.pkl, eyelids, MediaPipe embedding) are
-copied from the shared ``flame-aux`` folder when it is there (real FLAME topology), else generated
-in the same formats.
+generated in the official formats, their landmarks in a face's layout on the generated mesh (the
+shared ``flame-aux`` files index real FLAME's triangles: the loader refuses them beside this mesh).
+``write_ict_as_flame`` builds a FLAME-format model with a real face (ICT-FaceKit's) and its own aux files.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.optimize import nnls
+from scipy.spatial import ConvexHull, cKDTree
 
 from tracker.files.paths import shared_dir
+from tracker.head_models.flame import MEDIAPIPE_ANCHORS
 
 NUM_VERTICES, NUM_FACES = 5023, 9976
 RINGS, COLUMNS = 81, 62  # 1 top pole + 81 rings x 62 columns = 5023 vertices
@@ -59,11 +63,7 @@ def head_mesh() -> tuple[np.ndarray, np.ndarray]:
 
     +y up, +z out of the face, like FLAME; a nose bump and a narrower neck.
     """
-    t, a = surface_coords()
-    unit = np.stack([np.sin(t) * np.sin(a), np.cos(t), np.sin(t) * np.cos(a)], -1)
-    neck = 1.0 - 0.4 / (1.0 + np.exp(-(t - 0.72 * np.pi) / 0.05))
-    vertices = unit * np.array([0.078, 0.12, 0.1]) * neck[:, None]
-    vertices[:, 2] += 0.022 * _bump(t, a, 0.5 * np.pi, 0.0, 0.1)
+    vertices = head_mesh_points(*surface_coords())
 
     ring = 1 + np.arange(RINGS * COLUMNS).reshape(RINGS, COLUMNS)
     nxt = np.roll(np.arange(COLUMNS), -1)
@@ -204,40 +204,79 @@ def _random_bary(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.dirichlet(np.ones(3), size=shape)
 
 
+def generated_landmarks68() -> tuple[np.ndarray, np.ndarray]:
+    """(68,) polar and (68,) azimuth of iBUG's 68 points on the generated head: jaw, brows, nose, eyes
+    (around ``EYES``), lips (around the lips bump); azimuth > 0 is the subject's left."""
+    s = np.linspace(0.0, np.pi, 17)
+    jaw = (0.5 * np.pi + 0.18 * np.pi * np.sin(s), -0.75 * np.cos(s))
+    brows = (np.full(10, 0.36 * np.pi), np.r_[np.linspace(-0.7, -0.15, 5), np.linspace(0.15, 0.7, 5)])
+    nose = (np.r_[np.linspace(0.44, 0.5, 4), np.full(5, 0.53)] * np.pi, np.r_[np.zeros(4), np.linspace(-0.12, 0.12, 5)])
+    # corner, two upper, corner, two lower: right eye from its outer corner, left eye from its inner corner
+    ring = np.array([np.pi, 2 * np.pi / 3, np.pi / 3, 0.0, -np.pi / 3, -2 * np.pi / 3])
+    eyes = [(t0 - 0.02 * np.pi * np.sin(ring), a0 + 0.12 * np.cos(ring)) for t0, a0 in (EYES["right"], EYES["left"])]
+    outer, inner = np.arange(12) * np.pi / 6, np.arange(8) * np.pi / 4
+    lips = (0.6 * np.pi - np.r_[0.03 * np.pi * np.sin(outer), 0.01 * np.pi * np.sin(inner)],
+            -np.r_[0.3 * np.cos(outer), 0.2 * np.cos(inner)])
+    parts = [jaw, brows, nose, *eyes, lips]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _vertex_triangles(points: np.ndarray, v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L, 3) points -> (L,) a triangle at each one's nearest vertex and (L, 3) barycentrics picking that vertex."""
+    nearest = cKDTree(v).query(points)[1]
+    face_idx = np.array([np.flatnonzero((f == n).any(1))[0] for n in nearest])
+    return face_idx, (f[face_idx] == nearest[:, None]).astype(np.float64)
+
+
 def write_generated_aux(folder: Path, seed: int = 0) -> None:
-    """DECA-format landmark embedding, masks, eyelids and MediaPipe embedding for the generated mesh."""
+    """DECA-format landmark embedding, masks, eyelids and MediaPipe embedding for the generated mesh:
+    the 68 points in a face's layout (``generated_landmarks68``, at vertices), MediaPipe's anchor
+    points (``MEDIAPIPE_ANCHORS``) at their iBUG places and its other points on random front
+    triangles, eyelid bumps above the eyes."""
     rng = np.random.default_rng(seed + 1)
     v, f = head_mesh()
-    front = np.flatnonzero(v[f].mean(1)[:, 2] > 0.04)
-    side = np.flatnonzero(np.abs(v[f].mean(1)[:, 0]) > 0.04)
-    embedding = {
-        "static_lmk_faces_idx": rng.choice(front, 51, replace=False).astype(np.int64),
-        "static_lmk_bary_coords": _random_bary(rng, 51),
-        "dynamic_lmk_faces_idx": torch.from_numpy(rng.choice(side, (79, 17))).long(),  # torch, like DECA's file
-        "dynamic_lmk_bary_coords": torch.from_numpy(_random_bary(rng, 79, 17)).float(),
-        "full_lmk_faces_idx": rng.choice(front, (1, 68)).astype(np.int64),
-        "full_lmk_bary_coords": _random_bary(rng, 1, 68).astype(np.float32),
-    }
-    np.save(folder / "landmark_embedding.npy", np.array(embedding, dtype=object), allow_pickle=True)
+    t, a = generated_landmarks68()
+    face_idx, bary = _vertex_triangles(head_mesh_points(t, a), v, f)
+    np.save(folder / "landmark_embedding.npy", np.array(_deca_embedding(face_idx, bary), dtype=object), allow_pickle=True)
 
     regions = _regions()
     masks = {k: np.flatnonzero(regions[k]).astype(np.int64) for k in MASK_KEYS}
     with open(folder / "FLAME_masks.pkl", "wb") as file:
         pickle.dump(masks, file, protocol=2)
 
-    t, a = surface_coords()
+    ts, az = surface_coords()
     for name, (t0, a0) in zip(("l_eyelid.npy", "r_eyelid.npy"), EYES.values()):
-        upper_lid = _bump(t, a, t0 - 0.04, a0, 0.06)
+        upper_lid = _bump(ts, az, t0 - 0.04, a0, 0.06)
         np.save(folder / name, np.array([0.0, -0.008, 0.001]) * upper_lid[:, None])
 
-    np.savez(folder / "mediapipe_landmark_embedding.npz",
-             lmk_face_idx=rng.choice(front, 105, replace=False).astype(np.uint32),
-             lmk_b_coords=_random_bary(rng, 105), landmark_indices=np.sort(rng.choice(468, 105, replace=False)))
+    anchors = dict(MEDIAPIPE_ANCHORS)
+    others = rng.choice(np.setdiff1d(np.arange(468), list(anchors)), 105 - len(anchors), replace=False)
+    indices = np.sort(np.r_[list(anchors), others]).astype(np.int64)
+    front = np.flatnonzero(v[f].mean(1)[:, 2] > 0.04)
+    mp_faces, mp_bary = rng.choice(front, 105, replace=False), _random_bary(rng, 105)
+    for row, index in enumerate(indices):
+        if index in anchors:
+            mp_faces[row], mp_bary[row] = face_idx[anchors[index]], bary[anchors[index]]
+    np.savez(folder / "mediapipe_landmark_embedding.npz", lmk_face_idx=mp_faces.astype(np.uint32), lmk_b_coords=mp_bary,
+             landmark_indices=indices)
 
 
-def write_aux(folder: Path, use_shared: bool = True, seed: int = 0) -> None:
-    """Copy the shared aux files into ``folder`` when present (and ``use_shared``), else generate them."""
+def head_mesh_points(t: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """(L,) polar and azimuth -> (L, 3) points of ``head_mesh``'s surface there (metres)."""
+    unit = np.stack([np.sin(t) * np.sin(a), np.cos(t), np.sin(t) * np.cos(a)], -1)
+    neck = 1.0 - 0.4 / (1.0 + np.exp(-(t - 0.72 * np.pi) / 0.05))
+    points = unit * np.array([0.078, 0.12, 0.1]) * neck[:, None]
+    points[:, 2] += 0.022 * _bump(t, a, 0.5 * np.pi, 0.0, 0.1)
+    return points
+
+
+def write_aux(folder: Path, use_shared: bool = False, seed: int = 0) -> None:
+    """Generate the aux files for the generated mesh into ``folder``; ``use_shared`` copies the shared
+    flame-aux files instead (real FLAME topology: ``FLAME.from_dir`` refuses them beside the generated
+    mesh, for tests of that refusal)."""
     source = shared_aux_dir() if use_shared else None
+    if use_shared and source is None:
+        raise FileNotFoundError("the shared flame-aux folder is not there")
     if source is None:
         write_generated_aux(folder, seed)
         return
@@ -245,8 +284,8 @@ def write_aux(folder: Path, use_shared: bool = True, seed: int = 0) -> None:
         shutil.copyfile(source / name, folder / name)
 
 
-def make_flame_dir(tmp_path: Path, variant: str = "2023", use_shared_aux: bool = True, seed: int = 0) -> Path:
-    """A complete FLAME folder (model of ``variant`` + aux files) under ``tmp_path``; returns the folder."""
+def make_flame_dir(tmp_path: Path, variant: str = "2023", use_shared_aux: bool = False, seed: int = 0) -> Path:
+    """A complete FLAME folder (model of ``variant`` + aux files, ``write_aux``) under ``tmp_path``; returns the folder."""
     folder = Path(tmp_path) / f"flame_{variant}_{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     write_model(folder / MODEL_FILE[variant], variant, flame_arrays(seed))
@@ -266,3 +305,306 @@ def make_smplx_dir(tmp_path: Path, static_faces_idx: np.ndarray, static_bary: np
     dynamic = {"lmk_face_idx": np.asarray(dynamic_faces_idx), "lmk_b_coords": np.asarray(dynamic_bary)}
     np.save(folder / "flame_dynamic_embedding.npy", np.array(dynamic, dtype=object), allow_pickle=True)
     return folder
+
+
+# -- ICT-FaceKit as FLAME ----------------------------------------------------------------------------
+# A FLAME-format model with a real face: a face-dense triangulation of the sphere of directions,
+# shrink-wrapped onto ICT-FaceKit's neutral head along rays from ICT_RAY_ORIGIN, and every field
+# (identity, expression, eyelids, jaw) sampled from ICT at the wrapped points.
+ICT_RAY_ORIGIN = np.array([0.0, 0.01, 0.0])  # metres, ICT head frame (ear height, mid-sagittal)
+NECK_POLAR = np.radians(150.0)  # the neck opening: polar angle from +y
+NECK_CUT = -0.11  # metres: ICT below this (the shoulders) is left out; rays that pass it are filled smoothly
+NECK_POINTS = 68  # a disk of V vertices, B on its boundary, has 2V - B - 2 triangles: 2 * 5023 - 68 - 2 = 9976
+FACE_ZOOM = 2.2  # conformal zoom towards +z: vertex density on the face ~ FACE_ZOOM**4 times the back's
+ICT_LIDS = ("eyeBlink", "eyeSquint", "eyeWide")  # lid shapes, spread from the lids over the eyeball vertices
+ICT_AS_EYELIDS = ("eyeBlink_L", "eyeBlink_R")  # -> l_eyelid.npy, r_eyelid.npy (ICT's _L: subject's left, +x)
+ICT_AS_JAW = "jawOpen"  # -> the jaw joint and its skinning weights
+
+
+def ict_expression_columns(ict_model) -> tuple[str, ...]:
+    """The ICT expression names in FLAME expression columns 0.. (shapedirs[..., 300 + k]): all but
+    the two blinks (eyelids) and jawOpen (jaw joint); the remaining columns are zero."""
+    return tuple(n for n in ict_model.expression_names if n not in (*ICT_AS_EYELIDS, ICT_AS_JAW))
+
+
+def _fibonacci_sphere(count: int) -> np.ndarray:
+    """(count, 3) nearly uniform unit vectors."""
+    i = np.arange(count) + 0.5
+    z = 1.0 - 2.0 * i / count
+    phi = i * np.pi * (3.0 - np.sqrt(5.0))
+    r = np.sqrt(1.0 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], -1)
+
+
+def _zoom_to_face(directions: np.ndarray) -> np.ndarray:
+    """(N, 3) unit vectors -> (N, 3): stereographic projection from -z, scaled by 1 / FACE_ZOOM, back."""
+    w = directions[:, :2] / (1.0 + directions[:, 2:])[..., :1] / FACE_ZOOM
+    q = (w * w).sum(1, keepdims=True)
+    return np.concatenate([2 * w, 1 - q], 1) / (1 + q)
+
+
+def face_dense_directions() -> tuple[np.ndarray, np.ndarray]:
+    """(5023, 3) unit ray directions (dense towards +z, the last NECK_POINTS on the neck ring) and
+    (9976, 3) int64 triangles: the spherical Delaunay triangulation, open at the neck."""
+    inner_count = NUM_VERTICES - NECK_POINTS
+    margin = 0.6 * np.pi * np.sin(NECK_POLAR) / NECK_POINTS  # keep the inner points off the ring
+    for count in range(inner_count, 2 * inner_count):
+        dirs = _zoom_to_face(_fibonacci_sphere(count))
+        inner = dirs[np.arccos(np.clip(dirs[:, 1], -1, 1)) < NECK_POLAR - margin]
+        if len(inner) == inner_count:
+            break
+    azimuth = np.linspace(-np.pi, np.pi, NECK_POINTS, endpoint=False)
+    ring = np.stack([np.sin(NECK_POLAR) * np.sin(azimuth), np.full(NECK_POINTS, np.cos(NECK_POLAR)),
+                     np.sin(NECK_POLAR) * np.cos(azimuth)], -1)
+    dirs = np.concatenate([inner, ring])
+    hull = ConvexHull(np.concatenate([dirs, [[0.0, -1.0, 0.0]]]))  # a pole closes the neck; its fan is dropped
+    faces = hull.simplices[(hull.simplices < NUM_VERTICES).all(1)]
+    normals = np.cross(dirs[faces[:, 1]] - dirs[faces[:, 0]], dirs[faces[:, 2]] - dirs[faces[:, 0]])
+    flip = (normals * dirs[faces].mean(1)).sum(1) < 0
+    faces[flip] = faces[flip][:, ::-1]
+    assert faces.shape == (NUM_FACES, 3), faces.shape
+    return dirs, faces.astype(np.int64)
+
+
+def cast_rays(origin: np.ndarray, directions: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Outermost hit of each ray on a triangle soup (Moeller-Trumbore on the pairs whose directions are close).
+
+    origin (3,), directions (N, 3) unit, triangles (F, 3, 3) -> distance (N,) (nan: no hit), triangle (N,) int64
+    (-1: no hit), barycentrics (N, 3).
+    """
+    corner_dirs = triangles - origin
+    corner_dirs /= np.linalg.norm(corner_dirs, axis=2, keepdims=True)
+    centre = corner_dirs.mean(1)
+    centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+    reach = np.linalg.norm(corner_dirs - centre[:, None], axis=2).max()  # chord from a centre to its corners
+    pairs = cKDTree(centre).query_ball_point(directions, reach + 1e-9)
+    ray = np.repeat(np.arange(len(directions)), [len(p) for p in pairs])
+    tri = np.concatenate(pairs).astype(np.int64)
+    v0, e1, e2 = triangles[tri, 0], triangles[tri, 1] - triangles[tri, 0], triangles[tri, 2] - triangles[tri, 0]
+    d = directions[ray]
+    pvec = np.cross(d, e2)
+    det = (e1 * pvec).sum(1)
+    safe = np.where(np.abs(det) < 1e-14, 1.0, det)
+    tvec = origin - v0
+    qvec = np.cross(tvec, e1)
+    u, v, t = (tvec * pvec).sum(1) / safe, (d * qvec).sum(1) / safe, (e2 * qvec).sum(1) / safe
+    hit = (np.abs(det) >= 1e-14) & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0)
+    ray, tri, u, v, t = ray[hit], tri[hit], u[hit], v[hit], t[hit]
+    order = np.lexsort((t, ray))  # per ray, the farthest hit last
+    last = order[np.r_[ray[order][1:] != ray[order][:-1], True]]
+    distance, index, bary = np.full(len(directions), np.nan), np.full(len(directions), -1), np.zeros((len(directions), 3))
+    distance[ray[last]], index[ray[last]] = t[last], tri[last]
+    bary[ray[last]] = np.stack([1 - u[last] - v[last], u[last], v[last]], -1)
+    return distance, index, bary
+
+
+def _fill_holes(values: np.ndarray, faces: np.ndarray, holes: np.ndarray, iterations: int = 500) -> np.ndarray:
+    """(V,) ``values`` with the ``holes`` (V,) bool entries replaced by the harmonic fill over the mesh edges."""
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    adjacency = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(values),) * 2).tocsr()
+    adjacency = ((adjacency + adjacency.T) > 0).astype(float)
+    degree = np.asarray(adjacency.sum(1)).ravel()
+    out = values.copy()
+    out[holes] = np.nanmean(values)
+    for _ in range(iterations):
+        out[holes] = (adjacency @ out)[holes] / degree[holes]
+    return out
+
+
+def _regressor_row(vertices: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(V,) non-negative weights summing to 1 whose weighted vertex mean is ``target`` (3,), preferring near vertices."""
+    distance = np.linalg.norm(vertices - target, axis=1)
+    a = np.concatenate([vertices.T * 100.0, np.ones((1, len(vertices))) * 100.0, distance[None] * 0.1])
+    b = np.concatenate([target * 100.0, [100.0], [0.0]])
+    weights = nnls(a, b, maxiter=10000)[0]
+    assert np.linalg.norm(weights @ vertices - target) < 1e-4 and abs(weights.sum() - 1) < 1e-4, (target, weights @ vertices, weights.sum())
+    return weights / weights.sum()
+
+
+def _rigid_rotation_fit(points: np.ndarray, offsets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Rotation about an x-parallel axis best matching the small ``offsets`` (N, 3) of ``points`` (N, 3):
+    (angle in radians, positive opens a jaw; pivot (3,) on x = 0). The pivot is searched on a 5 mm grid
+    around the temporomandibular joints (y -2..+2 cm, z -2..+3 cm): jawOpen also glides the jaw
+    backwards, which a free fit absorbs with a pivot far above the head."""
+    best = (np.inf, 0.0, np.zeros(3))
+    for py in np.arange(-0.02, 0.0201, 0.005):
+        for pz in np.arange(-0.02, 0.0301, 0.005):
+            pivot = np.array([0.0, py, pz])
+            arm = np.cross([1.0, 0.0, 0.0], points - pivot)  # the motion of a unit rotation
+            angle = (arm * offsets).sum() / (arm * arm).sum()
+            residual = np.linalg.norm(offsets - angle * arm, axis=1).mean()
+            if residual < best[0]:
+                best = (residual, angle, pivot)
+    return float(best[1]), best[2]
+
+
+def _sample(field: np.ndarray, corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """(K, V_ict, 3) fields, (N, 3) triangle corners, (N, 3) barycentrics -> (N, 3, K)."""
+    return np.einsum("knjc,nj->nck", field[:, corners], bary)
+
+
+def _spread_over(values: np.ndarray, points: np.ndarray, targets: np.ndarray, sources: np.ndarray, k: int = 8) -> np.ndarray:
+    """``values`` (N, ...) with rows ``targets`` (bool) replaced by inverse-distance weights of the k
+    nearest ``sources`` rows in the frontal (x, y) plane of ``points`` (N, 3)."""
+    tree = cKDTree(points[sources, :2])
+    distance, nearest = tree.query(points[targets, :2], k)
+    weights = 1.0 / np.maximum(distance, 1e-5) ** 2
+    weights /= weights.sum(1, keepdims=True)
+    out = values.copy()
+    out[targets] = np.einsum("tk,tk...->t...", weights, values[np.flatnonzero(sources)[nearest]])
+    return out
+
+
+def write_ict_as_flame(folder: Path, ict_model) -> Path:
+    """Write a FLAME-format folder (flame2023.pkl in ``write_model(..., "2023")``'s layout plus every
+    aux file) with ICT-FaceKit's face (``ict_model``: ``tracker.head_models.ict.ICT``) into ``folder``.
+
+    Geometry: ``face_dense_directions`` shrink-wrapped onto ICT's neutral skin and eyeballs (ears left
+    out: their rays land on the head behind them) along rays from ICT_RAY_ORIGIN; ICT's frame and
+    metres are kept. Fields, sampled at the wrapped points (barycentric on ICT's triangles):
+        shapedirs[..., :100]       ICT's 100 identity modes (shape 100..299 zero)
+        shapedirs[..., 300:350]    ICT's expressions but blinks and jawOpen, ``ict_expression_columns``
+                                   (weights ICT-like, ~[0, 1]; 350..399 zero)
+        l/r_eyelid.npy             eyeBlink_L / eyeBlink_R (subject's left / right)
+        jaw joint                  pivot and weights from jawOpen: a rotation of ``angle`` about
+                                   the x-parallel axis through the pivot ~ jawOpen = 1
+        eye joints                 ICT's eyeball centres; the vertices on ICT's eyeballs follow them
+        root, neck joints          the neck ring's centre and half-way up to ear height
+        posedirs                   zero
+    Vertices on the eyeballs take the lid shapes' motion from the lids around them (the sheet over
+    the eye closes with the lid). Embeddings: DECA's 68 points from ICT's calibrated landmarks (rays
+    onto the wrapped mesh; the 17 contour points static in every yaw row) and MediaPipe's, placed by
+    ``compute_mediapipe_embedding`` on the loaded model, at the official 105 indices of the shared
+    flame-aux file. Returns ``folder``.
+    """
+    from tracker.fitting.mediapipe_embedding import compute_mediapipe_embedding
+    from tracker.head_models.flame import FLAME
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    official = shared_aux_dir()
+    if official is None:
+        raise FileNotFoundError("the shared flame-aux folder (official MediaPipe landmark indices) is needed")
+    neutral = ict_model.neutral.double().numpy()
+    triangles = ict_model.faces.numpy()
+    masks = {k: m.numpy() for k, m in ict_model.region_masks.items()}
+    skin = (masks["upstream_face"] | masks["head_and_neck"]) & ~masks["ears"]
+    target = (skin | masks["eyeball_left"] | masks["eyeball_right"]) & (neutral[:, 1] > NECK_CUT)
+    target_triangles = triangles[target[triangles].all(1)]
+
+    dirs, faces = face_dense_directions()
+    distance, hit, bary = cast_rays(ICT_RAY_ORIGIN, dirs, neutral[target_triangles])
+    corners = target_triangles[hit]  # (5023, 3) ICT vertex ids
+    missed = hit < 0  # the ears' holes and below the neck cut: a smooth patch, fields of the nearest ICT vertex
+    distance = _fill_holes(distance, faces, missed)
+    v = ICT_RAY_ORIGIN + distance[:, None] * dirs
+    corners[missed] = np.flatnonzero(target)[cKDTree(neutral[target]).query(v[missed])[1]][:, None]
+    bary[missed] = [1.0, 0.0, 0.0]
+    np.savez(folder / "ict_correspondence.npz", corners=corners, bary=bary, on_surface=~missed)
+    nearest = corners[np.arange(NUM_VERTICES), bary.argmax(1)]  # the ICT vertex each one is nearest to
+    on_eyeball = {side: masks[f"eyeball_{side}"][nearest] & ~missed for side in ("left", "right")}
+    eyeball = on_eyeball["left"] | on_eyeball["right"]
+
+    def basis(group: str) -> np.ndarray:
+        return getattr(ict_model, f"{group}_basis").double().numpy().reshape(-1, len(neutral), 3)
+
+    identity = _sample(basis("identity"), corners, bary)  # (5023, 3, 100)
+    names = list(ict_model.expression_names)
+    expression = _sample(basis("expression"), corners, bary)  # (5023, 3, 53)
+    lids = [i for i, n in enumerate(names) if n.startswith(ICT_LIDS)]
+    expression[..., lids] = _spread_over(expression[..., lids], v, eyeball, ~eyeball)
+    column = {n: expression[..., names.index(n)] for n in names}
+
+    shapedirs = np.zeros((NUM_VERTICES, 3, 400))
+    shapedirs[..., : identity.shape[2]] = identity
+    kept = ict_expression_columns(ict_model)
+    shapedirs[..., 300 : 300 + len(kept)] = np.stack([column[n] for n in kept], -1)
+
+    ict_points = neutral[ict_model.landmark_indices.numpy()]  # (68, 3) calibrated iBUG landmarks
+    # jaw: pivot from the chin's jawOpen motion, weights = its motion / a rigid rotation's
+    jaw = column[ICT_AS_JAW]
+    moving = np.linalg.norm(jaw, axis=1) > 0.6 * np.linalg.norm(jaw, axis=1).max()
+    angle, pivot = _rigid_rotation_fit(v[moving], jaw[moving])
+    rigid = angle * np.cross([1.0, 0.0, 0.0], v - pivot)
+    jaw_weight = np.clip(np.linalg.norm(jaw, axis=1) / np.maximum(np.linalg.norm(rigid, axis=1), 1e-6), 0, 1)
+    lip_line = ict_points[[60, 61, 62, 63, 64]]  # the upper inner lip, right to left corner, extended flat
+    below_lips = np.where(v[:, 2] > pivot[2], 1.0 / (1.0 + np.exp((v[:, 1] - np.interp(v[:, 0], lip_line[:, 0], lip_line[:, 1])) / 0.003)), 1.0)
+    below_pivot = 1.0 / (1.0 + np.exp((v[:, 1] - pivot[1] - 0.01) / 0.005))
+    jaw_weight *= below_lips * below_pivot * ~eyeball  # the upper lip and all above the pivot stay
+
+    ring = np.arange(NUM_VERTICES - NECK_POINTS, NUM_VERTICES)
+    root = v[ring].mean(0)
+    neck = np.array([0.0, root[1] / 2, root[2]])
+    eye_centres = [neutral[masks[f"eyeball_{side}"]].mean(0) for side in ("left", "right")]
+    J_regressor = sp.csc_matrix(np.stack([
+        np.bincount(ring, minlength=NUM_VERTICES) / NECK_POINTS, _regressor_row(v, neck), _regressor_row(v, pivot),
+        *(_regressor_row(v, c) for c in eye_centres)]))
+
+    rest = 1.0 - jaw_weight - eyeball
+    root_share = 1.0 / (1.0 + np.exp(-(root[1] + 0.03 - v[:, 1]) / 0.008))
+    weights = np.stack([rest * root_share, rest * (1 - root_share), jaw_weight,
+                        on_eyeball["left"].astype(float), on_eyeball["right"].astype(float)], -1)
+
+    def exact32(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32).astype(np.float64)
+
+    J_regressor.data = exact32(J_regressor.data)
+    v, shapedirs, weights = exact32(v), exact32(shapedirs), exact32(weights)
+    arrays = {"v_template": v, "f": faces.astype(np.uint32), "shapedirs": shapedirs,
+              "posedirs": np.zeros((NUM_VERTICES, 3, 36)), "J_regressor": J_regressor, "J": J_regressor @ v,
+              "weights": weights, "kintree_table": KINTREE_TABLE, "bs_style": "lbs", "bs_type": "lrotmin"}
+    write_model(folder / MODEL_FILE["2023"], "2023", arrays)
+
+    for file, name in zip(("l_eyelid.npy", "r_eyelid.npy"), ICT_AS_EYELIDS):
+        np.save(folder / file, column[name])
+    _write_ict_masks(folder, v, nearest, masks, ring, ict_model)
+    _write_ict_landmarks(folder, v, faces, ict_points)
+
+    head = FLAME.from_dir(folder)  # no MediaPipe embedding yet
+    embedding = compute_mediapipe_embedding(head)
+    face_of = {tuple(sorted(f)): i for i, f in enumerate(faces.tolist())}
+    indices = np.load(official / "mediapipe_landmark_embedding.npz")["landmark_indices"].astype(np.int64)
+    ids, weights_mp = embedding.vertex_ids.numpy()[indices], embedding.bary.double().numpy()[indices]
+    face_idx = np.array([face_of[tuple(sorted(c))] for c in ids.tolist()])
+    order = np.argmax(faces[face_idx][:, :, None] == ids[:, None, :], axis=2)  # face corner j is ids column order[j]
+    np.savez(folder / "mediapipe_landmark_embedding.npz", lmk_face_idx=face_idx.astype(np.uint32),
+             lmk_b_coords=np.take_along_axis(weights_mp, order, 1), landmark_indices=indices)
+    return folder
+
+
+def _write_ict_masks(folder: Path, v: np.ndarray, nearest: np.ndarray, masks: dict, ring: np.ndarray, ict_model) -> None:
+    """FLAME_masks.pkl from ICT's regions at each vertex's nearest ICT vertex."""
+    at = {k: m[nearest] for k, m in masks.items()}
+    landmarks = ict_model.neutral.double().numpy()[ict_model.landmark_indices.numpy()]
+    left = v[:, 0] > 0
+    ear_points = ict_model.neutral.double().numpy()[masks["ears"]]
+    near_ear = cKDTree(ear_points).query(v)[0] < 0.015
+    regions = {
+        "face": at["face"], "eye_region": at["eyes"], "left_eye_region": at["eyes"] & left,
+        "right_eye_region": at["eyes"] & ~left, "left_eyeball": at["eyeball_left"], "right_eyeball": at["eyeball_right"],
+        "lips": at["mouth"], "nose": at["nose"], "forehead": at["narrow_face"] & (v[:, 1] > landmarks[17:27, 1].max()),
+        "scalp": ~at["upstream_face"] & (v[:, 1] > 0.0), "neck": ~at["upstream_face"] & (v[:, 1] < landmarks[8, 1]),
+        "boundary": np.isin(np.arange(NUM_VERTICES), ring), "left_ear": near_ear & left, "right_ear": near_ear & ~left,
+    }
+    with open(folder / "FLAME_masks.pkl", "wb") as file:
+        pickle.dump({k: np.flatnonzero(regions[k]).astype(np.int64) for k in MASK_KEYS}, file, protocol=2)
+
+
+def _write_ict_landmarks(folder: Path, v: np.ndarray, faces: np.ndarray, points: np.ndarray) -> None:
+    """DECA's landmark_embedding.npy: the (68, 3) ``points`` carried onto the mesh along rays from ICT_RAY_ORIGIN."""
+    rays = (points - ICT_RAY_ORIGIN) / np.linalg.norm(points - ICT_RAY_ORIGIN, axis=1, keepdims=True)
+    distance, face_idx, bary = cast_rays(ICT_RAY_ORIGIN, rays, v[faces])
+    assert not np.isnan(distance).any()
+    np.save(folder / "landmark_embedding.npy", np.array(_deca_embedding(face_idx, bary), dtype=object), allow_pickle=True)
+
+
+def _deca_embedding(face_idx: np.ndarray, bary: np.ndarray) -> dict:
+    """(68,) triangles and (68, 3) barycentrics -> DECA's dict (the contour the same in every yaw row)."""
+    return {
+        "static_lmk_faces_idx": face_idx[17:].astype(np.int64),
+        "static_lmk_bary_coords": bary[17:].astype(np.float64),
+        "dynamic_lmk_faces_idx": torch.from_numpy(np.tile(face_idx[:17], (79, 1))).long(),  # torch, like DECA's file
+        "dynamic_lmk_bary_coords": torch.from_numpy(np.tile(bary[:17], (79, 1, 1))).float(),
+        "full_lmk_faces_idx": face_idx[None].astype(np.int64),
+        "full_lmk_bary_coords": bary[None].astype(np.float32),
+    }

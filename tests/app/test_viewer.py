@@ -116,6 +116,21 @@ def test_cli_screenshot_of_a_tracked_real_video(qt_gui: str, untrained_checkpoin
     assert ((green > 60) & (blue < 30) & (red < 30)).mean() > 0.02, "the shaded mesh in lime (#00ff00), opaque"
 
 
+@pytest.mark.shared
+def test_cli_screenshot_of_flame_tracked_with_the_ict_network(qt_gui: str, ict_as_flame_dir: Path, video: Path, tmp_path: Path) -> None:
+    """FLAME files and no FLAME network (the ICT-as-FLAME model): the viewer shows the fitted FLAME mesh."""
+    shot = tmp_path / "shot.png"
+    command = [sys.executable, "-m", "app.live", "--video", str(video), "--flame-dir", str(ict_as_flame_dir), "--screenshot", str(shot),
+               "--max-frames", "10", "--quiet", "--mesh-color", "lime", "--mesh-opacity", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DISPLAY": qt_gui, "QT_QPA_PLATFORM": "xcb", "PYTHONFAULTHANDLER": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "faces found in 10 frames (100.0%)" in done.stdout
+    image = cv2.imread(str(shot))
+    blue, green, red = (image[..., k].astype(int) for k in range(3))
+    assert ((green > 60) & (blue < 30) & (red < 30)).mean() > 0.02, "the FLAME mesh, shaded in lime, over the video"
+
+
 GL_REUSE_SCRIPT = """
 import sys
 import numpy as np

@@ -114,7 +114,7 @@ def test_flame_tracker_gets_arkit_weights_from_the_ict_fit_beside_it(shared_path
     """A FLAME tracker (generated FLAME model, untrained network, no FLAME refinement) has no
     ARKit semantics of its own: its weights come from ICT fitted to the same landmarks, and they
     follow the speaker's mouth and eyes as well as the ICT tracker's own."""
-    flame_dir = make_flame_dir(tmp_path, use_shared_aux=True)
+    flame_dir = make_flame_dir(tmp_path)
     torch.manual_seed(0)
     net = N2FNet.for_head_model(FLAME.from_dir(flame_dir), backbone="resnet18", input_size=64)
     checkpoint = tmp_path / "untrained_flame.pt"

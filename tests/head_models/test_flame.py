@@ -22,6 +22,7 @@ from tests.flame_factory import (
     flame_arrays,
     make_flame_dir,
     make_smplx_dir,
+    shared_aux_dir,
     write_chumpy_pickle,
     write_generated_aux,
 )
@@ -483,3 +484,13 @@ def test_gradients_reach_every_group(models):
     for key, value in params.items():
         assert value.grad is not None and torch.isfinite(value.grad).all() and value.grad.abs().sum() > 0, key
 
+
+
+@pytest.mark.shared
+def test_real_aux_files_beside_another_template_are_refused(tmp_path):
+    """The shared (real FLAME) aux files index real FLAME's triangles: beside the generated mesh
+    their landmarks land in no face's layout, and the error names the file and what to do."""
+    if shared_aux_dir() is None:
+        pytest.skip("shared flame-aux folder not found")
+    with pytest.raises(TrackerError, match=r"(?s)landmark_embedding\.npy: its 68 landmarks do not form a face.*another FLAME template"):
+        FLAME.from_dir(make_flame_dir(tmp_path, use_shared_aux=True))

@@ -47,6 +47,17 @@ MASKS_SOURCE = "get FLAME_masks.pkl ('FLAME Vertex Masks') at https://flame.is.t
 LANDMARK_SOURCE = "get landmark_embedding.npy from DECA's data folder (https://github.com/yfeng95/DECA, data/)"
 EYELID_SOURCE = "get l_eyelid.npy and r_eyelid.npy from Pixel3DMM's or VHAP's FLAME assets"
 MEDIAPIPE_SOURCE = "get mediapipe_landmark_embedding.npz from metrical-tracker's or VHAP's FLAME assets"
+TEMPLATE_SOURCE = (
+    "these files were made for another FLAME template (their triangle indices land elsewhere on this mesh): "
+    "use the files that came with your model (the FLAME download, DECA's data folder, metrical-tracker / VHAP / "
+    "Pixel3DMM assets for the official FLAME topology)"
+)
+# template fingerprint: the embedded landmarks must lie on this mesh in a face's layout (generous
+# bounds; head frame +x subject's left, +y up, +z out of the face, metres)
+EYE_DISTANCE_RANGE = (0.04, 0.08)  # between the eye centres (iBUG 36-41, 42-47); adults ~0.06
+ANCHOR_TOLERANCE = 0.35  # MediaPipe anchor to its iBUG point, eyelid centroid to its eye: times the eye distance
+# MediaPipe index -> iBUG-68 index of the same place (eye corners, mouth corners, nose tip, lip middles)
+MEDIAPIPE_ANCHORS = ((33, 36), (133, 39), (362, 42), (263, 45), (61, 48), (291, 54), (4, 30), (0, 51), (17, 57))
 
 # required region -> the FLAME_masks.pkl entries it unites
 MASK_REGIONS = {
@@ -182,6 +193,8 @@ class FlameData:
         masks = _load_masks(files.masks, problems)
         eyelids = _load_eyelids(files.eyelids, problems) if files.eyelids else None
         mediapipe = _load_mediapipe(files.mediapipe_embedding, problems) if files.mediapipe_embedding else None
+        if model is not None and landmarks is not None:
+            _check_template_fit(files, model, landmarks, eyelids, mediapipe, problems)
         problems.raise_if_any()
         return cls(**model, landmark_embedding=landmarks, masks=masks, eyelids=eyelids, mediapipe=mediapipe)
 
@@ -284,6 +297,61 @@ def _load_mediapipe(path: Path, problems: _Problems) -> dict[str, np.ndarray] | 
         }
     problems.add(path, details, MEDIAPIPE_SOURCE)
     return None if details else embedding
+
+
+def _points(v: np.ndarray, faces: np.ndarray, faces_idx: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """(V, 3) vertices, (F, 3) faces, (L,) face indices, (L, 3) barycentrics -> (L, 3) points."""
+    return np.einsum("lkc,lk->lc", v[faces[faces_idx]], bary)
+
+
+def _check_template_fit(files: FlameFiles, model: dict, landmarks: dict, eyelids: np.ndarray | None,
+                        mediapipe: dict | None, problems: _Problems) -> None:
+    """Record a problem for each embedding file that does not describe a face on this model's template:
+    the 68 points (static + the frontal contour row) in a face's layout, MediaPipe's anchor points near
+    their iBUG-68 counterparts, each eyelid field centred on an eye."""
+    v, faces = model["v_template"], model["faces"]
+    lm = np.concatenate([_points(v, faces, landmarks["dynamic_faces_idx"][0], landmarks["dynamic_bary_coords"][0]),
+                         _points(v, faces, landmarks["static_faces_idx"], landmarks["static_bary_coords"])])
+    eyes = np.stack([lm[42:48].mean(0), lm[36:42].mean(0)])  # subject's left, right
+    mouth = lm[48:60].mean(0)
+    distance = float(np.linalg.norm(eyes[0] - eyes[1]))
+    details = []
+    if not EYE_DISTANCE_RANGE[0] <= distance <= EYE_DISTANCE_RANGE[1]:
+        details.append(f"eye centres {distance * 100:.1f} cm apart (a face: {EYE_DISTANCE_RANGE[0] * 100:.0f}-"
+                       f"{EYE_DISTANCE_RANGE[1] * 100:.0f} cm)")
+    x = lm[:, 0]
+    if not (x[36] < x[39] < x[42] < x[45] and x[48] < x[54]):
+        details.append("eye corners 36 < 39 < 42 < 45 and mouth corners 48 < 54 are not in order along +x "
+                       f"(x = {np.round(x[[36, 39, 42, 45, 48, 54]] * 100, 1).tolist()} cm)")
+    heights = [eyes[:, 1].mean(), lm[30, 1], mouth[1], lm[8, 1]]
+    if not heights[0] > heights[1] > heights[2] > heights[3]:
+        details.append(f"eyes, nose tip, mouth, chin are not top to bottom along +y (y = {np.round(np.array(heights) * 100, 1).tolist()} cm)")
+    if not lm[30, 2] > eyes[:, 2].mean() > v[:, 2].mean():
+        details.append(f"the nose tip (z {lm[30, 2] * 100:.1f} cm) is not in front of the eyes (z {eyes[:, 2].mean() * 100:.1f} cm), "
+                       f"or they are not in front of the mesh's centre (z {v[:, 2].mean() * 100:.1f} cm)")
+    if details:
+        problems.add(files.landmark_embedding, ["its 68 landmarks do not form a face on this mesh: " + "; ".join(details)],
+                     TEMPLATE_SOURCE)
+        return
+    tolerance = ANCHOR_TOLERANCE * distance
+    if mediapipe is not None:
+        mp = _points(v, faces, mediapipe["faces_idx"], mediapipe["bary_coords"])
+        row = {int(i): k for k, i in enumerate(mediapipe["indices"])}
+        far = [f"MediaPipe {m} is {np.linalg.norm(mp[row[m]] - lm[i]) * 100:.1f} cm from iBUG {i}"
+               for m, i in MEDIAPIPE_ANCHORS if m in row and np.linalg.norm(mp[row[m]] - lm[i]) > tolerance]
+        if far:
+            problems.add(files.mediapipe_embedding, ["its points do not sit on the face that the 68 landmarks of "
+                         f"{files.landmark_embedding.name} mark ({tolerance * 100:.1f} cm allowed): " + "; ".join(far)],
+                         TEMPLATE_SOURCE)
+    if eyelids is not None:
+        for path, field in zip(files.eyelids, eyelids):
+            size = np.linalg.norm(field, axis=1)
+            centre = (size[:, None] * v).sum(0) / max(size.sum(), 1e-12)
+            gap = float(np.linalg.norm(eyes - centre, axis=1).min())
+            if gap > tolerance:
+                detail = (f"its displacements are centred {gap * 100:.1f} cm from the nearest eye of the 68 landmarks "
+                          f"({tolerance * 100:.1f} cm allowed)")
+                problems.add(path, [detail], TEMPLATE_SOURCE)
 
 
 # -- linear blend skinning (the smplx lbs.py steps) ------------------------------------------------
