@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.optimize import nnls
+from scipy.sparse import csgraph
 from scipy.spatial import ConvexHull, cKDTree
 
 from tracker.files.paths import shared_dir
@@ -315,6 +316,8 @@ ICT_RAY_ORIGIN = np.array([0.0, 0.01, 0.0])  # metres, ICT head frame (ear heigh
 NECK_POLAR = np.radians(150.0)  # the neck opening: polar angle from +y
 NECK_CUT = -0.11  # metres: ICT below this (the shoulders) is left out; rays that pass it are filled smoothly
 NECK_POINTS = 68  # a disk of V vertices, B on its boundary, has 2V - B - 2 triangles: 2 * 5023 - 68 - 2 = 9976
+MOUTH_VERTICES = 42  # wrapped rays fewer than 5023: the lip cut's duplicates and the mouth pocket's vertices
+MOUTH_DEPTH = 0.012  # metres: the mouth pocket's middle line lies this far behind the lips' contact line
 FACE_ZOOM = 2.2  # conformal zoom towards +z: vertex density on the face ~ FACE_ZOOM**4 times the back's
 ICT_LIDS = ("eyeBlink", "eyeSquint", "eyeWide")  # lid shapes, spread from the lids over the eyeball vertices
 ICT_AS_EYELIDS = ("eyeBlink_L", "eyeBlink_R")  # -> l_eyelid.npy, r_eyelid.npy (ICT's _L: subject's left, +x)
@@ -343,13 +346,13 @@ def _zoom_to_face(directions: np.ndarray) -> np.ndarray:
     return np.concatenate([2 * w, 1 - q], 1) / (1 + q)
 
 
-def face_dense_directions() -> tuple[np.ndarray, np.ndarray]:
-    """(5023, 3) unit ray directions (dense towards +z, the last NECK_POINTS on the neck ring) and
-    (9976, 3) int64 triangles: the spherical Delaunay triangulation, open at the neck."""
-    inner_count = NUM_VERTICES - NECK_POINTS
+def face_dense_directions(count: int = NUM_VERTICES) -> tuple[np.ndarray, np.ndarray]:
+    """(count, 3) unit ray directions (dense towards +z, the last NECK_POINTS on the neck ring) and
+    (2 * count - NECK_POINTS - 2, 3) int64 triangles: the spherical Delaunay triangulation, open at the neck."""
+    inner_count = count - NECK_POINTS
     margin = 0.6 * np.pi * np.sin(NECK_POLAR) / NECK_POINTS  # keep the inner points off the ring
-    for count in range(inner_count, 2 * inner_count):
-        dirs = _zoom_to_face(_fibonacci_sphere(count))
+    for sphere_count in range(inner_count, 2 * inner_count):
+        dirs = _zoom_to_face(_fibonacci_sphere(sphere_count))
         inner = dirs[np.arccos(np.clip(dirs[:, 1], -1, 1)) < NECK_POLAR - margin]
         if len(inner) == inner_count:
             break
@@ -358,11 +361,11 @@ def face_dense_directions() -> tuple[np.ndarray, np.ndarray]:
                      np.sin(NECK_POLAR) * np.cos(azimuth)], -1)
     dirs = np.concatenate([inner, ring])
     hull = ConvexHull(np.concatenate([dirs, [[0.0, -1.0, 0.0]]]))  # a pole closes the neck; its fan is dropped
-    faces = hull.simplices[(hull.simplices < NUM_VERTICES).all(1)]
+    faces = hull.simplices[(hull.simplices < count).all(1)]
     normals = np.cross(dirs[faces[:, 1]] - dirs[faces[:, 0]], dirs[faces[:, 2]] - dirs[faces[:, 0]])
     flip = (normals * dirs[faces].mean(1)).sum(1) < 0
     faces[flip] = faces[flip][:, ::-1]
-    assert faces.shape == (NUM_FACES, 3), faces.shape
+    assert faces.shape == (2 * count - NECK_POINTS - 2, 3), faces.shape
     return dirs, faces.astype(np.int64)
 
 
@@ -455,6 +458,90 @@ def _spread_over(values: np.ndarray, points: np.ndarray, targets: np.ndarray, so
     return out
 
 
+def _edge_graph(faces: np.ndarray, weight: np.ndarray, count: int) -> sp.csr_matrix:
+    """(F, 3) triangles, (F * 3,) weights of their edges 01, 12, 20 (stacked by edge) -> (count, count) symmetric graph."""
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    graph = sp.coo_matrix((weight, (edges[:, 0], edges[:, 1])), shape=(count, count)).tocsr()
+    return graph.maximum(graph.T)
+
+
+def _cut_lips(v: np.ndarray, faces: np.ndarray, contact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the wrapped mesh along the lips' contact line: the shortest edge path between the vertices
+    nearest its ends, hugging ``contact`` (C, 3), ICT's contact polyline in increasing x.
+
+    v (V, 3), faces (F, 3) -> path (n + 1,) vertex ids corner to corner (increasing x; its inner vertices
+    stay on the upper lip) and faces (F, 3) whose lower-lip triangles use the duplicates V .. V + n - 2
+    of the path's inner vertices instead (a slit: the path's edges become a hole's two sides)."""
+    def off_line(points: np.ndarray) -> np.ndarray:
+        return points[:, 1] - np.interp(points[:, 0], contact[:, 0], contact[:, 1])
+
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    middle = v[edges].mean(1)
+    outside = np.maximum(contact[0, 0] - middle[:, 0], middle[:, 0] - contact[-1, 0]).clip(0)
+    cost = np.linalg.norm(v[edges[:, 0]] - v[edges[:, 1]], axis=1) * (1 + ((off_line(middle) ** 2 + outside ** 2) / 0.001 ** 2))
+    start, end = cKDTree(v).query(contact[[0, -1]])[1]
+    predecessor = csgraph.dijkstra(_edge_graph(faces, cost, len(v)), indices=start, return_predecessors=True)[1]
+    path = [end]
+    while path[-1] != start:
+        path.append(predecessor[path[-1]])
+    path = path[::-1]
+    adjacent = _edge_graph(faces, np.ones(3 * len(faces)), len(v))
+    while shortcut := [i for i in range(1, len(path) - 1) if adjacent[path[i - 1], path[i + 1]]]:
+        del path[shortcut[0]]  # no triangle with all three corners on the path
+    path = np.array(path)
+    inner = path[1:-1]
+    duplicate = np.full(len(v), -1)
+    duplicate[inner] = len(v) + np.arange(len(inner))
+    line = v[path[np.argsort(v[path, 0])]]
+    below = v[:, 1] < np.interp(v[:, 0], line[:, 0], line[:, 1])  # the side of the path, off the path
+    touches = np.isin(faces, inner).any(1)
+    others = np.where(np.isin(faces, path), np.nan, below[faces].astype(float))
+    side = np.nanmean(others[touches], 1)
+    assert np.isin(side, (0.0, 1.0)).all(), "a triangle at the cut lies on both lips or on the path only"
+    cut = faces.copy()
+    lower = np.flatnonzero(touches)[side == 1.0]
+    cut[lower] = np.where(duplicate[faces[lower]] >= 0, duplicate[faces[lower]], faces[lower])
+    return path, cut
+
+
+def _mouth_pocket(path: np.ndarray, count: int, first: int, cut_faces: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The mouth pocket: ``count`` vertices (ids ``first``..) on a line from corner to corner behind the
+    slit, each the mean of the upper and lower lip edge at its arc-length fraction, joined to both edges
+    by a strip of triangles (no triangle holds both an upper and a lower lip vertex).
+
+    path (n + 1,) the cut's path (its inner vertices' duplicates follow ``_cut_lips``' numbering, from
+    ``len(v)`` = ``first - n + 1``) -> blend (count, first) sparse rows (the pocket's vertices as
+    means of the lips' vertices) and (n - 1 + count) * 2 triangles oriented like ``cut_faces`` (F, 3)."""
+    n = len(path) - 1
+    lower_path = np.r_[path[0], first - n + 1 + np.arange(n - 1), path[-1]]
+    t_lips = np.linspace(0.0, 1.0, n + 1)
+    t_pocket = np.arange(1, count + 1) / (count + 1)
+    segment = np.minimum((t_pocket * n).astype(int), n - 1)
+    fraction = t_pocket * n - segment
+    rows = np.repeat(np.arange(count), 4)
+    cols = np.stack([path[segment], path[segment + 1], lower_path[segment], lower_path[segment + 1]], 1).ravel()
+    values = np.stack([1 - fraction, fraction, 1 - fraction, fraction], 1).ravel() / 2
+    blend = sp.coo_matrix((values, (rows, cols)), shape=(count, first)).tocsr()
+    pocket = first + np.arange(count)
+    triangles = []
+    for lip in (path, lower_path):
+        strip, i, j = [(lip[0], lip[1], pocket[0])], 1, 0  # ladder between lip[1:-1] and the pocket line
+        while i < n - 1 or j < count - 1:
+            if j == count - 1 or (i < n - 1 and t_lips[i + 1] < t_pocket[j + 1]):
+                strip.append((lip[i], lip[i + 1], pocket[j]))
+                i += 1
+            else:
+                strip.append((lip[i], pocket[j + 1], pocket[j]))
+                j += 1
+        strip.append((lip[n - 1], lip[n], pocket[-1]))
+        strip = np.array(strip)
+        directed = set(map(tuple, np.concatenate([cut_faces[:, [0, 1]], cut_faces[:, [1, 2]], cut_faces[:, [2, 0]]]).tolist()))
+        if (lip[1], lip[2]) in directed:  # the strip must run along the lip edge the other way round
+            strip = strip[:, ::-1]
+        triangles.append(strip)
+    return blend, np.concatenate(triangles)
+
+
 def write_ict_as_flame(folder: Path, ict_model) -> Path:
     """Write a FLAME-format folder (flame2023.pkl in ``write_model(..., "2023")``'s layout plus every
     aux file) with ICT-FaceKit's face (``ict_model``: ``tracker.head_models.ict.ICT``) into ``folder``.
@@ -472,7 +559,11 @@ def write_ict_as_flame(folder: Path, ict_model) -> Path:
         root, neck joints          the neck ring's centre and half-way up to ear height
         posedirs                   zero
     Vertices on the eyeballs take the lid shapes' motion from the lids around them (the sheet over
-    the eye closes with the lid). Embeddings: DECA's 68 points from ICT's calibrated landmarks (rays
+    the eye closes with the lid). The mouth: the wrap is cut along ICT's lip contact line
+    (``_cut_lips``), its two edges on ICT's upper / lower lip (the upper with the head, the lower with
+    the jaw), and the last MOUTH_VERTICES vertices close the slit from behind (``_mouth_pocket``:
+    no ICT correspondence, ``on_surface`` false; the cut's edges as ``upper_lip`` / ``lower_lip`` in
+    ict_correspondence.npz). Embeddings: DECA's 68 points from ICT's calibrated landmarks (rays
     onto the wrapped mesh; the 17 contour points static in every yaw row) and MediaPipe's, placed by
     ``compute_mediapipe_embedding`` on the loaded model, at the official 105 indices of the shared
     flame-aux file. Returns ``folder``.
@@ -492,21 +583,46 @@ def write_ict_as_flame(folder: Path, ict_model) -> Path:
     target = (skin | masks["eyeball_left"] | masks["eyeball_right"]) & (neutral[:, 1] > NECK_CUT)
     target_triangles = triangles[target[triangles].all(1)]
 
-    dirs, faces = face_dense_directions()
+    dirs, faces = face_dense_directions(NUM_VERTICES - MOUTH_VERTICES)
     distance, hit, bary = cast_rays(ICT_RAY_ORIGIN, dirs, neutral[target_triangles])
-    corners = target_triangles[hit]  # (5023, 3) ICT vertex ids
-    missed = hit < 0  # the ears' holes and below the neck cut: a smooth patch, fields of the nearest ICT vertex
+    corners = target_triangles[hit]  # (V, 3) ICT vertex ids
+    missed = hit < 0  # the ears' holes, the slit, below the neck cut: a smooth patch, fields of the nearest ICT vertex
     distance = _fill_holes(distance, faces, missed)
     v = ICT_RAY_ORIGIN + distance[:, None] * dirs
     corners[missed] = np.flatnonzero(target)[cKDTree(neutral[target]).query(v[missed])[1]][:, None]
     bary[missed] = [1.0, 0.0, 0.0]
-    np.savez(folder / "ict_correspondence.npz", corners=corners, bary=bary, on_surface=~missed)
-    nearest = corners[np.arange(NUM_VERTICES), bary.argmax(1)]  # the ICT vertex each one is nearest to
-    on_eyeball = {side: masks[f"eyeball_{side}"][nearest] & ~missed for side in ("left", "right")}
-    eyeball = on_eyeball["left"] | on_eyeball["right"]
 
     def basis(group: str) -> np.ndarray:
         return getattr(ict_model, f"{group}_basis").double().numpy().reshape(-1, len(neutral), 3)
+
+    # the slit: cut along ICT's lip contact line; the cut's two sides go onto ICT's upper / lower lip
+    ict_points = neutral[ict_model.landmark_indices.numpy()]  # (68, 3) calibrated iBUG landmarks
+    contact = np.stack([ict_points[60], *(ict_points[[61, 62, 63]] + ict_points[[67, 66, 65]]) / 2, ict_points[64]])
+    path, faces = _cut_lips(v, faces, contact)
+    inner, lower = path[1:-1], len(v) + np.arange(len(path) - 2)
+    upper_lip, lower_lip = np.r_[path[0], inner, path[-1]], np.r_[path[0], lower, path[-1]]
+    mouth_line = v[path[np.argsort(v[path, 0])]]  # (n + 1, 3) the cut in increasing x, before the lips go onto ICT's
+    on_line = v[inner] * [1.0, 0.0, 1.0] + [[0.0, 1.0, 0.0]] * np.interp(v[inner, 0], contact[:, 0], contact[:, 1])[:, None]
+    lip_ids = np.flatnonzero(skin & masks["mouth"])
+    candidates = lip_ids[cKDTree(neutral[lip_ids]).query(on_line, 16)[1]]  # (n - 1, 16) ICT lip vertices near the line
+    jaw_motion = np.linalg.norm(basis("expression")[list(ict_model.expression_names).index(ICT_AS_JAW)], axis=1)[candidates]
+    moves = jaw_motion > np.median(jaw_motion, 1, keepdims=True)  # on the lower lip
+    gap = np.linalg.norm(neutral[candidates] - on_line[:, None], axis=2)
+    row = np.arange(len(inner))
+    lip_vertex = np.concatenate([candidates[row, np.where(moves, np.inf, gap).argmin(1)],
+                                 candidates[row, np.where(moves, gap, np.inf).argmin(1)]])
+    v = np.concatenate([v, v[inner]])
+    v[np.r_[inner, lower]] = neutral[lip_vertex]
+    corners = np.concatenate([corners, corners[inner]])
+    corners[np.r_[inner, lower]] = lip_vertex[:, None]
+    bary = np.concatenate([bary, bary[inner]])
+    bary[np.r_[inner, lower]] = [1.0, 0.0, 0.0]
+    missed = np.concatenate([missed, np.zeros(len(lower), bool)])
+    missed[inner] = False
+    surface_count = len(v)
+    nearest = corners[np.arange(surface_count), bary.argmax(1)]  # the ICT vertex each one is nearest to
+    on_eyeball = {side: masks[f"eyeball_{side}"][nearest] & ~missed for side in ("left", "right")}
+    eyeball = on_eyeball["left"] | on_eyeball["right"]
 
     identity = _sample(basis("identity"), corners, bary)  # (5023, 3, 100)
     names = list(ict_model.expression_names)
@@ -515,35 +631,53 @@ def write_ict_as_flame(folder: Path, ict_model) -> Path:
     expression[..., lids] = _spread_over(expression[..., lids], v, eyeball, ~eyeball)
     column = {n: expression[..., names.index(n)] for n in names}
 
-    shapedirs = np.zeros((NUM_VERTICES, 3, 400))
+    shapedirs = np.zeros((surface_count, 3, 400))
     shapedirs[..., : identity.shape[2]] = identity
     kept = ict_expression_columns(ict_model)
     shapedirs[..., 300 : 300 + len(kept)] = np.stack([column[n] for n in kept], -1)
 
-    ict_points = neutral[ict_model.landmark_indices.numpy()]  # (68, 3) calibrated iBUG landmarks
     # jaw: pivot from the chin's jawOpen motion, weights = its motion / a rigid rotation's
     jaw = column[ICT_AS_JAW]
     moving = np.linalg.norm(jaw, axis=1) > 0.6 * np.linalg.norm(jaw, axis=1).max()
     angle, pivot = _rigid_rotation_fit(v[moving], jaw[moving])
     rigid = angle * np.cross([1.0, 0.0, 0.0], v - pivot)
     jaw_weight = np.clip(np.linalg.norm(jaw, axis=1) / np.maximum(np.linalg.norm(rigid, axis=1), 1e-6), 0, 1)
-    lip_line = ict_points[[60, 61, 62, 63, 64]]  # the upper inner lip, right to left corner, extended flat
-    below_lips = np.where(v[:, 2] > pivot[2], 1.0 / (1.0 + np.exp((v[:, 1] - np.interp(v[:, 0], lip_line[:, 0], lip_line[:, 1])) / 0.003)), 1.0)
+    # below the cut: a 3 mm blend beyond the mouth corners, narrowing to a step (the slit) between them
+    off_line = v[:, 1] - np.interp(v[:, 0], mouth_line[:, 0], mouth_line[:, 1])
+    beyond = np.maximum(mouth_line[0, 0] - v[:, 0], v[:, 0] - mouth_line[-1, 0]).clip(0, 0.005) / 0.005
+    below_lips = 1.0 / (1.0 + np.exp(np.clip(off_line / np.maximum(0.003 * beyond, 1e-6), -50, 50)))
+    below_lips[inner], below_lips[lower] = 0.0, 1.0
+    below_lips = np.where(v[:, 2] > pivot[2], below_lips, 1.0)
     below_pivot = 1.0 / (1.0 + np.exp((v[:, 1] - pivot[1] - 0.01) / 0.005))
     jaw_weight *= below_lips * below_pivot * ~eyeball  # the upper lip and all above the pivot stay
 
-    ring = np.arange(NUM_VERTICES - NECK_POINTS, NUM_VERTICES)
+    ring = np.arange(NUM_VERTICES - MOUTH_VERTICES - NECK_POINTS, NUM_VERTICES - MOUTH_VERTICES)
     root = v[ring].mean(0)
+    rest = 1.0 - jaw_weight - eyeball
+    root_share = 1.0 / (1.0 + np.exp(-(root[1] + 0.03 - v[:, 1]) / 0.008))
+    weights = np.stack([rest * root_share, rest * (1 - root_share), jaw_weight,
+                        on_eyeball["left"].astype(float), on_eyeball["right"].astype(float)], -1)
+
+    # the mouth pocket behind the slit: every field the mean of the lips', MOUTH_DEPTH further in along the rays
+    blend, pocket_faces = _mouth_pocket(path, NUM_VERTICES - surface_count, surface_count, faces)
+    faces = np.concatenate([faces, pocket_faces])
+    lips_mean = blend @ v
+    rays = (lips_mean - ICT_RAY_ORIGIN) / np.linalg.norm(lips_mean - ICT_RAY_ORIGIN, axis=1, keepdims=True)
+    v = np.concatenate([v, lips_mean - MOUTH_DEPTH * rays])
+    shapedirs = np.concatenate([shapedirs, (blend @ shapedirs.reshape(surface_count, -1)).reshape(-1, 3, 400)])
+    weights = np.concatenate([weights, blend @ weights])
+    column = {n: np.concatenate([c, blend @ c]) for n, c in column.items()}
+    from_lips = np.asarray(blend.argmax(1)).ravel()  # the pocket's correspondence: its nearest lip vertex's, off ICT
+    corners, bary, nearest = corners[np.r_[:surface_count, from_lips]], bary[np.r_[:surface_count, from_lips]], nearest[np.r_[:surface_count, from_lips]]
+    missed = np.r_[missed, np.ones(len(from_lips), bool)]
+    np.savez(folder / "ict_correspondence.npz", corners=corners, bary=bary, on_surface=~missed,
+             upper_lip=upper_lip, lower_lip=lower_lip)
+
     neck = np.array([0.0, root[1] / 2, root[2]])
     eye_centres = [neutral[masks[f"eyeball_{side}"]].mean(0) for side in ("left", "right")]
     J_regressor = sp.csc_matrix(np.stack([
         np.bincount(ring, minlength=NUM_VERTICES) / NECK_POINTS, _regressor_row(v, neck), _regressor_row(v, pivot),
         *(_regressor_row(v, c) for c in eye_centres)]))
-
-    rest = 1.0 - jaw_weight - eyeball
-    root_share = 1.0 / (1.0 + np.exp(-(root[1] + 0.03 - v[:, 1]) / 0.008))
-    weights = np.stack([rest * root_share, rest * (1 - root_share), jaw_weight,
-                        on_eyeball["left"].astype(float), on_eyeball["right"].astype(float)], -1)
 
     def exact32(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32).astype(np.float64)
@@ -558,7 +692,7 @@ def write_ict_as_flame(folder: Path, ict_model) -> Path:
     for file, name in zip(("l_eyelid.npy", "r_eyelid.npy"), ICT_AS_EYELIDS):
         np.save(folder / file, column[name])
     _write_ict_masks(folder, v, nearest, masks, ring, ict_model)
-    _write_ict_landmarks(folder, v, faces, ict_points)
+    _write_ict_landmarks(folder, v, faces[: len(faces) - len(pocket_faces)], ict_points, upper_lip, lower_lip)
 
     head = FLAME.from_dir(folder)  # no MediaPipe embedding yet
     embedding = compute_mediapipe_embedding(head)
@@ -590,11 +724,21 @@ def _write_ict_masks(folder: Path, v: np.ndarray, nearest: np.ndarray, masks: di
         pickle.dump({k: np.flatnonzero(regions[k]).astype(np.int64) for k in MASK_KEYS}, file, protocol=2)
 
 
-def _write_ict_landmarks(folder: Path, v: np.ndarray, faces: np.ndarray, points: np.ndarray) -> None:
-    """DECA's landmark_embedding.npy: the (68, 3) ``points`` carried onto the mesh along rays from ICT_RAY_ORIGIN."""
+def _write_ict_landmarks(folder: Path, v: np.ndarray, faces: np.ndarray, points: np.ndarray,
+                         upper_lip: np.ndarray, lower_lip: np.ndarray) -> None:
+    """DECA's landmark_embedding.npy: the (68, 3) ``points`` carried onto the ``faces`` (F, 3) along rays from
+    ICT_RAY_ORIGIN; the inner lips' 61-63 / 65-67 onto the nearest point of the slit's upper / lower edge
+    (``upper_lip`` / ``lower_lip`` (n + 1,) vertex ids corner to corner)."""
     rays = (points - ICT_RAY_ORIGIN) / np.linalg.norm(points - ICT_RAY_ORIGIN, axis=1, keepdims=True)
     distance, face_idx, bary = cast_rays(ICT_RAY_ORIGIN, rays, v[faces])
-    assert not np.isnan(distance).any()
+    inner_lips = (61, 62, 63, 65, 66, 67)
+    assert not np.isnan(np.delete(distance, inner_lips)).any()
+    for k, edge in zip(inner_lips, (upper_lip,) * 3 + (lower_lip,) * 3):
+        a, b = v[edge[:-1]], v[edge[1:]]
+        fraction = (((points[k] - a) * (b - a)).sum(1) / ((b - a) ** 2).sum(1)).clip(0, 1)
+        i = np.linalg.norm(a + fraction[:, None] * (b - a) - points[k], axis=1).argmin()
+        face_idx[k] = np.flatnonzero(np.isin(faces, edge[i : i + 2]).sum(1) == 2)[0]
+        bary[k] = (faces[face_idx[k]] == edge[i]) * (1 - fraction[i]) + (faces[face_idx[k]] == edge[i + 1]) * fraction[i]
     np.save(folder / "landmark_embedding.npy", np.array(_deca_embedding(face_idx, bary), dtype=object), allow_pickle=True)
 
 

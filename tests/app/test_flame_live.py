@@ -94,7 +94,7 @@ def test_flame_is_tracked_recorded_and_says_how_it_started(flame_run: dict) -> N
     assert f"faces found in {FRAMES} frames (100.0%)" in flame_run["out"]
     take = read_take(flame_run["take"])
     assert take.head_model == "flame" and take.face_found.all() and len(take) == FRAMES
-    assert take.metadata["fit_start"] == "camera" and take.metadata["network_head_model"] == "ict"
+    assert take.metadata["fit_start"] == "pnp" and take.metadata["network_head_model"] == "ict"
     assert take.params["shape"].shape == (FRAMES, 300) and take.params["expression"].shape == (FRAMES, 100)
     for group in ("shape", "expression", "jaw", "eyelids"):
         assert np.isfinite(take.params[group]).all(), group

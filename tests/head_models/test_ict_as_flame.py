@@ -102,8 +102,7 @@ def test_decoded_faces_match_ict_at_the_wrapped_points(flame, ict, ict_as_flame_
 
 
 def test_jaw_rotation_opens_the_mouth(flame):
-    """The lower lip (iBUG 57) comes down with the chin, the upper lip (51) stays. The mesh has no
-    mouth slit (the wrap runs across the closed lips), so the inner-lip points 62 / 66 share triangles."""
+    """The lower lip (iBUG 57) comes down with the chin, the upper lip (51) stays."""
     lips = [51, 57]  # outer lips, upper and lower middle
     closed = flame.landmarks(flame.decode(flame.neutral_params(1)))[0, lips]
     jaw = euler_to_rotation_6d(torch.tensor([[math.radians(20.0), 0.0, 0.0]]))
@@ -115,6 +114,38 @@ def test_jaw_rotation_opens_the_mouth(flame):
     print(f"lip gap {gap_closed * 1000:.1f} -> {gap_open * 1000:.1f} mm, chin down {chin_drop * 1000:.1f} mm")
     assert gap_open > gap_closed + 0.008 and chin_drop > 0.015
     assert (opened[0] - closed[0]).norm() < 0.003  # the upper lip stays
+
+
+def test_the_slit_opens_between_the_inner_lips(flame):
+    """The mesh is cut along the lips' contact line: with the jaw at 20 deg the inner-lip gap (iBUG 62-66)
+    grows by over 10 mm while the upper lip (51, 62) stays within 2 mm."""
+    closed = flame.landmarks(flame.decode(flame.neutral_params(1)))[0]
+    jaw = euler_to_rotation_6d(torch.tensor([[math.radians(20.0), 0.0, 0.0]]))
+    opened = flame.landmarks(flame.decode({"jaw": jaw}))[0]
+    for upper, lower in ((62, 66), (61, 67), (63, 65)):
+        gaps = [(x[upper] - x[lower]).norm().item() * 1000 for x in (closed, opened)]
+        print(f"inner lip gap {upper}-{lower}: {gaps[0]:.1f} -> {gaps[1]:.1f} mm")
+    assert (opened[62] - opened[66]).norm() > (closed[62] - closed[66]).norm() + 0.010
+    assert (opened[[51, 62]] - closed[[51, 62]]).norm(dim=1).max() < 0.002
+
+
+def test_no_triangle_bridges_the_lips(flame, ict_as_flame_dir):
+    """The slit's two edges (upper / lower lip vertices, corners excluded) share no triangle, and between the
+    mouth corners no face triangle holds a vertex that stays with the jaw at 20 deg and one that follows it."""
+    correspondence = np.load(ict_as_flame_dir / "ict_correspondence.npz")
+    upper, lower = correspondence["upper_lip"][1:-1], correspondence["lower_lip"][1:-1]
+    faces = flame.faces.numpy()
+    assert len(upper) >= 8 and not (np.isin(faces, upper).any(1) & np.isin(faces, lower).any(1)).any()
+    neutral = flame.decode(flame.neutral_params(1))[0]
+    jaw = euler_to_rotation_6d(torch.tensor([[math.radians(20.0), 0.0, 0.0]]))
+    motion = (flame.decode({"jaw": jaw})[0] - neutral).norm(dim=1).numpy()
+    lips = flame.landmarks(neutral[None])[0].numpy()
+    x, y = neutral[:, 0].numpy(), neutral[:, 1].numpy()
+    mouth = (x > lips[60, 0] + 0.003) & (x < lips[64, 0] - 0.003) & (np.abs(y - lips[[62, 66], 1].mean()) < 0.008)
+    mouth &= correspondence["on_surface"]  # the face, not the mouth pocket behind the slit
+    in_mouth = faces[mouth[faces].all(1)]
+    assert len(in_mouth) > 20
+    assert not ((motion[in_mouth].min(1) < 0.003) & (motion[in_mouth].max(1) > 0.010)).any()
 
 
 @pytest.mark.parametrize("side", [0, 1], ids=["left", "right"])

@@ -58,6 +58,7 @@ def add_live_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the live app)")
     parser.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES),
                         help="network runtime, as the app's --runtime (default auto: the fastest installed on the CPU, torch on CUDA)")
+    parser.add_argument("--flame-dir", help="also time the refined pipelines with FLAME fitted (these FLAME files), in the same run")
     parser.set_defaults(module="tracker.bench.live")
 
 

@@ -1,7 +1,7 @@
 """Live-pipeline benchmark: FPS and latency of MediaPipe alone, the pipeline run sequentially, and
 the pipeline with overlapping stages, on a video file.
 
-    python -m tracker.bench live --video clip.mp4 [--checkpoint C | --untrained resnet18] [--device cuda]
+    python -m tracker.bench live --video clip.mp4 [--checkpoint C | --untrained resnet18] [--device cuda] [--flame-dir DIR]
 
 Runs, each on the same frames, one after the other in this process:
     mediapipe   FaceMeshDetector.detect on frames decoded beforehand (no decode in the timing);
@@ -14,6 +14,10 @@ The pipelines read the file as fast as they can (every frame), so FPS is through
 latency is ``processing`` (the pipeline taking the frame -> result), since a file read ahead has
 no meaningful capture time. ``--realtime`` paces the file at its frame rate instead, like a
 camera: then FPS is capped by the source and latency is capture -> result.
+
+With ``--flame-dir`` the pipelines with refinement also run with FLAME fitted (the checkpoint's
+network for the start, FLAME from its mean face: ``FaceTracker``'s other-head-model path, or a FLAME
+checkpoint's own), and the FLAME / ICT fps ratios are printed.
 
 The network's weights do not change its speed: without a checkpoint, ``--untrained BACKBONE``
 times an untrained network of that backbone (said so in the output). Last line:
@@ -76,9 +80,10 @@ def untrained_checkpoint(args: argparse.Namespace, folder: str) -> Path:
     return path
 
 
-def time_pipeline(args: argparse.Namespace, checkpoint: str | Path, mode: str, frames: int, refine: bool = True) -> tuple[StatsSnapshot, float]:
-    """One pipeline run -> (stats over every frame, wall-clock fps)."""
-    options = TrackerOptions(checkpoint=checkpoint, ict_model=args.ict_model, device=args.device, runtime=args.runtime, refine=refine)
+def time_pipeline(args: argparse.Namespace, checkpoint: str | Path, mode: str, frames: int, refine: bool = True,
+                  flame_dir: str | None = None) -> tuple[StatsSnapshot, float]:
+    """One pipeline run (FLAME fitted with ``flame_dir``) -> (stats over every frame, wall-clock fps)."""
+    options = TrackerOptions(checkpoint=checkpoint, ict_model=args.ict_model, flame_dir=flame_dir, device=args.device, runtime=args.runtime, refine=refine)
     tracker = FaceTracker.from_options(options)
     source = open_source(args.video, realtime=True if args.realtime else None)
     pipeline = Pipeline(source, tracker, [], mode=mode, max_frames=frames, stats=PipelineStats(frames))
@@ -105,17 +110,24 @@ def run(args: argparse.Namespace) -> None:
     fps = {}
     with tempfile.TemporaryDirectory(prefix="n2f-bench-") as folder:
         checkpoint = args.checkpoint or untrained_checkpoint(args, folder)
-        for refine in (False, True):
+        runs = [(refine, None) for refine in (False, True)] + ([(True, args.flame_dir)] if args.flame_dir else [])
+        for refine, flame_dir in runs:
             for mode in ("sequential", "async"):
-                stats, fps[mode, refine] = time_pipeline(args, checkpoint, mode, count, refine)
+                key = (mode, "flame" if flame_dir else refine)
+                stats, fps[key] = time_pipeline(args, checkpoint, mode, count, refine, flame_dir)
                 p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
                 stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
-                name = f"{mode} {'refine' if refine else 'no-refine'}"
-                print(f"{name:21s} {fps[mode, refine]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
+                name = f"{mode} {'FLAME refine' if flame_dir else 'refine' if refine else 'no-refine'}"
+                print(f"{name:21s} {fps[key]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
                       f"dropped {stats.dropped}  stage ms: {stages}")
     for refine in (False, True):
         print(f"async/sequential speed-up ({'refine' if refine else 'no refine'}): {fps['async', refine] / fps['sequential', refine]:.2f}x")
     for mode in ("sequential", "async"):
         print(f"{mode}: fps with refinement / without: {fps[mode, True] / fps[mode, False]:.3f}")
+    flame = ""
+    if args.flame_dir:
+        for mode in ("sequential", "async"):
+            print(f"{mode}: fps with FLAME fitted / with ICT (both refined): {fps[mode, 'flame'] / fps[mode, True]:.3f}")
+        flame = f" flame_sequential_fps={fps['sequential', 'flame']:.1f} flame_async_fps={fps['async', 'flame']:.1f}"
     print(f"mediapipe_fps={mp_fps:.1f} sequential_fps={fps['sequential', True]:.1f} async_fps={fps['async', True]:.1f} "
-          f"sequential_no_refine_fps={fps['sequential', False]:.1f} async_no_refine_fps={fps['async', False]:.1f}")
+          f"sequential_no_refine_fps={fps['sequential', False]:.1f} async_no_refine_fps={fps['async', False]:.1f}{flame}")

@@ -39,7 +39,7 @@ DETECTORS = ("short-range", "full-range")
 REFINE_STARTS = ("network", "camera", "pnp", "mean")
 # the start of a head model the checkpoint does not regress (FLAME with the shipped ICT network),
 # chosen by measurement on the real videos (README, "FLAME quick start")
-OTHER_HEAD_START = "camera"
+OTHER_HEAD_START = "pnp"
 # how the pipeline runs its stages (tracker.live.pipeline)
 MODES = ("async", "sequential")
 
