@@ -194,9 +194,14 @@ def test_refinement_reaches_the_autodiff_optimum(flame, embedding):
 
 @pytest.mark.shared
 def test_refine_benchmark_runs(capsys, ict_npz_path):
-    """``python -m tracker.bench refine`` prints ms per frame for FLAME and ICT."""
+    """``python -m tracker.bench refine`` prints ms per frame for FLAME at the official 105 points
+    and at 468, and ICT; the last line compares the 105-point configuration with ICT."""
     from tracker.bench.__main__ import main
 
     main(["refine", "--frames", "3", "--autodiff-frames", "0", "--ict-model", str(ict_npz_path)])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("flame_ms=") and "ict_ms=" in last and "ratio=" in last
+    lines = capsys.readouterr().out.strip().splitlines()
+    for label in ("FLAME 105 pts locked", "FLAME 105 pts calibrating", "FLAME 468 pts locked", "FLAME 468 pts calibrating", "ICT 468 pts   locked"):
+        assert any(line.startswith(label) for line in lines), label
+    last = lines[-1]
+    assert last.startswith("flame_ms=") and "ict_ms=" in last and "ratio=" in last and "flame468_ms=" in last
+    assert "(FLAME 105 pts vs ICT 468 pts, locked)" in last

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from tests.flame_factory import make_flame_dir
 from tracker.fitting.mediapipe_embedding import MediaPipeEmbedding
 from tracker.fitting.refinement import (
     DecodedEmbeddedHead,
+    FlameEmbeddedHead,
     FrameProblem,
     IdentityPool,
     LinearEmbeddedHead,
@@ -25,6 +27,7 @@ from tracker.fitting.refinement import (
     TrackState,
     embedded_head,
     refine_face,
+    solve_positive,
 )
 from tracker.geometry.camera import FLIP
 from tracker.geometry.rotations import exp_rotation, log_rotation
@@ -258,6 +261,40 @@ def test_flame_sequence_recovery_through_lbs(flame, flame_embedding):
     assert track.pool.state == "locked"
 
 
+def test_solve_positive_is_a_cholesky_solve():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(30, 12))
+    h, b = a.T @ a + np.eye(12), rng.normal(size=12)
+    assert np.allclose(solve_positive(h, b), np.linalg.solve(h, b), rtol=1e-12, atol=0)
+    with pytest.raises(np.linalg.LinAlgError):
+        solve_positive(-h, b)
+
+
+def test_identity_information_is_the_schur_complement_and_fit_local_completes_its_system(flame, flame_embedding):
+    """identity_information (Cholesky) equals h_ii - h_il h_ll^-1 h_li formed directly; fit_local's
+    returned system, cost only or not, completes to the normal equations at its solution."""
+    model = FlameEmbeddedHead(flame, flame_embedding.vertex_ids, flame_embedding.bary, np.arange(468), np.full(468, 1e-3))
+    rng = np.random.default_rng(4)
+    truth = Solution(exp_rotation(rng.normal(size=3) * 0.1), np.array([0.0, 0.0, 0.6]), rng.normal(size=model.local_size) * 0.1, rng.normal(size=model.identity_size) * 0.5)
+    truth.local[model.rotation_coords] *= 0.1
+    problem = FrameProblem(project(model, truth) + rng.normal(size=(468, 2)) * 0.3, FOCAL, PRINCIPAL, truth.local, None, depth=0.6)
+    refiner = Refiner(model)
+    sol, _, system = refiner.fit_local(replace(truth, local=truth.local * 0.5), problem, 3)
+    system = refiner.complete(system, sol, problem)
+    fresh = refiner.system(sol, problem)
+    assert system.cost == fresh.cost and np.array_equal(system.hessian, fresh.hessian)
+    a, b = refiner.identity_information(sol, problem, system)
+    _, basis = model.jacobians(sol.identity, sol.local, with_identity=True)
+    j_id = np.matmul(system.projector, basis).reshape(len(system.residual), -1)
+    free = refiner._free(sol, system.gradient)
+    h_li = system.jacobian[:, free].T @ j_id
+    solved = np.linalg.solve(system.hessian[np.ix_(free, free)], np.concatenate((h_li, system.gradient[free][:, None]), 1))
+    schur = j_id.T @ j_id - h_li.T @ solved[:, :-1]
+    reduced = j_id.T @ system.residual - h_li.T @ solved[:, -1]
+    assert np.abs(a - schur).max() < 1e-8 * np.abs(schur).max()
+    assert np.abs(b - (schur @ sol.identity - reduced)).max() < 1e-8 * np.abs(b).max()
+
+
 @pytest.mark.shared
 def test_ict_expression_stays_in_range_and_given_identity_is_kept(ict_model_points):
     model = ict_model_points
@@ -275,10 +312,11 @@ def test_ict_expression_stays_in_range_and_given_identity_is_kept(ict_model_poin
 
 
 @pytest.mark.shared
-def test_flame_official_mediapipe_embedding_format(tmp_path):
-    """FLAME with the official mediapipe_landmark_embedding.npz (105 points, ../shared/flame-aux)
-    is refined through those points, indexed into MediaPipe's 478."""
-    flame = FLAME.from_dir(make_flame_dir(tmp_path, use_shared_aux=True))
+def test_flame_official_mediapipe_embedding_format(ict_as_flame_dir):
+    """FLAME with a mediapipe_landmark_embedding.npz in the official format (the ICT-as-FLAME
+    model's own, at the official file's 105 landmark indices) is refined through those points,
+    indexed into MediaPipe's 478."""
+    flame = FLAME.from_dir(ict_as_flame_dir)
     model = embedded_head(flame)
     assert isinstance(model, DecodedEmbeddedHead) and len(model.mediapipe_ids) == 105 and model.mediapipe_ids.max() < 478
     rng = np.random.default_rng(8)

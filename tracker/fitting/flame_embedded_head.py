@@ -12,7 +12,7 @@ sum_j A_j Q_j + sum_j W_j dt_j with Q_j = sum_c Bw_jc S(v_c) precomputed, and d 
 by differentiating the kinematic chain (Gallego & Yezzi's derivative of Rodrigues' formula).
 Pose correctives (posedirs) always enter the points, and by default (``pose_jacobian``) the jaw's
 Jacobian too: without them Gauss-Newton's fixed point is off the optimum (cost 2e-4 relative
-higher in the tests), for ~5% more time (``python -m tracker.bench refine``). Float64 numpy.
+higher in the tests), for a few % more time (``python -m tracker.bench refine``). Float64 numpy.
 """
 
 from __future__ import annotations
@@ -27,21 +27,22 @@ from tracker.geometry.rotations import exp_rotation, rotation_6d_to_matrix
 ROTATION_JOINTS = {"global": (0,), "neck": (1,), "jaw": (2,), "eyes": (3, 4)}
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+# (3, 3, 3) [e_i]_x: the cross-product matrix [v]_x = sum_i v_i [e_i]_x
+_GENERATORS = np.array([[[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+                        [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]],
+                        [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
 
 
 def rotation_derivatives(omega: np.ndarray) -> np.ndarray:
-    """(3,) axis-angle -> (3, 3, 3) d exp([omega]_x) / d omega_i (Gallego & Yezzi 2015)."""
+    """(3,) axis-angle -> (3, 3, 3) d exp([omega]_x) / d omega_i (Gallego & Yezzi 2015):
+    (omega_i [omega]_x + [omega x (I - R) e_i]_x) R / |omega|^2."""
     theta2 = float(omega @ omega)
     if theta2 < 1e-16:
-        return np.stack([_skew(e) for e in np.eye(3)])
+        return _GENERATORS.copy()
     rotation = exp_rotation(omega)
-    k = _skew(omega)
-    out = np.empty((3, 3, 3))
-    for i, e in enumerate(np.eye(3)):
-        out[i] = (omega[i] * k + _skew(np.cross(omega, (np.eye(3) - rotation) @ e))) / theta2 @ rotation
-    return out
+    k = np.tensordot(omega, _GENERATORS, 1)  # [omega]_x
+    crossed = (k @ (np.eye(3) - rotation)).T  # (3 i, 3): omega x (I - R) e_i
+    return (omega[:, None, None] * k + np.tensordot(crossed, _GENERATORS, 1)) @ rotation / theta2
 
 
 class FlameSkinning:
@@ -59,6 +60,11 @@ class FlameSkinning:
         self.pose_jacobian = pose_jacobian
         self.parents = tuple(head.parents)
         joints = len(self.parents)
+        self._subtrees = [[j] for j in range(joints)]  # each joint and its descendants, in kinematic order
+        for j in range(1, joints):
+            for subtree in self._subtrees:
+                if self.parents[j] in subtree:
+                    subtree.append(j)
         n_shape = head.param_groups["shape"].size
         self.n_shape = n_shape
         ids = torch.as_tensor(vertex_ids).cpu().long().numpy()
@@ -70,6 +76,13 @@ class FlameSkinning:
         bw = np.einsum("nc,ncj->njc", b, weights[self._corner])  # (N, J, 3) b_kc w_{v_kc j}
         self.W = bw.sum(-1)  # (N, J)
         self._active = np.flatnonzero(np.abs(self.W).max(0) > 0)  # joints that move some point
+        # the active joints and their ancestors but the root, in kinematic order: whose positions the shifts need
+        ancestry = {int(j) for j in self._active}
+        for j in self._active:
+            while self.parents[j] >= 0:
+                j = self.parents[j]
+                ancestry.add(j)
+        self._position_joints = sorted(ancestry - {0})
         bw, self._w_active = bw[:, self._active], np.ascontiguousarray(self.W[:, self._active])
         shapedirs = d(head.shapedirs)  # (V, 3, n_shape + n_expression)
         posedirs = d(head.posedirs)  # (9 (J - 1), V * 3)
@@ -83,8 +96,8 @@ class FlameSkinning:
         self._q_exp = per_joint(shapedirs[unique, :, n_shape:])  # (Ja, N, 3, n_expression)
         self._q_id_sum, self._q_exp_sum = self._q_id.sum(0), self._q_exp.sum(0)
         pq = per_joint(posedirs)  # (Ja, N, 3, 36)
-        self._pq = pq.reshape(-1, pq.shape[-1])  # (Ja N 3, 36)
-        self._pq_joint = [np.ascontiguousarray(pq[..., 9 * (j - 1) : 9 * j]) for j in range(1, len(self.parents))]  # (Ja, N, 3, 9) each
+        pq_by_axis = pq.transpose(0, 2, 1, 3)  # (Ja, 3, N, 36)
+        self._pq_joint = [np.ascontiguousarray(pq_by_axis[..., 9 * (j - 1) : 9 * j]) for j in range(1, len(self.parents))]  # (Ja, 3, N, 9) each
         regressor = d(head.J_regressor)
         self._joint_template = regressor @ d(head.v_template)  # (J, 3)
         self._joint_dirs = np.einsum("jv,vak->jak", regressor, shapedirs)  # (J, 3, K)
@@ -107,7 +120,19 @@ class FlameSkinning:
                 raise TrackerError(f"FlameSkinning: unknown FLAME group {group.name}")
             self._slices[group.name] = slice(start, start + group.size)
             start += group.size
+        # (joint, its first solver column) of the rotation groups in the solver
+        self._rotation_columns = [(joint, self._slices[name].start + 3 * i) for name, joint_ids in ROTATION_JOINTS.items()
+                                  if name in self._slices for i, joint in enumerate(joint_ids)]
+        # joints whose pose features (R_j - I, 9 each) can be non-zero: rotated by the solver or fixed off the identity
+        solver_joints = {joint for joint, _ in self._rotation_columns}
+        self._posed_joints = [j for j in range(1, joints) if j in solver_joints or not np.array_equal(rotations[j], np.eye(3))]
+        features = np.array([9 * (j - 1) + p for j in self._posed_joints for p in range(9)], dtype=np.int64)
+        width = self._slices["expression"].stop - self._slices["expression"].start if "expression" in self._slices else 0
+        # (Ja N 3, E + 9 P): y's directions per solver expression coefficient and possibly non-zero pose feature
+        self._posed_dirs = np.concatenate((self._q_exp[..., :width].reshape(-1, width), pq.reshape(-1, pq.shape[-1])[:, features]), 1)
+        self._expression_joint_dirs = self._joint_dirs[..., n_shape : n_shape + width]  # (J, 3, E)
         self._cache: tuple[bytes, tuple] | None = None
+        self._local_jacobian: tuple[bytes, np.ndarray] | None = None
 
     # -- evaluation ------------------------------------------------------------------------
     def _identity_part(self, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,27 +151,19 @@ class FlameSkinning:
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         y, joints = self._identity_part(identity)
-        if "expression" in self._slices:
-            expression = local[self._slices["expression"]]
-            k = len(expression)
-            y = y + (self._q_exp[..., :k].reshape(-1, k) @ expression).reshape(y.shape)
-            joints = joints + self._joint_dirs[..., self.n_shape : self.n_shape + k] @ expression
+        expression = local[self._slices["expression"]] if "expression" in self._slices else np.zeros(0)
+        joints = joints + self._expression_joint_dirs @ expression
         rotations = self._fixed_rotations.copy()
-        derivatives = {}  # joint -> (3, 3, 3) d R_joint / d its axis-angle
-        for name, joint_ids in ROTATION_JOINTS.items():
-            if name in self._slices:
-                omega = local[self._slices[name]].reshape(-1, 3)
-                for joint, w in zip(joint_ids, omega):
-                    rotations[joint] = exp_rotation(w)
-                    derivatives[joint] = rotation_derivatives(w)
-        feature = (rotations[1:] - np.eye(3)).reshape(-1)
-        y = y + (self._pq @ feature).reshape(y.shape)  # (Ja, N, 3)
+        for joint, start in self._rotation_columns:
+            rotations[joint] = exp_rotation(local[start : start + 3])
+        feature = (rotations[self._posed_joints] - np.eye(3)).reshape(-1)
+        y = y + (self._posed_dirs @ np.concatenate((expression, feature))).reshape(y.shape)  # (Ja, N, 3)
         world = self._chain(rotations)
-        shift = self._shifts(world, joints)
-        points = sum(y[i] @ world[j].T for i, j in enumerate(self._active)) + self._w_active @ shift[self._active] + self._translation
+        active = world[self._active]
+        points = np.matmul(y, active.transpose(0, 2, 1)).sum(0) + self._w_active @ self._shifts(world, joints) + self._translation
         if self._eyelids is not None and "eyelids" in self._slices:
             points += self._eyelids @ local[self._slices["eyelids"]]
-        state = (rotations, derivatives, world, y, joints, points)
+        state = (rotations, world, y, joints, points)
         self._cache = (key, state)
         return state
 
@@ -158,68 +175,71 @@ class FlameSkinning:
         return world
 
     def _shifts(self, world: np.ndarray, joints: np.ndarray) -> np.ndarray:
-        """(J, 3, ...) rest joints (or their directions) -> (J, 3, ...) t_j = pos_j - A_j J_j (linear)."""
+        """(J, 3, ...) rest joints (or their directions) -> (Ja, 3, ...) t_j = pos_j - A_j J_j of
+        the active joints (linear)."""
         pos = np.empty_like(joints)
         pos[0] = joints[0]
-        for j in range(1, len(self.parents)):
+        for j in self._position_joints:
             p = self.parents[j]
             pos[j] = pos[p] + world[p] @ (joints[j] - joints[p])
-        return pos - np.einsum("jab,jb...->ja...", world, joints)
+        active = self._active
+        return pos[active] - np.einsum("jab,jb...->ja...", world[active], joints[active])
 
     def points(self, identity: np.ndarray, local: np.ndarray) -> np.ndarray:
         """(K,), (L,) -> (N, 3) head-frame points, metres."""
         return self._state(identity, local)[-1].copy()
 
-    def _coefficient_jacobian(self, world: np.ndarray, q: np.ndarray, q_sum: np.ndarray, joint_dirs: np.ndarray, out: np.ndarray) -> None:
-        """d points / d a block of k coefficients into out (N, 3, k): q (Ja, N, 3, k), q_sum its sum, joint_dirs (J, 3, k)."""
-        dt = self._shifts(world, joint_dirs)[self._active]  # (Ja, 3, k)
-        total = (self._w_active @ dt.reshape(len(self._active), -1)).reshape(out.shape)  # contiguous: out may be strided
+    def _coefficient_jacobian(self, world: np.ndarray, q: np.ndarray, q_sum: np.ndarray, joint_dirs: np.ndarray) -> np.ndarray:
+        """(N, 3, k) d points / d a block of k coefficients: q (Ja, N, 3, k), q_sum its sum, joint_dirs (J, 3, k)."""
+        dt = self._shifts(world, joint_dirs)  # (Ja, 3, k)
+        total = (self._w_active @ dt.reshape(len(self._active), -1)).reshape(q_sum.shape)
         total += q_sum
         eye = np.eye(3)
         for i, j in enumerate(self._active):
             if not np.array_equal(world[j], eye):
                 total += np.matmul(world[j] - eye, q[i])
-        out[...] = total
+        return total
 
     def jacobians(self, identity, local, with_identity):
-        """(N, 3, L) d points / d local and (N, 3, K) d points / d identity (None unless asked)."""
-        rotations, derivatives, world, y, joints, _ = self._state(identity, local)
-        n = len(self.W)
-        j_local = np.zeros((n, 3, self.local_size))
+        """(N, 3, L) d points / d local (cached per state: read-only) and (N, 3, K) d points /
+        d identity (None unless asked)."""
+        key = np.asarray(identity, np.float64).tobytes() + np.asarray(local, np.float64).tobytes()
+        if self._local_jacobian is None or self._local_jacobian[0] != key:
+            self._local_jacobian = (key, self._local_part(identity, local))
+        j_identity = None
+        if with_identity:
+            world = self._state(identity, local)[1]
+            part = slice(0, self.identity_size)
+            j_identity = self._coefficient_jacobian(world, self._q_id[..., part], self._q_id_sum[..., part], self._joint_dirs[..., part])
+        return self._local_jacobian[1], j_identity
+
+    def _local_part(self, identity: np.ndarray, local: np.ndarray) -> np.ndarray:
+        """(N, 3, L) d points / d local, read-only."""
+        rotations, world, y, joints, _ = self._state(identity, local)
+        j_local = np.zeros((len(self.W), 3, self.local_size))
         if "expression" in self._slices:
             cols = self._slices["expression"]
             width = cols.stop - cols.start
             part = slice(self.n_shape, self.n_shape + width)
-            self._coefficient_jacobian(world, self._q_exp[..., :width], self._q_exp_sum[..., :width], self._joint_dirs[..., part], j_local[:, :, cols])
+            j_local[:, :, cols] = self._coefficient_jacobian(world, self._q_exp[..., :width], self._q_exp_sum[..., :width], self._joint_dirs[..., part])
         if self._eyelids is not None and "eyelids" in self._slices:
             j_local[:, :, self._slices["eyelids"]] = self._eyelids
-        for name, joint_ids in ROTATION_JOINTS.items():
-            if name not in self._slices:
-                continue
-            start = self._slices[name].start
-            for index, joint in enumerate(joint_ids):
-                cols = slice(start + 3 * index, start + 3 * index + 3)
-                j_local[:, :, cols] = self._rotation_jacobian(joint, derivatives[joint], rotations, world, y, joints)
-        j_identity = None
-        if with_identity:
-            part = slice(0, self.identity_size)
-            j_identity = np.empty((n, 3, self.identity_size))
-            self._coefficient_jacobian(world, self._q_id[..., part], self._q_id_sum[..., part], self._joint_dirs[..., part], j_identity)
-        return j_local, j_identity
+        for joint, start in self._rotation_columns:
+            d_rotation = rotation_derivatives(local[start : start + 3])
+            j_local[:, :, start : start + 3] = self._rotation_jacobian(joint, d_rotation, rotations, world, y, joints)
+        j_local.flags.writeable = False
+        return j_local
 
     def _rotation_jacobian(self, joint: int, d_rotation: np.ndarray, rotations, world, y, joints) -> np.ndarray:
         """(3, 3, 3) d R_joint / d omega -> (N, 3, 3) d points / d omega."""
         count = len(self.parents)
         d_world = np.zeros((3, count, 3, 3))  # (omega_i, J, 3, 3)
-        d_pos = np.zeros((3, count, 3))
-        for j in range(count):
+        d_pos = np.zeros((3, count, 3))  # zero outside the joint's subtree, and at the joint
+        d_world[:, joint] = (world[self.parents[joint]] if joint > 0 else np.eye(3)) @ d_rotation
+        for j in self._subtrees[joint][1:]:
             p = self.parents[j]
-            if j == joint:
-                d_world[:, j] = (world[p] if p >= 0 else np.eye(3)) @ d_rotation
-            elif p >= 0:
-                d_world[:, j] = d_world[:, p] @ rotations[j]
-            if p >= 0:
-                d_pos[:, j] = d_pos[:, p] + d_world[:, p] @ (joints[j] - joints[p])
+            d_world[:, j] = d_world[:, p] @ rotations[j]
+            d_pos[:, j] = d_pos[:, p] + d_world[:, p] @ (joints[j] - joints[p])
         d_shift = d_pos - np.einsum("ijab,jb->ija", d_world, joints)  # (3, J, 3)
         active = self._active
         n = self._w_active.shape[0]
@@ -227,9 +247,10 @@ class FlameSkinning:
         moved = d_world[:, active].transpose(0, 2, 1, 3).reshape(9, -1) @ y.transpose(0, 2, 1).reshape(-1, n)  # (3 i * 3 a, N)
         out = moved.reshape(3, 3, n).transpose(2, 1, 0) + (self._w_active @ d_shift[:, active].transpose(1, 0, 2).reshape(len(active), 9)).reshape(n, 3, 3).transpose(0, 2, 1)
         if self.pose_jacobian and joint >= 1:
-            pq = self._pq_joint[joint - 1]  # this joint's 9 pose features
-            d_feature = d_rotation.reshape(3, 9).T  # (9 p, 3 i)
-            for i, j in enumerate(active):  # sum_b A_j[a, b] (sum_p PQ_j[n, b, p] d feature[p, i])
-                z = (pq[i].reshape(-1, 9) @ d_feature).reshape(n, 3, 3).transpose(1, 0, 2).reshape(3, -1)  # (3 b, N 3 i)
-                out += (world[j] @ z).reshape(3, n, 3).transpose(1, 0, 2)
+            pq = self._pq_joint[joint - 1]  # (Ja, 3 b, N, 9 p): this joint's 9 pose features
+            # sum_p (sum_j sum_b A_j[a, b] PQ_j[b, n, p]) d feature[p, i]
+            rotated = world[active[0]] @ pq[0].reshape(3, -1)  # (3 a, N 9)
+            for i in range(1, len(active)):
+                rotated += world[active[i]] @ pq[i].reshape(3, -1)
+            out += (rotated.reshape(-1, 9) @ d_rotation.reshape(3, 9).T).reshape(3, n, 3).transpose(1, 0, 2)
         return out

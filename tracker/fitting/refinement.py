@@ -30,7 +30,10 @@ forward-mode autodiff of their ``decode`` (``DecodedEmbeddedHead``).
 Identity pooling: at the frame's solution the identity's normal equations are reduced to the
 identity alone by eliminating the frame's locals (the Schur complement of the local block), so a
 frame contributes the information it has about the identity once expression and pose have taken
-what they can explain. Summed over frames, (A_pool, b_pool) is the identity's Gaussian
+what they can explain. That frame cost leaves out the temporal term: it pulls the locals towards
+the previous frame's, which were fitted to the previous identity, so it would count that identity
+again as evidence for itself, frame after frame (the pooled identity drifted from the truth with
+every frame; tests/fitting/test_flame_recovery.py). Summed over frames, (A_pool, b_pool) is the identity's Gaussian
 information; the pooled identity solves (A_pool + I / identity_std^2) i = b_pool. After
 ``calibration_frames`` frames the identity is locked.
 """
@@ -43,6 +46,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from scipy.linalg.blas import dtrsm
+from scipy.linalg.lapack import dposv
 from threadpoolctl import ThreadpoolController
 
 from tracker.errors import TrackerError
@@ -76,6 +81,14 @@ def single_blas_thread():
     """Context manager: numpy's BLAS on one thread, for the refinement's small solves (they stall
     in a thread pool that MediaPipe and torch are also using), as the network runs on one torch thread."""
     return _BLAS.limit(limits=1, user_api="blas")
+
+
+def solve_positive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x (n,) with a x = b for a (n, n) symmetric positive definite (Cholesky); LinAlgError if it is not."""
+    _, x, info = dposv(a, b)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"not positive definite (LAPACK dposv info {info})")
+    return x
 
 
 @dataclass(frozen=True)
@@ -466,16 +479,17 @@ class Refiner:
 
     def _add_priors(self, hessian: np.ndarray, gradient: np.ndarray, sol: Solution, problem: FrameProblem) -> None:
         local = slice(6, None)
+        diagonal = np.einsum("ii->i", hessian)  # writable view: every prior here is diagonal
         if problem.prior_local is not None:
-            hessian[local, local] += np.diag(self.prior_precision)
+            diagonal[local] += self.prior_precision
             gradient[local] += self.prior_precision * (sol.local - problem.prior_local)
         prev = problem.previous
         if prev is not None and self.temporal_precision is not None:
-            hessian[0:3, 0:3] += self.rotation_precision * np.eye(3)
+            diagonal[0:3] += self.rotation_precision
             gradient[0:3] += self.rotation_precision * log_rotation(sol.rotation @ prev.rotation.T)
-            hessian[3:6, 3:6] += self.translation_precision * np.eye(3)
+            diagonal[3:6] += self.translation_precision
             gradient[3:6] += self.translation_precision * (sol.translation - prev.translation)
-            hessian[local, local] += np.diag(self.temporal_precision)
+            diagonal[local] += self.temporal_precision
             gradient[local] += self.temporal_precision * (sol.local - prev.local)
 
     # -- steps -------------------------------------------------------------------------------
@@ -491,25 +505,27 @@ class Refiner:
         return Solution(exp_rotation(delta[:3]) @ sol.rotation, sol.translation + delta[3:6], local, sol.identity.copy())
 
     def fit_local(self, sol: Solution, problem: FrameProblem, iterations: int) -> tuple[Solution, int, _System]:
-        """LM on pose and locals, identity fixed -> (solution, iterations run, its system)."""
+        """LM on pose and locals, identity fixed -> (solution, iterations run, its system). The
+        returned system may hold the cost only (the normal equations at an accepted step are formed
+        when the next iteration needs them; ``complete`` forms them)."""
         current = self.system(sol, problem)
         damping = 1e-3
         done = 0
         for _ in range(iterations):
+            current = self.complete(current, sol, problem)
             done += 1
             free = self._free(sol, current.gradient)
             h = current.hessian[np.ix_(free, free)]
             step = np.zeros_like(current.gradient)
             try:
-                step[free] = -np.linalg.solve(h + damping * np.diag(np.diag(h) + 1e-9), current.gradient[free])
+                step[free] = -solve_positive(h + damping * np.diag(np.diag(h) + 1e-9), current.gradient[free])
             except np.linalg.LinAlgError:
                 break
             candidate = self._apply(sol, step)
             trial = self.system(candidate, problem, jacobian=False)
             if trial.cost < current.cost:
                 decrease = current.cost - trial.cost
-                sol, previous_cost = candidate, current.cost
-                current = self.system(sol, problem)
+                sol, previous_cost, current = candidate, current.cost, trial
                 damping = max(damping / 3.0, 1e-7)
                 if decrease < self.settings.tolerance * previous_cost:
                     break
@@ -517,20 +533,24 @@ class Refiner:
                 damping *= 8.0
         return sol, done, current
 
+    def complete(self, system: _System, sol: Solution, problem: FrameProblem) -> _System:
+        """``system`` (at ``sol``) with its normal equations, formed if it holds the cost only."""
+        return system if system.hessian is not None else self.system(sol, problem)
+
     def identity_information(self, sol: Solution, problem: FrameProblem, system: _System) -> tuple[np.ndarray, np.ndarray]:
         """This frame's quadratic in the identity, locals eliminated: (A (K, K), b (K,)) with
         cost(i) ~ i^T A i - 2 b^T i + const (Schur complement of the local block at ``sol``)."""
         _, identity_basis = self.model.jacobians(sol.identity, sol.local, with_identity=True)
-        j_id = np.matmul(system.projector, identity_basis).reshape(system.jacobian.shape[0], -1)
+        j_id = np.matmul(system.projector, identity_basis).reshape(system.jacobian.shape[0], -1)  # (2N, K)
         free = self._free(sol, system.gradient)
         h_ll = system.hessian[np.ix_(free, free)]
-        j_l = system.jacobian[:, free]
-        h_li = j_l.T @ j_id
-        h_ii = j_id.T @ j_id
-        g_i = j_id.T @ system.residual
-        solved = np.linalg.solve(h_ll + 1e-9 * np.eye(len(h_ll)), np.concatenate((h_li, system.gradient[free][:, None]), 1))
-        schur = h_ii - h_li.T @ solved[:, :-1]
-        reduced = g_i - h_li.T @ solved[:, -1]
+        # h_ll = C C^T: h_il h_ll^-1 h_li = X^T X with X = C^-1 h_li (both symmetric products)
+        factor = np.linalg.cholesky(h_ll + 1e-9 * np.eye(len(h_ll)))
+        h_l = np.concatenate((system.jacobian[:, free].T @ j_id, system.gradient[free][:, None]), 1)  # (F, K + 1): h_li | g_l
+        x_t = dtrsm(1.0, factor.T, h_l.T, side=1)  # (K + 1, F) X^T = h_l^T C^-T, Fortran order (no copies)
+        x_id = x_t[:-1]
+        schur = j_id.T @ j_id - x_id @ x_id.T
+        reduced = j_id.T @ system.residual - x_id @ x_t[-1]
         return schur, schur @ sol.identity - reduced
 
 
@@ -568,13 +588,14 @@ class IdentityPool:
         a, b = self.information, self.vector
         if frame is not None:
             a, b = a + frame[0], b + frame[1]
-        return np.linalg.solve(a + self.prior_precision * np.eye(len(b)), b)
+        return solve_positive(a + self.prior_precision * np.eye(len(b)), b)
 
-    def add(self, frame: tuple[np.ndarray, np.ndarray]) -> None:
+    def add(self, frame: tuple[np.ndarray, np.ndarray], estimate: np.ndarray | None = None) -> None:
+        """Pool ``frame``'s (A, b); ``estimate``: ``estimate(frame)`` when already computed."""
         self.information += frame[0]
         self.vector += frame[1]
         self.frames += 1
-        self.identity = self.estimate()
+        self.identity = self.estimate() if estimate is None else estimate.copy()
 
 
 @dataclass
@@ -613,15 +634,16 @@ def refine_face(
     if problem.depth is None:
         problem = replace(problem, depth=start_depth(refiner.model, sol))
     iterations = settings.iterations * (2 if track.last is None else 1)
-    sol, done, system = refiner.fit_local(sol, problem, iterations)
+    sol, done, _ = refiner.fit_local(sol, problem, iterations)
     if track.pool.calibrating:
+        without_temporal = replace(problem, previous=None)  # the identity's evidence (module docstring)
         frame_info = None
         for _ in range(settings.photo_rounds if photo else 1):
-            frame_info = refiner.identity_information(sol, problem, system)
+            frame_info = refiner.identity_information(sol, without_temporal, refiner.system(sol, without_temporal))
             sol.identity = track.pool.estimate(frame_info)
-            sol, more, system = refiner.fit_local(sol, problem, max(2, settings.iterations // 2))
+            sol, more, _ = refiner.fit_local(sol, problem, max(2, settings.iterations // 2))
             done += more
-        track.pool.add(frame_info)
+        track.pool.add(frame_info, sol.identity)  # the fits keep the identity: still estimate(frame_info)
         sol.identity = track.pool.identity.copy()
     track.last = sol
     return FrameFit(sol, done, track.pool.state)
@@ -667,5 +689,6 @@ __all__ = [
     "refine_face",
     "refinement_groups",
     "single_blas_thread",
+    "solve_positive",
     "start_depth",
 ]
