@@ -494,3 +494,26 @@ def test_real_aux_files_beside_another_template_are_refused(tmp_path):
         pytest.skip("shared flame-aux folder not found")
     with pytest.raises(TrackerError, match=r"(?s)landmark_embedding\.npy: its 68 landmarks do not form a face.*another FLAME template"):
         FLAME.from_dir(make_flame_dir(tmp_path, use_shared_aux=True))
+
+
+def test_landmark_decode_skins_only_their_vertices_to_the_same_points(models) -> None:
+    """``decode_landmarks`` (the landmark triangles' vertices only, joints from their linear map)
+    gives ``landmarks(decode(...))``'s points: every group posed, eyelids, views across the
+    contour table's yaw bins."""
+    from scipy.spatial.transform import Rotation
+
+    from tracker.geometry.rotations import axis_angle_to_rotation_6d
+    from tracker.head_models.base import HeadModel
+
+    flame = models("2023", torch.float64)
+    g = torch.Generator().manual_seed(3)
+
+    def rotations(count: int, scale: float) -> torch.Tensor:
+        return axis_angle_to_rotation_6d(torch.randn(count, 3, generator=g, dtype=torch.float64) * scale).reshape(BATCH, -1)
+
+    params = {"shape": torch.randn(BATCH, 300, generator=g, dtype=torch.float64), "expression": torch.randn(BATCH, 100, generator=g, dtype=torch.float64),
+              "jaw": rotations(BATCH, 0.2), "global": rotations(BATCH, 0.3), "neck": rotations(BATCH, 0.2), "eyes": rotations(2 * BATCH, 0.2),
+              "eyelids": torch.rand(BATCH, 2, generator=g, dtype=torch.float64), "translation": torch.randn(BATCH, 3, generator=g, dtype=torch.float64) * 0.01}
+    view = torch.from_numpy(Rotation.from_euler("y", [[-60], [-20], [15], [50]], degrees=True).as_matrix())
+    expected = HeadModel.decode_landmarks(flame, params, view)
+    assert torch.allclose(flame.decode_landmarks(params, view), expected, rtol=0, atol=1e-12)

@@ -451,6 +451,9 @@ class FLAME(HeadModel):
         buffer("posedirs", data.posedirs)
         buffer("J_regressor", data.J_regressor)
         buffer("lbs_weights", data.weights)
+        # the rest joints are linear in the coefficients: (J, 3) + (J, 3, K) c (decode_landmarks)
+        self.register_buffer("joint_template", self.J_regressor @ self.v_template, persistent=False)
+        self.register_buffer("joint_dirs", torch.einsum("jv,vck->jck", self.J_regressor, self.shapedirs), persistent=False)
         lmk = data.landmark_embedding
         buffer("static_lmk_faces_idx", lmk["static_faces_idx"], torch.long)
         buffer("static_lmk_bary_coords", lmk["static_bary_coords"])
@@ -503,6 +506,32 @@ class FLAME(HeadModel):
         if self.has_eyelids:  # after skinning, as Pixel3DMM does
             vertices = vertices + torch.einsum("bk,kvc->bvc", p["eyelids"], self.eyelid_dirs)
         return vertices + p["translation"][:, None, :]
+
+    def decode_landmarks(self, params: dict[str, torch.Tensor], view_rotation: torch.Tensor | None = None) -> torch.Tensor:
+        """{group: (B, size)} -> (B, 68, 3) iBUG-68 landmarks, as ``landmarks(decode(params))`` but
+        skinning only the vertices of their triangles (the joints from their linear map of the
+        coefficients): a few hundred vertices instead of 5023."""
+        p = self.complete_params(params)
+        batch = p["shape"].shape[0]
+        rows = contour_rows(self.head_rotation(batch, p, view_rotation))
+        faces_idx = torch.cat([self.dynamic_lmk_faces_idx[rows], self.static_lmk_faces_idx.expand(batch, -1)], dim=1)
+        bary = torch.cat([self.dynamic_lmk_bary_coords[rows], self.static_lmk_bary_coords.expand(batch, -1, -1)], dim=1)
+        ids, corners = torch.unique(self.faces[faces_idx], return_inverse=True)  # (n,), (B, 68, 3) into ids
+        coeffs = torch.cat([p["shape"], p["expression"]], dim=1)
+        v_shaped = self.v_template[ids] + blend_shapes(coeffs, self.shapedirs[ids])  # (B, n, 3)
+        joints = self.joint_template + blend_shapes(coeffs, self.joint_dirs)  # (B, J, 3)
+        rotations = self.joint_rotations(p)
+        eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
+        pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)
+        posedirs = self.posedirs.view(len(self.posedirs), -1, 3)[:, ids].reshape(len(self.posedirs), -1)
+        v_posed = v_shaped + (pose_feature @ posedirs).reshape(batch, -1, 3)
+        per_vertex = torch.einsum("vj,bjrc->bvrc", self.lbs_weights[ids], rigid_transforms(rotations, joints, self.parents))
+        vertices = torch.einsum("bvrc,bvc->bvr", per_vertex[..., :3], v_posed) + per_vertex[..., 3]
+        if self.has_eyelids:
+            vertices = vertices + torch.einsum("bk,kvc->bvc", p["eyelids"], self.eyelid_dirs[:, ids])
+        vertices = vertices + p["translation"][:, None, :]
+        points = vertices[torch.arange(batch, device=vertices.device)[:, None, None], corners]  # (B, 68, 3, 3)
+        return torch.einsum("blkc,blk->blc", points, bary.to(vertices.dtype))
 
     def head_rotation(self, batch: int, params: dict[str, torch.Tensor] | None = None,
                       view_rotation: torch.Tensor | None = None) -> torch.Tensor:

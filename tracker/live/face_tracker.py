@@ -165,6 +165,8 @@ class FaceTracker:
                 f"{'which is off' if not refine else 'not from the network'}; or pass a checkpoint trained for {head.name!r}"
             )
         self._alignment = None
+        # the parameters a fit of another head model starts its frame's from: {group: (n,)}
+        self._neutral = {} if self.same_head else {g: v[0] for g, v in head.neutral_params(1, device="cpu").items()}
         if not self.same_head and refine_start == "camera":
             if network_head is None or network_head.name != net.config.head_model:
                 raise TrackerError(f"the 'camera' start needs the {net.config.head_model} head model the network regresses, to carry its head pose into {head.name}'s frame")
@@ -433,7 +435,7 @@ class FaceTracker:
             network = Solution(rotation, translation, fitter.neutral_local.copy(), fitter.neutral_identity.copy())
         fit = fitter.fit(crop.track_id, crop.face.points, focal, principal, network, temporal=self._smoothing, photo=self.photos)
         sol = fit.solution
-        params = dict(predicted.params) if self.same_head else {g: v[0] for g, v in self.head.neutral_params(1, device="cpu").items()}
+        params = dict(predicted.params if self.same_head else self._neutral)
         params.update(model.to_params(sol.identity, sol.local))
         rotation_6d = matrix_to_rotation_6d(torch.from_numpy(sol.rotation)[None])[0].float()
         return FrameParameters(params, rotation_6d, torch.from_numpy(sol.translation).float()), fit
