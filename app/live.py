@@ -6,6 +6,7 @@
     python -m app.live --video clip.mp4 --screenshot shot.png --max-frames 60
     python -m app.live rtsp://host/stream --headless --checkpoint my_n2fnet.pt --device cuda
     python -m app.live --camera 0 --identity take.npz               # reuse the identity calibrated in a take
+    python -m app.live --camera 0 --flame-dir ~/flame               # FLAME, fitted from its mean face (no FLAME network needed)
     python -m app.live --camera 0 --vmc 127.0.0.1:39539             # drive a VSeeFace / VNyan / Warudo avatar
     python -m app.live --camera 0 --livelink 192.168.1.20 --osc :9000   # Unreal's Live Link, raw values over OSC
 
