@@ -149,3 +149,29 @@ def test_flame_identity_from_a_take(flame_run: dict, ict_as_flame_dir: Path, vid
     assert {IDENTITY_STATES[s] for s in second.identity_state} == {"given"}
     assert np.allclose(second.params["shape"], first.tracks().identity[0], atol=1e-6)
 
+
+
+def test_flame_arkit_weights_are_the_ict_trackers(ict_as_flame_dir: Path, video: Path) -> None:
+    """With the ICT network beside FLAME, the ICT fit that gives FLAME its ARKit weights starts
+    from and is pulled towards the network's prediction, as the ICT tracker's own refinement is:
+    on the same frames the weights and gaze are the ICT tracker's."""
+    from tracker.live.face_tracker import FaceTracker
+    from tracker.live.options import TrackerOptions
+    from tracker.live.results import RawOutput
+    from tracker.live.sources import open_source
+
+    trackers = [FaceTracker.from_options(TrackerOptions(runtime="torch", **extra)) for extra in ({}, {"flame_dir": ict_as_flame_dir})]
+    weights: list[list[np.ndarray]] = [[], []]
+    with open_source(str(video)) as source:
+        for index, frame in enumerate(source):
+            prepared = trackers[0].prepare(frame)
+            raw = RawOutput(*trackers[0].run_network(prepared.inputs))
+            for k, tracker in enumerate(trackers):
+                (face,) = tracker.finish(prepared, raw).faces
+                weights[k].append(np.concatenate([face.avatar.weights, face.avatar.eye_angles.ravel()]))
+            if index == 8:
+                break
+    for tracker in trackers:
+        tracker.close()
+    assert trackers[1].head.name == "flame" and np.ptp(np.array(weights[0]), axis=0).max() > 0.05
+    assert np.allclose(weights[1], weights[0], atol=1e-5)

@@ -6,10 +6,13 @@ face, by the same refinement as the head model's own (``tracker.fitting.refineme
 on the 468 points through ICT's exact linear embedding, with ICT's own identity pooled and locked
 per track). It starts from the neutral face, frontal, at the landmarks' depth on a track's first
 frame and from the previous frame's fit after that, pulled towards the neutral expression
-(``prior_std``) and the previous frame; no network is involved. The fit's eyeballs give the gaze.
+(``prior_std``) and the previous frame. Where an ICT network runs beside FLAME (FLAME tracked with
+the shipped ICT network), its prediction is the start and the prior instead (``network_solution``),
+as in the ICT tracker's own refinement. The fit's eyeballs give the gaze.
 
     fit = ArkitFit(load_head_model("ict"))
     expression, eyeballs, rotation, translation = fit.fit(crop, focal, principal)
+    fit.fit(crop, focal, principal, predicted=fit.network_solution(params, rotation_6d, translation))
 
 Its accuracy, measured against the ICT tracker's own ARKit weights on the real videos, is in the
 README (``python -m train.evaluate_real --arkit-side-fit``).
@@ -18,6 +21,7 @@ README (``python -m train.evaluate_real --arkit-side-fit``).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from tracker.face.detection import FaceCrop
 from tracker.fitting.arkit import EyeballDecoder, Eyeballs, ict_to_arkit_matrix
@@ -25,9 +29,11 @@ from tracker.fitting.refinement import (
     LinearEmbeddedHead,
     Refiner,
     RefineSettings,
+    Solution,
     embedded_head,
 )
 from tracker.fitting.track_fitter import TrackFitter
+from tracker.geometry.rotations import rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
 
 
@@ -46,13 +52,25 @@ class ArkitFit:
         self.matrix = ict_to_arkit_matrix(ict.expression_names)  # (52, 53)
         self._eyeballs = EyeballDecoder(ict)
 
+    def network_solution(self, params: dict[str, torch.Tensor], rotation_6d: torch.Tensor, translation: torch.Tensor) -> Solution:
+        """An ICT network's prediction of one face ({group: (n,)}, (6,), (3,)) -> the fit's start
+        and prior."""
+        model = self.fitter.refiner.model
+        completed = model.head.complete_params({g: v[None] for g, v in params.items()})
+        identity, local = model.to_vectors({g: v[0] for g, v in completed.items()})
+        rotation = rotation_6d_to_matrix(rotation_6d[None].double())[0].numpy()
+        return Solution(rotation, translation.double().numpy(), local, identity)
+
     def fit(
-        self, crop: FaceCrop, focal: np.ndarray, principal: np.ndarray, temporal: bool = True, photo: bool = False
+        self, crop: FaceCrop, focal: np.ndarray, principal: np.ndarray, temporal: bool = True, photo: bool = False,
+        predicted: Solution | None = None,
     ) -> tuple[np.ndarray, Eyeballs, np.ndarray, np.ndarray]:
         """One face -> (expression (53,) float32, Eyeballs in ICT's head frame, rotation (3, 3),
-        translation (3,): ICT's pose, ``X_cam = R FLIP X_head + t``). The solve runs on one BLAS
-        thread (``single_blas_thread``)."""
-        sol = self.fitter.fit(crop.track_id, crop.face.points, focal, principal, temporal=temporal, photo=photo).solution
+        translation (3,): ICT's pose, ``X_cam = R FLIP X_head + t``); ``predicted``: an ICT
+        network's prediction (``network_solution``), the start and prior. The solve runs on one
+        BLAS thread (``single_blas_thread``)."""
+        fit = self.fitter.fit(crop.track_id, crop.face.points, focal, principal, predicted, temporal=temporal, photo=photo)
+        sol = fit.solution
         params = self.fitter.refiner.model.to_params(sol.identity, sol.local)
         return params["expression"].numpy(), self._eyeballs(params), sol.rotation, sol.translation
 

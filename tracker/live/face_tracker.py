@@ -322,6 +322,8 @@ class FaceTracker:
                 values[i] = network
         with lap("smooth"):
             values = {i: self._smooth(prepared.crops[i], v, frame.timestamp) for i, v in values.items()}
+        # an ICT network beside another head model: its prediction starts the ARKit fit (_avatar_values)
+        ict_network = dict(values) if not self.same_head and self.net.config.head_model == "ict" else {}
         fit_of: dict[int, FrameFit] = {}
         if self.refine:
             with lap("refine"), single_blas_thread():
@@ -335,6 +337,7 @@ class FaceTracker:
         if not values:
             return TrackingResult(frame, [], focal, principal, timings, errors=errors)
         kept = list(values)
+        networks = [ict_network.get(i) for i in kept]
         crops, cues, smoothed = [prepared.crops[i] for i in kept], [prepared.cues[i] for i in kept], [values[i] for i in kept]
         fits = [fit_of.get(i) for i in kept]
         faces = []
@@ -350,7 +353,7 @@ class FaceTracker:
             principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
             landmarks = camera.project_head(landmarks_3d, rotation, translation, focal_t, principal_t)
         with lap("avatar"):
-            avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i) for i, crop in enumerate(crops)]
+            avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i, networks[i]) for i, crop in enumerate(crops)]
         for i, crop in enumerate(crops):
             faces.append(
                 FaceResult(
@@ -388,16 +391,19 @@ class FaceTracker:
         one = {g: v[index : index + 1] for g, v in params.items()}
         return lambda: camera.head_to_camera(self.head.decode(one), rotation[index : index + 1], translation[index : index + 1])[0]
 
-    def _avatar_values(self, params, rotation, translation, crop: FaceCrop, focal, principal, index: int) -> AvatarValues | None:
+    def _avatar_values(self, params, rotation, translation, crop: FaceCrop, focal, principal, index: int,
+                       ict_network: FrameParameters | None = None) -> AvatarValues | None:
         """The face's ARKit weights, head pose and gaze: ICT's from its own expression and eyeballs,
-        another head model's from the ICT fit beside it (``arkit_fit``); None without either."""
+        another head model's from the ICT fit beside it (``arkit_fit``; ``ict_network``: an ICT
+        network's prediction of the face, its start and prior); None without either."""
         if self._arkit is not None:
             expression = params["expression"][index].numpy()
             eyeballs = self._eyeballs({g: v[index] for g, v in params.items()})
             eye_rotation, eye_translation = rotation.numpy(), translation.numpy()
         elif self.arkit_fit is not None:
+            predicted = None if ict_network is None else self.arkit_fit.network_solution(ict_network.params, ict_network.rotation_6d, ict_network.translation)
             expression, eyeballs, eye_rotation, eye_translation = self.arkit_fit.fit(
-                crop, focal, principal, temporal=self._smoothing and not self.photos, photo=self.photos
+                crop, focal, principal, temporal=self._smoothing and not self.photos, photo=self.photos, predicted=predicted
             )
         else:
             return None
