@@ -695,6 +695,22 @@ def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> d
     return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
 
 
+def check_ablation(options: TrackerOptions) -> None:
+    """The ablation varies the network's part in fitting the head model it regresses: a
+    TrackerError for another head model (fitted without its network) or a given start."""
+    from tracker.n2fnet.checkpoint import load_checkpoint
+
+    trained_for = str(load_checkpoint(options.checkpoint_path())["n2fnet"]["head_model"])
+    fitted = options.fitted_head_model(trained_for)
+    if fitted != trained_for:
+        raise TrackerError(
+            f"--ablation compares N2FNet's part in fitting the head model it regresses ({trained_for}); {fitted} is fitted without its "
+            "network here: leave out --ablation, or the options that fit another head model (--flame-dir, --head-model)"
+        )
+    if options.refine_start is not None:
+        raise TrackerError(f"--ablation sets the refinement's start itself: leave out --refine-start {options.refine_start}")
+
+
 def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
     """Settings, material and the --csv/--json files checked first; then the photos and videos of
     every variant tracked and reported."""
@@ -708,6 +724,8 @@ def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
     torch.set_num_threads(max(1, args.threads))
     report: dict = {"checkpoint": str(args.checkpoint), "device": args.device, "torch_threads": torch.get_num_threads()}
     progress.began("the tables printed above are complete" + (f"; {' and '.join(outputs)} (written at the end) were not written" if outputs else ""))
+    if args.ablation:
+        check_ablation(video_options(args))
     variants = ABLATION if args.ablation else {"": {}}
     results: dict[str, dict] = {}
     for name, overrides in variants.items():

@@ -175,3 +175,25 @@ def test_flame_arkit_weights_are_the_ict_trackers(ict_as_flame_dir: Path, video:
         tracker.close()
     assert trackers[1].head.name == "flame" and np.ptp(np.array(weights[0]), axis=0).max() > 0.05
     assert np.allclose(weights[1], weights[0], atol=1e-5)
+
+
+def test_flame_camera_start_carries_the_network_pose_into_flames_frame(ict_as_flame_dir: Path, video: Path) -> None:
+    """``--refine-start camera``: the ICT network's head pose, carried through the rigid map
+    between the two mean faces, starts FLAME's fit where the PnP start does (within degrees)."""
+    from tracker.live.face_tracker import FaceTracker
+    from tracker.live.options import TrackerOptions
+    from tracker.live.results import RawOutput
+    from tracker.live.sources import open_source
+
+    trackers = {start: FaceTracker.from_options(TrackerOptions(runtime="torch", flame_dir=ict_as_flame_dir, refine_start=start))
+                for start in ("camera", "pnp")}
+    assert "mm apart" in trackers["camera"].describe_start() and trackers["camera"]._alignment.residual_mm < 10.0
+    with open_source(str(video)) as source:
+        frame = next(iter(source))
+    prepared = trackers["pnp"].prepare(frame)
+    raw = RawOutput(*trackers["pnp"].run_network(prepared.inputs))
+    rotations = {start: tracker.finish(prepared, raw).faces[0].rotation.double().numpy() for start, tracker in trackers.items()}
+    for tracker in trackers.values():
+        tracker.close()
+    relative = rotations["camera"] @ rotations["pnp"].T
+    assert np.degrees(np.arccos(np.clip((np.trace(relative) - 1) / 2, -1, 1))) < 3.0

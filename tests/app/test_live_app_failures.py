@@ -94,6 +94,7 @@ def test_failed_set_up_leaves_no_journal_behind(checkpoint, video, tmp_path, cap
         (["--flame-dir", "{tmp}"], "FLAME files are missing or malformed"),
         (["--flame-dir", "{tmp}", "--no-refine"], "which is off: leave out --no-refine"),
         (["--head-model", "flame", "--refine-start", "network"], "--refine-start network: the checkpoint"),
+        (["--head-model", "ict", "--flame-dir", "{tmp}"], "gives FLAME files, but the ICT head model is fitted"),
     ],
 )
 def test_bad_settings_give_one_clear_error(checkpoint, video, tmp_path, capsys, argv, message):

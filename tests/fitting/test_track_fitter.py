@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tracker.errors import TrackerError
 from tracker.fitting.refinement import (
     LinearEmbeddedHead,
     Refiner,
@@ -133,5 +134,5 @@ def test_pnp_first_pose_starts_a_turned_head_at_its_pose(model, yaw_deg):
 
 
 def test_unknown_first_pose_is_refused(model):
-    with pytest.raises(Exception, match="frontal, pnp"):
+    with pytest.raises(TrackerError, match="frontal, pnp"):
         TrackFitter(Refiner(model), first_pose="sideways")

@@ -38,6 +38,7 @@ def test_settings_are_checked() -> None:
         ({"max_faces": 0}, "max_faces"),
         ({"identity_take": "t.npz", "refine": False}, "leave out --no-refine"),
         ({"refine_start": "median"}, "network, camera, pnp, mean"),
+        ({"refine_start": "pnp", "refine": False}, "the refinement is off"),
     ):
         with pytest.raises(TrackerError, match=message):
             TrackerOptions(**settings)
@@ -68,7 +69,7 @@ def test_identity_of_a_take(tmp_path: Path) -> None:
     assert take_identity(take, "ict", 100).dtype == np.float32
     with pytest.raises(TrackerError, match="no track 4; its tracks are \\[2, 3, 5\\]"):
         take_identity(take, "ict", 100, track=4)
-    with pytest.raises(TrackerError, match="'ict' head model, the checkpoint regresses 'flame'"):
+    with pytest.raises(TrackerError, match="'ict' head model, this tracker fits 'flame'"):
         take_identity(take, "flame", 300)
     with pytest.raises(TrackerError, match="has 100 values, the head model's 'identity' group 50"):
         take_identity(take, "ict", 50)
@@ -157,7 +158,7 @@ def test_evaluate_real_command_line_has_the_refinement_options() -> None:
 
 
 def test_fitted_head_model_and_its_start() -> None:
-    """FLAME files with an ICT checkpoint fit FLAME, from the network's head pose by default;
+    """FLAME files with an ICT checkpoint fit FLAME, from a PnP pose by default;
     the checkpoint's own head model starts from the network's prediction."""
     assert TrackerOptions().fitted_head_model("ict") == "ict" and TrackerOptions().resolved_refine_start("ict") == "network"
     flame = TrackerOptions(flame_dir="flame")

@@ -141,3 +141,19 @@ def test_cli_end_to_end_on_the_shared_faces(untrained_checkpoint: Path, shared_p
 def test_missing_material_is_a_clear_error(tmp_path: Path, capsys) -> None:
     code = evaluate_real.main(["--checkpoint", "unused.pt", "--data", str(tmp_path / "nowhere")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--flame-dir", "FLAME"], "flame is fitted without its network here"),
+    (["--refine-start", "pnp"], "sets the refinement's start itself"),
+])
+def test_ablation_refuses_settings_it_would_override(shared_path, capsys, extra, message) -> None:
+    """The ablation varies N2FNet's part for the head model it regresses: FLAME fitted beside an
+    ICT checkpoint, or a start of the user's, is refused before anything is tracked."""
+    from tracker.live.options import DEFAULT_CHECKPOINT
+
+    argv = ["--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(shared_path / "real-faces"), "--ablation", "--videos-only", *extra]
+    assert evaluate_real.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -15,9 +15,9 @@ latency is ``processing`` (the pipeline taking the frame -> result), since a fil
 no meaningful capture time. ``--realtime`` paces the file at its frame rate instead, like a
 camera: then FPS is capped by the source and latency is capture -> result.
 
-With ``--flame-dir`` the pipelines with refinement also run with FLAME fitted (the checkpoint's
-network for the start, FLAME from its mean face: ``FaceTracker``'s other-head-model path, or a FLAME
-checkpoint's own), and the FLAME / ICT fps ratios are printed.
+With ``--flame-dir`` the pipelines with refinement also run with FLAME fitted (with an ICT
+checkpoint FLAME from its mean face, ``FaceTracker``'s other-head-model path; with a FLAME
+checkpoint its own), and the FLAME / ICT fps ratios are printed.
 
 The network's weights do not change its speed: without a checkpoint, ``--untrained BACKBONE``
 times an untrained network of that backbone (said so in the output). Last line:
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
                 p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
                 stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
                 name = f"{mode} {'FLAME refine' if flame_dir else 'refine' if refine else 'no-refine'}"
-                print(f"{name:21s} {fps[key]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
+                print(f"{name:23s} {fps[key]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
                       f"dropped {stats.dropped}  stage ms: {stages}")
     for refine in (False, True):
         print(f"async/sequential speed-up ({'refine' if refine else 'no refine'}): {fps['async', refine] / fps['sequential', refine]:.2f}x")

@@ -15,8 +15,8 @@ the official ``mediapipe_landmark_embedding.npz`` format that real users have (g
 the generated triangles at the official file's ``landmark_indices`` when the shared folder's
 flame-aux has it, else a fixed random choice), and "468 pts", a computed embedding (generated: random front
 triangles). ICT has no 105-point file: always 468. FLAME's pose-corrective Jacobian is timed both
-ways. Last line: ``flame_ms=<a> ict_ms=<b> ratio=<a/b> flame468_ms=<c>`` (locked, medians; a:
-FLAME at 105 points, the real users' configuration, when it has them).
+ways. Last line: ``flame_ms=<a> ict_ms=<b> ratio=<a/b> flame468_ms=<c> ratio468=<c/b> (...)``
+(locked, medians; a: FLAME at 105 points, the real users' configuration, when it has them).
 """
 
 from __future__ import annotations

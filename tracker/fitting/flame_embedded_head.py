@@ -203,7 +203,7 @@ class FlameSkinning:
     def jacobians(self, identity, local, with_identity):
         """(N, 3, L) d points / d local (cached per state: read-only) and (N, 3, K) d points /
         d identity (None unless asked)."""
-        key = np.asarray(identity, np.float64).tobytes() + np.asarray(local, np.float64).tobytes()
+        key = np.asarray(identity, np.float64).tobytes() + np.asarray(local, np.float64).tobytes() + bytes([self.pose_jacobian])
         if self._local_jacobian is None or self._local_jacobian[0] != key:
             self._local_jacobian = (key, self._local_part(identity, local))
         j_identity = None

@@ -9,8 +9,8 @@ is shared by every frame of a track and pooled over them (``IdentityPool``).
 Cost of one frame (r_k: point k's reprojection error in pixels over s_k = sigma_k f / Z_k, the
 point's expected error at its depth; rho: Huber's loss at ``huber`` sigmas):
 
-    data_weight * sum_k rho(|r_k|)                                     (468 points, 2D)
-  + |(l - l_net) / prior_std|^2                                        pull to N2FNet's locals
+    data_weight * sum_k rho(|r_k|)                                     (the N embedded points, 2D)
+  + |(l - l_net) / prior_std|^2                                        pull to N2FNet's locals (or the neutral ones)
   + |log(R R_prev^T)| / rot_std|^2 + |(t - t_prev) / trans_std|^2
   + |(l - l_prev) / temporal_std|^2                                    temporal term (video)
   + (i - i_pool)^T A_pool (i - i_pool) + |i / identity_std|^2          identity (calibrating)

@@ -52,7 +52,6 @@ class HeadAlignment:
         self.rotation, self.translation = kabsch(source, target)
         aligned = target @ self.rotation.T + self.translation
         self.residual_mm = float(np.sqrt(((aligned - source) ** 2).sum(1).mean()) * 1e3)
-        self.names = (network_head.name, fitted_head.name)
 
     def pose(self, rotation: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network head's camera pose (R (3, 3), t (3,)) -> the fitted head's:

@@ -91,14 +91,13 @@ class TrackFitter:
         """The neutral face at a new track's first pose (``first_pose``); a failed PnP falls back
         to the frontal pose."""
         model = self.refiner.model
-        frontal = initial_pose(model, observed, focal, principal, self.neutral_identity, self.neutral_local)
-        if self.first_pose == "frontal":
-            return frontal
-        try:
-            rotation, translation = pnp_pose(model.points(self.neutral_identity, self.neutral_local), observed, focal, principal)
-        except TrackerError:
-            return frontal
-        return Solution(rotation, translation, self.neutral_local.copy(), self.neutral_identity.copy())
+        if self.first_pose == "pnp":
+            try:
+                rotation, translation = pnp_pose(model.points(self.neutral_identity, self.neutral_local), observed, focal, principal)
+                return Solution(rotation, translation, self.neutral_local.copy(), self.neutral_identity.copy())
+            except TrackerError:
+                pass
+        return initial_pose(model, observed, focal, principal, self.neutral_identity, self.neutral_local)
 
     def forget(self, track_id: int) -> None:
         """Start track ``track_id`` again at its next frame (its pool and last solution go)."""

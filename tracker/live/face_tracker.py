@@ -113,7 +113,8 @@ class FaceTracker:
                   torch on CUDA), or a ready ``Runner`` of ``net``
     focal_ratio / focal_px   the frame camera (module docstring)
     refine        fit the head to MediaPipe's landmarks after the network (``tracker.fitting.refinement``;
-                  switchable while running); ``refine_settings`` its weights and iterations
+                  switchable while running, the ``refine`` property, unless the network regresses
+                  another head model); ``refine_settings`` its weights and iterations
     refine_start  a new track's start (later frames start from the previous solution):
                   "network": from N2FNet's prediction, the locals pulled towards it (the network
                   must regress ``head``); the others fit from the mean face, pulled towards the
@@ -161,7 +162,7 @@ class FaceTracker:
         if not self.same_head and (not refine or refine_start == "network"):
             raise TrackerError(
                 f"the checkpoint regresses the {net.config.head_model!r} head model but {head.name!r} is loaded: {head.name} is then fitted "
-                f"from its mean face by the refinement, from the network's head pose or a PnP start (refine_start 'camera' or 'pnp'), "
+                f"from its mean face by the refinement (refine_start 'pnp', 'camera' or 'mean'), "
                 f"{'which is off' if not refine else 'not from the network'}; or pass a checkpoint trained for {head.name!r}"
             )
         self._alignment = None
@@ -186,7 +187,7 @@ class FaceTracker:
         self._smoothing = smoothing
         self._smoothers: dict[int, ParameterSmoother] = {}
         self._image_feeder = None  # track_image's, made on first use
-        self.refine, self.refine_start, self.photos = bool(refine), refine_start, bool(photos)
+        self._refine_on, self.refine_start, self.photos = bool(refine), refine_start, bool(photos)
         self._refine_settings, self._embedding = refine_settings or RefineSettings(), embedding
         self._fitter: TrackFitter | None = None
         if identity is not None:
@@ -241,6 +242,18 @@ class FaceTracker:
                 "more while the identity calibrates): pass --refine-iters 1 or --no-refine where speed matters", self.head.name,
             )
         return refiner
+
+    @property
+    def refine(self) -> bool:
+        return self._refine_on
+
+    @refine.setter
+    def refine(self, value: bool) -> None:
+        """Switch the refinement; refused where it is what fits the head model (the network
+        regresses another one)."""
+        if not value and not self.same_head:
+            raise TrackerError(f"the {self.head.name} head model is fitted by the refinement (the network regresses {self.net.config.head_model}): it stays on")
+        self._refine_on = bool(value)
 
     @property
     def input_size(self) -> int:
@@ -323,7 +336,7 @@ class FaceTracker:
         with lap("smooth"):
             values = {i: self._smooth(prepared.crops[i], v, frame.timestamp) for i, v in values.items()}
         # an ICT network beside another head model: its prediction starts the ARKit fit (_avatar_values)
-        ict_network = dict(values) if not self.same_head and self.net.config.head_model == "ict" else {}
+        ict_network = dict(values) if not self.same_head and self.net.config.head_model == "ict" and self.refine_start != "mean" else {}
         fit_of: dict[int, FrameFit] = {}
         if self.refine:
             with lap("refine"), single_blas_thread():
@@ -424,8 +437,11 @@ class FaceTracker:
         return smoother(values, timestamp)
 
     def _refine(self, crop: FaceCrop, predicted: FrameParameters, focal: np.ndarray, principal: np.ndarray):
-        """One face's network prediction -> (refined FrameParameters, FrameFit); with ``refine_start``
-        "mean" the fit neither starts from nor pulls towards the prediction."""
+        """One face's network prediction -> (refined FrameParameters, FrameFit). ``refine_start``
+        "network": from and towards the prediction; "camera": its head pose (carried into the fitted
+        head's frame when the network regresses another head model) and the neutral locals; "pnp",
+        "mean": nothing from the network. Groups the fit does not touch come from the prediction,
+        or for another head model from its neutral parameters."""
         fitter = self.fitter
         model = fitter.refiner.model
         network = None
@@ -472,8 +488,8 @@ class FaceTracker:
         without an ICT model a warning, and no ARKit weights).
 
         A head model the checkpoint does not regress (FLAME with the shipped ICT network) is fitted
-        from its mean face (``options.resolved_refine_start``: by default from the network's head
-        pose, carried into the head's frame).
+        from its mean face (``options.resolved_refine_start``: by default from a PnP pose of
+        MediaPipe's points); an ICT network beside FLAME starts the ARKit fit.
 
         TrackerError when the identity take does not fit (``take_identity``), when the refinement is
         off or starts from the network for a head model the checkpoint does not regress, or when the
@@ -488,6 +504,11 @@ class FaceTracker:
             raise TrackerError(
                 f"the checkpoint {checkpoint} regresses the {trained_for.upper()} head model, and {fitted.upper()} is fitted from its mean face "
                 f"by the refinement, which is off: leave out --no-refine, or pass a checkpoint trained for {fitted} with --checkpoint"
+            )
+        if options.flame_dir and "flame" not in (fitted, trained_for):
+            raise TrackerError(
+                f"--flame-dir {options.flame_dir} gives FLAME files, but the {fitted.upper()} head model is fitted and the checkpoint regresses "
+                f"{trained_for.upper()}: leave out --head-model {fitted} to track FLAME, or leave out --flame-dir"
             )
         if fitted != trained_for and start == "network":
             raise TrackerError(
@@ -512,12 +533,17 @@ class FaceTracker:
         if fitted != "ict":
             ict = network_head if network_head is not None and network_head.name == "ict" else None
             arkit_fit = _arkit_fit(options.ict_model, RefineSettings(iterations=settings.iterations), ict)
-        misfits = {g: n for g, n in net.config.groups.items() if g not in head.param_groups or head.param_groups[g].size != n} if fitted == trained_for else {}
+        # the network's own head model as loaded (the fitted one, the camera start's, or the ARKit fit's ICT)
+        regressed = head if fitted == trained_for else network_head
+        if regressed is None and trained_for == "ict" and arkit_fit is not None:
+            regressed = arkit_fit.fitter.refiner.model.head
+        groups = regressed.param_groups if regressed is not None else {}
+        misfits = {g: n for g, n in net.config.groups.items() if g not in groups or groups[g].size != n} if regressed is not None else {}
         if misfits:
-            has = {g: p.size for g, p in head.param_groups.items()}
+            has = {g: p.size for g, p in groups.items()}
             raise TrackerError(
                 f"the network (trained for the {net.config.head_model} head model) regresses parameter groups {misfits} that the loaded "
-                f"{head.name} head model does not have (its groups: {has}): "
+                f"{regressed.name} head model does not have (its groups: {has}): "
                 f"load the head model the checkpoint was trained for, or use a checkpoint trained for this one (python -m train --head-model {head.name})"
             )
         full_range = options.photos or options.detector == "full-range"

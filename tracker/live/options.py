@@ -63,7 +63,7 @@ class TrackerOptions:
                     given, else the checkpoint's); one the checkpoint does not regress is fitted from
                     its mean face by the refinement (``resolved_refine_start``)
     ict_model       ICT-FaceKit npz or upstream checkout (None: found as ``tracker.files.paths`` finds it);
-                    with a FLAME checkpoint, the model of the ICT fit that gives FLAME its ARKit weights
+                    when FLAME is fitted, also the model of the ICT fit that gives FLAME its ARKit weights
     flame_dir       folder with the FLAME files
     device          where the network runs ("cpu", "cuda", "cuda:N")
     runtime         what runs it (``tracker.n2fnet.runtime``): "auto" (the fastest installed on the CPU,
@@ -127,6 +127,8 @@ class TrackerOptions:
             raise TrackerError(f"max_faces must be at least 1, got {self.max_faces}")
         if self.identity_track is not None and self.identity_take is None:
             raise TrackerError("an identity track was given without the take to take it from: add --identity TAKE.npz")
+        if self.refine_start is not None and not self.refine:
+            raise TrackerError(f"--refine-start {self.refine_start} sets where the refinement starts, and the refinement is off: leave out --no-refine or --refine-start")
         if self.identity_take is not None and not self.refine:
             raise TrackerError("a given identity (--identity) is used by the refinement, which is off: leave out --no-refine")
         if self.focal is not None and not (isinstance(self.focal, (int, float)) and math.isfinite(self.focal) and self.focal > 0):
@@ -189,7 +191,7 @@ def take_identity(path: str | Path, head_model: str, size: int | None = None, tr
     take = read_take(path)
     if take.head_model != head_model:
         raise TrackerError(
-            f"the identity take {path} was recorded with the {take.head_model!r} head model, the checkpoint regresses {head_model!r}: "
+            f"the identity take {path} was recorded with the {take.head_model!r} head model, this tracker fits {head_model!r}: "
             f"pass a take recorded with {head_model!r}"
         )
     tracks = take.tracks()
@@ -236,7 +238,7 @@ def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argpars
                        "(FLAME with the shipped ICT network) it is fitted from its mean face by the refinement")
     model.add_argument("--ict-model", help="ICT-FaceKit npz or upstream checkout (default, first found: $N2F_ICT_MODEL, "
                        "$N2F_SHARED_DIR/ict-facekit/ict_face_model.npz, the cache ~/.cache/n2f-tracker, $N2F_ICT_FACEKIT, "
-                       "else a download of the pinned upstream archive unless N2F_OFFLINE=1); with a FLAME checkpoint, the ICT model fitted "
+                       "else a download of the pinned upstream archive unless N2F_OFFLINE=1); when FLAME is tracked, also the ICT model fitted "
                        "beside FLAME for its ARKit weights")
     model.add_argument("--flame-dir", help="folder with the FLAME files: tracks FLAME (with the shipped ICT network: fitted from FLAME's mean face)")
     model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
