@@ -80,7 +80,7 @@ def add_refine_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``refine`` subcommand."""
     parser = subparsers.add_parser("refine", help="ms per face per frame of the landmark refinement, FLAME (analytic) vs ICT, one thread")
     parser.add_argument("--frames", type=int, default=40, help="frames of the synthetic track per model (default 40)")
-    parser.add_argument("--flame", help="FLAME folder (default: a generated FLAME-size model)")
+    parser.add_argument("--flame-dir", "--flame", dest="flame", help="FLAME folder (default: a generated FLAME-size model)")
     parser.add_argument("--ict-model", help="ICT npz (default: found as the README's Quick start says)")
     parser.add_argument("--autodiff-frames", type=int, default=2, help="frames timed through the old autodiff path (default 2; 0: skip)")
     parser.set_defaults(module="tracker.bench.refine")

@@ -1,6 +1,6 @@
 """Landmark-refinement benchmark: ms per face per frame, FLAME (analytic LBS Jacobians) vs ICT.
 
-    python -m tracker.bench refine [--frames 40] [--flame DIR] [--ict-model NPZ] [--autodiff-frames 3]
+    python -m tracker.bench refine [--frames 40] [--flame-dir DIR] [--ict-model NPZ] [--autodiff-frames 3]
 
 One CPU thread (torch and numpy's BLAS), the default settings (``RefineSettings()``: 3 LM
 iterations, 6 on a track's first frame); medians over ``ROUNDS`` passes over all the cases (each
