@@ -9,7 +9,9 @@ exports read back, a second run reusing the take's identity, and the viewer's sc
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import socket
 import threading
 import time
@@ -63,9 +65,6 @@ def flame_run(ict_as_flame_dir: Path, video: Path, tmp_path_factory) -> dict:
     cameras: list = []
     original = MemoryBackend.instances
     MemoryBackend.instances = cameras
-    import contextlib
-    import io
-
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):

@@ -33,7 +33,6 @@ from tracker.fitting.refinement import (
     embedded_head,
 )
 from tracker.fitting.track_fitter import TrackFitter
-from tracker.geometry.rotations import rotation_6d_to_matrix
 from tracker.head_models.base import HeadModel
 
 
@@ -55,11 +54,7 @@ class ArkitFit:
     def network_solution(self, params: dict[str, torch.Tensor], rotation_6d: torch.Tensor, translation: torch.Tensor) -> Solution:
         """An ICT network's prediction of one face ({group: (n,)}, (6,), (3,)) -> the fit's start
         and prior."""
-        model = self.fitter.refiner.model
-        completed = model.head.complete_params({g: v[None] for g, v in params.items()})
-        identity, local = model.to_vectors({g: v[0] for g, v in completed.items()})
-        rotation = rotation_6d_to_matrix(rotation_6d[None].double())[0].numpy()
-        return Solution(rotation, translation.double().numpy(), local, identity)
+        return self.fitter.refiner.model.solution(params, rotation_6d, translation)
 
     def fit(
         self, crop: FaceCrop, focal: np.ndarray, principal: np.ndarray, temporal: bool = True, photo: bool = False,

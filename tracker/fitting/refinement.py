@@ -58,6 +58,7 @@ from tracker.geometry.rotations import (
     exp_rotation,
     log_rotation,
     rotation_6d_to_axis_angle,
+    rotation_6d_to_matrix,
 )
 from tracker.head_models.base import (
     GaussianPrior,
@@ -200,6 +201,14 @@ class EmbeddedHead:
                 value = rotation_6d_to_axis_angle(value.reshape(-1, 6)).reshape(-1)
             parts.append(value.numpy())
         return identity, (np.concatenate(parts) if parts else np.zeros(0))
+
+    def solution(self, params: dict[str, torch.Tensor], rotation_6d: torch.Tensor, translation: torch.Tensor) -> Solution:
+        """A network's prediction of one face ({group: (n,)} of this head model, (6,), (3,)) -> the
+        fit's Solution (groups the network leaves out completed as the head model's neutral)."""
+        completed = self.head.complete_params({g: v[None] for g, v in params.items()})
+        identity, local = self.to_vectors({g: v[0] for g, v in completed.items()})
+        rotation = rotation_6d_to_matrix(rotation_6d[None].double())[0].numpy()
+        return Solution(rotation, translation.double().numpy(), local, identity)
 
     def to_params(self, identity: np.ndarray, local: np.ndarray, dtype=torch.float32) -> dict[str, torch.Tensor]:
         """Solver vectors -> {group: (n,)} (the refined groups and the identity only)."""

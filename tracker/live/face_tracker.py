@@ -445,13 +445,11 @@ class FaceTracker:
         fitter = self.fitter
         model = fitter.refiner.model
         network = None
-        rotation = rotation_6d_to_matrix(predicted.rotation_6d[None].double())[0].numpy()
-        translation = predicted.translation.double().numpy()
         if self.refine_start == "network":
-            completed = self.head.complete_params({g: v[None] for g, v in predicted.params.items()})
-            identity, local = model.to_vectors({g: v[0] for g, v in completed.items()})
-            network = Solution(rotation, translation, local, identity)
+            network = model.solution(predicted.params, predicted.rotation_6d, predicted.translation)
         elif self.refine_start == "camera":
+            rotation = rotation_6d_to_matrix(predicted.rotation_6d[None].double())[0].numpy()
+            translation = predicted.translation.double().numpy()
             if self._alignment is not None:
                 rotation, translation = self._alignment.pose(rotation, translation)
             network = Solution(rotation, translation, fitter.neutral_local.copy(), fitter.neutral_identity.copy())
