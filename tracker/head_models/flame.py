@@ -461,6 +461,7 @@ class FLAME(HeadModel):
         buffer("dynamic_lmk_bary_coords", lmk["dynamic_bary_coords"])
         if data.eyelids is not None:
             buffer("eyelid_dirs", data.eyelids)  # (2, V, 3): left, right
+        self._landmark_subset()
         self.has_mediapipe = data.mediapipe is not None
         if data.mediapipe is not None:
             buffer("mediapipe_lmk_faces_idx", data.mediapipe["faces_idx"], torch.long)
@@ -470,6 +471,24 @@ class FLAME(HeadModel):
         for region, keys in MASK_REGIONS.items():
             masks[region] = torch.stack([masks[k] for k in keys]).any(0)
         self.register_regions(masks)
+
+    def _landmark_subset(self) -> None:
+        """Buffers for ``decode_landmarks``: the vertices of every landmark triangle (the static ones
+        and every contour row's), their template, blendshapes, pose correctives, skinning weights
+        and eyelid offsets, and the triangles' corners as rows of that subset."""
+        triangles = torch.cat([self.faces[self.static_lmk_faces_idx].reshape(-1), self.faces[self.dynamic_lmk_faces_idx].reshape(-1)])
+        ids, _ = torch.unique(triangles, return_inverse=True)
+        row_of = torch.full((len(self.v_template),), -1, dtype=torch.long)
+        row_of[ids] = torch.arange(len(ids))
+        self.register_buffer("lmk_static_corners", row_of[self.faces[self.static_lmk_faces_idx]], persistent=False)  # (51, 3)
+        self.register_buffer("lmk_dynamic_corners", row_of[self.faces[self.dynamic_lmk_faces_idx]], persistent=False)  # (79, 17, 3)
+        self.register_buffer("lmk_template", self.v_template[ids], persistent=False)  # (n, 3)
+        self.register_buffer("lmk_shapedirs", self.shapedirs[ids].contiguous(), persistent=False)  # (n, 3, K)
+        posedirs = self.posedirs.view(len(self.posedirs), -1, 3)[:, ids].reshape(len(self.posedirs), -1)
+        self.register_buffer("lmk_posedirs", posedirs.contiguous(), persistent=False)  # (9 (J - 1), 3 n)
+        self.register_buffer("lmk_weights", self.lbs_weights[ids].contiguous(), persistent=False)  # (n, J)
+        if self.has_eyelids:
+            self.register_buffer("lmk_eyelid_dirs", self.eyelid_dirs[:, ids].contiguous(), persistent=False)  # (2, n, 3)
 
     @classmethod
     def from_files(cls, files: FlameFiles, n_shape: int = SHAPE_SPACE, n_expression: int = EXPRESSION_SPACE,
@@ -509,26 +528,24 @@ class FLAME(HeadModel):
 
     def decode_landmarks(self, params: dict[str, torch.Tensor], view_rotation: torch.Tensor | None = None) -> torch.Tensor:
         """{group: (B, size)} -> (B, 68, 3) iBUG-68 landmarks, as ``landmarks(decode(params))`` but
-        skinning only the vertices of their triangles (the joints from their linear map of the
-        coefficients): a few hundred vertices instead of 5023."""
+        skinning only the vertices of the landmark triangles (``_landmark_subset``; the joints from
+        their linear map of the coefficients): a few hundred vertices instead of 5023."""
         p = self.complete_params(params)
         batch = p["shape"].shape[0]
-        rows = contour_rows(self.head_rotation(batch, p, view_rotation))
-        faces_idx = torch.cat([self.dynamic_lmk_faces_idx[rows], self.static_lmk_faces_idx.expand(batch, -1)], dim=1)
+        rotations = self.joint_rotations(p)  # (B, J, 3, 3)
+        rows = contour_rows(self._view_head_rotation(rotations[:, 0] @ rotations[:, 1], view_rotation))
+        corners = torch.cat([self.lmk_dynamic_corners[rows], self.lmk_static_corners.expand(batch, -1, -1)], dim=1)  # (B, 68, 3)
         bary = torch.cat([self.dynamic_lmk_bary_coords[rows], self.static_lmk_bary_coords.expand(batch, -1, -1)], dim=1)
-        ids, corners = torch.unique(self.faces[faces_idx], return_inverse=True)  # (n,), (B, 68, 3) into ids
         coeffs = torch.cat([p["shape"], p["expression"]], dim=1)
-        v_shaped = self.v_template[ids] + blend_shapes(coeffs, self.shapedirs[ids])  # (B, n, 3)
+        v_shaped = self.lmk_template + blend_shapes(coeffs, self.lmk_shapedirs)  # (B, n, 3)
         joints = self.joint_template + blend_shapes(coeffs, self.joint_dirs)  # (B, J, 3)
-        rotations = self.joint_rotations(p)
         eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
         pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)
-        posedirs = self.posedirs.view(len(self.posedirs), -1, 3)[:, ids].reshape(len(self.posedirs), -1)
-        v_posed = v_shaped + (pose_feature @ posedirs).reshape(batch, -1, 3)
-        per_vertex = torch.einsum("vj,bjrc->bvrc", self.lbs_weights[ids], rigid_transforms(rotations, joints, self.parents))
+        v_posed = v_shaped + (pose_feature @ self.lmk_posedirs).reshape(batch, -1, 3)
+        per_vertex = torch.einsum("vj,bjrc->bvrc", self.lmk_weights, rigid_transforms(rotations, joints, self.parents))
         vertices = torch.einsum("bvrc,bvc->bvr", per_vertex[..., :3], v_posed) + per_vertex[..., 3]
         if self.has_eyelids:
-            vertices = vertices + torch.einsum("bk,kvc->bvc", p["eyelids"], self.eyelid_dirs[:, ids])
+            vertices = vertices + torch.einsum("bk,kvc->bvc", p["eyelids"], self.lmk_eyelid_dirs)
         vertices = vertices + p["translation"][:, None, :]
         points = vertices[torch.arange(batch, device=vertices.device)[:, None, None], corners]  # (B, 68, 3, 3)
         return torch.einsum("blkc,blk->blc", points, bary.to(vertices.dtype))
@@ -544,10 +561,14 @@ class FLAME(HeadModel):
         for key in ("neck", "global"):
             if params and params.get(key) is not None:
                 rotation = rotation_6d_to_matrix(params[key].to(dtype)) @ rotation
-        if view_rotation is not None:
-            flip = flip_matrix(device=device, dtype=dtype)
-            rotation = flip @ view_rotation.to(dtype) @ flip @ rotation
-        return rotation
+        return self._view_head_rotation(rotation, view_rotation)
+
+    def _view_head_rotation(self, rotation: torch.Tensor, view_rotation: torch.Tensor | None) -> torch.Tensor:
+        """(B, 3, 3) R_global @ R_neck -> the head rotation a frontal camera sees (``head_rotation``)."""
+        if view_rotation is None:
+            return rotation
+        flip = flip_matrix(device=rotation.device, dtype=rotation.dtype)
+        return flip @ view_rotation.to(rotation.dtype) @ flip @ rotation
 
     def landmarks(self, vertices: torch.Tensor, params: dict[str, torch.Tensor] | None = None,
                   view_rotation: torch.Tensor | None = None) -> torch.Tensor:
