@@ -110,8 +110,8 @@ class Eyeballs:
 
     @classmethod
     def from_vertices(cls, vertices: np.ndarray, masks: tuple[np.ndarray, np.ndarray]) -> Eyeballs:
-        """(V, 3) head-frame vertices and the vertices of the two eyeballs ((V,) bool masks or index
-        arrays), in either order (the face's left eye is the one on +x)."""
+        """(V, 3) head-frame vertices and the vertices of the two eyeballs ((V,) bool masks, index
+        arrays or slices), in either order (the face's left eye is the one on +x)."""
         centres = np.stack([vertices[mask].mean(0) for mask in masks])
         radii = np.array([np.linalg.norm(vertices[mask] - c, axis=1).mean() for mask, c in zip(masks, centres)])
         order = np.argsort(-centres[:, 0])
@@ -130,8 +130,7 @@ class EyeballDecoder:
 
     def __call__(self, params: dict[str, torch.Tensor]) -> Eyeballs:
         eyes = self.head.decode_vertices({g: v[None] for g, v in params.items()}, self.vertices)[0].numpy()
-        first = np.arange(len(eyes)) < self.split  # the rows of one eyeball, then the other's
-        return Eyeballs.from_vertices(eyes, (first, ~first))
+        return Eyeballs.from_vertices(eyes, (slice(0, self.split), slice(self.split, None)))  # one eyeball's rows, then the other's
 
 
 def eye_gaze(

@@ -217,10 +217,10 @@ class EmbeddedHead:
             params[self.identity_group] = torch.from_numpy(np.asarray(identity)).to(dtype)
         start = 0
         for group in self.groups:
-            value = torch.from_numpy(np.asarray(local[start : start + group.size]))
-            if group.rotation:
-                value = axis_angle_to_rotation_6d(value.reshape(-1, 3)).reshape(-1)
-            params[group.name] = value.to(dtype)
+            value = np.asarray(local[start : start + group.size])
+            if group.rotation:  # each axis-angle -> the first two rows of its matrix (6D)
+                value = np.concatenate([exp_rotation(omega)[:2].reshape(6) for omega in value.reshape(-1, 3)])
+            params[group.name] = torch.from_numpy(value).to(dtype)
             start += group.size
         return params
 

@@ -131,8 +131,9 @@ def euler_to_rotation_6d(euler: torch.Tensor) -> torch.Tensor:
 # -- NumPy ----------------------------------------------------------------------------------------
 def exp_rotation(omega: np.ndarray) -> np.ndarray:
     """(3,) axis-angle -> (3, 3) float64 rotation (Rodrigues; ``axis_angle_to_matrix`` of one)."""
-    angle = float(np.linalg.norm(omega))
-    k = np.array([[0.0, -omega[2], omega[1]], [omega[2], 0.0, -omega[0]], [-omega[1], omega[0], 0.0]])
+    x, y, z = (float(v) for v in omega)
+    angle = math.sqrt(x * x + y * y + z * z)
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
     if angle < 1e-12:
         return np.eye(3) + k
     return np.eye(3) + math.sin(angle) / angle * k + (1.0 - math.cos(angle)) / angle**2 * (k @ k)
@@ -140,9 +141,9 @@ def exp_rotation(omega: np.ndarray) -> np.ndarray:
 
 def log_rotation(rotation: np.ndarray) -> np.ndarray:
     """(3, 3) rotation -> (3,) axis-angle, angle in [0, pi] (``matrix_to_axis_angle`` of one)."""
-    cos = np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0)
-    angle = math.acos(cos)
-    vee = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
+    (r00, r01, r02), (r10, r11, r12), (r20, r21, r22) = rotation.tolist()  # Python floats: no NumPy call per scalar
+    angle = math.acos(min(max((r00 + r11 + r22 - 1.0) / 2.0, -1.0), 1.0))
+    vee = np.array([r21 - r12, r02 - r20, r10 - r01])
     if angle < 1e-6:
         return vee / 2.0
     if angle > math.pi - 1e-4:  # near pi: the axis from the symmetric part
