@@ -146,6 +146,20 @@ def test_live_benchmark_prints_its_summary_line(videos: Path, capsys) -> None:
     assert re.fullmatch(r"mediapipe_fps=\d+\.\d sequential_fps=\d+\.\d async_fps=\d+\.\d sequential_no_refine_fps=\d+\.\d async_no_refine_fps=\d+\.\d", last), last
 
 
+def test_live_benchmark_rounds_report_the_median_run_and_the_range(videos: Path, capsys) -> None:
+    """``--rounds 3``: every pipeline runs three times; its line gives the middle run's fps and
+    the lowest and highest of the three around it."""
+    bench_main(["live", "--video", str(videos / "single_face.mp4"), "--untrained", "resnet18", "--input-size", str(INPUT_SIZE), "--frames", "4",
+                "--rounds", "3"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if re.match(r"(sequential|async) (no-refine|refine)", line)]
+    assert len(lines) == 4, lines
+    for line in lines:
+        median, low, high = map(float, re.search(r"(\d+\.\d) fps \(rounds (\d+\.\d)-(\d+\.\d)\)", line).groups())
+        assert low <= median <= high, line
+    with pytest.raises(SystemExit, match="--rounds must be at least 1"):
+        bench_main(["live", "--video", str(videos / "single_face.mp4"), "--untrained", "resnet18", "--frames", "2", "--rounds", "0"])
+
+
 def test_network_camera_lands_on_the_crop_point_it_predicts(checkpoint: Path, videos: Path) -> None:
     """The camera module outputs where the head origin projects in the crop (u, v in [-1, 1]).
     Mapped through the crop box to frame pixels, that point must be where the frame camera

@@ -59,6 +59,8 @@ def add_live_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES),
                         help="network runtime, as the app's --runtime (default auto: the fastest installed on the CPU, torch on CUDA)")
     parser.add_argument("--flame-dir", help="also time the refined pipelines with FLAME fitted (these FLAME files), in the same run")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every pipeline this many times, one of each per round, and report the median run (default 1)")
     parser.set_defaults(module="tracker.bench.live")
 
 

@@ -1,7 +1,7 @@
 """Live-pipeline benchmark: FPS and latency of MediaPipe alone, the pipeline run sequentially, and
 the pipeline with overlapping stages, on a video file.
 
-    python -m tracker.bench live --video clip.mp4 [--checkpoint C | --untrained resnet18] [--device cuda] [--flame-dir DIR]
+    python -m tracker.bench live --video clip.mp4 [--checkpoint C | --untrained resnet18] [--device cuda] [--flame-dir DIR] [--rounds N]
 
 Runs, each on the same frames, one after the other in this process:
     mediapipe   FaceMeshDetector.detect on frames decoded beforehand (no decode in the timing);
@@ -18,6 +18,10 @@ camera: then FPS is capped by the source and latency is capture -> result.
 With ``--flame-dir`` the pipelines with refinement also run with FLAME fitted (with an ICT
 checkpoint FLAME from its mean face, ``FaceTracker``'s other-head-model path; with a FLAME
 checkpoint its own), and the FLAME / ICT fps ratios are printed.
+
+``--rounds N`` runs every pipeline N times, one of each per round (so a slow spell of the machine
+falls on all of them alike), and reports each pipeline's median run by fps, with the range of
+its fps over the rounds.
 
 The network's weights do not change its speed: without a checkpoint, ``--untrained BACKBONE``
 times an untrained network of that backbone (said so in the output). Last line:
@@ -100,6 +104,8 @@ def run(args: argparse.Namespace) -> None:
     check_device(args.device)
     if not args.checkpoint and not args.untrained:
         raise SystemExit("give --checkpoint C, or --untrained BACKBONE to time an untrained network of that backbone")
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     frames = decode_frames(args.video, args.frames)
     count = len(frames)
     height, width = frames[0].shape[:2]
@@ -107,19 +113,25 @@ def run(args: argparse.Namespace) -> None:
     print(f"video {args.video}: {count} frames {width}x{height}; network: {network}; device {args.device}; runtime {args.runtime}; torch threads {torch.get_num_threads()}")
     mp_fps, mp_p50, mp_p95, rate = time_mediapipe(frames)
     print(f"mediapipe   {mp_fps:7.1f} fps  latency p50 {mp_p50:6.1f} ms  p95 {mp_p95:6.1f} ms  faces in {100 * rate:.1f}% of frames")
-    fps = {}
+    runs: dict[tuple[str, object], list[tuple[StatsSnapshot, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="n2f-bench-") as folder:
         checkpoint = args.checkpoint or untrained_checkpoint(args, folder)
-        runs = [(refine, None) for refine in (False, True)] + ([(True, args.flame_dir)] if args.flame_dir else [])
-        for refine, flame_dir in runs:
-            for mode in ("sequential", "async"):
-                key = (mode, "flame" if flame_dir else refine)
-                stats, fps[key] = time_pipeline(args, checkpoint, mode, count, refine, flame_dir)
-                p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
-                stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
-                name = f"{mode} {'FLAME refine' if flame_dir else 'refine' if refine else 'no-refine'}"
-                print(f"{name:23s} {fps[key]:7.1f} fps  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
-                      f"dropped {stats.dropped}  stage ms: {stages}")
+        pipelines = [(refine, None) for refine in (False, True)] + ([(True, args.flame_dir)] if args.flame_dir else [])
+        for _ in range(args.rounds):
+            for refine, flame_dir in pipelines:
+                for mode in ("sequential", "async"):
+                    key = (mode, "flame" if flame_dir else refine)
+                    runs.setdefault(key, []).append(time_pipeline(args, checkpoint, mode, count, refine, flame_dir))
+    fps = {}
+    for (mode, kind), timed in runs.items():
+        ordered = sorted(timed, key=lambda run: run[1])
+        stats, fps[mode, kind] = ordered[len(ordered) // 2]  # the median run (the upper one of an even count)
+        p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items())
+        name = f"{mode} {'FLAME refine' if kind == 'flame' else 'refine' if kind else 'no-refine'}"
+        spread = f" (rounds {ordered[0][1]:.1f}-{ordered[-1][1]:.1f})" if len(ordered) > 1 else ""
+        print(f"{name:23s} {fps[mode, kind]:7.1f} fps{spread}  latency p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  faces in {100 * stats.detection_rate:.1f}%  "
+              f"dropped {stats.dropped}  stage ms: {stages}")
     for refine in (False, True):
         print(f"async/sequential speed-up ({'refine' if refine else 'no refine'}): {fps['async', refine] / fps['sequential', refine]:.2f}x")
     for mode in ("sequential", "async"):
