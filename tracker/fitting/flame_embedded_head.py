@@ -40,9 +40,18 @@ def rotation_derivatives(omega: np.ndarray) -> np.ndarray:
     if theta2 < 1e-16:
         return _GENERATORS.copy()
     rotation = exp_rotation(omega)
-    k = np.tensordot(omega, _GENERATORS, 1)  # [omega]_x
+    k = _skew(omega[None])[0]  # [omega]_x
     crossed = (k @ (np.eye(3) - rotation)).T  # (3 i, 3): omega x (I - R) e_i
-    return (omega[:, None, None] * k + np.tensordot(crossed, _GENERATORS, 1)) @ rotation / theta2
+    return (omega[:, None, None] * k + _skew(crossed)) @ rotation / theta2
+
+
+def _skew(vectors: np.ndarray) -> np.ndarray:
+    """(n, 3) -> (n, 3, 3) cross-product matrices [v]_x."""
+    out = np.zeros((len(vectors), 3, 3))
+    x, y, z = vectors.T
+    out[:, 0, 1], out[:, 0, 2], out[:, 1, 2] = -z, y, -x
+    out[:, 1, 0], out[:, 2, 0], out[:, 2, 1] = z, -y, x
+    return out
 
 
 class FlameSkinning:
