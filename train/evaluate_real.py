@@ -66,6 +66,17 @@ from tracker.live.options import (
     add_tracker_arguments,
     options_from_args,
 )
+from train.arkit_peer import (
+    PEER_FILE,
+    PEER_SOURCE,
+    ArkitPeer,
+    PeerComparison,
+    compare_with_peer,
+    correlation,
+    default_peer_path,
+    format_agreement_table,
+    format_peer_table,
+)
 from train.cli import Progress, add_output_options, run, writable_file
 from train.real_split import SPLITS, split_paths
 
@@ -355,7 +366,8 @@ class VideoRow:
     own points: correlation of jawOpen with MediaPipe's mouth opening, and of the mean eyeBlink
     with MediaPipe's eye closing (minus its opening); with ``--arkit-side-fit`` the same for the
     ICT fit that gives FLAME its weights (``tracker.fitting.arkit_side_fit``, run beside the tracker on the same
-    faces), its mean absolute difference from the tracker's 52 weights and its ms per face."""
+    faces), its mean absolute difference from the tracker's 52 weights and its ms per face; with
+    ``--arkit-peer`` our weights beside MediaPipe's blendshape model's (``train.arkit_peer``)."""
 
     video: str
     frames: int
@@ -380,6 +392,7 @@ class VideoRow:
     side_fit_blink_correlation: float = math.nan
     side_fit_difference: float = math.nan
     side_fit_ms: float = math.nan
+    peer: PeerComparison | None = None
 
     @property
     def detection_rate(self) -> float:
@@ -404,22 +417,17 @@ def openings(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gap(MOUTH_PAIRS), gap(EYE_PAIRS)
 
 
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two (T,) series (NaN when either is constant or T < 3)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 class VideoMeter:
     """Pipeline sink: counts frames and faces, result times, the three jitters of the first
     (largest) face and its agreement with MediaPipe (``VideoRow``); ``face_vertices`` (V,) bool
     selects the mesh vertices (None: all)."""
 
-    def __init__(self, face_vertices: torch.Tensor | None, side_fit: ArkitFit | None = None) -> None:
+    def __init__(self, face_vertices: torch.Tensor | None, side_fit: ArkitFit | None = None, peer: ArkitPeer | None = None) -> None:
         self.face_vertices = face_vertices
         self.side_fit = side_fit
+        self.peer = peer
+        self.peer_arkit: list[np.ndarray] = []
+        self.frame_index: list[int] = []
         self.arkit: list[np.ndarray] = []
         self.side_arkit: list[np.ndarray] = []
         self.side_ms: list[float] = []
@@ -438,10 +446,15 @@ class VideoMeter:
 
         self.times.append(time.perf_counter())
         self.processing_ms.append(result.processing_ms)
+        # the peer sees every frame (its VIDEO mode tracks between them); kept where we found a face
+        peer = None if self.peer is None else self.peer(result.frame.image, 1000.0 * result.frame.timestamp)
         if not result.faces:
             return
         self.detected += 1
         face, index = result.faces[0], result.frame.index
+        self.frame_index.append(index)
+        if peer is not None:
+            self.peer_arkit.append(peer)
         ocular = float(np.linalg.norm(face.mesh_landmarks68[metrics.RIGHT_EYE_OUTER] - face.mesh_landmarks68[metrics.LEFT_EYE_OUTER]))
         self.ours.push(index, face.track_id, face.landmarks68, ocular / 100.0)
         self.mediapipe.push(index, face.track_id, face.mesh_landmarks68, ocular / 100.0)
@@ -480,6 +493,8 @@ class VideoMeter:
                 row.side_fit_jaw_open_correlation, row.side_fit_blink_correlation = arkit_correlations(side, mouth_mp, eye_mp)
                 row.side_fit_difference = float(np.nanmean(np.abs(side - np.stack(self.arkit))))
                 row.side_fit_ms = float(np.mean(self.side_ms))
+            if self.peer_arkit:
+                row.peer = compare_with_peer(np.stack(self.arkit), np.stack(self.peer_arkit), np.array(self.frame_index), mouth_mp, eye_mp)
         return row
 
 
@@ -490,16 +505,23 @@ def arkit_correlations(weights: np.ndarray, mouth: np.ndarray, eye: np.ndarray) 
     return correlation(weights[:, ARKIT_INDEX["jawOpen"]], mouth), correlation(blink, -eye)
 
 
-def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None, side_fit: ArkitFit | None = None) -> VideoRow:
+def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None, side_fit: ArkitFit | None = None,
+                   peer_model: Path | None = None) -> VideoRow:
     """Every frame of ``path`` (at most ``max_frames``) in order through the sequential pipeline,
-    from a fresh tracker state (``side_fit``: also run this ARKit fit on every face)."""
+    from a fresh tracker state (``side_fit``: also run this ARKit fit on every face; ``peer_model``:
+    MediaPipe's blendshape model beside it, a fresh one per video)."""
     from tracker.live.pipeline import Pipeline
     from tracker.live.sources import MediaClockSource, open_source
 
     tracker.reset()
-    meter = VideoMeter(tracker.head.region_masks.get("face"), side_fit)
+    peer = None if peer_model is None else ArkitPeer(peer_model)
+    meter = VideoMeter(tracker.head.region_masks.get("face"), side_fit, peer)
     source = MediaClockSource(open_source(path, realtime=False))
-    Pipeline(source, tracker, [meter], mode="sequential", max_frames=max_frames).run()
+    try:
+        Pipeline(source, tracker, [meter], mode="sequential", max_frames=max_frames).run()
+    finally:
+        if peer is not None:
+            peer.close()
     return meter.row(path.name)
 
 
@@ -591,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arkit-side-fit", action="store_true",
                    help="videos: also run the ICT fit that gives FLAME its ARKit weights (tracker.fitting.arkit_side_fit) on every face, "
                    "and compare its weights with the tracker's and with MediaPipe's mouth and eye openings")
+    p.add_argument("--arkit-peer", nargs="?", const="", metavar="TASK_FILE",
+                   help=f"videos: run MediaPipe's blendshape model ({PEER_FILE}; default: the shared folder's peers/, skipped with a "
+                        "reason when absent) on the same frames and compare its ARKit weights with ours")
     p.add_argument("--ablation", action="store_true",
                    help="N2FNet's role: run everything three times (N2FNet alone; refinement from the mean face, no network; "
                    "N2FNet + refinement) and print a comparison table")
@@ -663,8 +688,9 @@ def report_images(args: argparse.Namespace, folder: Path, **overrides) -> dict:
     }
 
 
-def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> dict:
-    """Track the videos ``paths``, print their table -> the JSON part."""
+def report_videos(args: argparse.Namespace, paths: list[Path], peer_model: Path | None = None, **overrides) -> dict:
+    """Track the videos ``paths``, print their table -> the JSON part (``peer_model``: the ARKit
+    peer beside the tracker, ``peer_model_path``)."""
     import torch
 
     from tracker.fitting.arkit_side_fit import ArkitFit
@@ -674,7 +700,7 @@ def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> d
     tracker = FaceTracker.from_options(video_options(args, **overrides))
     try:
         ict = load_head_model("ict", args.ict_model) if args.arkit_side_fit else None
-        rows = [evaluate_video(tracker, path, args.max_frames, ArkitFit(ict) if ict is not None else None) for path in paths]
+        rows = [evaluate_video(tracker, path, args.max_frames, ArkitFit(ict) if ict is not None else None, peer_model) for path in paths]
     finally:
         tracker.close()
     limit = f", at most {args.max_frames} frames each" if args.max_frames else ""
@@ -692,7 +718,30 @@ def report_videos(args: argparse.Namespace, paths: list[Path], **overrides) -> d
         + (" Side fit: ICT fitted from the neutral face beside the tracker, as for FLAME (tracker.fitting.arkit_side_fit)." if args.arkit_side_fit else "")
     )
     print(format_arkit_table(rows))
+    if peer_model is not None:
+        print(f"\nARKit weights beside the peer, MediaPipe's blendshape model ({peer_model}, VIDEO mode, the same frames; train.arkit_peer "
+              "defines the figures): r with MediaPipe's openings, relative jitter (mean |second difference| / standard deviation), "
+              "lag in frames (peak cross-correlation with the opening; + late), shapes with sd > 0.02.")
+        print(format_peer_table(rows))
+        print("\nPer-shape agreement with the peer: Pearson r of the two systems' weights, shapes both move (sd > 0.02).")
+        print(format_agreement_table(rows))
     return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
+
+
+def peer_model_path(args: argparse.Namespace) -> Path | None:
+    """``--arkit-peer``'s model: the file given, else the shared folder's (None, said why, when it is
+    not there: the comparison is skipped); None without the option."""
+    if args.arkit_peer is None:
+        return None
+    if args.arkit_peer:
+        path = Path(args.arkit_peer).expanduser()
+        if not path.is_file():
+            raise TrackerError(f"--arkit-peer: {path} does not exist; the peer is {PEER_SOURCE}")
+        return path
+    path = default_peer_path()
+    if path is None:
+        print(f"--arkit-peer: skipped, no {PEER_FILE} in the shared folder's peers/ (N2F_SHARED_DIR); give its path: it is {PEER_SOURCE}")
+    return path
 
 
 def check_ablation(options: TrackerOptions) -> None:
@@ -718,6 +767,7 @@ def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
         raise TrackerError(f"--upscale must be positive, got {args.upscale}")
     folder = data_folder(args.data)
     paths = None if args.images_only else video_paths(args, folder)
+    peer_model = None if paths is None else peer_model_path(args)
     outputs = [str(writable_file(path, option)) for path, option in ((args.csv, "--csv"), (args.json, "--json")) if path]
     import torch
 
@@ -737,7 +787,7 @@ def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
         if paths is not None:
             if not args.videos_only:
                 print()
-            part["videos"] = report_videos(args, paths, **overrides)
+            part["videos"] = report_videos(args, paths, peer_model, **overrides)
         results[name] = _finite_or_none(part)
     if args.ablation:
         print("\n## Ablation: N2FNet's role (videos: mean over the videos)")
