@@ -71,7 +71,7 @@ class ArkitPeer:
         ``ARKIT_NAMES`` order; all NaN without a face, NaN for a shape the model lacks (tongueOut)."""
         import mediapipe as mp
 
-        stamp = max(int(round(time_ms)), self._last_ms + 1)  # VIDEO mode needs strictly increasing times
+        stamp = max(round(time_ms), self._last_ms + 1)  # VIDEO mode needs strictly increasing times
         self._last_ms = stamp
         rgb = np.ascontiguousarray(image_bgr[..., ::-1])
         result = self._landmarker.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb), stamp)
