@@ -143,3 +143,21 @@ def test_pooled_identity_converges_on_exact_points(model):
     errors = [identity_error_mm(model, f.solution.identity, identity) for f in fits[::5]]
     print("identity vertex error every 5 frames (exact points):", np.round(errors, 3).tolist())
     assert errors[-1] < 0.5 * errors[0] and errors[-1] < 0.6
+
+
+def test_pooled_identity_beats_per_frame_identity(model):
+    """MediaPipe-like noise, expressions, a mouth that opens in half the key poses and blinks, four
+    heads: the identity pooled over 18 frames is closer to the truth, on average, than one
+    estimated from a single frame (each frame alone, as a photo) and than the mean face. (With the
+    locals' prior at full strength in the identity's evidence, ``identity_prior_weight=1``, the
+    open mouth was pooled into the identity: 5.6 mm against 3.5 mm for single frames.)"""
+    pooled, single, mean_face = [], [], []
+    for seed in range(4):
+        identity, _, observed = sequence(model, seed=seed, frames=18)
+        pooled.append(identity_error_mm(model, track(model, observed)[-1].solution.identity, identity))
+        single += [identity_error_mm(model, TrackFitter(Refiner(model), first_pose="pnp").fit(0, points, FOCAL, PRINCIPAL, photo=True).solution.identity, identity)
+                   for points in observed[::3]]
+        mean_face.append(identity_error_mm(model, np.zeros_like(identity), identity))
+    print(f"identity vertex error: pooled {np.round(pooled, 2).tolist()} mm (mean {np.mean(pooled):.2f}), single frames {np.mean(single):.2f} mm, "
+          f"mean face {np.mean(mean_face):.2f} mm")
+    assert np.mean(pooled) < 0.9 * np.mean(single) and np.mean(pooled) < 0.9 * np.mean(mean_face)
