@@ -19,9 +19,10 @@ With ``--flame-dir`` the pipelines with refinement also run with FLAME fitted (w
 checkpoint FLAME from its mean face, ``FaceTracker``'s other-head-model path; with a FLAME
 checkpoint its own), and the FLAME / ICT fps ratios are printed.
 
-``--rounds N`` runs every pipeline N times, one of each per round (so a slow spell of the machine
-falls on all of them alike), and reports each pipeline's median run by fps, with the range of
-its fps over the rounds.
+``--rounds N`` runs every pipeline N times, one of each per round, each round starting at another
+pipeline (so a slow spell of the machine, or of a process that has run many pipelines, falls on
+all of them alike), and reports each pipeline's median run by fps, with the range of its fps over
+the rounds.
 
 The network's weights do not change its speed: without a checkpoint, ``--untrained BACKBONE``
 times an untrained network of that backbone (said so in the output). Last line:
@@ -116,14 +117,17 @@ def run(args: argparse.Namespace) -> None:
     runs: dict[tuple[str, object], list[tuple[StatsSnapshot, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="n2f-bench-") as folder:
         checkpoint = args.checkpoint or untrained_checkpoint(args, folder)
-        pipelines = [(refine, None) for refine in (False, True)] + ([(True, args.flame_dir)] if args.flame_dir else [])
-        for _ in range(args.rounds):
-            for refine, flame_dir in pipelines:
-                for mode in ("sequential", "async"):
-                    key = (mode, "flame" if flame_dir else refine)
-                    runs.setdefault(key, []).append(time_pipeline(args, checkpoint, mode, count, refine, flame_dir))
+        pipelines = [(mode, refine, flame_dir) for refine, flame_dir in [(False, None), (True, None)] + ([(True, args.flame_dir)] if args.flame_dir else [])
+                     for mode in ("sequential", "async")]
+        for round_ in range(args.rounds):
+            shift = round_ * len(pipelines) // args.rounds  # each round starts elsewhere: no pipeline always runs last
+            for mode, refine, flame_dir in pipelines[shift:] + pipelines[:shift]:
+                key = (mode, "flame" if flame_dir else refine)
+                runs.setdefault(key, []).append(time_pipeline(args, checkpoint, mode, count, refine, flame_dir))
     fps = {}
-    for (mode, kind), timed in runs.items():
+    for mode, refine, flame_dir in pipelines:
+        kind = "flame" if flame_dir else refine
+        timed = runs[mode, kind]
         ordered = sorted(timed, key=lambda run: run[1])
         stats, fps[mode, kind] = ordered[len(ordered) // 2]  # the median run (the upper one of an even count)
         p50, p95 = (stats.latency_p50_ms, stats.latency_p95_ms) if args.realtime else (stats.processing_p50_ms, stats.processing_p95_ms)
