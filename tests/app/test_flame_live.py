@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import re
 import socket
 import threading
 import time
@@ -196,3 +197,14 @@ def test_flame_camera_start_carries_the_network_pose_into_flames_frame(ict_as_fl
         tracker.close()
     relative = rotations["camera"] @ rotations["pnp"].T
     assert np.degrees(np.arccos(np.clip((np.trace(relative) - 1) / 2, -1, 1))) < 3.0
+
+
+def test_finish_benchmark_times_ict_and_flame_on_the_same_frames(ict_as_flame_dir: Path, video: Path, capsys) -> None:
+    from tracker.bench.__main__ import main as bench_main
+
+    bench_main(["finish", "--video", str(video), "--flame-dir", str(ict_as_flame_dir), "--runtime", "torch", "--frames", "5", "--passes", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    parts = {line.split()[0]: line for line in lines if line.split()[1:2] == ["finish"]}
+    assert set(parts) == {"ICT", "FLAME"} and all("refine" in line and "avatar" in line for line in parts.values())
+    ict, flame, difference, ratio = map(float, re.fullmatch(r"ict_ms=(\S+) flame_ms=(\S+) difference_ms=(\S+) expected_ratio=(\S+)", lines[-1]).groups())
+    assert ict > 0 and flame > 0 and difference == pytest.approx(flame - ict, abs=0.011) and 0 < ratio

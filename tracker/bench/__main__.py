@@ -1,4 +1,4 @@
-"""``python -m tracker.bench <subcommand> [options]``; subcommands: render, live, network, refine.
+"""``python -m tracker.bench <subcommand> [options]``; subcommands: render, live, network, refine, finish.
 
 The command lines are here and the benchmarks in ``tracker.bench.<subcommand>`` (``run(args)``),
 imported only once the command line is parsed: ``--help`` answers before torch loads.
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     add_live_parser(subparsers)
     add_network_parser(subparsers)
     add_refine_parser(subparsers)
+    add_finish_parser(subparsers)
     args = parser.parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=True)
     try:
@@ -86,6 +87,19 @@ def add_refine_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ict-model", help="ICT npz (default: found as the README's Quick start says)")
     parser.add_argument("--autodiff-frames", type=int, default=2, help="frames timed through the old autodiff path (default 2; 0: skip)")
     parser.set_defaults(module="tracker.bench.refine")
+
+
+def add_finish_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``finish`` subcommand."""
+    parser = subparsers.add_parser("finish", help="ms per frame of the stage after the network (smooth, refine, decode, avatar), ICT against FLAME")
+    parser.add_argument("--video", required=True, help="video file (or image folder)")
+    parser.add_argument("--flame-dir", required=True, help="the FLAME files")
+    parser.add_argument("--checkpoint", help="N2FNet checkpoint (default: the shipped assets/n2fnet_ict_resnet18.pt)")
+    parser.add_argument("--ict-model", help="ICT npz (default: found as the README's Quick start says)")
+    parser.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES), help="network runtime (default auto)")
+    parser.add_argument("--frames", type=int, help="use the first N frames (default: all)")
+    parser.add_argument("--passes", type=int, default=3, help="passes of each tracker over the frames, alternating; the fastest counts (default 3)")
+    parser.set_defaults(module="tracker.bench.finish")
 
 
 if __name__ == "__main__":
