@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="VMC: move the avatar as your mirror image, as VTuber apps show it (default: on); --no-vmc-mirror: as a puppet, its left is your left")
     streams.add_argument("--livelink", metavar="HOST:PORT", help=f"send Live Link Face packets to Unreal (key U in the viewer); default port {LIVELINK_PORT}")
     streams.add_argument("--livelink-subject", default="N2F", help="the Live Link subject name Unreal shows (default: N2F)")
+    streams.add_argument("--profile", metavar="FILE",
+                         help="your ARKit profile (JSON: per-shape neutral, deadzone, curve, gain, offset; the README, Your ARKit profile): applied to the "
+                         "streams, the plots and the recorded weights (a take keeps the raw ones too); written when a neutral calibration ends")
+    streams.add_argument("--calibrate-neutral", type=positive_float, metavar="SECONDS",
+                         help="hold a neutral face for SECONDS from the first face on: your resting ARKit weights then read 0 "
+                         "(saved to --profile when given; key N in the viewer starts one at any time)")
     streams.add_argument("--osc", metavar="HOST:PORT", help=f"send every face's raw head-model parameters and pose as OSC under /n2f/... (key O in the viewer); default port {OSC_PORT}")
     return parser
 
@@ -175,6 +181,8 @@ def tracker_options(args: argparse.Namespace) -> TrackerOptions:
         focal=args.focal,
         identity_take=args.identity,
         identity_track=args.identity_track,
+        arkit_profile=args.profile,
+        calibrate_neutral=args.calibrate_neutral,
     )
 
 

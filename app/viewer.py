@@ -8,7 +8,7 @@ queue. Closing the window stops the pipeline (frames in flight finish, the recor
 
 Keys: R record on/off, V virtual camera on/off, K / U / O the VMC / Live Link / OSC avatar stream
 on/off (``tracker.outputs.streaming``; configured with --vmc, --livelink, --osc), S smoothing on/off,
-M mesh style (shaded, wireframe, none), L landmarks on/off, P screenshot, Q / Esc quit. The 3D
+N neutral-face calibration (hold a neutral face for NEUTRAL_SECONDS; saved to --profile), M mesh style (shaded, wireframe, none), L landmarks on/off, P screenshot, Q / Esc quit. The 3D
 view orbits with the left mouse button and zooms with the wheel. The status bar shows every
 tracked face's identity state (calibrating, locked, given, network: ``identity_text``), the
 streams that are on, and the virtual camera's failed frames, if any (tracking goes on).
@@ -55,6 +55,7 @@ DISPLAY_INTERVAL_MS = 15  # the GUI looks for a new result this often (up to ~66
 PLOT_SECONDS = 10.0
 EXPRESSION_CURVES = 3  # plotted besides the jaw for a head model without ARKit weights: its first coefficients
 PLOTTED_ARKIT = ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft")  # ARKit weights in the plots
+NEUTRAL_SECONDS = 2.0  # the N key's neutral-face calibration
 # the avatar streams the window switches: label -> (key, the command-line option that configures it)
 STREAMS = {VmcSink.label: ("K", "--vmc"), LiveLinkSink.label: ("U", "--livelink"), OscSink.label: ("O", "--osc")}
 
@@ -434,6 +435,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             ("Virtual camera", "V", self.toggle_virtualcam),
             *((label, key, lambda checked=False, label=label: self.toggle_stream(label)) for label, (key, _) in STREAMS.items()),
             ("Smoothing", "S", self.toggle_smoothing),
+            ("Neutral", "N", self.calibrate_neutral),
             ("Mesh style", "M", self.cycle_mesh_style),
             ("Landmarks", "L", self.toggle_landmarks),
             ("Screenshot", "P", self.screenshot),
@@ -507,6 +509,12 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.tracker.smoothing = not self.tracker.smoothing
         self._update_status()
 
+    def calibrate_neutral(self) -> None:
+        """Start a neutral-face calibration of every face (``FaceTracker.calibrate_neutral``)."""
+        self.tracker.calibrate_neutral(NEUTRAL_SECONDS)
+        where = f"; saved to {self.tracker.profile_path}" if self.tracker.profile_path is not None else " (give --profile FILE to keep it)"
+        self._report(f"neutral calibration: hold a neutral face for {NEUTRAL_SECONDS:g} s{where}")
+
     def cycle_mesh_style(self) -> None:
         self.mesh_style = MESH_STYLES[(MESH_STYLES.index(self.mesh_style) + 1) % len(MESH_STYLES)]
         self._redraw_last()
@@ -570,6 +578,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             f"{self.options.source_name} | {self.head.name.upper()} | {Path(self.options.checkpoint).name} | {self.options.device} | "
             f"{stats.fps:.1f} fps, latency {stats.latency_p50_ms:.0f} ms | faces {stats.faces_found}/{stats.frames_out} | {identity} | "
             f"smoothing {'on' if self.tracker.smoothing else 'off'} | {rec} | {cam} | {self.streams_text()} | 3D: {self.mesh_view.kind}"
+            + (" | CALIBRATING NEUTRAL" if self.tracker.calibrating_neutral else "")
         )
 
     def _report(self, message: str) -> None:

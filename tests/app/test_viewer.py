@@ -242,6 +242,13 @@ def test_controls_switch_recording_smoothing_style_and_screenshot(qapp, untraine
     assert shot.is_file() and shot.parent == tmp_path / "shots"
     window.actions_by_name["Virtual camera"].trigger()  # not configured: reported, nothing breaks
     assert window.virtualcam.current is None
+    tracker.profile_path = tmp_path / "profile.json"
+    window.actions_by_name["Neutral"].trigger()  # N: a neutral calibration, NEUTRAL_SECONDS of the looping clip
+    assert tracker.calibrating_neutral
+    window._update_status()
+    assert "CALIBRATING NEUTRAL" in window.status.text()
+    process_events_until(qapp, lambda: tracker.profile_path.is_file(), timeout=60)
+    assert not tracker.arkit_profile.is_default and not tracker.calibrating_neutral
     window.close()
     tracker.close()
 

@@ -491,3 +491,40 @@ def test_export_writes_one_mesh_per_face_of_a_multi_face_take(tmp_path, ict_npz_
     result = export_meshes(take, load_take_model(take, ict_npz_path), tmp_path / "meshes")
     assert [p.name for p in result.written] == ["frame_000010_track1.obj", "frame_000010_track2.obj", "frame_000012_track1.obj"]
     assert result.skipped == [11]
+
+
+def test_a_take_keeps_the_raw_arkit_weights_beside_the_profiled_ones(tmp_path):
+    """``arkit`` holds the weights the streams sent (after the user's profile), ``arkit_raw`` the
+    tracker's own: both survive the journal and the finished take; given none, the raw weights
+    are the weights."""
+    path = tmp_path / "raw.npz"
+    profiled, raw = np.full(52, 0.25, np.float32), np.full(52, 0.5, np.float32)
+    with Recorder(path, "ict", GROUPS) as recorder:
+        recorder.append(0.0, 0, {g: np.zeros(n) for g, n in GROUPS.items()}, arkit=profiled, arkit_raw=raw)
+        recorder.append(0.1, 1, {g: np.zeros(n) for g, n in GROUPS.items()}, arkit=profiled)
+        recorder.append(0.2, 2, None)
+        journal = read_take(journal_path(path))
+    for take in (journal, read_take(path)):
+        assert np.array_equal(take.arkit[0], profiled) and np.array_equal(take.arkit_raw[0], raw)
+        assert np.array_equal(take.arkit_raw[1], profiled), "no raw weights given: the weights"
+        assert np.isnan(take.arkit_raw[2]).all()
+
+
+def test_takes_from_before_the_raw_weights_read_their_weights_as_raw(tmp_path):
+    from tracker.takes.recording import _record_fields
+
+    fields = _record_fields(GROUPS, "before raw weights")
+    assert "arkit_raw" not in [name for name, _, _ in fields] and "arkit" in [name for name, _, _ in fields]
+    records = np.zeros(3, dtype=np.dtype(fields))
+    records["frame_index"], records["timestamp"], records["face_found"], records["track_id"] = range(3), (0.0, 0.1, 0.2), 1, 0
+    records["arkit"] = np.linspace(0, 1, 52, dtype=np.float32)
+    header = json.dumps({"head_model": "ict", "groups": GROUPS, "metadata": {}, "identity_group": None,
+                         "record_fields": [[n, d, list(s)] for n, d, s in fields], "record_size": records.dtype.itemsize + 4}).encode()
+    body = b"".join(r.tobytes() + struct.pack("<I", zlib.crc32(r.tobytes())) for r in records)
+    (tmp_path / "old.npz.partial").write_bytes(struct.pack("<8sII", b"N2FTAKE1", len(header), zlib.crc32(header)) + header + body)
+    journal = read_take(tmp_path / "old.npz.partial")
+    assert np.array_equal(journal.arkit_raw, journal.arkit) and journal.arkit[0, -1] == 1.0
+    arrays = {k: v for k, v in journal.arrays().items() if k != "arkit_raw"}  # a finished take of that version
+    np.savez(tmp_path / "old.npz", **arrays)
+    take = read_take(tmp_path / "old.npz")
+    assert np.array_equal(take.arkit_raw, take.arkit) and np.array_equal(take.arkit, journal.arkit)

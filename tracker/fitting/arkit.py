@@ -85,12 +85,14 @@ def ict_to_arkit_matrix(ict_names: tuple[str, ...] | list[str]) -> np.ndarray:
 class AvatarValues:
     """What drives an avatar for one tracked face (frames and signs: module docstring).
 
-    weights        (52,) float32 ARKit weights in ARKIT_NAMES order, in [0, 1]
+    weights        (52,) float32 ARKit weights in ARKIT_NAMES order, in [0, 1], after the user's
+                   profile (``tracker.fitting.arkit_profile``; none: the raw weights)
     head_rotation  (3, 3) float32 head frame -> avatar frame (identity: facing the camera)
     head_angles    (3,) float32 yaw, pitch, roll in radians (``tracker.geometry.camera.head_pose``)
     head_position  (3,) float32 metres, the head frame's origin in the avatar frame
     eye_angles     (2, 2) float32 radians, (left eye, right eye) x (yaw, pitch) in the head frame;
                    NaN when the irises were not found
+    raw_weights    (52,) float32 the weights before the profile (None: ``weights``)
     """
 
     weights: np.ndarray
@@ -98,6 +100,11 @@ class AvatarValues:
     head_angles: np.ndarray
     head_position: np.ndarray
     eye_angles: np.ndarray
+    raw_weights: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.raw_weights is None:
+            self.raw_weights = self.weights
 
 
 @dataclass(frozen=True)

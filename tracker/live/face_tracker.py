@@ -49,6 +49,7 @@ from tracker.fitting.arkit import (
     gaze_weights,
     ict_to_arkit_matrix,
 )
+from tracker.fitting.arkit_profile import ArkitProfile, NeutralCalibration
 from tracker.fitting.arkit_side_fit import ArkitFit
 from tracker.fitting.refinement import (
     FrameFit,
@@ -155,6 +156,8 @@ class FaceTracker:
         embedding=None,
         arkit_fit: ArkitFit | None = None,
         network_head: HeadModel | None = None,
+        arkit_profile: ArkitProfile | None = None,
+        profile_path: str | Path | None = None,
     ) -> None:
         if refine_start not in REFINE_STARTS:
             raise TrackerError(f"refine_start must be one of {', '.join(REFINE_STARTS)}, got {refine_start!r}")
@@ -203,6 +206,13 @@ class FaceTracker:
         if self._arkit is not None:
             self._eyeballs = EyeballDecoder(head)
         self.arkit_fit = arkit_fit if self._arkit is None else None
+        # the user's ARKit profile (tracker.fitting.arkit_profile), saved to profile_path when a
+        # neutral calibration ends; each calibrated track's own, and the calibrations under way
+        self.arkit_profile = arkit_profile or ArkitProfile()
+        self.profile_path = None if profile_path is None else Path(profile_path)
+        self._track_profiles: dict[int, ArkitProfile] = {}
+        self._calibrations: dict[int, NeutralCalibration] = {}
+        self._calibration_request: float | None = None
 
     @property
     def fitter(self) -> TrackFitter:
@@ -269,12 +279,26 @@ class FaceTracker:
         self._smoothing = bool(value)
 
     def reset(self) -> None:
-        """Forget every tracked face (new clip, source switched)."""
+        """Forget every tracked face (new clip, source switched); the ARKit profile stays."""
         self.detector.reset()
         self.cropper.reset()
         self._smoothers.clear()
+        self._track_profiles.clear()
+        self._calibrations.clear()
         if self._fitter is not None:
             self._fitter.reset()
+
+    def calibrate_neutral(self, seconds: float) -> None:
+        """Measure the resting ARKit weights of every face of the next frame over ``seconds`` (the
+        person holds a neutral face): each then reads 0 at rest (``tracker.fitting.arkit_profile``);
+        the profile takes the last neutral measured and is saved to ``profile_path``. Any thread."""
+        NeutralCalibration(seconds)  # a bad duration fails here, not on the pipeline's thread
+        self._calibration_request = float(seconds)
+
+    @property
+    def calibrating_neutral(self) -> bool:
+        """A neutral calibration asked for or under way."""
+        return self._calibration_request is not None or bool(self._calibrations)
 
     def intrinsics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = image.shape[:2]
@@ -366,7 +390,12 @@ class FaceTracker:
             principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
             landmarks = camera.project_head(landmarks_3d, rotation, translation, focal_t, principal_t)
         with lap("avatar"):
-            avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i, networks[i]) for i, crop in enumerate(crops)]
+            if (seconds := self._calibration_request) is not None:
+                self._calibration_request = None
+                self._calibrations.update({crop.track_id: NeutralCalibration(seconds) for crop in crops})
+            clock = frame.timestamp if frame.source_time is None else frame.source_time  # a file's own time: its seconds of face
+            avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i, networks[i], clock)
+                       for i, crop in enumerate(crops)]
         for i, crop in enumerate(crops):
             faces.append(
                 FaceResult(
@@ -405,10 +434,11 @@ class FaceTracker:
         return lambda: camera.head_to_camera(self.head.decode(one), rotation[index : index + 1], translation[index : index + 1])[0]
 
     def _avatar_values(self, params, rotation, translation, crop: FaceCrop, focal, principal, index: int,
-                       ict_network: FrameParameters | None = None) -> AvatarValues | None:
+                       ict_network: FrameParameters | None = None, clock: float = 0.0) -> AvatarValues | None:
         """The face's ARKit weights, head pose and gaze: ICT's from its own expression and eyeballs,
         another head model's from the ICT fit beside it (``arkit_fit``; ``ict_network``: an ICT
-        network's prediction of the face, its start and prior); None without either."""
+        network's prediction of the face, its start and prior); None without either. The weights
+        go through the track's ARKit profile (``_profiled``; the raw ones are kept beside them)."""
         if self._arkit is not None:
             expression = params["expression"][index].numpy()
             eyeballs = self._eyeballs({g: v[index] for g, v in params.items()})
@@ -427,7 +457,25 @@ class FaceTracker:
         points = crop.face.points
         if len(points) > max(IRIS_CENTRES):
             eyes = eye_gaze(eyeballs, eye_rotation, eye_translation, points[list(IRIS_CENTRES), :2], focal, principal)
-        return AvatarValues(gaze_weights(weights, eyes), head_rotation, angles, position, eyes)
+        raw = gaze_weights(weights, eyes)
+        return AvatarValues(self._profiled(crop.track_id, raw, clock), head_rotation, angles, position, eyes, raw_weights=raw)
+
+    def _profiled(self, track_id: int, raw: np.ndarray, clock: float) -> np.ndarray:
+        """(52,) raw ARKit weights of track ``track_id`` at ``clock`` seconds (a file's media time, else
+        the capture time) -> its profile's; a neutral calibration of the track takes the raw weights
+        in, and when it ends the track's profile (and the tracker's, saved to ``profile_path``) gets
+        its neutral."""
+        calibration = self._calibrations.get(track_id)
+        if calibration is not None and calibration.add(raw, clock):
+            del self._calibrations[track_id]
+            profile = self._track_profiles[track_id] = self.arkit_profile = self.arkit_profile.with_neutral(calibration.neutral())
+            log.info("track %d: neutral face calibrated over %d frames", track_id, len(calibration.samples))
+            if self.profile_path is not None:
+                try:
+                    log.info("ARKit profile saved to %s", profile.save(self.profile_path))
+                except OSError as error:
+                    log.error("the ARKit profile could not be saved to %s (%s): tracking goes on with it", self.profile_path, error)
+        return self._track_profiles.get(track_id, self.arkit_profile).apply(raw)
 
     def _smooth(self, crop: FaceCrop, values: FrameParameters, timestamp: float) -> FrameParameters:
         smoother = self._smoothers.get(crop.track_id)
@@ -464,6 +512,9 @@ class FaceTracker:
         for track_id in list(self._smoothers):
             if track_id not in alive:
                 del self._smoothers[track_id]
+        for lost in (set(self._track_profiles) | set(self._calibrations)) - alive:
+            self._track_profiles.pop(lost, None)
+            self._calibrations.pop(lost, None)
         if self._fitter is not None:
             self._fitter.drop_lost(alive)
         if self.arkit_fit is not None:
@@ -556,13 +607,30 @@ class FaceTracker:
             normal_frame=sampler.get("normal_frame", "camera"), smoothing=options.smoothing, device=options.device,
             focal_ratio=float(sampler.get("focal_mean", 1.0)), focal_px=options.focal, refine=options.refine, refine_settings=settings,
             refine_start=start, identity=identity, photos=options.photos, arkit_fit=arkit_fit, runtime=runner, network_head=network_head,
+            arkit_profile=_arkit_profile(options), profile_path=options.arkit_profile,
         )
+        if options.calibrate_neutral is not None:
+            tracker.calibrate_neutral(options.calibrate_neutral)
         log.info(
             "checkpoint %s: %s network, %s backbone, %d px input, on %s (%s); %s head model, refinement %s; a new face starts from %s",
             checkpoint, trained_for, tracker.net.config.backbone, tracker.input_size, options.device, tracker.runner.describe(), head.name,
             f"{options.resolved_refine_iters()} iterations" if options.refine else "off", tracker.describe_start(),
         )
         return tracker
+
+
+def _arkit_profile(options: TrackerOptions) -> ArkitProfile | None:
+    """The profile in ``options.arkit_profile`` when that file exists (None: none yet; a neutral
+    calibration writes it, and without one asked for a warning says so)."""
+    path = options.arkit_profile
+    if path is None:
+        return None
+    if Path(path).exists():
+        return ArkitProfile.load(path)
+    if options.calibrate_neutral is None:
+        log.warning("the ARKit profile %s does not exist yet: a neutral calibration (--calibrate-neutral SECONDS, or the viewer's N key) "
+                    "writes it; until then the weights are the raw ones", path)
+    return None
 
 
 def _network_values(raw: RawOutput, index: int) -> FrameParameters:

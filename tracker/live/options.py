@@ -91,6 +91,9 @@ class TrackerOptions:
                     OTHER_HEAD_START
     identity_take   a take (npz or journal) whose calibrated identity every track uses, fixed
     identity_track  the track of ``identity_take`` to take it from (None: the first locked, else given, one)
+    arkit_profile   the user's ARKit profile file (``tracker.fitting.arkit_profile``): read when it
+                    exists, written when a neutral calibration ends
+    calibrate_neutral  seconds of neutral face to calibrate from the first face on (None: none)
     """
 
     checkpoint: str | Path | None = None
@@ -114,6 +117,8 @@ class TrackerOptions:
     refine_start: str | None = None
     identity_take: str | Path | None = None
     identity_track: int | None = None
+    arkit_profile: str | Path | None = None
+    calibrate_neutral: float | None = None
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -131,6 +136,9 @@ class TrackerOptions:
             raise TrackerError(f"--refine-start {self.refine_start} sets where the refinement starts, and the refinement is off: leave out --no-refine or --refine-start")
         if self.identity_take is not None and not self.refine:
             raise TrackerError("a given identity (--identity) is used by the refinement, which is off: leave out --no-refine")
+        seconds = self.calibrate_neutral
+        if seconds is not None and not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0):
+            raise TrackerError(f"the neutral calibration needs a positive number of seconds, got {seconds!r}")
         if self.focal is not None and not (isinstance(self.focal, (int, float)) and math.isfinite(self.focal) and self.focal > 0):
             raise TrackerError(f"the focal length must be a positive number of pixels, got {self.focal!r}: give --focal PX, or leave it out")
         from tracker.n2fnet.runtime import check_device, check_runtime
@@ -181,6 +189,8 @@ class TrackerOptions:
         if self.identity_take is not None:
             metadata["identity_take"] = str(self.identity_take)
             metadata["identity_track"] = self.identity_track
+        if self.arkit_profile is not None:
+            metadata["arkit_profile"] = str(self.arkit_profile)
         return metadata
 
 

@@ -90,6 +90,7 @@ class RecordingSink:
                 arkit=None if face.avatar is None else face.avatar.weights,
                 eye_angles=None if face.avatar is None else face.avatar.eye_angles,
                 media_time=frame.source_time,
+                arkit_raw=None if face.avatar is None else face.avatar.raw_weights,
             )
 
     def close(self) -> Path:

@@ -25,7 +25,7 @@ from tracker.errors import TrackerError
 from tracker.files.atomic_write import same_file
 from tracker.takes.recording import Take
 
-_OPTIONAL_FIELDS = ("rotation_6d", "translation", "arkit", "eye_angles")  # record fields that may be absent (all NaN)
+_OPTIONAL_FIELDS = ("rotation_6d", "translation", "arkit", "eye_angles", "arkit_raw")  # record fields that may be absent (all NaN)
 _CHECK_ROWS = 1 << 16  # records checked at a time (bounded memory on long takes)
 
 

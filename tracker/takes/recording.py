@@ -65,12 +65,20 @@ _FIXED_FIELDS = (
     ("principal", "<f4", (2,)),
     ("arkit", "<f4", (52,)),
     ("eye_angles", "<f4", (2, 2)),
+    ("arkit_raw", "<f4", (52,)),
 )
 _TRACK_FIELDS = ("track_id", "identity_state")
 _TRACK_TABLE = ("tracks/track_id", "tracks/identity", "tracks/identity_state")  # a finished take's per-track arrays
 _ANIMATION_FIELDS = ("media_time", "arkit", "eye_angles")
-# the fixed fields each layout leaves out: this version's, takes before the animation fields, takes before tracks
-_LAYOUTS = {"current": (), "before animation": _ANIMATION_FIELDS, "before tracks": (*_TRACK_FIELDS, *_ANIMATION_FIELDS)}
+_RAW_FIELDS = ("arkit_raw",)  # the ARKit weights before the user's profile (tracker.fitting.arkit_profile)
+# the fixed fields each layout leaves out: this version's, takes before the raw weights, before the
+# animation fields, before tracks
+_LAYOUTS = {
+    "current": (),
+    "before raw weights": _RAW_FIELDS,
+    "before animation": (*_ANIMATION_FIELDS, *_RAW_FIELDS),
+    "before tracks": (*_TRACK_FIELDS, *_ANIMATION_FIELDS, *_RAW_FIELDS),
+}
 _VECTORS = ("crop_box", "rotation_6d", "translation", "focal", "principal")
 # identity_state codes (docs/take-format.md); the tracker's FaceResult.identity_state is one of these names
 IDENTITY_STATES = ("none", "calibrating", "locked", "given", "network")
@@ -172,6 +180,7 @@ class Take:
     arkit: np.ndarray | None = None
     eye_angles: np.ndarray | None = None
     media_time: np.ndarray | None = None
+    arkit_raw: np.ndarray | None = None
     read_from: Path | None = None
 
     def __post_init__(self) -> None:
@@ -183,6 +192,8 @@ class Take:
             self.identity_state = np.zeros(len(self.face_found), np.uint8)
         if self.arkit is None:
             self.arkit = np.full((len(self.face_found), 52), np.nan, np.float32)
+        if self.arkit_raw is None:  # a take from before profiles: its weights are the raw ones
+            self.arkit_raw = self.arkit.copy()
         if self.eye_angles is None:
             self.eye_angles = np.full((len(self.face_found), 2, 2), np.nan, np.float32)
         if self.identity_group is not None and self.identity_group not in self.groups:
@@ -216,7 +227,7 @@ class Take:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The take.npz content."""
-        out = {name: getattr(self, name) for name in ("timestamp", "frame_index", "face_found", *_TRACK_FIELDS, *_VECTORS, *_ANIMATION_FIELDS)}
+        out = {name: getattr(self, name) for name in ("timestamp", "frame_index", "face_found", *_TRACK_FIELDS, *_VECTORS, *_ANIMATION_FIELDS, *_RAW_FIELDS)}
         out.update({f"params/{group}": values for group, values in self.params.items() if group != self.identity_group})
         out["identity_group"] = np.array(self.identity_group or "")
         if self.identity_group is not None:
@@ -343,6 +354,7 @@ class Recorder:
         arkit=None,
         eye_angles=None,
         media_time: float | None = None,
+        arkit_raw=None,
     ) -> None:
         """Record one face of a frame; ``params`` {group: (n,)} (arrays or tensors), or None for a
         frame without a face (its one record).
@@ -351,8 +363,9 @@ class Recorder:
         (2,) px: None stores the recorder's. A leading batch dimension of 1 is accepted.
         track_id: the face's track (None: 0; always -1 without a face); identity_state: a name of
         IDENTITY_STATES or its code (None: "none"); arkit (52,) ARKit weights, eye_angles (2, 2)
-        (``tracker.fitting.arkit.AvatarValues``; None stores NaN); media_time: the frame's position in
-        its file, seconds (None: NaN, a live source).
+        (``tracker.fitting.arkit.AvatarValues``; None stores NaN), arkit_raw (52,) the weights before
+        the user's profile (None: ``arkit``); media_time: the frame's position in its file, seconds
+        (None: NaN, a live source).
         """
         record = np.zeros((), dtype=self._dtype)
         record["timestamp"] = timestamp
@@ -366,7 +379,8 @@ class Recorder:
             if record["track_id"] < 0:
                 raise ValueError(f"a face's track id must be >= 0, got {track_id}")
             record["identity_state"] = identity_state_code(identity_state)
-        for name, value in (("rotation_6d", rotation_6d), ("translation", translation), ("crop_box", crop_box), ("arkit", arkit)):
+        arkit_raw = arkit if arkit_raw is None else arkit_raw
+        for name, value in (("rotation_6d", rotation_6d), ("translation", translation), ("crop_box", crop_box), ("arkit", arkit), ("arkit_raw", arkit_raw)):
             record[name] = _vector(value, self._dtype[name].shape[0], name)
         record["eye_angles"] = _vector(None if eye_angles is None else np.asarray(eye_angles).reshape(-1), 4, "eye_angles").reshape(2, 2)
         record["focal"] = self.focal if focal is None else _vector(focal, 2, "focal")
@@ -613,7 +627,8 @@ def _read_npz_members(path: Path, archive: zipfile.ZipFile, members: dict[str, _
     identity_group = text.get("identity_group") or None
     if identity_group is not None and identity_group not in groups:
         raise TrackerError(f"take {path} is malformed: its identity group {identity_group!r} is not in its group list {groups}")
-    layout = "before tracks" if "track_id" not in members else "before animation" if "arkit" not in members else "current"
+    layout = ("before tracks" if "track_id" not in members else "before animation" if "arkit" not in members
+              else "before raw weights" if "arkit_raw" not in members else "current")
     legacy = layout == "before tracks"
     if len(members["timestamp"].shape) != 1:
         raise TrackerError(f"take {path} is malformed: timestamp is {members['timestamp'].shape}, expected one value per record")
@@ -654,7 +669,8 @@ def _read_npz_members(path: Path, archive: zipfile.ZipFile, members: dict[str, _
         identity_group=identity_group,
         read_from=path,
         **{name: arrays[name] for name in ("timestamp", "frame_index", *_VECTORS)},
-        **{name: arrays[name] for name in _ANIMATION_FIELDS if layout == "current"},
+        **{name: arrays[name] for name in _ANIMATION_FIELDS if layout in ("current", "before raw weights")},
+        **{name: arrays[name] for name in _RAW_FIELDS if layout == "current"},
     )
 
 
@@ -795,7 +811,8 @@ def scan_journal(path: str | Path) -> JournalScan:
         identity_group=identity_group,
         read_from=path,
         **{name: records[name].copy() for name in ("timestamp", "frame_index", *_VECTORS)},
-        **{name: records[name].copy() for name in _ANIMATION_FIELDS if layout == "current"},
+        **{name: records[name].copy() for name in _ANIMATION_FIELDS if layout in ("current", "before raw weights")},
+        **{name: records[name].copy() for name in _RAW_FIELDS if layout == "current"},
     )
     offsets = start + np.asarray(starts, dtype=np.int64)
     return JournalScan(take, offsets, [(start + at, length) for at, length in damaged], cut, dtype.itemsize)
@@ -829,7 +846,7 @@ def _intact_records(body: memoryview, size: int) -> tuple[list[int], list[tuple[
 # -- helpers ---------------------------------------------------------------------------------
 def _record_fields(groups: Mapping[str, int], layout: str = "current") -> list[tuple[str, str, tuple[int, ...]]]:
     """(name, dtype, shape) of a record's fields in ``layout`` (a ``_LAYOUTS`` name: older takes
-    lack the avatar fields, the oldest the track fields too)."""
+    lack the raw weights, older ones the avatar fields too, the oldest the track fields too)."""
     fixed = tuple(field for field in _FIXED_FIELDS if field[0] not in _LAYOUTS[layout])
     return [*fixed, *((f"params/{group}", "<f4", (size,)) for group, size in groups.items())]
 
