@@ -47,9 +47,11 @@ def test_neutral_calibration_writes_the_profile_and_the_take_keeps_both_weights(
     rest = profile.apply(take.arkit_raw[during])  # the resting stretch, as the profile maps it
     jaw_range = np.ptp(take.arkit[after, JAW]) / np.ptp(take.arkit_raw[after, JAW])
     print(f"resting weights after calibration: median {np.median(rest, axis=0).max():.3f} (largest shape), mean {rest.mean():.3f}; "
-          f"jawOpen range calibrated / raw {jaw_range:.3f}")
+          f"jawOpen neutral {profile.neutral[JAW]:.3f}, range calibrated / raw {jaw_range:.3f}")
     assert np.median(rest, axis=0).max() < 0.01 and rest.mean() < 0.05
-    assert 0.9 <= jaw_range <= 1.1, "full motion keeps its range"
+    # the motion keeps its range: shifted down by the neutral and stretched by 1 / (1 - neutral), so a
+    # full opening still reaches 1; only motion below the resting value is cut
+    assert jaw_range >= 0.9
 
     assert _run(video, tmp_path / "again.npz", "--profile", str(profile_path)) == 0  # the saved profile, from the first frame
     again = read_take(tmp_path / "again.npz")
