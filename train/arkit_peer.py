@@ -133,13 +133,19 @@ def lag(series: np.ndarray, reference: np.ndarray, max_lag: int = MAX_LAG) -> in
     return best
 
 
+def arkit_correlations(weights: np.ndarray, mouth: np.ndarray, eye: np.ndarray) -> tuple[float, float]:
+    """(T, 52) ARKit weights, (T,) MediaPipe mouth and eye openings -> (correlation of jawOpen with
+    the mouth opening, of the mean eyeBlink with the eye closing, i.e. minus the opening)."""
+    return correlation(weights[:, ARKIT_INDEX["jawOpen"]], mouth), correlation(weights[:, BLINKS].mean(1), -np.asarray(eye, np.float64))
+
+
 def weight_figures(weights: np.ndarray, frame_index: np.ndarray, mouth: np.ndarray, eye: np.ndarray) -> WeightFigures:
     """(T, 52) weights, (T,) frame indices, mouth and eye openings on the same frames -> figures.
     Shapes that are NaN throughout (one the system lacks) do not count as moving."""
     jaw, blink, closing = weights[:, ARKIT_INDEX["jawOpen"]], weights[:, BLINKS].mean(1), -np.asarray(eye, np.float64)
     spread = weights.std(0)  # NaN for a shape the system lacks: not moving
     return WeightFigures(
-        correlation(jaw, mouth), correlation(blink, closing),
+        *arkit_correlations(weights, mouth, eye),
         relative_jitter(jaw, frame_index), relative_jitter(blink, frame_index),
         lag(jaw, np.asarray(mouth, np.float64)), lag(blink, closing),
         int((spread > MOVING_SD).sum()),

@@ -59,7 +59,7 @@ import numpy as np
 
 from tracker.errors import TrackerError
 from tracker.files.paths import shared_dir
-from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES
+from tracker.fitting.arkit import ARKIT_NAMES
 from tracker.geometry.boxes import box_iou
 from tracker.live.options import (
     TrackerOptions,
@@ -71,6 +71,7 @@ from train.arkit_peer import (
     PEER_SOURCE,
     ArkitPeer,
     PeerComparison,
+    arkit_correlations,
     compare_with_peer,
     correlation,
     default_peer_path,
@@ -496,13 +497,6 @@ class VideoMeter:
             if self.peer_arkit:
                 row.peer = compare_with_peer(np.stack(self.arkit), np.stack(self.peer_arkit), np.array(self.frame_index), mouth_mp, eye_mp)
         return row
-
-
-def arkit_correlations(weights: np.ndarray, mouth: np.ndarray, eye: np.ndarray) -> tuple[float, float]:
-    """(T, 52) ARKit weights, (T,) MediaPipe mouth and eye openings -> (correlation of jawOpen with
-    the mouth opening, of the mean eyeBlink with the eye closing, i.e. minus the opening)."""
-    blink = weights[:, [ARKIT_INDEX["eyeBlinkLeft"], ARKIT_INDEX["eyeBlinkRight"]]].mean(1)
-    return correlation(weights[:, ARKIT_INDEX["jawOpen"]], mouth), correlation(blink, -eye)
 
 
 def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None, side_fit: ArkitFit | None = None,

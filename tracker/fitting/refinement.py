@@ -39,8 +39,7 @@ at full strength, whatever the face does away from that prior in every frame (a 
 often than closed, from the neutral face) is pooled into the identity. On synthetic FLAME heads
 with MediaPipe-like noise (18 frames, 4 heads) the pooled identity is 5.6 mm from the truth at
 full strength, 2.8 mm at a quarter and 2.4 mm at 1/100, against 3.6 mm for single frames; on the
-real videos 1/100 also raised FLAME's mesh jitter by up to 12 % (README, "Identity"), a quarter
-by up to 4 %. Summed over frames, (A_pool, b_pool) is the identity's Gaussian
+real videos 1/100 also raised FLAME's mesh jitter by up to 12 %, a quarter by up to 4 %. Summed over frames, (A_pool, b_pool) is the identity's Gaussian
 information; the pooled identity solves (A_pool + I / identity_std^2) i = b_pool. After
 ``calibration_frames`` frames the identity is locked.
 """
