@@ -138,13 +138,10 @@ class ArkitProfile:
             for key, value in fields.items():
                 if key not in FIELDS:
                     raise TrackerError(f"ARKit profile: {name}.{key} is not a field (fields: {', '.join(FIELDS)})")
-                _, low, high, high_allowed = FIELDS[key]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise TrackerError(f"ARKit profile: {name}.{key} must be a number, got {json.dumps(value)}")
-                if not _in_range(np.float64(value), low, high, high_allowed):
-                    raise TrackerError(f"ARKit profile: {name}.{key} is {value:g}, outside {_range_text(low, high, high_allowed)}")
                 values[key][ARKIT_INDEX[name]] = value
-        return cls(**values)
+        return cls(**values)  # which checks every range, naming the shape and field
 
 
 class NeutralCalibration:

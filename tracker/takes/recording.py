@@ -669,8 +669,7 @@ def _read_npz_members(path: Path, archive: zipfile.ZipFile, members: dict[str, _
         identity_group=identity_group,
         read_from=path,
         **{name: arrays[name] for name in ("timestamp", "frame_index", *_VECTORS)},
-        **{name: arrays[name] for name in _ANIMATION_FIELDS if layout in ("current", "before raw weights")},
-        **{name: arrays[name] for name in _RAW_FIELDS if layout == "current"},
+        **{name: arrays[name] for name in (*_ANIMATION_FIELDS, *_RAW_FIELDS) if name not in _LAYOUTS[layout]},
     )
 
 
@@ -811,8 +810,7 @@ def scan_journal(path: str | Path) -> JournalScan:
         identity_group=identity_group,
         read_from=path,
         **{name: records[name].copy() for name in ("timestamp", "frame_index", *_VECTORS)},
-        **{name: records[name].copy() for name in _ANIMATION_FIELDS if layout in ("current", "before raw weights")},
-        **{name: records[name].copy() for name in _RAW_FIELDS if layout == "current"},
+        **{name: records[name].copy() for name in (*_ANIMATION_FIELDS, *_RAW_FIELDS) if name not in _LAYOUTS[layout]},
     )
     offsets = start + np.asarray(starts, dtype=np.int64)
     return JournalScan(take, offsets, [(start + at, length) for at, length in damaged], cut, dtype.itemsize)
