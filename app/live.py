@@ -1,5 +1,6 @@
-"""``python -m app.live``: track faces live from a camera, a video file, a network stream or an image folder.
+"""``python -m app.live``: track faces live from a camera, a video file, a network stream, an image folder or the demo.
 
+    python -m app.live --demo                                      # no camera: a rendered head performs (the viewer window)
     python -m app.live --camera 0                                  # the viewer window
     python -m app.live --camera 0 --virtualcam --virtualcam-mode key   # feed OBS: mesh on a key colour
     python -m app.live --video clip.mp4 --headless --record take.npz --max-frames 300
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--camera", type=int, help="camera index (0: the first webcam)")
     source.add_argument("--video", help="video file or image folder")
     source.add_argument("--url", help="network stream URL")
+    source.add_argument("--demo", action="store_true",
+                        help="no camera needed: an ICT head rendered on this machine performs every ARKit shape, blinks, winks, head turns and speech (about 65 s; --loop repeats it)")
     source.add_argument("--pace", choices=("auto", "realtime", "every-frame"), default="auto",
                         help="files: realtime plays them at their own frame rate, dropping frames the tracker cannot keep up with; every-frame "
                         "tracks every frame as fast as possible; auto (default): realtime in the viewer, every-frame headless")
@@ -153,11 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def source_spec(args: argparse.Namespace) -> int | str:
-    given = [value for value in (args.source, args.camera, args.video, args.url) if value is not None]
+def source_spec(args: argparse.Namespace) -> int | str | None:
+    """The source the command line names (None: ``--demo``); a TrackerError unless exactly one."""
+    given = [value for value in (args.source, args.camera, args.video, args.url) if value is not None] + ([None] if args.demo else [])
     if len(given) != 1:
-        raise TrackerError("give exactly one source: --camera N, --video PATH, --url URL or a positional SOURCE")
+        raise TrackerError("give exactly one source: --camera N, --video PATH, --url URL, --demo or a positional SOURCE")
     return given[0]
+
+
+def open_frames(args: argparse.Namespace, spec: int | str | None, viewer: bool) -> FrameSource:
+    """The opened source (not started): ``open_source(spec)``, or the demo (``tracker.live.demo``)
+    when ``spec`` is None."""
+    if spec is None:
+        from tracker.head_models import load_head_model
+        from tracker.live.demo import open_demo_source
+
+        return open_demo_source(load_head_model("ict", args.ict_model), realtime=realtime(args, "demo", viewer), loop=args.loop)
+    return open_source(spec, realtime=realtime(args, spec, viewer), loop=args.loop, on_bad_frame=args.on_bad_frame)
 
 
 def realtime(args: argparse.Namespace, spec: int | str, viewer: bool) -> bool | None:
@@ -277,7 +292,7 @@ def run_headless(args: argparse.Namespace, clock: StartupClock) -> int:
     from tracker.live.sinks import ProgressLog, RecordingSink
 
     clock.mark("Python and imports")
-    source = open_source(spec, realtime=realtime(args, spec, viewer=False), loop=args.loop, on_bad_frame=args.on_bad_frame)
+    source = open_frames(args, spec, viewer=False)
     clock.mark("source")
     tracker, recording, sinks = None, None, []
     try:
@@ -350,7 +365,7 @@ def run_viewer(args: argparse.Namespace, clock: StartupClock) -> int:
         check_take_path(args.record, args.overwrite)
     start_torch(args)
     tracker_settings = tracker_options(args)
-    source = open_source(spec, realtime=realtime(args, spec, viewer=True), loop=args.loop, on_bad_frame=args.on_bad_frame)
+    source = open_frames(args, spec, viewer=True)
     clock.mark("Python, imports and source")
     tracker = FaceTracker.from_options(tracker_settings)
     clock.mark("tracker set-up")

@@ -35,6 +35,10 @@ standard-deviation ratio of the mouth opening (inner-lip gap, iBUG 62-66) and of
 (mean of the lid gaps 37-41, 38-40, 43-47, 44-46), each over the outer-eye-corner distance. The
 refinement's mean iterations and milliseconds per face.
 
+``--synthetic-arkit`` also tracks the demo's rendered ICT performance (``train.synthetic_arkit``:
+every ARKit shape alone, blinks, winks, head turns, speech, with known weights) and reports per
+shape r with the truth and the crosstalk, the peer's beside with ``--arkit-peer``.
+
 ``--ablation`` runs it all for N2FNet alone, the refinement from the mean face without the
 network, and N2FNet plus the refinement, and prints the comparison.
 """
@@ -596,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the annotated photos")
     only.add_argument("--videos-only", action="store_true", help="only the videos")
+    only.add_argument("--synthetic-only", action="store_true", help="only the rendered ARKit ground truth (--synthetic-arkit)")
     p.add_argument("--videos", nargs="+", help="video files (default: DATA/videos/*.mp4|*.mov)")
     p.add_argument("--split", choices=tuple(SPLITS), help="only the videos of that side of train.real_split (heldout: those no fine-tuning saw)")
     p.add_argument("--max-frames", type=int, help="track at most this many frames of each video")
@@ -610,6 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arkit-peer", nargs="?", const="", metavar="TASK_FILE",
                    help=f"videos: run MediaPipe's blendshape model ({PEER_FILE}; default: the shared folder's peers/, skipped with a "
                         "reason when absent) on the same frames and compare its ARKit weights with ours")
+    p.add_argument("--synthetic-arkit", action="store_true",
+                   help="also track the demo's rendered ICT head (tracker.live.demo) and compare its ARKit weights with the known ones, "
+                        "per shape (with --arkit-peer: the peer's beside)")
+    p.add_argument("--synthetic-shapes", nargs="+", metavar="SHAPE",
+                   help="the ARKit shapes the rendered head performs alone (default: all 51 ICT has), before its blinks, winks, turns and speech")
     p.add_argument("--ablation", action="store_true",
                    help="N2FNet's role: run everything three times (N2FNet alone; refinement from the mean face, no network; "
                    "N2FNet + refinement) and print a comparison table")
@@ -722,6 +732,29 @@ def report_videos(args: argparse.Namespace, paths: list[Path], peer_model: Path 
     return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
 
 
+def report_synthetic(args: argparse.Namespace, peer_model: Path | None = None, **overrides) -> dict:
+    """Track the demo's rendered performance, print its per-shape table -> the JSON part."""
+    from tracker.head_models import load_head_model
+    from tracker.live.demo import demo_script
+    from tracker.live.face_tracker import FaceTracker
+    from train.synthetic_arkit import evaluate_performance, format_synthetic_table
+
+    script = demo_script() if args.synthetic_shapes is None else demo_script(shapes=tuple(args.synthetic_shapes))  # a bad name: an error before set-up
+    tracker = FaceTracker.from_options(video_options(args, **overrides))
+    peer = None if peer_model is None else ArkitPeer(peer_model)
+    try:
+        report = evaluate_performance(tracker, load_head_model("ict", args.ict_model), peer, script)
+    finally:
+        tracker.close()
+        if peer is not None:
+            peer.close()
+    print(f"\nARKit weights on rendered ground truth (tracker.live.demo; train.synthetic_arkit defines the figures): {report.frames} frames, "
+          f"a face found by ours in {report.found}" + (f", by the peer in {report.peer_found}" if peer is not None else "") +
+          f"; the largest resting weight {report.resting:.2f}" + (f" / peer {report.peer_resting:.2f}" if peer is not None else "") + ".")
+    print(format_synthetic_table(report))
+    return dataclasses.asdict(report)
+
+
 def peer_model_path(args: argparse.Namespace) -> Path | None:
     """``--arkit-peer``'s model: the file given, else the shared folder's (None, said why, when it is
     not there: the comparison is skipped); None without the option."""
@@ -760,8 +793,9 @@ def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
     if args.upscale <= 0:
         raise TrackerError(f"--upscale must be positive, got {args.upscale}")
     folder = data_folder(args.data)
-    paths = None if args.images_only else video_paths(args, folder)
-    peer_model = None if paths is None else peer_model_path(args)
+    paths = None if args.images_only or args.synthetic_only else video_paths(args, folder)
+    synthetic = args.synthetic_arkit or args.synthetic_only
+    peer_model = None if paths is None and not synthetic else peer_model_path(args)
     outputs = [str(writable_file(path, option)) for path, option in ((args.csv, "--csv"), (args.json, "--json")) if path]
     import torch
 
@@ -776,12 +810,14 @@ def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
         if name:
             print(f"\n## {name}")
         part: dict = {}
-        if not args.videos_only:
+        if not (args.videos_only or args.synthetic_only):
             part["images"] = report_images(args, folder, **overrides)
         if paths is not None:
             if not args.videos_only:
                 print()
             part["videos"] = report_videos(args, paths, peer_model, **overrides)
+        if synthetic:
+            part["synthetic_arkit"] = report_synthetic(args, peer_model, **overrides)
         results[name] = _finite_or_none(part)
     if args.ablation:
         print("\n## Ablation: N2FNet's role (videos: mean over the videos)")

@@ -62,6 +62,18 @@ def test_headless_run_records_a_take_that_loads(checkpoint: Path, videos: Path, 
     assert len(take.tracks()) == 1 and np.allclose(take.params["identity"], take.tracks().identity[0])
 
 
+def test_demo_tracks_on_a_machine_with_no_camera_and_no_video(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    take_path = tmp_path / "demo.npz"
+    code = live.main(["--demo", "--headless", "--record", str(take_path), "--max-frames", "12", "--checkpoint", str(checkpoint), "--quiet"])
+    assert code == 0
+    assert "faces found in 12 frames (100.0%)" in capsys.readouterr().out
+    take = read_take(take_path)
+    assert take.metadata["source"] == "demo" and len(take) == 12 and take.face_found.all()
+    assert np.allclose(take.principal, [320.0, 240.0])  # the demo's 640x480 frames
+    assert live.main(["--demo", "--camera", "0", "--headless", "--checkpoint", str(checkpoint)]) == 2
+    assert "give exactly one source" in capsys.readouterr().err
+
+
 def test_video_without_a_face_is_tracked_as_such(checkpoint: Path, videos: Path, tmp_path: Path) -> None:
     take_path = tmp_path / "none.npz"
     assert live.main(["--video", str(videos / "no_face.mp4"), "--headless", "--record", str(take_path), "--max-frames", "6", "--checkpoint", str(checkpoint), "--quiet"]) == 0
