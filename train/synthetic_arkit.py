@@ -8,6 +8,8 @@ Per shape (frames where both systems found the face):
                (its true weight above 0), the resting weights included
     peak       the system's largest weight of that shape while it alone moves (true peak 1)
 Resting: the largest weight of any shape over the neutral frames (the performance's first).
+Each again after the neutral calibration a user would run (``tracker.fitting.arkit_profile``: the
+median weights of the neutral frames read 0, full motion still 1), for both systems alike.
 """
 
 from __future__ import annotations
@@ -18,23 +20,32 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracker.fitting.arkit import ARKIT_NAMES
+from tracker.fitting.arkit_profile import ArkitProfile
 from tracker.live.demo import DemoScript, demo_script, open_demo_source
 from train.arkit_peer import ArkitPeer, correlation
 
 
 @dataclass
-class ShapeFigures:
-    """One shape's figures (module docstring), ours and the peer's (NaN: no peer)."""
+class Figures:
+    """One system's figures of one shape (module docstring); ``calibrated_*``: after the neutral
+    calibration on the performance's neutral frames (``neutral_profile``)."""
 
-    shape: str
     r: float
     crosstalk: float
     crosstalk_shape: str
     peak: float
-    peer_r: float = math.nan
-    peer_crosstalk: float = math.nan
-    peer_crosstalk_shape: str = ""
-    peer_peak: float = math.nan
+    calibrated_crosstalk: float
+    calibrated_shape: str
+    calibrated_peak: float
+
+
+@dataclass
+class ShapeFigures:
+    """One shape's figures, ours and the peer's (None: no peer)."""
+
+    shape: str
+    ours: Figures
+    peer: Figures | None = None
 
 
 @dataclass
@@ -100,11 +111,29 @@ def shape_figures(truth: np.ndarray, weights: np.ndarray, script: DemoScript) ->
     return out
 
 
+def neutral_frames(weights: np.ndarray, script: DemoScript) -> np.ndarray:
+    """(T, 52) weights -> (n, 52) their rows over the script's neutral frames."""
+    neutral = [s for s in script.segments if s.label == "neutral"]
+    return np.concatenate([weights[s.start : s.stop] for s in neutral]) if neutral else weights[:0]
+
+
 def resting(weights: np.ndarray, script: DemoScript) -> float:
     """The largest weight (any shape) over the script's neutral frames (NaN when none has a face)."""
-    neutral = [s for s in script.segments if s.label == "neutral"]
-    rows = np.concatenate([weights[s.start : s.stop] for s in neutral]) if neutral else weights[:0]
+    rows = neutral_frames(weights, script)
     return float(np.nanmax(rows)) if np.isfinite(rows).any() else math.nan
+
+
+def neutral_profile(weights: np.ndarray, script: DemoScript) -> ArkitProfile:
+    """The profile of a neutral calibration over the script's neutral frames (their median weights)."""
+    rows = neutral_frames(weights, script)
+    return ArkitProfile().with_neutral(np.nan_to_num(np.nanmedian(rows, axis=0), nan=0.0) if np.isfinite(rows).any() else np.zeros(len(ARKIT_NAMES)))
+
+
+def system_figures(truth: np.ndarray, weights: np.ndarray, script: DemoScript) -> dict[str, Figures]:
+    """(T, 52) true and tracked weights -> {shape: Figures}, raw and calibrated."""
+    raw = shape_figures(truth, weights, script)
+    calibrated = shape_figures(truth, neutral_profile(weights, script).apply(weights).astype(np.float64), script)
+    return {name: Figures(*raw[name], *calibrated[name][1:]) for name in raw}
 
 
 def evaluate_performance(tracker, head, peer: ArkitPeer | None = None, script: DemoScript | None = None) -> SyntheticReport:
@@ -113,23 +142,26 @@ def evaluate_performance(tracker, head, peer: ArkitPeer | None = None, script: D
     script = demo_script() if script is None else script
     ours, theirs = track_performance(tracker, head, script, peer)
     truth = script.weights.astype(np.float64)
-    mine = shape_figures(truth, ours, script)
-    peers = shape_figures(truth, theirs, script) if peer is not None else {}
-    shapes = []
-    for name, figures in mine.items():
-        shapes.append(ShapeFigures(name, *figures, *peers.get(name, (math.nan, math.nan, "", math.nan))))
+    mine = system_figures(truth, ours, script)
+    peers = system_figures(truth, theirs, script) if peer is not None else {}
+    shapes = [ShapeFigures(name, figures, peers.get(name)) for name, figures in mine.items()]
     return SyntheticReport(len(script), int(np.isfinite(ours).all(1).sum()), int(np.isfinite(theirs).any(1).sum()),
                            resting(ours, script), resting(theirs, script), shapes)
 
 
 def format_synthetic_table(report: SyntheticReport) -> str:
-    """| shape | r | crosstalk (which) | peak | per cell ours / peer."""
+    """| shape | r | crosstalk (which) | peak |, raw and calibrated; each cell ours / peer."""
 
     def num(v: float) -> str:
         return "-" if math.isnan(v) else f"{v:.2f}"
 
-    lines = ["| shape | r, ours / peer | crosstalk, ours / peer | largest other shape, ours / peer | peak, ours / peer |", "|" + "---|" * 5]
+    def pair(s: ShapeFigures, field: str) -> str:
+        mine, theirs = getattr(s.ours, field), None if s.peer is None else getattr(s.peer, field)
+        text = (lambda v: v or "-") if field.endswith("shape") else num
+        return f"{text(mine)} / {text(theirs) if theirs is not None else '-'}"
+
+    fields = ("r", "crosstalk", "crosstalk_shape", "peak", "calibrated_crosstalk", "calibrated_shape", "calibrated_peak")
+    lines = ["| shape | r | crosstalk | largest other shape | peak | calibrated: crosstalk | largest other shape | peak |", "|" + "---|" * 8]
     for s in report.shapes:
-        lines.append(f"| {s.shape} | {num(s.r)} / {num(s.peer_r)} | {num(s.crosstalk)} / {num(s.peer_crosstalk)} | "
-                     f"{s.crosstalk_shape or '-'} / {s.peer_crosstalk_shape or '-'} | {num(s.peak)} / {num(s.peer_peak)} |")
-    return "\n".join(lines)
+        lines.append(f"| {s.shape} | " + " | ".join(pair(s, f) for f in fields) + " |")
+    return "\n".join(lines) + "\n(each cell: ours / peer; calibrated: after a neutral calibration on the neutral frames)"

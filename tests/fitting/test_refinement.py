@@ -93,17 +93,28 @@ def test_jacobian_matches_finite_differences(ict_model_points):
 
 
 @pytest.mark.shared
-def test_optimum_agrees_with_scipy_least_squares(ict_model_points):
+@pytest.mark.parametrize("shape_stds, from_network", [((), True), ((("jaw", 0.25, 0.25), ("mouthSmile", 0.1, 0.3)), True), ((("jaw", 0.25, 0.25),), False)])
+def test_optimum_agrees_with_scipy_least_squares(ict_model_points, ict, shape_stds, from_network):
     """Our LM and scipy.optimize.least_squares (trust-region reflective, box bounds, its own
-    finite-difference Jacobian) minimise the same objective to the same point."""
+    finite-difference Jacobian) minimise the same objective to the same point; per-shape prior
+    strengths (``shape_stds``) pull a network's prediction by the shapes' names, never the
+    neutral face's."""
     model = ict_model_points
     rng = np.random.default_rng(2)
     truth = random_truth(model, rng)
     observed = project(model, truth) + rng.normal(size=(468, 2)) * 0.7
     prior = np.clip(truth.local + rng.normal(size=model.local_size) * 0.15, 0, 1)
-    problem = FrameProblem(observed, FOCAL, PRINCIPAL, prior, None, depth=0.55)
-    settings = RefineSettings(huber=1e6, iterations=60, tolerance=1e-12)
+    problem = FrameProblem(observed, FOCAL, PRINCIPAL, prior, None, depth=0.55, prior_from_network=from_network)
+    settings = RefineSettings(huber=1e6, iterations=60, tolerance=1e-12, shape_stds=shape_stds)
     refiner = Refiner(model, settings)
+    stds = np.full(model.local_size, settings.prior_std)
+    for prefix, std, _ in shape_stds if from_network else ():
+        stds[[i for i, name in enumerate(ict.expression_names) if name.startswith(prefix)]] = std
+    assert (stds != settings.prior_std).sum() == {2: 6, 1: 0, 0: 0}[len(shape_stds)]  # 4 jaw shapes and 2 smiles; the neutral pull: none
+    temporal = {name: 1 / settings.temporal_std**2 for name in ict.expression_names}
+    for prefix, _, std in shape_stds:  # the temporal term takes its strength by name whatever the prior
+        temporal.update({name: 1 / std**2 for name in ict.expression_names if name.startswith(prefix)})
+    np.testing.assert_allclose(refiner.temporal_precision, list(temporal.values()))
     start = Solution(exp_rotation(rng.normal(size=3) * 0.03) @ truth.rotation, truth.translation + [0.004, -0.003, 0.02], prior.copy(), truth.identity)
     ours, _, system = refiner.fit_local(start, problem, settings.iterations)
 
@@ -115,7 +126,7 @@ def test_optimum_agrees_with_scipy_least_squares(ict_model_points):
         z = points[:, 2]
         scale = model.sigma_m * FOCAL.mean() / problem.depth
         data = ((FOCAL * points[:, :2] / z[:, None] + PRINCIPAL) - observed) / scale[:, None] * math.sqrt(settings.data_weight)
-        pull = (sol.local - prior) * np.sqrt(refiner.prior_precision)
+        pull = (sol.local - prior) / stds
         return np.concatenate((data.ravel(), pull))
 
     x0 = np.concatenate((np.zeros(3), start.translation, start.local))

@@ -15,7 +15,7 @@ from tracker.fitting.arkit import ARKIT_INDEX
 from tracker.live.demo import demo_script
 from tracker.live.options import DEFAULT_CHECKPOINT
 from train import arkit_peer, evaluate_real
-from train.synthetic_arkit import resting, shape_figures
+from train.synthetic_arkit import neutral_profile, resting, shape_figures
 
 
 def test_shape_figures_on_made_series() -> None:
@@ -38,6 +38,9 @@ def test_shape_figures_on_made_series() -> None:
     assert 0.9 < r < 1.0 and crosstalk == pytest.approx(0.05) and which == "browInnerUp"
     assert peak == pytest.approx(0.5 * np.sort(truth[blink.start : blink.stop, ARKIT_INDEX["eyeBlinkLeft"]])[-2])
     assert resting(ours, script) == pytest.approx(0.05)
+    calibrated = neutral_profile(ours, script).apply(ours)
+    assert np.nanmax(calibrated[:, ARKIT_INDEX["browInnerUp"]]) == 0.0  # the resting weight reads 0 once calibrated
+    assert np.nanmax(calibrated[:, ARKIT_INDEX["jawOpen"]]) == pytest.approx(np.nanmax(ours[:, ARKIT_INDEX["jawOpen"]]), abs=1e-6)
     assert math.isnan(resting(np.full_like(ours, np.nan), script))
 
 
@@ -56,7 +59,10 @@ def test_evaluate_real_tracks_the_rendered_head_beside_the_peer(shared_path: Pat
     shapes = {s["shape"]: s for s in result["shapes"]}
     assert set(shapes) == {"jawOpen", "mouthSmileLeft"}
     # both systems see the rendered jaw open: the renders are faces a trained model reads
-    assert shapes["jawOpen"]["r"] > 0.8 and shapes["jawOpen"]["peer_r"] > 0.8
-    assert shapes["mouthSmileLeft"]["peer_r"] > 0.5
+    assert shapes["jawOpen"]["ours"]["r"] > 0.8 and shapes["jawOpen"]["peer"]["r"] > 0.8
+    assert shapes["mouthSmileLeft"]["peer"]["r"] > 0.5
+    # the calibration takes the resting weights out: crosstalk never rises by it
+    for figures in (f for s in shapes.values() for f in (s["ours"], s["peer"])):
+        assert figures["calibrated_crosstalk"] <= figures["crosstalk"] + 1e-6
     assert evaluate_real.main(["--checkpoint", str(DEFAULT_CHECKPOINT), "--synthetic-only", "--synthetic-shapes", "tongueOut"]) == 2
     assert "cannot perform tongueOut" in capsys.readouterr().err

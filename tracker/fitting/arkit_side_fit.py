@@ -31,6 +31,7 @@ from tracker.fitting.refinement import (
     RefineSettings,
     Solution,
     embedded_head,
+    settings_for,
 )
 from tracker.fitting.track_fitter import TrackFitter
 from tracker.head_models.base import HeadModel
@@ -47,7 +48,7 @@ class ArkitFit:
             raise ValueError(f"the ARKit fit needs the ICT-FaceKit head model, got {ict.name!r}")
         model = embedded_head(ict)
         assert isinstance(model, LinearEmbeddedHead)
-        self.fitter = TrackFitter(Refiner(model, settings or RefineSettings()))
+        self.fitter = TrackFitter(Refiner(model, settings or settings_for("ict")))
         self.matrix = ict_to_arkit_matrix(ict.expression_names)  # (52, 53)
         self._eyeballs = EyeballDecoder(ict)
 

@@ -83,7 +83,7 @@ class TrackFitter:
         else:
             start = self._first_pose(observed, focal, principal)
         prior = predicted.local if predicted is not None else self.neutral_local
-        problem = FrameProblem(observed, focal, principal, prior, track.last if temporal and not photo else None)
+        problem = FrameProblem(observed, focal, principal, prior, track.last if temporal and not photo else None, prior_from_network=predicted is not None)
         with single_blas_thread():
             return refine_face(self.refiner, track, problem, start, photo=photo)
 

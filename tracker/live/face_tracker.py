@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ from tracker.fitting.refinement import (
     RefineSettings,
     Solution,
     embedded_head,
+    settings_for,
     single_blas_thread,
 )
 from tracker.fitting.start_pose import HeadAlignment
@@ -191,7 +193,7 @@ class FaceTracker:
         self._smoothers: dict[int, ParameterSmoother] = {}
         self._image_feeder = None  # track_image's, made on first use
         self._refine_on, self.refine_start, self.photos = bool(refine), refine_start, bool(photos)
-        self._refine_settings, self._embedding = refine_settings or RefineSettings(), embedding
+        self._refine_settings, self._embedding = refine_settings or settings_for(head.name), embedding
         self._fitter: TrackFitter | None = None
         if identity is not None:
             identity = np.asarray(identity.detach().cpu() if isinstance(identity, torch.Tensor) else identity, dtype=np.float64).reshape(-1)
@@ -577,11 +579,11 @@ class FaceTracker:
             group = default_identity_group(head.param_groups)
             size = head.param_groups[group].size if group is not None else None
             identity = torch.from_numpy(take_identity(options.identity_take, fitted, size, options.identity_track))
-        settings = options.refinement_settings()
+        settings = options.refinement_settings(fitted)
         arkit_fit = None
         if fitted != "ict":
             ict = network_head if network_head is not None and network_head.name == "ict" else None
-            arkit_fit = _arkit_fit(options.ict_model, RefineSettings(iterations=settings.iterations), ict)
+            arkit_fit = _arkit_fit(options.ict_model, replace(settings_for("ict"), iterations=settings.iterations), ict)
         # the network's own head model as loaded (the fitted one, the camera start's, or the ARKit fit's ICT)
         regressed = head if fitted == trained_for else network_head
         if regressed is None and trained_for == "ict" and arkit_fit is not None:

@@ -166,12 +166,13 @@ class TrackerOptions:
             return self.refine_start
         return "network" if self.fitted_head_model(trained_for) == trained_for else OTHER_HEAD_START
 
-    def refinement_settings(self) -> RefineSettings:
-        """The refinement's settings: ``refine_settings`` (None: the library's), with ``refine_iters``'s
-        iterations when that is given."""
-        from tracker.fitting.refinement import RefineSettings
+    def refinement_settings(self, head_model: str | None = None) -> RefineSettings:
+        """The refinement's settings: ``refine_settings`` (None: the library's for ``head_model``,
+        ``tracker.fitting.refinement.settings_for``), with ``refine_iters``'s iterations when that is given."""
+        from tracker.fitting.refinement import RefineSettings, settings_for
 
-        settings = self.refine_settings if self.refine_settings is not None else RefineSettings()
+        library = settings_for(head_model) if head_model is not None else RefineSettings()
+        settings = self.refine_settings if self.refine_settings is not None else library
         return settings if self.refine_iters is None else replace(settings, iterations=int(self.refine_iters))
 
     def resolved_refine_iters(self) -> int | None:
