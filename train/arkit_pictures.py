@@ -1,13 +1,16 @@
 """``python -m train.arkit_pictures --checkpoint C --out DIR``: for every ARKit shape that we move and
 MediaPipe's blendshape model (the peer, ``train.arkit_peer``) does not, the video frames where our
 weight is highest, beside the frame where it is lowest, so that one can see whether the face makes
-the shape (real range the peer lacks) or not (crosstalk to remove).
+the shape (real range the peer lacks) or not (crosstalk to remove); for every shape both move that
+the two systems disagree on (negative agreement), the frames where ours is highest beside those
+where the peer's is, so that one can see which system the face agrees with.
 
 Per real video (``--videos`` or the shared folder's): every frame tracked in order (smoothing on, as
 the app) with the peer beside it; shapes whose weight moves (standard deviation above
 ``MOVING_SD``) in ours and not in the peer's; per shape a row: the frame of its lowest weight, then
 ``PEAKS`` frames of its highest (at least ``PEAK_SPACING`` frames apart), the face cropped, each
-labelled with our weight and the peer's. One JPEG per video.
+labelled with our weight and the peer's; per disagreeing shape a row of our two highest frames
+and the peer's two highest. One JPEG per video.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 from tracker.errors import TrackerError
 from tracker.fitting.arkit import ARKIT_NAMES
-from train.arkit_peer import MOVING_SD, ArkitPeer, default_peer_path
+from train.arkit_peer import MOVING_SD, ArkitPeer, default_peer_path, shape_agreement
 from train.cli import Progress, run, writable_folder
 from train.evaluate_real import build_parser as evaluate_parser
 from train.evaluate_real import data_folder, video_options, video_paths
@@ -88,28 +91,35 @@ def video_picture(args: argparse.Namespace, path: Path, peer_model: Path) -> np.
         raise TrackerError(f"{path.name}: no face")
     ours, theirs = np.stack(log.ours), np.stack(log.theirs)
     shapes = peer_silent_shapes(ours, theirs)
-    if not shapes:
-        raise TrackerError(f"{path.name}: every shape we move, the peer moves too")
-    wanted = {}
+    disagreeing = {name: r for name, r in shape_agreement(ours, theirs).items() if r < 0}
+    if not shapes and not disagreeing:
+        raise TrackerError(f"{path.name}: every shape we move, the peer moves too, and no shape both move disagrees")
+    rows: list[tuple[str, list[tuple[str, int]], str]] = []  # (shape, [(tile label, log row)], note)
     for name in shapes:
         k = ARKIT_NAMES.index(name)
-        wanted[name] = [int(np.argmin(ours[:, k]))] + peak_rows(ours[:, k])
-    frames = _frames(path, {log.index[row] for rows in wanted.values() for row in rows})
+        picked = [("lowest", int(np.argmin(ours[:, k])))] + [("high", row) for row in peak_rows(ours[:, k])]
+        rows.append((name, picked, f"sd peer {np.nanstd(theirs[:, k]):.3f}"))
+    for name, r in disagreeing.items():
+        k = ARKIT_NAMES.index(name)
+        picked = [("ours high", row) for row in peak_rows(ours[:, k], 2)] + [("peer high", row) for row in peak_rows(np.nan_to_num(theirs[:, k]), 2)]
+        rows.append((name, picked, f"agreement r {r:.2f}"))
+    frames = _frames(path, {log.index[row] for _, picked, _ in rows for _, row in picked})
     lines = []
-    for name, rows in wanted.items():
+    for name, picked, note in rows:
         k = ARKIT_NAMES.index(name)
         tiles = []
-        for number, row in enumerate(rows):
+        for kind, row in picked:
             x0, y0, x1, y1 = log.windows[row]
             image = cv2.resize(frames[log.index[row]][y0:y1, x0:x1], (TILE, TILE), interpolation=cv2.INTER_AREA)
-            label = f"{'lowest' if number == 0 else 'high'} {log.index[row]}: {ours[row, k]:.2f} / {theirs[row, k]:.2f}"
+            label = f"{kind} {log.index[row]}: {ours[row, k]:.2f} / {theirs[row, k]:.2f}"
             cv2.putText(image, label, (4, TILE - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
             tiles.append(image)
         head = np.zeros((TILE, TILE, 3), np.uint8)
-        for line, text in enumerate((name, f"sd ours {np.nanstd(ours[:, k]):.3f}", f"sd peer {np.nanstd(theirs[:, k]):.3f}", "(ours / peer)")):
+        for line, text in enumerate((name, f"sd ours {np.nanstd(ours[:, k]):.3f}", note, "(ours / peer)")):
             cv2.putText(head, text, (6, 30 + 26 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         lines.append(np.concatenate([head, *tiles] + [np.zeros_like(head)] * (PEAKS + 1 - len(tiles)), 1))
-    print(f"{path.name}: {len(shapes)} shapes we move and the peer does not: {', '.join(shapes)}")
+    print(f"{path.name}: {len(shapes)} shapes we move and the peer does not: {', '.join(shapes) or 'none'}")
+    print(f"{path.name}: {len(disagreeing)} shapes both move that disagree: " + (", ".join(f"{n} (r {r:.2f})" for n, r in disagreeing.items()) or "none"))
     return np.concatenate(lines, 0)
 
 

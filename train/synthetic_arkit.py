@@ -7,6 +7,12 @@ Per shape (frames where both systems found the face):
     crosstalk  the largest other weight during the frames in which that shape alone moves
                (its true weight above 0), the resting weights included
     peak       the system's largest weight of that shape while it alone moves (true peak 1)
+    gain       how far MediaPipe's 468 points follow the shape (whether they can see it): at the
+               segment's peak, the points' motion from the neutral frames projected on the motion
+               of the same points embedded in the rendered head (``mediapipe_embedding``), over
+               the latter's squared length (1: they follow it; 0: they do not move); with the
+               largest true point motion in pixels. Below ``VISIBLE_GAIN`` the shape is one
+               MediaPipe's points barely see, and no system fed by them can be held to it.
 Resting: the largest weight of any shape over the neutral frames (the performance's first).
 Each again after the neutral calibration a user would run (``tracker.fitting.arkit_profile``: the
 median weights of the neutral frames read 0, full motion still 1), for both systems alike.
@@ -21,8 +27,11 @@ import numpy as np
 
 from tracker.fitting.arkit import ARKIT_NAMES
 from tracker.fitting.arkit_profile import ArkitProfile
-from tracker.live.demo import DemoScript, demo_script, open_demo_source
+from tracker.fitting.mediapipe_embedding import MEDIAPIPE_POINTS
+from tracker.live.demo import DemoPerformer, DemoScript, demo_script, open_demo_source
 from train.arkit_peer import ArkitPeer, correlation
+
+VISIBLE_GAIN = 0.4  # below it, MediaPipe's points barely follow a shape (module docstring)
 
 
 @dataclass
@@ -41,11 +50,14 @@ class Figures:
 
 @dataclass
 class ShapeFigures:
-    """One shape's figures, ours and the peer's (None: no peer)."""
+    """One shape's figures, ours and the peer's (None: no peer); ``gain`` and ``motion_px``: how
+    far MediaPipe's points follow it and how far they should (module docstring)."""
 
     shape: str
     ours: Figures
     peer: Figures | None = None
+    gain: float = math.nan
+    motion_px: float = math.nan
 
 
 @dataclass
@@ -61,11 +73,13 @@ class SyntheticReport:
 
 
 class _Meter:
-    """Pipeline sink: per frame index our weights (52,) of the first face and the peer's (NaN: none)."""
+    """Pipeline sink: per frame index our weights (52,) of the first face, the peer's and
+    MediaPipe's 468 points (468, 2) (NaN: none)."""
 
     def __init__(self, frames: int, peer: ArkitPeer | None) -> None:
         self.ours = np.full((frames, len(ARKIT_NAMES)), np.nan)
         self.theirs = np.full((frames, len(ARKIT_NAMES)), np.nan)
+        self.points = np.full((frames, MEDIAPIPE_POINTS, 2), np.nan)
         self.peer = peer
 
     def __call__(self, result) -> None:
@@ -74,20 +88,43 @@ class _Meter:
             self.theirs[index] = self.peer(result.frame.image, 1000.0 * result.frame.timestamp)
         if result.faces and result.faces[0].avatar is not None:
             self.ours[index] = result.faces[0].avatar.raw_weights
+            self.points[index] = result.faces[0].crop.face.points[:MEDIAPIPE_POINTS, :2]
 
 
-def track_performance(tracker, head, script: DemoScript, peer: ArkitPeer | None = None) -> tuple[np.ndarray, np.ndarray]:
+def track_performance(tracker, head, script: DemoScript, peer: ArkitPeer | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every frame of ``script``, performed by the ICT ``head``, rendered and tracked in order
-    (sequential pipeline, a fresh tracker state) -> ours (T, 52), the peer's (T, 52); NaN rows
-    where a system found no face."""
+    (sequential pipeline, a fresh tracker state) -> ours (T, 52), the peer's (T, 52), MediaPipe's
+    points (T, 468, 2); NaN rows where a system found no face."""
     from tracker.live.pipeline import Pipeline
     from tracker.live.sources import MediaClockSource
 
     tracker.reset()
     meter = _Meter(len(script), peer)
     Pipeline(MediaClockSource(open_demo_source(head, script)), tracker, [meter], mode="sequential").run()
-    return meter.ours, meter.theirs
+    return meter.ours, meter.theirs, meter.points
 
+
+def mediapipe_gain(head, script: DemoScript, points: np.ndarray) -> dict[str, tuple[float, float]]:
+    """(T, 468, 2) MediaPipe's points on the rendered frames -> {shape: (gain, largest true point
+    motion in px)} for the shapes ``script`` performs alone (module docstring)."""
+    from tracker.fitting.mediapipe_embedding import mediapipe_embedding
+
+    performer, embedding = DemoPerformer(head, script), mediapipe_embedding(head)
+
+    def truth(t: int) -> np.ndarray:
+        return performer.project(embedding.points(performer.vertices(t)[None])[0].double().numpy(), t)
+
+    neutral = next(s for s in script.segments if s.label == "neutral")
+    rest_seen = np.nanmean(points[neutral.start : neutral.stop], 0)
+    rest_true = np.mean([truth(t) for t in range(neutral.start, neutral.stop)], 0)
+    out = {}
+    for segment in script.segments:
+        if segment.shape is None:
+            continue
+        peak = segment.start + int(np.argmax(script.weights[segment.start : segment.stop, ARKIT_NAMES.index(segment.shape)]))
+        moved, seen = truth(peak) - rest_true, points[peak] - rest_seen
+        out[segment.shape] = (float((seen * moved).sum() / (moved * moved).sum()), float(np.linalg.norm(moved, axis=1).max()))
+    return out
 
 def shape_figures(truth: np.ndarray, weights: np.ndarray, script: DemoScript) -> dict[str, tuple[float, float, str, float]]:
     """(T, 52) true and tracked weights (NaN rows: no face) -> {shape: (r, crosstalk, the shape
@@ -140,11 +177,12 @@ def evaluate_performance(tracker, head, peer: ArkitPeer | None = None, script: D
     """The demo's performance (default ``demo_script()``) by the ICT ``head``, tracked by ``tracker``
     and ``peer`` -> figures."""
     script = demo_script() if script is None else script
-    ours, theirs = track_performance(tracker, head, script, peer)
+    ours, theirs, points = track_performance(tracker, head, script, peer)
     truth = script.weights.astype(np.float64)
     mine = system_figures(truth, ours, script)
     peers = system_figures(truth, theirs, script) if peer is not None else {}
-    shapes = [ShapeFigures(name, figures, peers.get(name)) for name, figures in mine.items()]
+    gains = mediapipe_gain(head, script, points)
+    shapes = [ShapeFigures(name, figures, peers.get(name), *gains[name]) for name, figures in mine.items()]
     return SyntheticReport(len(script), int(np.isfinite(ours).all(1).sum()), int(np.isfinite(theirs).any(1).sum()),
                            resting(ours, script), resting(theirs, script), shapes)
 
@@ -161,7 +199,9 @@ def format_synthetic_table(report: SyntheticReport) -> str:
         return f"{text(mine)} / {text(theirs) if theirs is not None else '-'}"
 
     fields = ("r", "crosstalk", "crosstalk_shape", "peak", "calibrated_crosstalk", "calibrated_shape", "calibrated_peak")
-    lines = ["| shape | r | crosstalk | largest other shape | peak | calibrated: crosstalk | largest other shape | peak |", "|" + "---|" * 8]
+    lines = ["| shape | MediaPipe's gain (motion px) | r | crosstalk | largest other shape | peak | calibrated: crosstalk | largest other shape | peak |",
+             "|" + "---|" * 9]
     for s in report.shapes:
-        lines.append(f"| {s.shape} | " + " | ".join(pair(s, f) for f in fields) + " |")
+        seen = f"{num(s.gain)} ({s.motion_px:.1f})" + (" barely seen" if s.gain < VISIBLE_GAIN else "")
+        lines.append(f"| {s.shape} | {seen} | " + " | ".join(pair(s, f) for f in fields) + " |")
     return "\n".join(lines) + "\n(each cell: ours / peer; calibrated: after a neutral calibration on the neutral frames)"

@@ -15,7 +15,7 @@ from tracker.fitting.arkit import ARKIT_INDEX
 from tracker.live.demo import demo_script
 from tracker.live.options import DEFAULT_CHECKPOINT
 from train import arkit_peer, evaluate_real
-from train.synthetic_arkit import neutral_profile, resting, shape_figures
+from train.synthetic_arkit import mediapipe_gain, neutral_profile, resting, shape_figures
 
 
 def test_shape_figures_on_made_series() -> None:
@@ -44,6 +44,23 @@ def test_shape_figures_on_made_series() -> None:
     assert math.isnan(resting(np.full_like(ours, np.nan), script))
 
 
+def test_mediapipe_gain_is_one_for_points_that_follow_the_shape_and_scales_with_them(ict_npz_path) -> None:
+    from tracker.fitting.mediapipe_embedding import mediapipe_embedding
+    from tracker.head_models import load_head_model
+    from tracker.live.demo import DemoPerformer
+
+    head = load_head_model("ict", ict_npz_path)
+    script = demo_script(shapes=("jawOpen", "browInnerUp"), turns=False, speech_frames=0)
+    performer, embedding = DemoPerformer(head, script), mediapipe_embedding(head)
+    exact = np.stack([performer.project(embedding.points(performer.vertices(t)[None])[0].double().numpy(), t) for t in range(len(script))])
+    rest = exact[0]
+    for scale in (1.0, 0.5, 0.0):
+        gains = mediapipe_gain(head, script, rest + scale * (exact - rest))
+        assert set(gains) == {"jawOpen", "browInnerUp"}
+        assert gains["jawOpen"][0] == pytest.approx(scale, abs=1e-6) and gains["browInnerUp"][0] == pytest.approx(scale, abs=1e-6)
+    assert gains["jawOpen"][1] > 30 > gains["browInnerUp"][1] > 3  # px: the jaw moves its points far more than the brows
+
+
 def test_evaluate_real_tracks_the_rendered_head_beside_the_peer(shared_path: Path, tmp_path: Path, capsys) -> None:
     if arkit_peer.default_peer_path() is None:
         pytest.skip(f"no {arkit_peer.PEER_FILE} in the shared folder's peers/")
@@ -61,6 +78,7 @@ def test_evaluate_real_tracks_the_rendered_head_beside_the_peer(shared_path: Pat
     # both systems see the rendered jaw open: the renders are faces a trained model reads
     assert shapes["jawOpen"]["ours"]["r"] > 0.8 and shapes["jawOpen"]["peer"]["r"] > 0.8
     assert shapes["mouthSmileLeft"]["peer"]["r"] > 0.5
+    assert shapes["jawOpen"]["gain"] > 0.7 and shapes["jawOpen"]["motion_px"] > 30  # MediaPipe's points follow the rendered jaw
     # the calibration takes the resting weights out: crosstalk never rises by it
     for figures in (f for s in shapes.values() for f in (s["ours"], s["peer"])):
         assert figures["calibrated_crosstalk"] <= figures["crosstalk"] + 1e-6

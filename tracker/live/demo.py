@@ -195,11 +195,22 @@ class DemoPerformer:
             vertices[ids] = (eye - centre) @ torch.from_numpy(rotation).to(eye).T + centre
         return vertices
 
+    def pose(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """The head's pose in frame ``t``: rotation (3, 3) and translation (3,) with ``X_cam = R FLIP X_head + t``
+        (the script's yaw, pitch, roll through ``head_pose``'s inverse)."""
+        avatar = Rotation.from_euler("YXZ", self.script.angles[t]).as_matrix()  # Ry(yaw) Rx(pitch) Rz(roll)
+        return FLIP_MATRIX @ avatar @ FLIP_MATRIX, np.array([0.0, 0.0, DEMO_DISTANCE])
+
+    def project(self, points: np.ndarray, t: int) -> np.ndarray:
+        """(N, 3) head-frame points (``vertices``' frame) in frame ``t`` -> (N, 2) pixels."""
+        rotation, translation = self.pose(t)
+        camera = np.asarray(points, np.float64) @ (rotation @ FLIP_MATRIX).T + translation
+        return camera[:, :2] / camera[:, 2:] * self.focal.numpy() + self.principal.numpy()
+
     def frame(self, t: int) -> np.ndarray:
         """(H, W, 3) uint8 BGR image of frame ``t``."""
-        avatar = Rotation.from_euler("YXZ", self.script.angles[t]).as_matrix()  # Ry(yaw) Rx(pitch) Rz(roll)
-        rotation = torch.from_numpy(FLIP_MATRIX @ avatar @ FLIP_MATRIX)  # the camera's R (head_pose's inverse)
-        return self.painter.render(self.vertices(t), rotation, torch.tensor([0.0, 0.0, DEMO_DISTANCE]), self.focal, self.principal, self.size)
+        rotation, translation = (torch.from_numpy(x) for x in self.pose(t))
+        return self.painter.render(self.vertices(t), rotation, translation, self.focal, self.principal, self.size)
 
 
 class _DemoReader:
