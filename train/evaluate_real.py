@@ -732,14 +732,25 @@ def report_videos(args: argparse.Namespace, paths: list[Path], peer_model: Path 
     return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
 
 
-def report_synthetic(args: argparse.Namespace, peer_model: Path | None = None, **overrides) -> dict:
-    """Track the demo's rendered performance, print its per-shape table -> the JSON part."""
-    from tracker.head_models import load_head_model
+def synthetic_script(args: argparse.Namespace):
+    """The demo's script (``tracker.live.demo.DemoScript``) that ``--synthetic-arkit`` / ``--synthetic-only``
+    track (``--synthetic-shapes``: those shapes alone); None without either. A TrackerError for a
+    shape the demo cannot perform, or shapes given without either option."""
+    if not (args.synthetic_arkit or args.synthetic_only):
+        if args.synthetic_shapes:
+            raise TrackerError("--synthetic-shapes chooses the rendered head's shapes: add --synthetic-arkit or --synthetic-only")
+        return None
     from tracker.live.demo import demo_script
+
+    return demo_script() if args.synthetic_shapes is None else demo_script(shapes=tuple(args.synthetic_shapes))
+
+
+def report_synthetic(args: argparse.Namespace, script, peer_model: Path | None = None, **overrides) -> dict:
+    """Track the demo's rendered performance of ``script``, print its per-shape table -> the JSON part."""
+    from tracker.head_models import load_head_model
     from tracker.live.face_tracker import FaceTracker
     from train.synthetic_arkit import evaluate_performance, format_synthetic_table
 
-    script = demo_script() if args.synthetic_shapes is None else demo_script(shapes=tuple(args.synthetic_shapes))  # a bad name: an error before set-up
     tracker = FaceTracker.from_options(video_options(args, **overrides))
     peer = None if peer_model is None else ArkitPeer(peer_model)
     try:
@@ -794,8 +805,8 @@ def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
         raise TrackerError(f"--upscale must be positive, got {args.upscale}")
     folder = data_folder(args.data)
     paths = None if args.images_only or args.synthetic_only else video_paths(args, folder)
-    synthetic = args.synthetic_arkit or args.synthetic_only
-    peer_model = None if paths is None and not synthetic else peer_model_path(args)
+    script = synthetic_script(args)
+    peer_model = None if paths is None and script is None else peer_model_path(args)
     outputs = [str(writable_file(path, option)) for path, option in ((args.csv, "--csv"), (args.json, "--json")) if path]
     import torch
 
@@ -816,8 +827,8 @@ def evaluate_all(args: argparse.Namespace, progress: Progress) -> None:
             if not args.videos_only:
                 print()
             part["videos"] = report_videos(args, paths, peer_model, **overrides)
-        if synthetic:
-            part["synthetic_arkit"] = report_synthetic(args, peer_model, **overrides)
+        if script is not None:
+            part["synthetic_arkit"] = report_synthetic(args, script, peer_model, **overrides)
         results[name] = _finite_or_none(part)
     if args.ablation:
         print("\n## Ablation: N2FNet's role (videos: mean over the videos)")

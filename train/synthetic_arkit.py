@@ -2,7 +2,7 @@
 ICT head (``tracker.live.demo``) performs every shape alone, blinks, winks, head turns and speech
 with known weights; the tracker, and the peer beside it, track the rendered frames.
 
-Per shape (frames where both systems found the face):
+Per shape and system (the frames where that system found the face):
     r          Pearson r of the true weight with the system's, over the whole performance
     crosstalk  the largest other weight during the frames in which that shape alone moves
                (its true weight above 0), the resting weights included

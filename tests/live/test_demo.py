@@ -13,6 +13,7 @@ from tracker.errors import TrackerError
 from tracker.fitting.arkit import (
     ARKIT_INDEX,
     EYE_LOOK_FULL,
+    arkit_to_ict,
     gaze_weights,
     ict_to_arkit_matrix,
 )
@@ -20,7 +21,6 @@ from tracker.head_models import load_head_model
 from tracker.live.demo import (
     SCRIPTED_SHAPES,
     DemoPerformer,
-    arkit_to_ict,
     demo_script,
     eye_rotations,
     open_demo_source,

@@ -84,3 +84,5 @@ def test_evaluate_real_tracks_the_rendered_head_beside_the_peer(shared_path: Pat
         assert figures["calibrated_crosstalk"] <= figures["crosstalk"] + 1e-6
     assert evaluate_real.main(["--checkpoint", str(DEFAULT_CHECKPOINT), "--synthetic-only", "--synthetic-shapes", "tongueOut"]) == 2
     assert "cannot perform tongueOut" in capsys.readouterr().err
+    assert evaluate_real.main(["--checkpoint", str(DEFAULT_CHECKPOINT), "--videos-only", "--synthetic-shapes", "jawOpen"]) == 2
+    assert "add --synthetic-arkit or --synthetic-only" in capsys.readouterr().err

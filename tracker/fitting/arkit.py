@@ -4,10 +4,10 @@
     values.weights[ARKIT_INDEX["jawOpen"]]    # (52,) in ARKIT_NAMES order, each in [0, 1]
     values.head_angles                        # (3,) yaw, pitch, roll, radians
 
-ARKit weights from ICT-FaceKit's 53 expression weights (``ict_to_arkit_matrix``): ICT's shapes carry
-ARKit's names, with ``_L`` / ``_R`` for ``Left`` / ``Right`` where these are sides (``jawLeft``,
-``mouthLeft`` are directions and keep their names); sides are the face's own, as in
-ARKit: ICT's ``eyeball_left`` lies on the face's left, +x of the head frame). Two ARKit shapes are
+ARKit weights from ICT-FaceKit's 53 expression weights (``ict_to_arkit_matrix``; back:
+``arkit_to_ict``): ICT's shapes carry ARKit's names, with ``_L`` / ``_R`` for ``Left`` / ``Right``
+where these are sides (``jawLeft``, ``mouthLeft`` are directions and keep their names); sides are
+the face's own, as in ARKit: ICT's ``eyeball_left`` lies on the face's left, +x of the head frame). Two ARKit shapes are
 split in two in ICT: ``browInnerUp`` and ``cheekPuff`` are the mean of their ``_L`` and ``_R``
 halves (both halves at 1 give 1; one half alone gives 0.5). ICT has no tongue: ``tongueOut`` is 0.
 
@@ -79,6 +79,20 @@ def ict_to_arkit_matrix(ict_names: tuple[str, ...] | list[str]) -> np.ndarray:
         elif name != "tongueOut":
             matrix[row, index[ict_name(name, ict_names)]] = 1.0
     return matrix
+
+
+def arkit_to_ict(weights: np.ndarray, ict_names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """(..., 52) ARKit weights -> (..., 53) ICT expression weights with ``ict_to_arkit_matrix`` @ ict
+    = the ARKit weights (a split shape's two halves both take its weight; tongueOut is dropped)."""
+    weights = np.asarray(weights, np.float32)
+    out = np.zeros(weights.shape[:-1] + (len(ict_names),), np.float32)
+    index = {name: i for i, name in enumerate(ict_names)}
+    for row, name in enumerate(ARKIT_NAMES):
+        if name in _SPLIT:
+            out[..., index[name + "_L"]] = out[..., index[name + "_R"]] = weights[..., row]
+        elif name != "tongueOut":
+            out[..., index[ict_name(name, ict_names)]] = weights[..., row]
+    return out
 
 
 @dataclass

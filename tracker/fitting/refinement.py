@@ -144,7 +144,7 @@ class RefineSettings:
 
 
 # ICT's settings, chosen on the real videos beside MediaPipe's blendshape model (the ablation in
-# README "ARKit weights"): the jaw follows the network's prediction and the previous frame at 0.25
+# docs/arkit-accuracy.md): the jaw follows the network's prediction and the previous frame at 0.25
 # instead of 0.5. The network reads the whole lower face from the normal map, so jawOpen then
 # follows the mouth better on every video (r up to 0.983 from 0.974) with 10-25 % less jitter and
 # no lag, and the mesh's landmark figures stay as they were. The same pull on every shape helps

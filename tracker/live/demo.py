@@ -14,7 +14,7 @@ The script, at DEMO_FPS:
   - blinks of both eyes, then a wink of each eye;
   - head turns (yaw, pitch, roll, each way) with a neutral face;
   - speech-like jaw motion: syllables of random depth, lips rounding and spreading now and then.
-Weights map to ICT's expression one to one (``arkit_to_ict``). ICT's eyeLook shapes move the lids
+Weights map to ICT's expression one to one (``tracker.fitting.arkit.arkit_to_ict``). ICT's eyeLook shapes move the lids
 only; the performer also turns the eyeballs, by ``EYE_LOOK_FULL`` at weight 1 (the tracker's own
 mapping from gaze to eyeLook, ``tracker.fitting.arkit.gaze_weights``), so the irises show the gaze.
 The head's identity is the mean face.
@@ -31,7 +31,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from tracker.errors import TrackerError
-from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, EYE_LOOK_FULL, ict_name
+from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, EYE_LOOK_FULL, arkit_to_ict
 from tracker.geometry.camera import FLIP_MATRIX
 from tracker.head_models.base import HeadModel
 from tracker.render.face_image import FacePainter
@@ -44,7 +44,6 @@ NEUTRAL_FRAMES = 20
 SHAPE_FRAMES = 24
 GAP_FRAMES = 6
 SCRIPTED_SHAPES = tuple(name for name in ARKIT_NAMES if name != "tongueOut")
-_SPLIT = ("browInnerUp", "cheekPuff")  # one ARKit shape, two ICT halves (tracker.fitting.arkit)
 
 
 @dataclass(frozen=True)
@@ -137,20 +136,6 @@ def _speech(frames: int, rng: np.random.Generator) -> np.ndarray:
                 w[t : t + len(shape), ARKIT_INDEX[f"mouthStretch{side}"]] = 0.4 * shape
         t += length
     return w
-
-
-def arkit_to_ict(weights: np.ndarray, ict_names: tuple[str, ...] | list[str]) -> np.ndarray:
-    """(..., 52) ARKit weights -> (..., 53) ICT expression weights with ``ict_to_arkit_matrix`` @ ict
-    = the ARKit weights (a split shape's two halves both take its weight; tongueOut is dropped)."""
-    weights = np.asarray(weights, np.float32)
-    out = np.zeros(weights.shape[:-1] + (len(ict_names),), np.float32)
-    index = {name: i for i, name in enumerate(ict_names)}
-    for row, name in enumerate(ARKIT_NAMES):
-        if name in _SPLIT:
-            out[..., index[name + "_L"]] = out[..., index[name + "_R"]] = weights[..., row]
-        elif name != "tongueOut":
-            out[..., index[ict_name(name, ict_names)]] = weights[..., row]
-    return out
 
 
 def eye_rotations(weights: np.ndarray) -> np.ndarray:
