@@ -55,9 +55,14 @@ class WeightLog:
 
 def peer_silent_shapes(ours: np.ndarray, theirs: np.ndarray) -> list[str]:
     """(T, 52) our weights and the peer's -> the shapes ours move (sd > MOVING_SD) and the peer's do not."""
-    moving = np.nanstd(ours, 0) > MOVING_SD
-    still = ~(np.nanstd(theirs, 0) > MOVING_SD)  # NaN (a shape the peer lacks) counts as still
+    moving = spread(ours) > MOVING_SD
+    still = ~(spread(theirs) > MOVING_SD)  # NaN (a shape the peer lacks) counts as still
     return [name for k, name in enumerate(ARKIT_NAMES) if moving[k] and still[k]]
+
+
+def spread(weights: np.ndarray) -> np.ndarray:
+    """(T, 52) -> (52,) each shape's standard deviation over its finite values (NaN: none)."""
+    return np.array([np.nanstd(column) if np.isfinite(column).any() else np.nan for column in weights.T])
 
 
 def peak_rows(series: np.ndarray, count: int = PEAKS, spacing: int = PEAK_SPACING) -> list[int]:
@@ -98,7 +103,7 @@ def video_picture(args: argparse.Namespace, path: Path, peer_model: Path) -> np.
     for name in shapes:
         k = ARKIT_NAMES.index(name)
         picked = [("lowest", int(np.argmin(ours[:, k])))] + [("high", row) for row in peak_rows(ours[:, k])]
-        rows.append((name, picked, f"sd peer {np.nanstd(theirs[:, k]):.3f}"))
+        rows.append((name, picked, f"sd peer {spread(theirs)[k]:.3f}"))
     for name, r in disagreeing.items():
         k = ARKIT_NAMES.index(name)
         picked = [("ours high", row) for row in peak_rows(ours[:, k], 2)] + [("peer high", row) for row in peak_rows(np.nan_to_num(theirs[:, k]), 2)]
@@ -115,7 +120,7 @@ def video_picture(args: argparse.Namespace, path: Path, peer_model: Path) -> np.
             cv2.putText(image, label, (4, TILE - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
             tiles.append(image)
         head = np.zeros((TILE, TILE, 3), np.uint8)
-        for line, text in enumerate((name, f"sd ours {np.nanstd(ours[:, k]):.3f}", note, "(ours / peer)")):
+        for line, text in enumerate((name, f"sd ours {spread(ours)[k]:.3f}", note, "(ours / peer)")):
             cv2.putText(head, text, (6, 30 + 26 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         lines.append(np.concatenate([head, *tiles] + [np.zeros_like(head)] * (PEAKS + 1 - len(tiles)), 1))
     print(f"{path.name}: {len(shapes)} shapes we move and the peer does not: {', '.join(shapes) or 'none'}")

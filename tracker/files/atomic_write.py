@@ -53,17 +53,18 @@ def staged(path: str | Path, companions: Sequence[str] = ()) -> Iterator[Path]:
     that suffix, created exclusively too), each renamed onto ``path`` with that suffix. Renamed
     into place when the block ends normally, removed when it raises (module docstring)."""
     path = Path(path)
-    main, extra = _create_staged(path, companions)
-    staged_files = [*extra, main]  # renamed in this order: the main file last
-    targets = [*(path.with_suffix(suffix) for suffix in companions), path]
+    attempted: list[Path] = []  # every staged name that may exist, listed before it is created
     try:
+        main, extra = _create_staged(path, companions, attempted)
+        staged_files = [*extra, main]  # renamed in this order: the main file last
+        targets = [*(path.with_suffix(suffix) for suffix in companions), path]
         yield main
         for temporary in staged_files:
             _fsync_file(temporary)
         for temporary, target in zip(staged_files, targets):
             os.replace(temporary, target)
-    except BaseException:
-        for temporary in staged_files:
+    except BaseException:  # an interrupt at any point, its creation included, leaves no staged file
+        for temporary in attempted:
             temporary.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
@@ -96,24 +97,25 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def _create_staged(path: Path, companions: Sequence[str]) -> tuple[Path, list[Path]]:
+def _create_staged(path: Path, companions: Sequence[str], attempted: list[Path]) -> tuple[Path, list[Path]]:
     """Create the staged file of ``path`` (and its companions) exclusively, under a fresh random
-    name; -> (the staged file, its companions)."""
+    name; -> (the staged file, its companions). Each name goes into ``attempted`` before its file is
+    created and leaves it when the name was taken by another file, so that the caller can remove
+    whatever an interrupt (which may come between any two steps) left behind."""
     while True:
         main = path.with_name(f".{path.name}.{secrets.token_hex(_RANDOM_HEX // 2)}{TEMPORARY_SUFFIX}{path.suffix}")
         created: list[Path] = []
         try:
             for candidate in (main, *(main.with_suffix(companion) for companion in companions)):
+                attempted.append(candidate)
                 os.close(os.open(candidate, _EXCLUSIVE, 0o666))
                 created.append(candidate)
-        except FileExistsError:  # a name taken (by chance, or by a planted file or link): another name
-            for candidate in created:
-                candidate.unlink()
+        except FileExistsError:  # a name taken (by chance, or by a planted file or link): not ours; another name
+            attempted.remove(candidate)
+            for ours in created:
+                ours.unlink()
+                attempted.remove(ours)
             continue
-        except BaseException:
-            for candidate in created:
-                candidate.unlink(missing_ok=True)
-            raise
         return main, created[1:]
 
 
