@@ -39,6 +39,7 @@ def test_settings_are_checked() -> None:
         ({"identity_take": "t.npz", "refine": False}, "leave out --no-refine"),
         ({"refine_start": "median"}, "network, camera, pnp, mean"),
         ({"refine_start": "pnp", "refine": False}, "the refinement is off"),
+        ({"arkit_from": "eyes"}, "network, mesh"),
     ):
         with pytest.raises(TrackerError, match=message):
             TrackerOptions(**settings)
@@ -50,7 +51,8 @@ def test_checkpoint_default_and_recorded_settings(monkeypatch, tmp_path: Path) -
     monkeypatch.setattr(tracker_options, "DEFAULT_CHECKPOINT", shipped)
     assert TrackerOptions().checkpoint_path() == shipped
     assert TrackerOptions(checkpoint="mine.pt").checkpoint_path() == Path("mine.pt")
-    assert TrackerOptions().recording_metadata() == {"checkpoint": str(shipped), "refine": True, "refine_iters": DEFAULT_ITERATIONS, "detector": "short-range"}
+    assert TrackerOptions().recording_metadata() == {"checkpoint": str(shipped), "refine": True, "refine_iters": DEFAULT_ITERATIONS, "detector": "short-range",
+                                                     "arkit_from": "network"}
     metadata = TrackerOptions(refine=False, refine_iters=7, detector="full-range").recording_metadata()
     assert metadata["refine"] is False and metadata["refine_iters"] is None and metadata["detector"] == "full-range"
     metadata = TrackerOptions(identity_take="a.npz", identity_track=2).recording_metadata()
@@ -135,6 +137,7 @@ def test_live_command_line_maps_onto_the_options(capsys) -> None:
     assert live.tracker_options(args) == TrackerOptions(refine_iters=3, detector="full-range", identity_take="t.npz",
                                                         identity_track=4, max_faces=2, smoothing=False, focal=600.0)
     assert live.tracker_options(parser.parse_args(["--camera", "0", "--no-refine"])).refine is False
+    assert live.tracker_options(parser.parse_args(["--camera", "0", "--arkit-from", "mesh"])).arkit_from == "mesh"
     for bad in (["--refine-iters", "0"], ["--refine-iters", "two"], ["--identity-track", "-1"], ["--detector", "long-range"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["--camera", "0", *bad])
@@ -166,3 +169,40 @@ def test_fitted_head_model_and_its_start() -> None:
     assert flame.resolved_refine_start("flame") == "network"  # a FLAME checkpoint
     assert TrackerOptions(head_model="flame", refine_start="pnp").resolved_refine_start("ict") == "pnp"
     assert TrackerOptions(head_model="ict", flame_dir="flame").fitted_head_model("flame") == "ict"
+
+
+def test_arkit_weights_from_their_own_fit_leave_the_mesh_alone(untrained_checkpoint: Path, ict_npz_path: Path, shared_path: Path) -> None:
+    """``arkit_from``: "network" gives the ICT tracker an ARKit fit of its own (ARKIT_SETTINGS, guided
+    by the network); the mesh is the same as with "mesh", whose weights are the mesh's expression
+    mapped to ARKit. reset() forgets the ARKit fit's tracks too (a new clip starts afresh)."""
+    from tracker.fitting.arkit import ARKIT_NAMES, ict_to_arkit_matrix
+    from tracker.fitting.refinement import ARKIT_SETTINGS
+    from tracker.live.pipeline import Pipeline
+    from tracker.live.sources import MediaClockSource, open_source
+
+    video = shared_path / "real-faces" / "videos" / "single_face.mp4"
+    runs = {}
+    for source in ("mesh", "network"):
+        tracker = FaceTracker.from_options(TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, runtime="torch", arkit_from=source))
+        faces = []
+        try:
+            Pipeline(MediaClockSource(open_source(video, realtime=False)), tracker, [lambda r, faces=faces: faces.extend(r.faces[:1])], mode="sequential", max_frames=12).run()
+            if source == "network":
+                assert tracker.arkit_fit is not None and tracker.arkit_fit.fitter.refiner.settings == ARKIT_SETTINGS
+                assert tracker.arkit_fit.fitter._tracks
+                tracker.reset()
+                assert not tracker.arkit_fit.fitter._tracks
+            else:
+                assert tracker.arkit_fit is None
+                matrix = ict_to_arkit_matrix(tracker.head.expression_names)
+        finally:
+            tracker.close()
+        runs[source] = faces
+    assert len(runs["mesh"]) == len(runs["network"]) == 12
+    lids_and_mouth = [i for i, name in enumerate(ARKIT_NAMES) if not name.startswith("eyeLook")]  # eyeLook: from the irises
+    for mesh_face, network_face in zip(runs["mesh"], runs["network"]):
+        np.testing.assert_array_equal(mesh_face.params["expression"], network_face.params["expression"])  # the mesh does not change
+        expected = np.clip(matrix @ mesh_face.params["expression"].numpy(), 0.0, 1.0)
+        np.testing.assert_allclose(mesh_face.avatar.raw_weights[lids_and_mouth], expected[lids_and_mouth], atol=1e-6)
+    difference = np.abs(np.stack([f.avatar.raw_weights for f in runs["network"]]) - np.stack([f.avatar.raw_weights for f in runs["mesh"]]))
+    assert difference[:, lids_and_mouth].max() > 0.01  # the ARKit fit is another solve

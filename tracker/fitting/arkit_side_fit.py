@@ -1,4 +1,4 @@
-"""ARKit weights for head models without ARKit semantics (FLAME): ICT-FaceKit fitted beside them.
+"""ARKit weights from an ICT-FaceKit fit of their own, beside the tracked head model's fit.
 
 FLAME's expression space is a PCA basis with no named shapes. To give FLAME users ARKit weights,
 ICT-FaceKit's 53 named expression weights are fitted to the same MediaPipe landmarks of the same
@@ -9,6 +9,10 @@ frame and from the previous frame's fit after that, pulled towards the neutral e
 (``prior_std``) and the previous frame. Where an ICT network runs beside FLAME (FLAME tracked with
 the shipped ICT network), its prediction is the start and the prior instead (``network_solution``),
 as in the ICT tracker's own refinement. The fit's eyeballs give the gaze.
+
+The ICT tracker uses it too (``TrackerOptions.arkit_from`` "network"): there the mesh's fit stays
+close to MediaPipe's points, and this one follows the network's expression closely
+(``refinement.ARKIT_SETTINGS``), which gives blinks that follow the lids better.
 
     fit = ArkitFit(load_head_model("ict"))
     expression, eyeballs, rotation, translation = fit.fit(crop, focal, principal)
@@ -73,3 +77,7 @@ class ArkitFit:
     def drop_lost(self, alive: set[int]) -> None:
         """Forget every track not in ``alive``."""
         self.fitter.drop_lost(alive)
+
+    def reset(self) -> None:
+        """Forget every track (a new clip)."""
+        self.fitter.reset()

@@ -152,6 +152,14 @@ class RefineSettings:
 ICT_SETTINGS = RefineSettings(shape_stds=(("jaw", 0.25, 0.25),))
 
 
+# The ICT fit that gives the ARKit weights, beside the mesh's fit (``TrackerOptions.arkit_from``
+# "network", ``tracker.fitting.arkit_side_fit``): every shape follows an ICT network's prediction
+# and the previous frame at 0.25. On the real videos its eyeBlink r passes MediaPipe's blendshape
+# model's on three of four (docs/arkit-accuracy.md); the mesh's own fit would lose its lids'
+# agreement with MediaPipe at these settings, so it stays at ICT_SETTINGS.
+ARKIT_SETTINGS = RefineSettings(shape_stds=(("", 0.25, 0.25),))
+
+
 def settings_for(head_model: str) -> RefineSettings:
     """The library's refinement settings for a head model by name: ICT_SETTINGS for "ict", else the defaults."""
     return ICT_SETTINGS if head_model == "ict" else RefineSettings()
@@ -730,6 +738,7 @@ def initial_pose(model: EmbeddedHead, observed: np.ndarray, focal: np.ndarray, p
 
 
 __all__ = [
+    "ARKIT_SETTINGS",
     "DEFAULT_ITERATIONS",
     "ICT_SETTINGS",
     "DecodedEmbeddedHead",

@@ -53,6 +53,7 @@ from tracker.fitting.arkit import (
 from tracker.fitting.arkit_profile import ArkitProfile, NeutralCalibration
 from tracker.fitting.arkit_side_fit import ArkitFit
 from tracker.fitting.refinement import (
+    ARKIT_SETTINGS,
     FrameFit,
     Refiner,
     RefineSettings,
@@ -130,9 +131,11 @@ class FaceTracker:
     identity      (K,) a fixed identity for every track (state "given"); None: pooled per track
     photos        unrelated still images: no temporal term, several identity rounds per face
     embedding     the head model's MediaPipe embedding (None: its default, see ``embedded_head``)
-    arkit_fit     for a head model without ARKit semantics (FLAME): the ICT-FaceKit fit beside it
-                  that gives its ARKit weights and gaze (``tracker.fitting.arkit_side_fit``; None: no
-                  ``FaceResult.avatar``). ICT's own come from its expression.
+    arkit_fit     the ICT-FaceKit fit beside the head model's that gives the ARKit weights and gaze
+                  (``tracker.fitting.arkit_side_fit``): FLAME's (it has no ARKit semantics; None: no
+                  ``FaceResult.avatar``), or ICT's own with ``TrackerOptions.arkit_from`` "network"
+                  (None: ICT's come from the mesh's expression). With an ICT network it starts from
+                  and is pulled towards the network's prediction.
     """
 
     def __init__(
@@ -207,7 +210,7 @@ class FaceTracker:
         self._arkit = ict_to_arkit_matrix(head.expression_names) if head.name == "ict" else None
         if self._arkit is not None:
             self._eyeballs = EyeballDecoder(head)
-        self.arkit_fit = arkit_fit if self._arkit is None else None
+        self.arkit_fit = arkit_fit
         # the user's ARKit profile (tracker.fitting.arkit_profile), saved to profile_path when a
         # neutral calibration ends; each calibrated track's own, and the calibrations under way
         self.arkit_profile = arkit_profile or ArkitProfile()
@@ -289,6 +292,8 @@ class FaceTracker:
         self._calibrations.clear()
         if self._fitter is not None:
             self._fitter.reset()
+        if self.arkit_fit is not None:
+            self.arkit_fit.reset()
 
     def calibrate_neutral(self, seconds: float) -> None:
         """Measure the resting ARKit weights of every face of the next frame over ``seconds`` (the
@@ -361,8 +366,8 @@ class FaceTracker:
                 values[i] = network
         with lap("smooth"):
             values = {i: self._smooth(prepared.crops[i], v, frame.timestamp) for i, v in values.items()}
-        # an ICT network beside another head model: its prediction starts the ARKit fit (_avatar_values)
-        ict_network = dict(values) if not self.same_head and self.net.config.head_model == "ict" and self.refine_start != "mean" else {}
+        # an ICT network's prediction starts the ARKit fit and pulls it (_avatar_values)
+        ict_network = dict(values) if self.arkit_fit is not None and self.net.config.head_model == "ict" and self.refine_start != "mean" else {}
         fit_of: dict[int, FrameFit] = {}
         if self.refine:
             with lap("refine"), single_blas_thread():
@@ -437,22 +442,23 @@ class FaceTracker:
 
     def _avatar_values(self, params, rotation, translation, crop: FaceCrop, focal, principal, index: int,
                        ict_network: FrameParameters | None = None, clock: float = 0.0) -> AvatarValues | None:
-        """The face's ARKit weights, head pose and gaze: ICT's from its own expression and eyeballs,
-        another head model's from the ICT fit beside it (``arkit_fit``; ``ict_network``: an ICT
-        network's prediction of the face, its start and prior); None without either. The weights
-        go through the track's ARKit profile (``_profiled``; the raw ones are kept beside them)."""
-        if self._arkit is not None:
-            expression = params["expression"][index].numpy()
-            eyeballs = self._eyeballs({g: v[index] for g, v in params.items()})
-            eye_rotation, eye_translation = rotation.numpy(), translation.numpy()
-        elif self.arkit_fit is not None:
+        """The face's ARKit weights, head pose and gaze: from the ICT fit beside the head model's
+        (``arkit_fit``; ``ict_network``: an ICT network's prediction of the face, its start and
+        prior), else ICT's own expression and eyeballs; None for another head model without the
+        fit. The weights go through the track's ARKit profile (``_profiled``; the raw ones are
+        kept beside them)."""
+        if self.arkit_fit is not None:
             predicted = None if ict_network is None else self.arkit_fit.network_solution(ict_network.params, ict_network.rotation_6d, ict_network.translation)
             expression, eyeballs, eye_rotation, eye_translation = self.arkit_fit.fit(
                 crop, focal, principal, temporal=self._smoothing and not self.photos, photo=self.photos, predicted=predicted
             )
+        elif self._arkit is not None:
+            expression = params["expression"][index].numpy()
+            eyeballs = self._eyeballs({g: v[index] for g, v in params.items()})
+            eye_rotation, eye_translation = rotation.numpy(), translation.numpy()
         else:
             return None
-        matrix = self._arkit if self._arkit is not None else self.arkit_fit.matrix
+        matrix = self.arkit_fit.matrix if self.arkit_fit is not None else self._arkit
         weights = np.clip(matrix @ expression, 0.0, 1.0)
         head_rotation, angles, position = camera.head_pose(rotation.numpy(), translation.numpy())
         eyes = np.full((2, 2), np.nan, np.float32)
@@ -580,10 +586,13 @@ class FaceTracker:
             size = head.param_groups[group].size if group is not None else None
             identity = torch.from_numpy(take_identity(options.identity_take, fitted, size, options.identity_track))
         settings = options.refinement_settings(fitted)
+        # the ARKit weights' own ICT fit: FLAME's always; ICT's where the options ask for it. An ICT
+        # network's prediction guides it (the "mean" start is the no-network ablation)
+        guided = trained_for == "ict" and start != "mean" and options.refine and options.arkit_from == "network"
         arkit_fit = None
-        if fitted != "ict":
-            ict = network_head if network_head is not None and network_head.name == "ict" else None
-            arkit_fit = _arkit_fit(options.ict_model, replace(settings_for("ict"), iterations=settings.iterations), ict)
+        if fitted != "ict" or guided:
+            ict = head if fitted == "ict" else network_head if network_head is not None and network_head.name == "ict" else None
+            arkit_fit = _arkit_fit(options.ict_model, replace(ARKIT_SETTINGS if guided else settings_for("ict"), iterations=settings.iterations), ict)
         # the network's own head model as loaded (the fitted one, the camera start's, or the ARKit fit's ICT)
         regressed = head if fitted == trained_for else network_head
         if regressed is None and trained_for == "ict" and arkit_fit is not None:
@@ -653,8 +662,8 @@ def _load_head(name: str, options: TrackerOptions) -> HeadModel:
 
 
 def _arkit_fit(ict_model_path: str | Path | None, settings: RefineSettings, ict: HeadModel | None = None) -> ArkitFit | None:
-    """The ICT fit that gives a FLAME tracker its ARKit weights (``settings``: its refinement's;
-    ``ict``: the ICT model when already loaded); None (with a warning) without an ICT model."""
+    """The ICT fit that gives the ARKit weights (``settings``: its refinement's; ``ict``: the ICT
+    model when already loaded); None (with a warning) without an ICT model."""
     try:
         ict = ict if ict is not None else load_head_model("ict", ict_model_path)
     except TrackerError as error:

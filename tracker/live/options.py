@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DETECTORS = ("short-range", "full-range")
 # where a new track's fit starts (tracker.live.face_tracker.FaceTracker's refine_start)
 REFINE_STARTS = ("network", "camera", "pnp", "mean")
+ARKIT_FROM = ("network", "mesh")  # TrackerOptions.arkit_from
 # the start of a head model the checkpoint does not regress (FLAME with the shipped ICT network),
 # chosen by measurement on the real videos (README, "FLAME quick start")
 OTHER_HEAD_START = "pnp"
@@ -94,6 +95,13 @@ class TrackerOptions:
     arkit_profile   the user's ARKit profile file (``tracker.fitting.arkit_profile``): read when it
                     exists, written when a neutral calibration ends
     calibrate_neutral  seconds of neutral face to calibrate from the first face on (None: none)
+    arkit_from      where the ARKit weights come from (``ARKIT_FROM``): "network" (default): an ICT
+                    fit that follows an ICT network's expression closely
+                    (``tracker.fitting.refinement.ARKIT_SETTINGS``: blinks that follow the lids
+                    better), for ICT a fit of its own beside the mesh's (2.4-3 ms more per face on a 2-core CPU);
+                    "mesh": ICT's from the mesh's own expression, FLAME's from its ICT fit at the
+                    mesh fit's settings. Without an ICT network's prediction (a FLAME network, the
+                    "mean" start, no refinement) both are "mesh"
     """
 
     checkpoint: str | Path | None = None
@@ -119,8 +127,11 @@ class TrackerOptions:
     identity_track: int | None = None
     arkit_profile: str | Path | None = None
     calibrate_neutral: float | None = None
+    arkit_from: str = "network"
 
     def __post_init__(self) -> None:
+        if self.arkit_from not in ARKIT_FROM:
+            raise TrackerError(f"arkit_from must be one of {', '.join(ARKIT_FROM)}, got {self.arkit_from!r}")
         if self.detector not in DETECTORS:
             raise TrackerError(f"the detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
         if self.refine_start is not None and self.refine_start not in REFINE_STARTS:
@@ -192,6 +203,7 @@ class TrackerOptions:
             metadata["identity_track"] = self.identity_track
         if self.arkit_profile is not None:
             metadata["arkit_profile"] = str(self.arkit_profile)
+        metadata["arkit_from"] = self.arkit_from
         return metadata
 
 
@@ -266,6 +278,9 @@ def add_tracker_arguments(model: argparse._ActionsContainer, refinement: argpars
                             "and pool one identity per tracked person (default: on)")
     refinement.add_argument("--refine-iters", type=positive_int, metavar="N",
                             help="refinement iterations per frame (default: the library's, tracker.fitting.refinement.DEFAULT_ITERATIONS)")
+    refinement.add_argument("--arkit-from", choices=ARKIT_FROM, default="network",
+                            help="the ARKit weights: network (default) from an ICT fit of their own that follows the network's expression "
+                            "closely (blinks follow the lids better; 2.4-3 ms more per face on a 2-core CPU), or mesh: the mesh's own expression")
     refinement.add_argument("--refine-start", choices=REFINE_STARTS,
                             help="a new face's start: network (its prediction, start and prior), camera (the mean face at the network's head pose), "
                             "pnp (the mean face at a perspective-n-point pose of MediaPipe's points), mean (the frontal mean face); default: network "
@@ -286,6 +301,7 @@ def options_from_args(args: argparse.Namespace, **fields: Any) -> TrackerOptions
         "refine": args.refine,
         "refine_iters": args.refine_iters,
         "refine_start": args.refine_start,
+        "arkit_from": args.arkit_from,
     }
     return TrackerOptions(**{**values, **fields})
 
