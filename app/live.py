@@ -171,13 +171,14 @@ def open_frames(args: argparse.Namespace, spec: int | str | None, viewer: bool) 
         from tracker.head_models import load_head_model
         from tracker.live.demo import open_demo_source
 
-        return open_demo_source(load_head_model("ict", args.ict_model), realtime=realtime(args, "demo", viewer), loop=args.loop)
+        return open_demo_source(load_head_model("ict", args.ict_model), realtime=realtime(args, spec, viewer), loop=args.loop)
     return open_source(spec, realtime=realtime(args, spec, viewer), loop=args.loop, on_bad_frame=args.on_bad_frame)
 
 
-def realtime(args: argparse.Namespace, spec: int | str, viewer: bool) -> bool | None:
-    """open_source's ``realtime`` for the --pace setting (None for live sources, always realtime)."""
-    if camera_index(spec) is not None or "://" in str(spec):
+def realtime(args: argparse.Namespace, spec: int | str | None, viewer: bool) -> bool | None:
+    """open_source's ``realtime`` for the --pace setting (None for live sources, always realtime;
+    ``spec`` None: the demo, paced like a file)."""
+    if spec is not None and (camera_index(spec) is not None or "://" in str(spec)):
         if args.pace != "auto":
             raise TrackerError(f"--pace {args.pace} applies to files and folders; {spec} is live and always keeps the newest frame")
         return None

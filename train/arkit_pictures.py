@@ -27,7 +27,7 @@ from train.arkit_peer import MOVING_SD, ArkitPeer, default_peer_path, shape_agre
 from train.cli import Progress, run, writable_folder
 from train.evaluate_real import build_parser as evaluate_parser
 from train.evaluate_real import data_folder, video_options, video_paths
-from train.landmark_pictures import _write_jpeg
+from train.landmark_pictures import write_jpeg
 
 PEAKS = 3
 PEAK_SPACING = 15
@@ -166,7 +166,7 @@ def pictures(args: argparse.Namespace, progress: Progress) -> None:
         except TrackerError as error:
             print(f"skipped: {error}")
             continue
-        written.append(_write_jpeg(out / f"{path.stem}_arkit.jpg", picture))
+        written.append(write_jpeg(out / f"{path.stem}_arkit.jpg", picture))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,17 +155,17 @@ def pictures(args: argparse.Namespace, progress: Progress) -> None:
     written: list[Path] = []
     progress.began(lambda: f"the {len(written)} pictures listed above are complete")
     if not args.videos_only:
-        written.append(_write_jpeg(out / "photos.jpg", photo_picture(args, folder, args.photo_faces)))
+        written.append(write_jpeg(out / "photos.jpg", photo_picture(args, folder, args.photo_faces)))
     for path in paths:
         try:
             picture = video_picture(args, path, args.max_frames)
         except TrackerError as error:
             print(f"skipped: {error}")
             continue
-        written.append(_write_jpeg(out / f"{path.stem}.jpg", picture))
+        written.append(write_jpeg(out / f"{path.stem}.jpg", picture))
 
 
-def _write_jpeg(target: Path, picture: np.ndarray) -> Path:
+def write_jpeg(target: Path, picture: np.ndarray) -> Path:
     """``picture`` (BGR) to ``target`` whole or not at all; its path printed."""
     import cv2
 

@@ -129,7 +129,7 @@ def mediapipe_gain(head, script: DemoScript, points: np.ndarray) -> dict[str, tu
 def shape_figures(truth: np.ndarray, weights: np.ndarray, script: DemoScript) -> dict[str, tuple[float, float, str, float]]:
     """(T, 52) true and tracked weights (NaN rows: no face) -> {shape: (r, crosstalk, the shape
     that crosstalk is, peak)} for the shapes ``script`` performs alone."""
-    found = np.isfinite(weights).all(1) | (np.isfinite(weights).sum(1) == len(ARKIT_NAMES) - 1)  # the peer has no tongueOut
+    found = np.isfinite(weights).any(1)  # a row without a face is NaN throughout (compare_with_peer's rule)
     out = {}
     for segment in script.segments:
         if segment.shape is None:

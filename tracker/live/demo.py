@@ -32,7 +32,7 @@ from scipy.spatial.transform import Rotation
 
 from tracker.errors import TrackerError
 from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES, EYE_LOOK_FULL, arkit_to_ict
-from tracker.geometry.camera import FLIP_MATRIX
+from tracker.geometry.camera import FLIP_MATRIX, project_head
 from tracker.head_models.base import HeadModel
 from tracker.render.face_image import FacePainter
 
@@ -187,10 +187,10 @@ class DemoPerformer:
         return FLIP_MATRIX @ avatar @ FLIP_MATRIX, np.array([0.0, 0.0, DEMO_DISTANCE])
 
     def project(self, points: np.ndarray, t: int) -> np.ndarray:
-        """(N, 3) head-frame points (``vertices``' frame) in frame ``t`` -> (N, 2) pixels."""
-        rotation, translation = self.pose(t)
-        camera = np.asarray(points, np.float64) @ (rotation @ FLIP_MATRIX).T + translation
-        return camera[:, :2] / camera[:, 2:] * self.focal.numpy() + self.principal.numpy()
+        """(N, 3) head-frame points (``vertices``' frame) in frame ``t`` -> (N, 2) float64 pixels."""
+        rotation, translation = (torch.from_numpy(x)[None] for x in self.pose(t))
+        pixels = project_head(torch.as_tensor(points, dtype=torch.float64)[None], rotation, translation, self.focal.double()[None], self.principal.double()[None])
+        return pixels[0].numpy()
 
     def frame(self, t: int) -> np.ndarray:
         """(H, W, 3) uint8 BGR image of frame ``t``."""
