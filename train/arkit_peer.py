@@ -18,6 +18,9 @@ Definitions (the same for both systems, on the frames where both give weights):
                 steadier
     lag         the frame offset (within +-MAX_LAG) of the peak cross-correlation of the weight
                 with the opening; positive: the weight follows the face late
+    delay       the same peak to a fraction of a frame (a parabola through the correlations at
+                the lag and its two neighbours): a filter's added delay shows here long before
+                it moves the whole-frame lag
     moving      shapes whose standard deviation is above MOVING_SD
     agreement   per shape, Pearson r between the two systems' series
 """
@@ -98,6 +101,8 @@ class WeightFigures:
     blink_jitter: float
     jaw_open_lag: int | None
     blink_lag: int | None
+    jaw_open_delay: float
+    blink_delay: float
     moving: int
 
 
@@ -126,11 +131,27 @@ def lag(series: np.ndarray, reference: np.ndarray, max_lag: int = MAX_LAG) -> in
     ``series`` follows ``reference`` late (None when no shift has a correlation)."""
     best, best_r = None, -math.inf
     for k in range(-max_lag, max_lag + 1):
-        a, b = (series[k:], reference[: len(reference) - k]) if k >= 0 else (series[:k], reference[-k:])
-        r = correlation(a, b)
+        r = _shifted_correlation(series, reference, k)
         if not math.isnan(r) and r > best_r:
             best, best_r = k, r
     return best
+
+
+def subframe_lag(series: np.ndarray, reference: np.ndarray, max_lag: int = MAX_LAG) -> float:
+    """``lag`` to a fraction of a frame: the vertex of the parabola through the correlations at the
+    best shift and its two neighbours (the whole shift at the search's edge; NaN without one)."""
+    best = lag(series, reference, max_lag)
+    if best is None:
+        return math.nan
+    if abs(best) == max_lag:
+        return float(best)
+    before, at, after = (_shifted_correlation(series, reference, best + d) for d in (-1, 0, 1))
+    curvature = before - 2.0 * at + after
+    return float(best) if not curvature < 0 else best + 0.5 * (before - after) / curvature
+
+
+def _shifted_correlation(series: np.ndarray, reference: np.ndarray, k: int) -> float:
+    return correlation(series[k:], reference[: len(reference) - k]) if k >= 0 else correlation(series[:k], reference[-k:])
 
 
 def arkit_correlations(weights: np.ndarray, mouth: np.ndarray, eye: np.ndarray) -> tuple[float, float]:
@@ -148,6 +169,7 @@ def weight_figures(weights: np.ndarray, frame_index: np.ndarray, mouth: np.ndarr
         *arkit_correlations(weights, mouth, eye),
         relative_jitter(jaw, frame_index), relative_jitter(blink, frame_index),
         lag(jaw, np.asarray(mouth, np.float64)), lag(blink, closing),
+        subframe_lag(jaw, np.asarray(mouth, np.float64)), subframe_lag(blink, closing),
         int((spread > MOVING_SD).sum()),
     )
 
@@ -193,7 +215,7 @@ def _pair(a, b, digits: int = 3) -> str:
 
 def format_peer_table(rows) -> str:
     """Rows with a ``peer`` (``train.evaluate_real.VideoRow``) -> a table, ours / peer per cell."""
-    lines = ["| video | frames | jawOpen r | eyeBlink r | rel. jitter jawOpen | rel. jitter eyeBlink | lag jawOpen | lag eyeBlink | shapes moving |",
+    lines = ["| video | frames | jawOpen r | eyeBlink r | rel. jitter jawOpen | rel. jitter eyeBlink | lag jawOpen (delay) | lag eyeBlink (delay) | shapes moving |",
              "|" + "---|" * 9]
     for row in rows:
         c = row.peer
@@ -202,8 +224,13 @@ def format_peer_table(rows) -> str:
         o, p = c.ours, c.peer
         lines.append(f"| {row.video} | {c.frames} | {_pair(o.jaw_open_r, p.jaw_open_r)} | {_pair(o.blink_r, p.blink_r)} | "
                      f"{_pair(o.jaw_open_jitter, p.jaw_open_jitter)} | {_pair(o.blink_jitter, p.blink_jitter)} | "
-                     f"{_pair(o.jaw_open_lag, p.jaw_open_lag)} | {_pair(o.blink_lag, p.blink_lag)} | {_pair(o.moving, p.moving)} |")
-    return "\n".join(lines) + "\n(each cell: ours / peer)"
+                     f"{_pair(_lag(o.jaw_open_lag, o.jaw_open_delay), _lag(p.jaw_open_lag, p.jaw_open_delay))} | "
+                     f"{_pair(_lag(o.blink_lag, o.blink_delay), _lag(p.blink_lag, p.blink_delay))} | {_pair(o.moving, p.moving)} |")
+    return "\n".join(lines) + "\n(each cell: ours / peer; lag in whole frames, delay to a fraction of a frame)"
+
+
+def _lag(whole: int | None, delay: float) -> str | None:
+    return None if whole is None else f"{whole} ({delay:+.2f})"
 
 
 def format_agreement_table(rows) -> str:

@@ -17,7 +17,10 @@ from tracker.fitting.arkit import (
     ARKIT_INDEX,
     ARKIT_NAMES,
     EYE_LOOK_FULL,
+    LID_SHAPES,
+    NON_EYE_SHAPES,
     Eyeballs,
+    WeightFilter,
     eye_gaze,
     gaze_weights,
     ict_to_arkit_matrix,
@@ -230,3 +233,55 @@ def test_a_wink_closes_one_eye_without_the_other_or_the_gaze(ict, side):
     drift = np.abs(gaze - gaze[0]).max()
     print(f"wink {side}: own blink peak {max(own):.2f}, other eye's blink at most {max(others):.3f}, gaze moved at most {drift:.2f} deg")
     assert max(own) > 0.6 and max(others) < 0.1 and drift < 2.0
+
+
+@pytest.mark.parametrize("shape", ["eyeBlinkLeft", "jawOpen"])
+def test_the_weight_filter_steadies_a_resting_face_and_keeps_a_fast_moves_timing(shape: str):
+    """A 30 fps track: a resting weight with the solve's frame-to-frame noise, then two fast moves
+    (a blink; a syllable's jaw). The filter cuts the rest noise by more than 40 %; each move keeps its
+    peak frame and most of its height, and its cross-correlation with the truth peaks at 0 frames.
+    The eyeLook shapes (from the irises) pass unchanged, and [0, 1] holds."""
+    rng = np.random.default_rng(3)
+    fps, frames = 30.0, 240
+    truth = np.full(frames, 0.1)
+    for start in (60, 150):
+        truth[start : start + 5] = 0.1 + 0.8 * np.array([0.35, 0.85, 1.0, 0.7, 0.25])  # up fast, down slower
+    weights = np.tile(rng.uniform(0.0, 1.0, len(ARKIT_NAMES)), (frames, 1))
+    column = ARKIT_INDEX[shape]
+    weights[:, column] = np.clip(truth + rng.normal(0.0, 0.02, frames), 0.0, 1.0)
+    filt = WeightFilter()
+    steady = np.stack([filt(w, i / fps) for i, w in enumerate(weights)])
+
+    def rest_noise(series: np.ndarray) -> float:
+        return float(np.abs(np.diff(series[10:55], 2)).mean())
+
+    assert rest_noise(steady[:, column]) < 0.6 * rest_noise(weights[:, column])
+    for start in (60, 150):
+        window = slice(start - 3, start + 8)
+        assert steady[window, column].argmax() == weights[window, column].argmax()
+        assert steady[start + 2, column] > 0.8 * weights[start + 2, column]
+    best = max(range(-3, 4), key=lambda k: np.corrcoef(np.roll(steady[:, column], -k), truth)[0, 1])
+    assert best == 0
+    gaze = [i for i in range(len(ARKIT_NAMES)) if i not in LID_SHAPES + NON_EYE_SHAPES]
+    assert [ARKIT_NAMES[i] for i in gaze] == [f"eyeLook{d}{side}" for side in ("Left", "Right") for d in ("Down", "In", "Out", "Up")]
+    assert np.array_equal(steady[:, gaze], weights[:, gaze])
+    assert steady.min() >= 0.0 and steady.max() <= 1.0
+    assert [ARKIT_NAMES[i] for i in LID_SHAPES] == [f"eye{s}{side}" for side in ("Left", "Right") for s in ("Blink", "Squint", "Wide")]
+
+
+def test_the_arkit_fits_network_prior_takes_the_eyes_smoothed_and_the_rest_of_this_frame(ict):
+    """ArkitFit.network_prior: the smoothed pose and eye shapes (the network's lids are noisy frame to
+    frame), this frame's own mouth, jaw, brows and cheeks (the smoothing would delay them)."""
+    from tracker.face.smoothing import FrameParameters
+    from tracker.fitting.arkit_side_fit import ArkitFit
+
+    size = len(ict.expression_names)
+    network = FrameParameters({"expression": torch.full((size,), 0.9), "identity": torch.zeros(3)}, torch.arange(6.0), torch.ones(3))
+    smoothed = FrameParameters({"expression": torch.full((size,), 0.1), "identity": torch.ones(3)}, torch.arange(6.0) + 1, torch.zeros(3))
+    prior = ArkitFit(ict).network_prior(network, smoothed)
+    for name, value in zip(ict.expression_names, prior.params["expression"].tolist(), strict=True):
+        assert value == pytest.approx(0.1 if name.startswith("eye") else 0.9), name
+    assert {n.split("_")[0] for n in ict.expression_names if n.startswith("eye")} >= {"eyeBlink", "eyeSquint", "eyeWide", "eyeLookDown"}
+    assert torch.equal(prior.params["identity"], smoothed.params["identity"])
+    assert torch.equal(prior.rotation_6d, smoothed.rotation_6d) and torch.equal(prior.translation, smoothed.translation)
+    assert torch.equal(network.params["expression"], torch.full((size,), 0.9))  # the inputs are left as they were

@@ -16,7 +16,13 @@ from tracker.errors import TrackerError
 from tracker.fitting.arkit import ARKIT_INDEX, ARKIT_NAMES
 from tracker.live.options import DEFAULT_CHECKPOINT
 from train import arkit_peer, evaluate_real
-from train.arkit_peer import lag, relative_jitter, shape_agreement, weight_figures
+from train.arkit_peer import (
+    lag,
+    relative_jitter,
+    shape_agreement,
+    subframe_lag,
+    weight_figures,
+)
 
 
 def test_relative_jitter_is_scale_free_and_counts_consecutive_triples_only() -> None:
@@ -39,6 +45,18 @@ def test_lag_finds_a_known_delay_either_way() -> None:
     assert lag(late, opening) == 3
     assert lag(np.roll(opening, -2), opening) == -2
     assert lag(opening, opening) == 0
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3, -0.45, 2.25])
+def test_subframe_lag_finds_a_fractional_delay_of_a_smooth_signal(delay: float) -> None:
+    t = np.arange(400, dtype=np.float64)
+
+    def opening(times: np.ndarray) -> np.ndarray:  # band-limited, so the parabola's vertex is close to the true delay
+        return np.sin(2 * np.pi * times / 37.0) + 0.6 * np.sin(2 * np.pi * times / 23.0 + 1.0)
+
+    late = opening(t - delay)  # the weight follows the face ``delay`` frames late
+    assert lag(late, opening(t)) == round(delay)
+    assert subframe_lag(late, opening(t)) == pytest.approx(delay, abs=0.03)
 
 
 def test_weight_figures_and_agreement_on_made_series() -> None:

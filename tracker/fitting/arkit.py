@@ -18,6 +18,15 @@ direction from the eyeball's centre to that point, in the head frame, gives the 
 pitch. ARKit's eight eyeLook weights are then set from the gaze: 1 at ``EYE_LOOK_FULL`` (30 deg)
 in that direction (ARKit gives no angle; 30 deg is about the comfortable range of eye rotation).
 
+Steady weights (``WeightFilter``): live, each track's weights pass through One-Euro filters whose
+cutoff rises with the weight's speed, one for the six lid shapes (eyeBlink, eyeSquint, eyeWide;
+``LID_SMOOTHING``) and one for the shapes away from the eyes (jaw, mouth, brows, cheeks, nose;
+``NON_EYE_SMOOTHING``). The eyeLook shapes come from the irises (``gaze_weights``) and are left
+alone. Open eyes and a resting mouth hold still; a blink moves the lids at 10-20 weight units per
+second, which raises the cutoff above 200 Hz, so the blink keeps its timing. On the real videos
+(docs/arkit-accuracy.md, "Steady weights") eyeBlink's and jawOpen's relative jitter fall by a
+quarter to a half, and their cross-correlation with the face's openings still peaks at 0 frames.
+
 Frames and angles. The avatar frame is right-handed with +x to the viewer's right (the face's
 own left), +y up and +z towards the camera, the camera at the origin (ARKit's face-anchor
 convention, and the head frame's: a head facing the camera has the identity rotation).
@@ -36,6 +45,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from tracker.face.smoothing import OneEuroSettings
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +67,12 @@ ARKIT_INDEX = {name: i for i, name in enumerate(ARKIT_NAMES)}
 EYE_LOOK_FULL = math.radians(30.0)  # the gaze angle at which an eyeLook weight reaches 1
 IRIS_CENTRES = (468, 473)  # MediaPipe Face Mesh's two iris centres (478 points, iris refinement on)
 _SPLIT = ("browInnerUp", "cheekPuff")  # one ARKit shape, two ICT halves
+LID_SHAPES = tuple(i for i, name in enumerate(ARKIT_NAMES) if name.startswith(("eyeBlink", "eyeSquint", "eyeWide")))
+NON_EYE_SHAPES = tuple(i for i, name in enumerate(ARKIT_NAMES) if not name.startswith("eye"))
+# min cutoff Hz, beta 1 / (weight / s), derivative cutoff Hz: chosen on the real videos
+# (docs/arkit-accuracy.md, "Steady weights")
+LID_SMOOTHING = OneEuroSettings(min_cutoff=4.0, beta=20.0, d_cutoff=2.0)
+NON_EYE_SMOOTHING = OneEuroSettings(min_cutoff=2.0, beta=10.0, d_cutoff=3.0)
 
 
 def ict_name(arkit_name: str, ict_names: tuple[str, ...] | list[str]) -> str:
@@ -200,3 +217,20 @@ def gaze_weights(weights: np.ndarray, eye_angles: np.ndarray) -> np.ndarray:
         for name, amount in (("Out", outward), ("In", -outward), ("Down", pitch), ("Up", -pitch)):
             out[ARKIT_INDEX[f"eyeLook{name}{side}"]] = float(np.clip(amount / EYE_LOOK_FULL, 0.0, 1.0))
     return out
+
+
+class WeightFilter:
+    """One track's steady weights: ``filt(weights, seconds)`` -> (52,) ARKit weights with the
+    ``LID_SHAPES`` through one One-Euro filter (``lids``) and the ``NON_EYE_SHAPES`` through
+    another (``others``), the eyeLook shapes unchanged. Weights in [0, 1] stay in [0, 1] (each
+    output is a blend of inputs). A time earlier than the last restarts the filters
+    (``tracker.face.smoothing.OneEuroFilter``)."""
+
+    def __init__(self, lids: OneEuroSettings = LID_SMOOTHING, others: OneEuroSettings = NON_EYE_SMOOTHING) -> None:
+        self._filters = ((list(LID_SHAPES), lids.make()), (list(NON_EYE_SHAPES), others.make()))
+
+    def __call__(self, weights: np.ndarray, seconds: float) -> np.ndarray:
+        out = np.array(weights, copy=True)
+        for shapes, filt in self._filters:
+            out[shapes] = filt(out[shapes], seconds)
+        return out

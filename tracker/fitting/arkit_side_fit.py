@@ -16,7 +16,8 @@ close to MediaPipe's points, and this one follows the network's expression close
 
     fit = ArkitFit(load_head_model("ict"))
     expression, eyeballs, rotation, translation = fit.fit(crop, focal, principal)
-    fit.fit(crop, focal, principal, predicted=fit.network_solution(params, rotation_6d, translation))
+    prior = fit.network_prior(network, smoothed)     # FrameParameters: this frame's, the smoothed
+    fit.fit(crop, focal, principal, predicted=fit.network_solution(prior.params, prior.rotation_6d, prior.translation))
 
 Its accuracy, measured against the ICT tracker's own ARKit weights on the real videos, is in the
 README (``python -m train.evaluate_real --arkit-side-fit``).
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from tracker.face.detection import FaceCrop
+from tracker.face.smoothing import FrameParameters
 from tracker.fitting.arkit import EyeballDecoder, Eyeballs, ict_to_arkit_matrix
 from tracker.fitting.refinement import (
     LinearEmbeddedHead,
@@ -55,6 +57,18 @@ class ArkitFit:
         self.fitter = TrackFitter(Refiner(model, settings or settings_for("ict")))
         self.matrix = ict_to_arkit_matrix(ict.expression_names)  # (52, 53)
         self._eyeballs = EyeballDecoder(ict)
+        self._eye_shapes = torch.tensor([name.startswith("eye") for name in ict.expression_names])
+
+    def network_prior(self, network: FrameParameters, smoothed: FrameParameters) -> FrameParameters:
+        """An ICT network's prediction of one face, as this frame's network gave it and as the
+        tracker smoothed it -> the fit's start and prior: the smoothed pose and eye shapes, and
+        this frame's own other expression shapes. The smoothing lags the mouth by about 0.4 of a
+        frame; the weights get a filter of their own (``tracker.fitting.arkit.WeightFilter``),
+        which smooths at least as well with that lag spent once. The network's lids are noisier
+        frame to frame, so the eyes keep the smoothed prediction (docs/arkit-accuracy.md)."""
+        expression = network.params["expression"].clone()
+        expression[..., self._eye_shapes] = smoothed.params["expression"][..., self._eye_shapes]
+        return FrameParameters({**smoothed.params, "expression": expression}, smoothed.rotation_6d, smoothed.translation, smoothed.crop_box)
 
     def network_solution(self, params: dict[str, torch.Tensor], rotation_6d: torch.Tensor, translation: torch.Tensor) -> Solution:
         """An ICT network's prediction of one face ({group: (n,)}, (6,), (3,)) -> the fit's start

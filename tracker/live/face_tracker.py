@@ -46,6 +46,7 @@ from tracker.fitting.arkit import (
     IRIS_CENTRES,
     AvatarValues,
     EyeballDecoder,
+    WeightFilter,
     eye_gaze,
     gaze_weights,
     ict_to_arkit_matrix,
@@ -217,6 +218,7 @@ class FaceTracker:
         self.profile_path = None if profile_path is None else Path(profile_path)
         self._track_profiles: dict[int, ArkitProfile] = {}
         self._calibrations: dict[int, NeutralCalibration] = {}
+        self._weight_filters: dict[int, WeightFilter] = {}  # per track, live only (_steady_weights)
         self._calibration_request: float | None = None
 
     @property
@@ -290,6 +292,7 @@ class FaceTracker:
         self._smoothers.clear()
         self._track_profiles.clear()
         self._calibrations.clear()
+        self._weight_filters.clear()
         if self._fitter is not None:
             self._fitter.reset()
         if self.arkit_fit is not None:
@@ -364,10 +367,13 @@ class FaceTracker:
                 errors.append(f"track {crop.track_id}: the network's outputs are not finite ({', '.join(bad)})")
             else:
                 values[i] = network
+        unsmoothed = dict(values)
         with lap("smooth"):
             values = {i: self._smooth(prepared.crops[i], v, frame.timestamp) for i, v in values.items()}
-        # an ICT network's prediction starts the ARKit fit and pulls it (_avatar_values)
-        ict_network = dict(values) if self.arkit_fit is not None and self.net.config.head_model == "ict" and self.refine_start != "mean" else {}
+        # an ICT network's prediction starts the ARKit fit and pulls it (_avatar_values; ArkitFit.network_prior)
+        ict_network = {}
+        if self.arkit_fit is not None and self.net.config.head_model == "ict" and self.refine_start != "mean":
+            ict_network = {i: self.arkit_fit.network_prior(unsmoothed[i], v) for i, v in values.items()}
         fit_of: dict[int, FrameFit] = {}
         if self.refine:
             with lap("refine"), single_blas_thread():
@@ -459,7 +465,7 @@ class FaceTracker:
         else:
             return None
         matrix = self.arkit_fit.matrix if self.arkit_fit is not None else self._arkit
-        weights = np.clip(matrix @ expression, 0.0, 1.0)
+        weights = self._steady_weights(crop.track_id, np.clip(matrix @ expression, 0.0, 1.0), clock)
         head_rotation, angles, position = camera.head_pose(rotation.numpy(), translation.numpy())
         eyes = np.full((2, 2), np.nan, np.float32)
         points = crop.face.points
@@ -467,6 +473,17 @@ class FaceTracker:
             eyes = eye_gaze(eyeballs, eye_rotation, eye_translation, points[list(IRIS_CENTRES), :2], focal, principal)
         raw = gaze_weights(weights, eyes)
         return AvatarValues(self._profiled(crop.track_id, raw, clock), head_rotation, angles, position, eyes, raw_weights=raw)
+
+    def _steady_weights(self, track_id: int, weights: np.ndarray, clock: float) -> np.ndarray:
+        """(52,) ARKit weights of track ``track_id`` at ``clock`` seconds -> through the track's
+        ``WeightFilter``; unchanged without smoothing and for photos."""
+        if not self._smoothing or self.photos:
+            self._weight_filters.pop(track_id, None)
+            return weights
+        filt = self._weight_filters.get(track_id)
+        if filt is None:
+            filt = self._weight_filters[track_id] = WeightFilter()
+        return filt(weights, clock)
 
     def _profiled(self, track_id: int, raw: np.ndarray, clock: float) -> np.ndarray:
         """(52,) raw ARKit weights of track ``track_id`` at ``clock`` seconds (a file's media time, else
@@ -520,9 +537,10 @@ class FaceTracker:
         for track_id in list(self._smoothers):
             if track_id not in alive:
                 del self._smoothers[track_id]
-        for lost in (set(self._track_profiles) | set(self._calibrations)) - alive:
+        for lost in (set(self._track_profiles) | set(self._calibrations) | set(self._weight_filters)) - alive:
             self._track_profiles.pop(lost, None)
             self._calibrations.pop(lost, None)
+            self._weight_filters.pop(lost, None)
         if self._fitter is not None:
             self._fitter.drop_lost(alive)
         if self.arkit_fit is not None:
