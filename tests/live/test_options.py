@@ -174,19 +174,26 @@ def test_fitted_head_model_and_its_start() -> None:
 def test_arkit_weights_from_their_own_fit_leave_the_mesh_alone(untrained_checkpoint: Path, ict_npz_path: Path, shared_path: Path) -> None:
     """``arkit_from``: "network" gives the ICT tracker an ARKit fit of its own (ARKIT_SETTINGS, guided
     by the network); the mesh is the same as with "mesh", whose weights are the mesh's expression
-    mapped to ARKit. reset() forgets the ARKit fit's tracks too (a new clip starts afresh)."""
-    from tracker.fitting.arkit import ARKIT_NAMES, ict_to_arkit_matrix
+    mapped to ARKit, through the track's steady-weights filter. reset() forgets the ARKit fit's
+    tracks too (a new clip starts afresh)."""
+    from tracker.fitting.arkit import ARKIT_NAMES, WeightFilter, ict_to_arkit_matrix
     from tracker.fitting.refinement import ARKIT_SETTINGS
     from tracker.live.pipeline import Pipeline
     from tracker.live.sources import MediaClockSource, open_source
 
     video = shared_path / "real-faces" / "videos" / "single_face.mp4"
-    runs = {}
+    runs, clocks = {}, []
     for source in ("mesh", "network"):
         tracker = FaceTracker.from_options(TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, runtime="torch", arkit_from=source))
         faces = []
+
+        def keep(result, faces=faces, source=source) -> None:
+            faces.extend(result.faces[:1])
+            if source == "mesh":
+                clocks.append(result.frame.timestamp if result.frame.source_time is None else result.frame.source_time)
+
         try:
-            Pipeline(MediaClockSource(open_source(video, realtime=False)), tracker, [lambda r, faces=faces: faces.extend(r.faces[:1])], mode="sequential", max_frames=12).run()
+            Pipeline(MediaClockSource(open_source(video, realtime=False)), tracker, [keep], mode="sequential", max_frames=12).run()
             if source == "network":
                 assert tracker.arkit_fit is not None and tracker.arkit_fit.fitter.refiner.settings == ARKIT_SETTINGS
                 assert tracker.arkit_fit.fitter._tracks
@@ -200,9 +207,10 @@ def test_arkit_weights_from_their_own_fit_leave_the_mesh_alone(untrained_checkpo
         runs[source] = faces
     assert len(runs["mesh"]) == len(runs["network"]) == 12
     lids_and_mouth = [i for i, name in enumerate(ARKIT_NAMES) if not name.startswith("eyeLook")]  # eyeLook: from the irises
-    for mesh_face, network_face in zip(runs["mesh"], runs["network"]):
+    steady = WeightFilter()
+    for mesh_face, network_face, clock in zip(runs["mesh"], runs["network"], clocks, strict=True):
         np.testing.assert_array_equal(mesh_face.params["expression"], network_face.params["expression"])  # the mesh does not change
-        expected = np.clip(matrix @ mesh_face.params["expression"].numpy(), 0.0, 1.0)
+        expected = steady(np.clip(matrix @ mesh_face.params["expression"].numpy(), 0.0, 1.0), clock)
         np.testing.assert_allclose(mesh_face.avatar.raw_weights[lids_and_mouth], expected[lids_and_mouth], atol=1e-6)
     difference = np.abs(np.stack([f.avatar.raw_weights for f in runs["network"]]) - np.stack([f.avatar.raw_weights for f in runs["mesh"]]))
     assert difference[:, lids_and_mouth].max() > 0.01  # the ARKit fit is another solve
