@@ -46,8 +46,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tracker.face.smoothing import OneEuroSettings
-
 if TYPE_CHECKING:
     import torch
 
@@ -69,10 +67,10 @@ IRIS_CENTRES = (468, 473)  # MediaPipe Face Mesh's two iris centres (478 points,
 _SPLIT = ("browInnerUp", "cheekPuff")  # one ARKit shape, two ICT halves
 LID_SHAPES = tuple(i for i, name in enumerate(ARKIT_NAMES) if name.startswith(("eyeBlink", "eyeSquint", "eyeWide")))
 NON_EYE_SHAPES = tuple(i for i, name in enumerate(ARKIT_NAMES) if not name.startswith("eye"))
-# min cutoff Hz, beta 1 / (weight / s), derivative cutoff Hz: chosen on the real videos
-# (docs/arkit-accuracy.md, "Steady weights")
-LID_SMOOTHING = OneEuroSettings(min_cutoff=4.0, beta=20.0, d_cutoff=2.0)
-NON_EYE_SMOOTHING = OneEuroSettings(min_cutoff=2.0, beta=10.0, d_cutoff=3.0)
+# One-Euro filters (min cutoff Hz, beta 1 / (weight / s), derivative cutoff Hz), chosen on the real
+# videos (docs/arkit-accuracy.md, "Steady weights"); plain numbers, so that these names load without torch
+LID_SMOOTHING = (4.0, 20.0, 2.0)
+NON_EYE_SMOOTHING = (2.0, 10.0, 3.0)
 
 
 def ict_name(arkit_name: str, ict_names: tuple[str, ...] | list[str]) -> str:
@@ -226,8 +224,10 @@ class WeightFilter:
     output is a blend of inputs). A time earlier than the last restarts the filters
     (``tracker.face.smoothing.OneEuroFilter``)."""
 
-    def __init__(self, lids: OneEuroSettings = LID_SMOOTHING, others: OneEuroSettings = NON_EYE_SMOOTHING) -> None:
-        self._filters = ((list(LID_SHAPES), lids.make()), (list(NON_EYE_SHAPES), others.make()))
+    def __init__(self, lids: tuple[float, float, float] = LID_SMOOTHING, others: tuple[float, float, float] = NON_EYE_SMOOTHING) -> None:
+        from tracker.face.smoothing import OneEuroFilter
+
+        self._filters = ((list(LID_SHAPES), OneEuroFilter(*lids)), (list(NON_EYE_SHAPES), OneEuroFilter(*others)))
 
     def __call__(self, weights: np.ndarray, seconds: float) -> np.ndarray:
         out = np.array(weights, copy=True)
