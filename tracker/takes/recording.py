@@ -131,6 +131,27 @@ def journal_path(path: str | Path) -> Path:
     return path.with_name(path.name + JOURNAL_SUFFIX)
 
 
+def discard_abandoned_journal(take: str | Path) -> bool:
+    """Delete the journal of take ``take`` when no recording holds it: one a killed run left
+    behind, before its video is recorded again from the start (``app.batch``). True when one was
+    deleted. A journal that a running recording holds is a TrackerError naming its process."""
+    journal = journal_path(take)
+    try:
+        fd = os.open(journal, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise TrackerError(f"the unfinished journal {journal} cannot be opened: {err.strerror or err}; remove it by hand") from err
+    try:
+        if not _lock(fd):
+            raise TrackerError(f"another recording is writing {journal} right now{_journal_writer(journal)}")
+        journal.unlink()
+    finally:
+        os.close(fd)
+    log.info("deleted %s, the journal of an unfinished recording: its video is recorded again from the start", journal)
+    return True
+
+
 @dataclass
 class Tracks:
     """The tracks of a take, in increasing id (N tracks).

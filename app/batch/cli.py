@@ -1,0 +1,188 @@
+"""``python -m app.batch INPUTS... --out DIR``: track many videos, one take per video.
+
+Inputs are video files, folders (searched with their subfolders), glob patterns ("clips/*.mov",
+quoted) and CSV manifests (``app.batch.inputs``). Each video's take is ``DIR/<name>.npz``, and
+``DIR/summary.csv`` has one line per video (``app.batch.summary``).
+
+Run it again and it goes on: a video whose take is finished is not tracked again (``--force``
+tracks everything again); a video a killed batch left half done starts over. A video that fails
+never stops the others. Exit status: 0 when every video is done, 1 when any failed or was
+rejected, 2 for an error that stops the whole batch (a bad option, an unreadable manifest, an
+output folder that cannot be written, a tracker that cannot be built), 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from app.batch.inputs import Job, Rejected
+from app.batch.summary import EARLIER, SUMMARY_NAME, Row
+from tracker.errors import TrackerError
+from tracker.live.options import add_tracker_arguments, non_negative_int, positive_int
+
+log = logging.getLogger("app.batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app.batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders, glob patterns and CSV manifests (path, name, max_frames, out)")
+    parser.add_argument("--out", required=True, help="folder for the takes and summary.csv (made when missing)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                     help=f"worker processes, each a tracker on one CPU thread (default: one per core, {os.cpu_count()} here)")
+    run.add_argument("--retries", type=non_negative_int, default=1, help="times a video is tried again when its worker process dies (default 1)")
+    run.add_argument("--force", action="store_true", help="track every video again, also those whose take is finished")
+    run.add_argument("--max-frames", type=positive_int, help="track at most this many frames of each video (a manifest's max_frames wins)")
+    run.add_argument("--quiet", action="store_true", help="no progress display; the summary and errors only")
+    model = parser.add_argument_group("model")
+    refine = parser.add_argument_group("refinement and identity")
+    add_tracker_arguments(model, refine)
+    model.add_argument("--max-faces", type=positive_int, default=1, help="faces tracked per frame (default: 1)")
+    refine.add_argument("--no-smoothing", action="store_true", help="no One-Euro smoothing of the parameters and weights")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tracker.console import configure_logging
+
+    configure_logging(verbose=False)
+    try:
+        return run_batch(args)
+    except TrackerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before the pool started: nothing was tracked
+        print("interrupted before any video was tracked", file=sys.stderr)
+        return 130
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """The batch of ``args`` (module docstring for the exit status)."""
+    out = _output_folder(Path(args.out))
+    from app.batch.inputs import plan
+
+    jobs, rejected = plan(args.inputs, out)
+    if args.max_frames is not None:
+        jobs = [job if job.max_frames is not None else _limited(job, args.max_frames) for job in jobs]
+    from tracker.live.options import options_from_args
+
+    options = options_from_args(args, max_faces=args.max_faces, smoothing=not args.no_smoothing)
+    from app.batch.summary import read_summary, write_summary
+
+    summary_path = out / SUMMARY_NAME
+    earlier = read_summary(summary_path)
+    rows: dict[str, Row] = {}
+    for item in rejected:
+        rows[_key(item)] = Row(item.video, str(item.take or ""), "rejected", reason=item.reason)
+        log.warning("rejected %s: %s", item.video, item.reason)
+    to_run: list[Job] = []
+    for job in jobs:
+        finished = None if args.force else _finished_row(job, earlier.get(str(job.take)))
+        if finished is not None:
+            rows[str(job.take)] = finished
+        else:
+            rows[str(job.take)] = Row(str(job.video), str(job.take), "interrupted", reason="not started")
+            to_run.append(job)
+    order = [_key(item) for item in rejected] + [str(job.take) for job in jobs]
+    write_summary(summary_path, [rows[key] for key in order])
+    skipped = len(jobs) - len(to_run)
+    print(f"{len(jobs)} videos, {skipped} finished by an earlier run, {len(rejected)} rejected; tracking {len(to_run)} "
+          f"with {min(args.workers, len(to_run)) if to_run else 0} workers", file=sys.stderr)
+    interrupted = False
+    if to_run:
+        interrupted = _track(args, options, to_run, rows, lambda: write_summary(summary_path, [rows[key] for key in order]))
+    counts = {status: sum(row.status == status for row in rows.values()) for status in ("done", "failed", "rejected", "interrupted")}
+    print(f"done {counts['done']}, failed {counts['failed']}, rejected {counts['rejected']}, interrupted {counts['interrupted']}; "
+          f"summary: {summary_path}", file=sys.stderr)
+    if interrupted:
+        return 130
+    return 0 if counts["done"] == len(rows) else 1
+
+
+def _track(args: argparse.Namespace, options, jobs: list[Job], rows: dict[str, Row], save) -> bool:
+    """Track ``jobs`` on the local pool, each outcome into ``rows`` and the summary (``save``) as
+    it comes -> True when Ctrl-C stopped it."""
+    import io
+
+    from app.batch.pool import LocalPool
+    from app.batch.progress import BatchProgress
+
+    workers = min(args.workers, len(jobs))
+    progress = BatchProgress(jobs, workers, stream=io.StringIO() if args.quiet else None)
+
+    def on_outcome(index: int, outcome) -> None:
+        job = jobs[index]
+        rows[str(job.take)] = Row(str(job.video), str(job.take), outcome.status, outcome.frames, outcome.faces_found, outcome.fps,
+                                  outcome.wall_s, outcome.reason)
+        save()
+        if outcome.status == "done":
+            line = f"done {job.name}: {outcome.frames} frames, a face in {outcome.faces_found}, {outcome.fps:.1f} fps, {outcome.wall_s:.1f} s"
+        else:
+            line = f"failed {job.name}: {outcome.reason}"
+            if args.quiet:
+                log.warning("%s", line)
+        progress.finished(None, line, outcome.frames, job)
+
+    try:
+        LocalPool(options, workers, args.retries).run(jobs, progress, on_outcome)
+    except KeyboardInterrupt:
+        for job in jobs:
+            row = rows[str(job.take)]
+            if row.status == "interrupted":
+                row.reason = "the batch was interrupted (Ctrl-C): run it again to track this video"
+        save()
+        progress.close()
+        print("interrupted: the videos in flight start over when the batch runs again", file=sys.stderr)
+        return True
+    progress.close()
+    return False
+
+
+def _finished_row(job: Job, earlier: Row | None) -> Row | None:
+    """The summary line of ``job`` when its take is finished (an earlier run's line where it has one), else None."""
+    from app.batch.worker import job_metadata
+    from tracker.takes.recording import read_take
+
+    if not job.take.is_file():
+        return None
+    try:
+        take = read_take(job.take)
+    except TrackerError as error:
+        log.warning("%s is damaged (%s): tracking %s again", job.take, error, job.video)
+        return None
+    recorded = {key: take.metadata.get(key) for key in job_metadata(job)}
+    if recorded != job_metadata(job):
+        log.warning("%s was tracked from %s with max_frames %s: tracking %s again", job.take, recorded["batch_video"], recorded["batch_max_frames"], job.video)
+        return None
+    if earlier is not None and earlier.status in ("done", "failed"):
+        reason = earlier.reason if EARLIER in earlier.reason else "; ".join(filter(None, (EARLIER, earlier.reason)))
+        return Row(str(job.video), str(job.take), earlier.status, earlier.frames, earlier.faces_found, earlier.fps, earlier.wall_s, reason)
+    frames = len(set(take.frame_index.tolist()))
+    faces = len(set(take.frame_index[take.face_found.astype(bool)].tolist()))
+    return Row(str(job.video), str(job.take), "done" if faces else "failed", frames, faces, reason=EARLIER if faces else f"{EARLIER}; no face found")
+
+
+def _output_folder(out: Path) -> Path:
+    """``out`` made and writable, else TrackerError: no summary could be written there."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackerError(f"the output folder {out} cannot be made ({error.strerror or error}): nothing was tracked") from error
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise TrackerError(f"the output folder {out} is not writable: nothing was tracked")
+    return out
+
+
+def _limited(job: Job, max_frames: int) -> Job:
+    from dataclasses import replace
+
+    return replace(job, max_frames=max_frames)
+
+
+def _key(item: Rejected) -> str:
+    return f"rejected:{item.video}:{item.take}"
