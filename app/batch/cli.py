@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                      help=f"worker processes, each a tracker on one CPU thread (default: one per core, {os.cpu_count()} here)")
     run.add_argument("--retries", type=non_negative_int, default=1, help="times a video is tried again when its worker process dies (default 1)")
+    run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run the videos as tasks on a Ray cluster (pip install -e \".[cluster]\"; start it with `ray start --head`): ADDRESS "
+                     "(host:port), or none for the one RAY_ADDRESS or `ray start` on this machine names; --workers does not apply")
     run.add_argument("--force", action="store_true", help="track every video again, also those whose take is finished")
     run.add_argument("--max-frames", type=positive_int, help="track at most this many frames of each video (a manifest's max_frames wins)")
     run.add_argument("--quiet", action="store_true", help="no progress display; the summary and errors only")
@@ -91,11 +94,11 @@ def run_batch(args: argparse.Namespace) -> int:
     order = [_key(item) for item in rejected] + [str(job.take) for job in jobs]
     write_summary(summary_path, [rows[key] for key in order])
     skipped = len(jobs) - len(to_run)
-    print(f"{len(jobs)} videos, {skipped} finished by an earlier run, {len(rejected)} rejected; tracking {len(to_run)} "
-          f"with {min(args.workers, len(to_run)) if to_run else 0} workers", file=sys.stderr)
+    pool, workers, where = _pool(args, options, len(to_run))
+    print(f"{len(jobs)} videos, {skipped} finished by an earlier run, {len(rejected)} rejected; tracking {len(to_run)} {where}", file=sys.stderr)
     interrupted = False
     if to_run:
-        interrupted = _track(args, options, to_run, rows, lambda: write_summary(summary_path, [rows[key] for key in order]))
+        interrupted = _track(args, pool, workers, to_run, rows, lambda: write_summary(summary_path, [rows[key] for key in order]))
     counts = {status: sum(row.status == status for row in rows.values()) for status in ("done", "failed", "rejected", "interrupted")}
     print(f"done {counts['done']}, failed {counts['failed']}, rejected {counts['rejected']}, interrupted {counts['interrupted']}; "
           f"summary: {summary_path}", file=sys.stderr)
@@ -104,15 +107,27 @@ def run_batch(args: argparse.Namespace) -> int:
     return 0 if counts["done"] == len(rows) else 1
 
 
-def _track(args: argparse.Namespace, options, jobs: list[Job], rows: dict[str, Row], save) -> bool:
-    """Track ``jobs`` on the local pool, each outcome into ``rows`` and the summary (``save``) as
-    it comes -> True when Ctrl-C stopped it."""
+def _pool(args: argparse.Namespace, options, jobs: int):
+    """(the pool that tracks ``jobs`` videos, its number of workers, where it runs, in words)."""
+    if args.ray is not None:
+        from app.batch.ray_pool import RayPool, cluster_cpus
+
+        address = args.ray or None
+        cpus = cluster_cpus(address) if jobs else 0
+        return RayPool(options, address, args.retries), max(1, min(cpus, jobs)), f"on the Ray cluster at {address or 'auto'} ({cpus} CPUs)"
+    from app.batch.pool import LocalPool
+
+    workers = max(1, min(args.workers, jobs))
+    return LocalPool(options, workers, args.retries), workers, f"with {workers if jobs else 0} workers"
+
+
+def _track(args: argparse.Namespace, pool, workers: int, jobs: list[Job], rows: dict[str, Row], save) -> bool:
+    """Track ``jobs`` on ``pool``, each outcome into ``rows`` and the summary (``save``) as it
+    comes -> True when Ctrl-C stopped it."""
     import io
 
-    from app.batch.pool import LocalPool
     from app.batch.progress import BatchProgress
 
-    workers = min(args.workers, len(jobs))
     progress = BatchProgress(jobs, workers, stream=io.StringIO() if args.quiet else None)
 
     def on_outcome(index: int, outcome) -> None:
@@ -129,7 +144,7 @@ def _track(args: argparse.Namespace, options, jobs: list[Job], rows: dict[str, R
         progress.finished(None, line, outcome.frames, job)
 
     try:
-        LocalPool(options, workers, args.retries).run(jobs, progress, on_outcome)
+        pool.run(jobs, progress, on_outcome)
     except KeyboardInterrupt:
         for job in jobs:
             row = rows[str(job.take)]

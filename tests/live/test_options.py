@@ -214,3 +214,36 @@ def test_arkit_weights_from_their_own_fit_leave_the_mesh_alone(untrained_checkpo
         np.testing.assert_allclose(mesh_face.avatar.raw_weights[lids_and_mouth], expected[lids_and_mouth], atol=1e-6)
     difference = np.abs(np.stack([f.avatar.raw_weights for f in runs["network"]]) - np.stack([f.avatar.raw_weights for f in runs["mesh"]]))
     assert difference[:, lids_and_mouth].max() > 0.01  # the ARKit fit is another solve
+
+
+def test_a_file_gives_the_same_faces_however_fast_it_is_tracked(untrained_checkpoint: Path, ict_npz_path: Path, shared_path: Path) -> None:
+    """The smoothing of a file's frames (crop box, parameters, ARKit weights) runs on the file's own
+    media time (``face_tracker.smoothing_clock``), not on when each frame was read: a file tracked
+    while a slow sink holds every frame gives the same numbers as one tracked at full speed."""
+    import time
+
+    from tracker.live.pipeline import Pipeline
+    from tracker.live.sources import open_source
+
+    video = shared_path / "real-faces" / "videos" / "single_face.mp4"
+    tracker = FaceTracker.from_options(TrackerOptions(checkpoint=untrained_checkpoint, ict_model=ict_npz_path, runtime="torch"))
+    runs = []
+    try:
+        for delay in (0.0, 0.04):
+            faces = []
+
+            def keep(result, faces=faces, delay=delay) -> None:
+                faces.extend(result.faces[:1])
+                time.sleep(delay)
+
+            tracker.reset()
+            Pipeline(open_source(video, realtime=False), tracker, [keep], mode="sequential", max_frames=15).run()
+            runs.append(faces)
+    finally:
+        tracker.close()
+    assert len(runs[0]) == len(runs[1]) == 15
+    for fast, slow in zip(*runs, strict=True):
+        for group in fast.params:
+            np.testing.assert_array_equal(fast.params[group], slow.params[group])
+        np.testing.assert_array_equal(fast.avatar.weights, slow.avatar.weights)
+        np.testing.assert_array_equal(fast.crop_box, slow.crop_box)

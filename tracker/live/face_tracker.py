@@ -323,7 +323,7 @@ class FaceTracker:
         with lap("detect"):
             faces = self.detector.detect(frame.image)
         with lap("crop"):
-            crops = self.cropper(frame.image, faces, frame.timestamp)
+            crops = self.cropper(frame.image, faces, smoothing_clock(frame))
         with lap("cue"):
             cues = [self.cue(c.image, c.landmarks) for c in crops]
         if not crops:
@@ -369,7 +369,7 @@ class FaceTracker:
                 values[i] = network
         unsmoothed = dict(values)
         with lap("smooth"):
-            values = {i: self._smooth(prepared.crops[i], v, frame.timestamp) for i, v in values.items()}
+            values = {i: self._smooth(prepared.crops[i], v, smoothing_clock(frame)) for i, v in values.items()}
         # an ICT network's prediction starts the ARKit fit and pulls it (_avatar_values; ArkitFit.network_prior)
         ict_network = {}
         if self.arkit_fit is not None and self.net.config.head_model == "ict" and self.refine_start != "mean":
@@ -406,7 +406,7 @@ class FaceTracker:
             if (seconds := self._calibration_request) is not None:
                 self._calibration_request = None
                 self._calibrations.update({crop.track_id: NeutralCalibration(seconds) for crop in crops})
-            clock = frame.timestamp if frame.source_time is None else frame.source_time  # a file's own time: its seconds of face
+            clock = smoothing_clock(frame)
             avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i, networks[i], clock)
                        for i, crop in enumerate(crops)]
         for i, crop in enumerate(crops):
@@ -646,6 +646,13 @@ class FaceTracker:
             f"{options.resolved_refine_iters()} iterations" if options.refine else "off", tracker.describe_start(),
         )
         return tracker
+
+
+def smoothing_clock(frame: Frame) -> float:
+    """The time, in seconds, by which the tracker smooths ``frame`` (the crop box, the parameters,
+    the ARKit weights): a file's own media time where the frame has one, so that a file gives the
+    same take however fast it is tracked; a live frame's capture time otherwise."""
+    return frame.timestamp if frame.source_time is None else frame.source_time
 
 
 def _arkit_profile(options: TrackerOptions) -> ArkitProfile | None:
