@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="track every video again, also those whose take is finished")
     run.add_argument("--max-frames", type=positive_int, help="track at most this many frames of each video (a manifest's max_frames wins)")
     run.add_argument("--quiet", action="store_true", help="no progress display; the summary and errors only")
+    run.add_argument("--export-dataset", choices=("gaussian-avatars",), metavar="FORMAT",
+                     help="also export each video as a dataset avatar trainers load, beside its take (NAME_FORMAT/): gaussian-avatars, the "
+                     "layout VHAP exports for GaussianAvatars (transforms*.json, flame_param/*.npz, images/, fg_masks/; ICT takes write "
+                     "ICT's parameters in the same layout)")
     model = parser.add_argument_group("model")
     refine = parser.add_argument_group("refinement and identity")
     add_tracker_arguments(model, refine)
@@ -85,7 +89,7 @@ def run_batch(args: argparse.Namespace) -> int:
         log.warning("rejected %s: %s", item.video, item.reason)
     to_run: list[Job] = []
     for job in jobs:
-        finished = None if args.force else _finished_row(job, earlier.get(str(job.take)))
+        finished = None if args.force else _finished_row(job, earlier.get(str(job.take)), args.export_dataset)
         if finished is not None:
             rows[str(job.take)] = finished
         else:
@@ -114,11 +118,12 @@ def _pool(args: argparse.Namespace, options, jobs: int):
 
         address = args.ray or None
         cpus = cluster_cpus(address) if jobs else 0
-        return RayPool(options, address, args.retries), max(1, min(cpus, jobs)), f"on the Ray cluster at {address or 'auto'} ({cpus} CPUs)"
+        return (RayPool(options, address, args.retries, args.export_dataset), max(1, min(cpus, jobs)),
+                f"on the Ray cluster at {address or 'auto'} ({cpus} CPUs)")
     from app.batch.pool import LocalPool
 
     workers = max(1, min(args.workers, jobs))
-    return LocalPool(options, workers, args.retries), workers, f"with {workers if jobs else 0} workers"
+    return LocalPool(options, workers, args.retries, args.export_dataset), workers, f"with {workers if jobs else 0} workers"
 
 
 def _track(args: argparse.Namespace, pool, workers: int, jobs: list[Job], rows: dict[str, Row], save) -> bool:
@@ -158,9 +163,10 @@ def _track(args: argparse.Namespace, pool, workers: int, jobs: list[Job], rows: 
     return False
 
 
-def _finished_row(job: Job, earlier: Row | None) -> Row | None:
-    """The summary line of ``job`` when its take is finished (an earlier run's line where it has one), else None."""
-    from app.batch.worker import job_metadata
+def _finished_row(job: Job, earlier: Row | None, dataset: str | None = None) -> Row | None:
+    """The summary line of ``job`` when its take (and its ``dataset``, when one is asked for) is
+    finished (an earlier run's line where it has one), else None."""
+    from app.batch.worker import dataset_path, job_metadata
     from tracker.takes.recording import read_take
 
     if not job.take.is_file():
@@ -174,6 +180,8 @@ def _finished_row(job: Job, earlier: Row | None) -> Row | None:
     if recorded != job_metadata(job):
         log.warning("%s was tracked from %s with max_frames %s: tracking %s again", job.take, recorded["batch_video"], recorded["batch_max_frames"], job.video)
         return None
+    if dataset is not None and take.face_found.any() and not (dataset_path(job.take, dataset) / "transforms_test.json").is_file():
+        return None  # its dataset is missing (transforms_test.json is written last)
     if earlier is not None and earlier.status in ("done", "failed"):
         reason = earlier.reason if EARLIER in earlier.reason else "; ".join(filter(None, (EARLIER, earlier.reason)))
         return Row(str(job.video), str(job.take), earlier.status, earlier.frames, earlier.faces_found, earlier.fps, earlier.wall_s, reason)

@@ -45,12 +45,13 @@ class _Worker:
 
 
 class LocalPool:
-    """``workers`` worker processes tracking with ``options`` (module docstring)."""
+    """``workers`` worker processes tracking with ``options`` (module docstring); ``dataset``: a
+    dataset format each video is also exported in."""
 
-    def __init__(self, options: TrackerOptions, workers: int, retries: int = 1) -> None:
+    def __init__(self, options: TrackerOptions, workers: int, retries: int = 1, dataset: str | None = None) -> None:
         if workers < 1:
             raise ValueError(f"a pool needs at least one worker, got {workers}")
-        self.options, self.workers, self.retries = options, workers, retries
+        self.options, self.workers, self.retries, self.dataset = options, workers, retries, dataset
         self._context = multiprocessing.get_context("spawn")
 
     def run(self, jobs: list[Job], progress: BatchProgress, on_outcome: Callable[[int, Outcome], None]) -> None:
@@ -87,7 +88,7 @@ class LocalPool:
         parent, child = self._context.Pipe()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child starts deaf to Ctrl-C (worker_main keeps it so)
         try:
-            process = self._context.Process(target=worker_main, args=(child, self.options), daemon=True)
+            process = self._context.Process(target=worker_main, args=(child, self.options, self.dataset), daemon=True)
             process.start()
         finally:
             signal.signal(signal.SIGINT, previous)

@@ -48,7 +48,7 @@ def _tracker(options: TrackerOptions):
     return _trackers[key]
 
 
-def _track_task(options: TrackerOptions, index: int, job: Job, progress) -> tuple[str, object]:
+def _track_task(options: TrackerOptions, index: int, job: Job, progress, dataset: str | None = None) -> tuple[str, object]:
     """A Ray task: ("outcome", Outcome) of ``job``, or ("setup_failed", reason)."""
     progress.start.remote(index, os.getpid())
     try:
@@ -63,7 +63,7 @@ def _track_task(options: TrackerOptions, index: int, job: Job, progress) -> tupl
             last[0] = now
             progress.frames.remote(index, frames)
 
-    return "outcome", track_job(tracker, options, job, report)
+    return "outcome", track_job(tracker, options, job, report, dataset)
 
 
 class _ProgressState:
@@ -85,10 +85,11 @@ class _ProgressState:
 
 
 class RayPool:
-    """The jobs as Ray tasks on the cluster at ``address`` (None: ``ray.init("auto")``)."""
+    """The jobs as Ray tasks on the cluster at ``address`` (None: ``ray.init("auto")``); ``dataset``:
+    a dataset format each video is also exported in."""
 
-    def __init__(self, options: TrackerOptions, address: str | None, retries: int = 1) -> None:
-        self.options, self.address, self.retries = options, address, retries
+    def __init__(self, options: TrackerOptions, address: str | None, retries: int = 1, dataset: str | None = None) -> None:
+        self.options, self.address, self.retries, self.dataset = options, address, retries, dataset
 
     def run(self, jobs: list[Job], progress: BatchProgress, on_outcome: Callable[[int, Outcome], None]) -> None:
         ray = connect(self.address)
@@ -101,7 +102,7 @@ class RayPool:
         reporter = ray.remote(num_cpus=0)(_ProgressState).remote()
         task = ray.remote(num_cpus=1, max_retries=self.retries, retry_exceptions=False)(_track_task)
         order = sorted(range(len(jobs)), key=lambda i: -jobs[i].expected_frames)
-        refs = {task.remote(self.options, index, jobs[index], reporter): index for index in order}
+        refs = {task.remote(self.options, index, jobs[index], reporter, self.dataset): index for index in order}
         slots: dict[int, int] = {}  # job index -> display slot
         attempts: dict[int, int] = {}
         try:

