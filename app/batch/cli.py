@@ -192,12 +192,10 @@ def _finished_row(job: Job, earlier: Row | None, dataset: str | None = None) -> 
 
 def _output_folder(out: Path) -> Path:
     """``out`` made and writable, else TrackerError: no summary could be written there."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TrackerError(f"the output folder {out} cannot be made ({error.strerror or error}): nothing was tracked") from error
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise TrackerError(f"the output folder {out} is not writable: nothing was tracked")
+    from app.batch.inputs import folder_problem
+
+    if (problem := folder_problem(out)) is not None:
+        raise TrackerError(f"{problem}: nothing was tracked")
     return out
 
 

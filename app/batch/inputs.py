@@ -107,7 +107,8 @@ def plan(inputs: list[str], out: Path) -> tuple[list[Job], list[Rejected]]:
         if problem is None and take.resolve() in owners:
             problem = f"duplicate: {owners[take.resolve()]} has the same output {take}; give one a name of its own in a manifest"
         if problem is None:
-            problem = _folder_problem(take.parent)
+            problem = folder_problem(take.parent)
+            problem = None if problem is None else f"unwritable: {problem}"
         if problem is not None:
             rejected.append(Rejected(str(item.video), problem, take))
             continue
@@ -176,12 +177,12 @@ def _probe(video: Path) -> tuple[str | None, int, float]:
     return None, frames, fps
 
 
-def _folder_problem(folder: Path) -> str | None:
-    """Why no take can be written into ``folder`` (made when missing), or None."""
+def folder_problem(folder: Path) -> str | None:
+    """Why nothing can be written into ``folder`` (made when missing), or None."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        return f"unwritable: the output folder {folder} cannot be made ({error.strerror or error})"
+        return f"the output folder {folder} cannot be made ({error.strerror or error})"
     if not os.access(folder, os.W_OK | os.X_OK):
-        return f"unwritable: the output folder {folder} is not writable"
+        return f"the output folder {folder} is not writable"
     return None

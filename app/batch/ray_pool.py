@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable
 
 from app.batch.inputs import Job
@@ -55,15 +54,7 @@ def _track_task(options: TrackerOptions, index: int, job: Job, progress, dataset
         tracker = _tracker(options)
     except (TrackerError, OSError, ValueError, RuntimeError) as error:
         return "setup_failed", str(error)
-    last = [0.0]
-
-    def report(frames: int, faces: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.5:
-            last[0] = now
-            progress.frames.remote(index, frames)
-
-    return "outcome", track_job(tracker, options, job, report, dataset)
+    return "outcome", track_job(tracker, options, job, lambda frames, faces: progress.frames.remote(index, frames), dataset)
 
 
 class _ProgressState:

@@ -38,6 +38,7 @@ differ, is refused.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -70,7 +71,12 @@ def export_dataset(take, video: str | Path, head: HeadModel, out: str | Path, tr
         raise TrackerError(f"the take was tracked with {take.head_model}, the head model given is {head.name}")
     rows = _rows(take, track)
     focal, principal = take.focal[rows[0]].astype(np.float64), take.principal[rows[0]].astype(np.float64)
-    width, height = _frame_size(video)
+    images = _frames(video, [int(take.frame_index[row]) for row in rows])
+    first = next(images, None)
+    if first is None:
+        raise TrackerError(f"{video} cannot be read as a video")
+    height, width = first[1].shape[:2]
+    images = itertools.chain([first], images)
     if abs(focal[0] - focal[1]) > 1e-3 * focal[0] or np.abs(principal - [width / 2, height / 2]).max() > 0.5:
         raise TrackerError(f"GaussianAvatars needs square pixels and the principal point at the image centre; this take has focal {focal} "
                            f"and principal point {principal} for {width}x{height} frames")
@@ -83,11 +89,10 @@ def export_dataset(take, video: str | Path, head: HeadModel, out: str | Path, tr
     c2w[:3, 3] = shift  # the camera at the camera frame's origin, moved with the world
     frames = []
     masks = _silhouettes(take, rows, head, width, height)
-    images = _frames(video, set(take.frame_index[rows].tolist()))
     for t, row in enumerate(rows):
         index = int(take.frame_index[row])
-        image = images.get(index)
-        if image is None:
+        read, image = next(images, (None, None))
+        if read != index:
             raise TrackerError(f"frame {index} of {video} cannot be read: the take does not belong to this video")
         _write_png(out / f"images/{t:05d}_00.png", image)
         _write_png(out / f"fg_masks/{t:05d}_00.png", next(masks))
@@ -104,14 +109,14 @@ def export_dataset(take, video: str | Path, head: HeadModel, out: str | Path, tr
     canonical = {key: np.zeros_like(value[:1]) if key not in ("shape", "static_offset") else value for key, value in params.items()}
     if "jaw_pose" in canonical:
         canonical["jaw_pose"][0, 0] = CANONICAL_JAW
-    canonical["shape"] = params["shape"]
     np.savez(out / "canonical_flame_param.npz", **canonical)
     _write_transforms(out, frames, head.name)
     return out
 
 
 def _rows(take, track: int | None) -> list[int]:
-    """Take records of ``track`` (None: the first track with a face), one per frame with a face."""
+    """Take records of ``track`` (None: the first track with a face), one per frame with a face, in
+    frame order."""
     found = np.flatnonzero(take.face_found)
     if not len(found):
         raise TrackerError("the take has no face to export")
@@ -123,7 +128,7 @@ def _rows(take, track: int | None) -> list[int]:
             rows.append(int(row))
     if not rows:
         raise TrackerError(f"the take has no face of track {track}")
-    return rows
+    return sorted(rows, key=lambda row: int(take.frame_index[row]))
 
 
 def _world_params(take, rows: list[int], head: HeadModel) -> dict[str, np.ndarray]:
@@ -186,37 +191,23 @@ def _silhouettes(take, rows: list[int], head: HeadModel, width: int, height: int
         yield mask
 
 
-def _frames(video: Path, wanted: set[int]) -> dict[int, np.ndarray]:
-    """{frame index: (H, W, 3) BGR} of the ``wanted`` frames of ``video``, read in order."""
-    import cv2
-
-    capture = cv2.VideoCapture(str(video))
-    frames, index = {}, 0
-    try:
-        last = max(wanted)
-        while index <= last:
-            ok, image = capture.read()
-            if not ok:
-                break
-            if index in wanted:
-                frames[index] = image
-            index += 1
-    finally:
-        capture.release()
-    return frames
-
-
-def _frame_size(video: Path) -> tuple[int, int]:
+def _frames(video: Path, wanted: list[int]):
+    """Yields (index, (H, W, 3) BGR image) for the ``wanted`` frame indices (increasing) of
+    ``video``, read in order, one frame held at a time; it stops early where the video ends."""
     import cv2
 
     capture = cv2.VideoCapture(str(video))
     try:
-        ok, image = capture.read()
+        index = 0
+        for target in wanted:
+            while index <= target:
+                ok, image = capture.read()
+                if not ok:
+                    return
+                index += 1
+            yield target, image
     finally:
         capture.release()
-    if not ok:
-        raise TrackerError(f"{video} cannot be read as a video")
-    return image.shape[1], image.shape[0]
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
