@@ -81,6 +81,7 @@ from train.arkit_peer import (
     default_peer_path,
     format_agreement_table,
     format_peer_table,
+    subframe_lag,
 )
 from train.cli import Progress, add_output_options, run, writable_file
 from train.real_split import SPLITS, split_paths
@@ -372,7 +373,11 @@ class VideoRow:
     with MediaPipe's eye closing (minus its opening); with ``--arkit-side-fit`` the same for the
     ICT fit that gives FLAME its weights (``tracker.fitting.arkit_side_fit``, run beside the tracker on the same
     faces), its mean absolute difference from the tracker's 52 weights and its ms per face; with
-    ``--arkit-peer`` our weights beside MediaPipe's blendshape model's (``train.arkit_peer``)."""
+    ``--arkit-peer`` our weights beside MediaPipe's blendshape model's (``train.arkit_peer``).
+    ``mouth_lag``: frames by which our mouth opening trails MediaPipe's (the peak of their
+    cross-correlation to a fraction of a frame, ``subframe_lag``, over the frames with a face).
+    ``offline_steps``: with ``--offline``, the seconds of the offline tracker's steps
+    (``OfflineStats``: first pass, refit, smoothing, output pass)."""
 
     video: str
     frames: int
@@ -397,6 +402,8 @@ class VideoRow:
     side_fit_blink_correlation: float = math.nan
     side_fit_difference: float = math.nan
     side_fit_ms: float = math.nan
+    mouth_lag: float = math.nan
+    offline_steps: dict[str, float] | None = None
     peer: PeerComparison | None = None
 
     @property
@@ -489,6 +496,7 @@ class VideoMeter:
             row.mouth_correlation, row.eye_correlation = correlation(mouth, mouth_mp), correlation(eye, eye_mp)
             row.mouth_std_ratio = float(mouth.std() / mouth_mp.std()) if mouth_mp.std() > 0 else math.nan
             row.eye_std_ratio = float(eye.std() / eye_mp.std()) if eye_mp.std() > 0 else math.nan
+            row.mouth_lag = subframe_lag(mouth, mouth_mp)
             row.refine_iterations = float(np.mean(self.refine_iterations))
             row.refine_ms = float(np.mean(self.refine_ms))
             row.identity_locked_frames = self.locked
@@ -504,40 +512,65 @@ class VideoMeter:
 
 
 def evaluate_video(tracker: FaceTracker, path: Path, max_frames: int | None = None, side_fit: ArkitFit | None = None,
-                   peer_model: Path | None = None) -> VideoRow:
+                   peer_model: Path | None = None, offline: bool = False) -> VideoRow:
     """Every frame of ``path`` (at most ``max_frames``) in order through the sequential pipeline,
     from a fresh tracker state (``side_fit``: also run this ARKit fit on every face; ``peer_model``:
-    MediaPipe's blendshape model beside it, a fresh one per video)."""
+    MediaPipe's blendshape model beside it, a fresh one per video; ``offline``: tracked by the
+    offline tracker, ``tracker.offline``, whose output pass the meter sees: FPS and ms/frame are then
+    every step's wall time over the frames)."""
     from tracker.live.pipeline import Pipeline
     from tracker.live.sources import MediaClockSource, open_source
+    from tracker.offline.two_pass import UNSMOOTHED, OfflineSmoothing, OfflineTracker
 
     tracker.reset()
     peer = None if peer_model is None else ArkitPeer(peer_model)
     meter = VideoMeter(tracker.head.region_masks.get("face"), side_fit, peer)
-    source = MediaClockSource(open_source(path, realtime=False))
+    started = time.perf_counter()
+    stats = None
     try:
-        Pipeline(source, tracker, [meter], mode="sequential", max_frames=max_frames).run()
+        if offline:
+            smoothing = OfflineSmoothing() if tracker.smoothing else UNSMOOTHED
+            stats = OfflineTracker(tracker, smoothing).track(lambda: MediaClockSource(open_source(path, realtime=False)), lambda source: [meter], max_frames)
+        else:
+            Pipeline(MediaClockSource(open_source(path, realtime=False)), tracker, [meter], mode="sequential", max_frames=max_frames).run()
     finally:
         if peer is not None:
             peer.close()
-    return meter.row(path.name)
+    row = meter.row(path.name)
+    if stats is not None and row.frames:
+        wall = time.perf_counter() - started
+        row.fps, row.processing_ms = row.frames / wall, 1000.0 * wall / row.frames
+        row.offline_steps = {"first_pass_s": stats.observe_s, "refit_s": stats.refit_s, "smoothing_s": stats.smooth_s, "output_pass_s": stats.output_s}
+    return row
 
 
 def format_video_table(rows: list[VideoRow]) -> str:
     """Table: Video | frames | face found | FPS | ms/frame | jitter: ours 2D, MediaPipe 2D, mesh |
-    against MediaPipe: NME-51, mouth and eye correlation and std ratio | refine iterations, ms."""
+    against MediaPipe: NME-51, mouth and eye correlation and std ratio, mouth lag | refine iterations, ms."""
     lines = [
         "| Video | frames | face found | FPS | ms/frame | jitter 68 ours % IOD | jitter 68 MediaPipe % IOD | jitter mesh mm "
-        "| NME-51 vs MediaPipe % | mouth corr | eye corr | mouth std ratio | eye std ratio | refine iters | refine ms |",
-        "|" + "---|" * 15,
+        "| NME-51 vs MediaPipe % | mouth corr | eye corr | mouth std ratio | eye std ratio | mouth lag frames | refine iters | refine ms |",
+        "|" + "---|" * 16,
     ]
     for r in rows:
         lines.append(
             f"| {r.video} | {r.frames} | {_number(100 * r.detection_rate, 1)}% | {_number(r.fps, 1)} | {_number(r.processing_ms, 1)} | "
             f"{_number(r.jitter_landmarks_percent, 3)} | {_number(r.jitter_mediapipe_percent, 3)} | {_number(r.jitter_mesh_mm, 3)} | "
             f"{_number(r.nme51_vs_mediapipe)} | {_number(r.mouth_correlation, 3)} | {_number(r.eye_correlation, 3)} | "
-            f"{_number(r.mouth_std_ratio)} | {_number(r.eye_std_ratio)} | {_number(r.refine_iterations, 1)} | {_number(r.refine_ms)} |"
+            f"{_number(r.mouth_std_ratio)} | {_number(r.eye_std_ratio)} | {_number(r.mouth_lag)} | {_number(r.refine_iterations, 1)} | {_number(r.refine_ms)} |"
         )
+    return "\n".join(lines)
+
+
+def format_offline_steps(rows: list[VideoRow]) -> str:
+    """Table: Video | first pass | refit | smoothing | output pass | (refit + smoothing + output) / first pass."""
+    lines = ["| Video | first pass s | refit s | smoothing s | output pass s | later steps / first pass |", "|" + "---|" * 6]
+    for r in rows:
+        if r.offline_steps:
+            steps = r.offline_steps
+            later = steps["refit_s"] + steps["smoothing_s"] + steps["output_pass_s"]
+            lines.append(f"| {r.video} | {steps['first_pass_s']:.1f} | {steps['refit_s']:.1f} | {steps['smoothing_s']:.2f} | {steps['output_pass_s']:.1f} | "
+                         f"{_number(later / steps['first_pass_s'] if steps['first_pass_s'] > 0 else math.nan)} |")
     return "\n".join(lines)
 
 
@@ -605,6 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=tuple(SPLITS), help="only the videos of that side of train.real_split (heldout: those no fine-tuning saw)")
     p.add_argument("--max-frames", type=int, help="track at most this many frames of each video")
     p.add_argument("--no-smoothing", action="store_true", help="videos: switch off the parameter and crop smoothing (the app's --no-smoothing)")
+    p.add_argument("--offline", action="store_true",
+                   help="videos: track them as python -m app.batch does, two passes with the identity pooled over the whole clip and a zero-lag smoother (tracker.offline)")
     p.add_argument("--upscale", type=float, default=DEFAULT_UPSCALE, help=f"resize the photos by this factor before tracking (default {DEFAULT_UPSCALE:g})")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the app)")
     p.add_argument("--csv", help="write the per-face rows of the photos to this CSV")
@@ -704,18 +739,23 @@ def report_videos(args: argparse.Namespace, paths: list[Path], peer_model: Path 
     tracker = FaceTracker.from_options(video_options(args, **overrides))
     try:
         ict = load_head_model("ict", args.ict_model) if args.arkit_side_fit else None
-        rows = [evaluate_video(tracker, path, args.max_frames, ArkitFit(ict) if ict is not None else None, peer_model) for path in paths]
+        rows = [evaluate_video(tracker, path, args.max_frames, ArkitFit(ict) if ict is not None else None, peer_model, args.offline) for path in paths]
     finally:
         tracker.close()
     limit = f", at most {args.max_frames} frames each" if args.max_frames else ""
     print(
-        f"Videos: every frame in order{limit}, sequential pipeline, smoothing {'off' if args.no_smoothing else 'on (app default)'}, "
+        f"Videos: every frame in order{limit}, {'offline tracker (two passes, zero-lag smoothing)' if args.offline else 'sequential pipeline'}, "
+        f"smoothing {'off' if args.no_smoothing else 'on (app default)'}, "
         f"device {args.device}, torch threads {torch.get_num_threads()}.\n"
         "FPS: (frames - 1) / wall clock from the first result to the last; ms/frame: the pipeline taking a frame -> its result.\n"
         "Jitter: mean norm of the second temporal difference over consecutive frames with a face (motion at constant velocity "
         "counts zero); 68 landmarks in % of MediaPipe's inter-ocular distance, face-region mesh vertices in mm (camera frame)."
     )
     print(format_video_table(rows))
+    if args.offline:
+        print("\nThe offline tracker's steps, seconds: the first pass (the live tracker), the refit (landmark fits only), the zero-lag "
+              "smoothing, the output pass (the video read again, every frame decoded); the later steps' cost against the first pass.")
+        print(format_offline_steps(rows))
     print(
         "\nARKit weights (tracker.fitting.arkit) against MediaPipe's own points on the same frames: Pearson correlation of jawOpen with "
         "MediaPipe's mouth opening, of the mean eyeBlink with MediaPipe's eye closing (minus the lid gap)."
@@ -729,7 +769,7 @@ def report_videos(args: argparse.Namespace, paths: list[Path], peer_model: Path 
         print(format_peer_table(rows))
         print("\nPer-shape agreement with the peer: Pearson r of the two systems' weights, shapes both move (sd > 0.02).")
         print(format_agreement_table(rows))
-    return {"smoothing": not args.no_smoothing, "rows": [dataclasses.asdict(r) for r in rows]}
+    return {"smoothing": not args.no_smoothing, "offline": args.offline, "rows": [dataclasses.asdict(r) for r in rows]}
 
 
 def synthetic_script(args: argparse.Namespace):

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(host:port), or none for the one RAY_ADDRESS or `ray start` on this machine names; --workers does not apply")
     run.add_argument("--force", action="store_true", help="track every video again, also those whose take is finished")
     run.add_argument("--max-frames", type=positive_int, help="track at most this many frames of each video (a manifest's max_frames wins)")
+    run.add_argument("--live", action="store_true",
+                     help="track each video as python -m app.live does, in one pass with causal smoothing (default: offline, two passes with "
+                     "each track's identity pooled over all its frames and a zero-lag smoother; README, \"Tracking many videos\")")
     run.add_argument("--quiet", action="store_true", help="no progress display; the summary and errors only")
     run.add_argument("--export-dataset", choices=("gaussian-avatars",), metavar="FORMAT",
                      help="also export each video as a dataset avatar trainers load, beside its take (NAME_FORMAT/): gaussian-avatars, the "
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine = parser.add_argument_group("refinement and identity")
     add_tracker_arguments(model, refine)
     model.add_argument("--max-faces", type=positive_int, default=1, help="faces tracked per frame (default: 1)")
-    refine.add_argument("--no-smoothing", action="store_true", help="no One-Euro smoothing of the parameters and weights")
+    refine.add_argument("--no-smoothing", action="store_true", help="no smoothing of the parameters and weights (offline: no zero-lag smoother; --live: no One-Euro filters)")
     return parser
 
 
@@ -74,8 +77,9 @@ def run_batch(args: argparse.Namespace) -> int:
     from app.batch.inputs import plan
 
     jobs, rejected = plan(args.inputs, out)
+    jobs = [_replace(job, offline=not args.live) for job in jobs]
     if args.max_frames is not None:
-        jobs = [job if job.max_frames is not None else _limited(job, args.max_frames) for job in jobs]
+        jobs = [job if job.max_frames is not None else _replace(job, max_frames=args.max_frames) for job in jobs]
     from tracker.live.options import options_from_args
 
     options = options_from_args(args, max_faces=args.max_faces, smoothing=not args.no_smoothing)
@@ -178,7 +182,8 @@ def _finished_row(job: Job, earlier: Row | None, dataset: str | None = None) -> 
         return None
     recorded = {key: take.metadata.get(key) for key in job_metadata(job)}
     if recorded != job_metadata(job):
-        log.warning("%s was tracked from %s with max_frames %s: tracking %s again", job.take, recorded["batch_video"], recorded["batch_max_frames"], job.video)
+        log.warning("%s was tracked from %s with max_frames %s, %s: tracking %s again", job.take, recorded["batch_video"], recorded["batch_max_frames"],
+                    recorded["batch_mode"] or "before the modes", job.video)
         return None
     if dataset is not None and take.face_found.any() and not (dataset_path(job.take, dataset) / "transforms_test.json").is_file():
         return None  # its dataset is missing (transforms_test.json is written last)
@@ -199,10 +204,10 @@ def _output_folder(out: Path) -> Path:
     return out
 
 
-def _limited(job: Job, max_frames: int) -> Job:
+def _replace(job: Job, **changes) -> Job:
     from dataclasses import replace
 
-    return replace(job, max_frames=max_frames)
+    return replace(job, **changes)
 
 
 def _key(item: Rejected) -> str:

@@ -43,7 +43,8 @@ TAKE_SUFFIX = ".npz"
 class Job:
     """One video to track: ``video`` the file, ``name`` its take's name, ``take`` the take's path,
     ``max_frames`` a limit (None: every frame), ``frames`` the file's declared frame count (0:
-    unknown), ``fps`` its frame rate (0: unknown)."""
+    unknown), ``fps`` its frame rate (0: unknown), ``offline`` tracked in two passes
+    (``tracker.offline``; False: as ``app.live`` tracks a file)."""
 
     video: Path
     name: str
@@ -51,6 +52,7 @@ class Job:
     max_frames: int | None = None
     frames: int = 0
     fps: float = 0.0
+    offline: bool = True
 
     @property
     def expected_frames(self) -> int:

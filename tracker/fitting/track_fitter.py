@@ -10,7 +10,9 @@ perspective-n-point solve gives (``start_pose.pnp_pose``, ``first_pose="pnp"``);
 starts from the track's previous solution, which is also the temporal term's target (video).
 The locals are pulled towards ``predicted``'s, or the neutral face's. The identity is pooled per
 track and locks after ``calibration_frames`` (``IdentityPool``), unless one is given for every
-track (state "given").
+track (state "given") or for particular tracks (``track_identities``: the offline refit,
+``tracker.offline``). ``calibration_frames`` (default: the refinement's) may be raised so that a
+track pools every frame it has (the offline first pass).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class TrackFitter:
     identity  (K,) a fixed identity for every track (state "given"); None: pooled per track
     first_pose  a new track's pose without a prediction: "frontal" (``initial_pose``) or "pnp"
     neutral_identity (K,), neutral_local (L,)  the neutral face's solver vectors
+    calibration_frames  frames a new track pools before its identity locks (math.inf: never)
+    track_identities  {track id: (K,)} fixed identities of particular tracks, before ``identity``
     """
 
     def __init__(self, refiner: Refiner, identity: np.ndarray | None = None, first_pose: str = "frontal") -> None:
@@ -50,6 +54,8 @@ class TrackFitter:
         model = refiner.model
         neutral = model.head.neutral_params(1, device="cpu")
         self.neutral_identity, self.neutral_local = model.to_vectors({g: v[0] for g, v in neutral.items()})
+        self.calibration_frames: float = refiner.settings.calibration_frames
+        self.track_identities: dict[int, np.ndarray] = {}
         self._tracks: dict[int, TrackState] = {}
 
     def fit(
@@ -73,7 +79,8 @@ class TrackFitter:
         model = self.refiner.model
         track = self._tracks.get(track_id)
         if track is None:
-            pool = IdentityPool(model.identity_size, self.refiner.identity_std, self.refiner.settings.calibration_frames, self.identity)
+            given = self.track_identities.get(track_id, self.identity)
+            pool = IdentityPool(model.identity_size, self.refiner.identity_std, self.calibration_frames, given)
             track = self._tracks[track_id] = TrackState(pool)
         observed = landmarks[model.mediapipe_ids, :2].astype(np.float64)
         if track.last is not None:
@@ -98,6 +105,10 @@ class TrackFitter:
             except TrackerError:
                 pass
         return initial_pose(model, observed, focal, principal, self.neutral_identity, self.neutral_local)
+
+    def identities(self) -> dict[int, np.ndarray]:
+        """{track id: (K,) its identity now} of every track it remembers (pooled, locked or given)."""
+        return {track_id: track.pool.identity.copy() for track_id, track in self._tracks.items()}
 
     def forget(self, track_id: int) -> None:
         """Start track ``track_id`` again at its next frame (its pool and last solution go)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -388,47 +388,83 @@ class FaceTracker:
             return TrackingResult(frame, [], focal, principal, timings, errors=errors)
         kept = list(values)
         networks = [ict_network.get(i) for i in kept]
-        crops, cues, smoothed = [prepared.crops[i] for i in kept], [prepared.cues[i] for i in kept], [values[i] for i in kept]
-        fits = [fit_of.get(i) for i in kept]
-        faces = []
+        crops, smoothed = [prepared.crops[i] for i in kept], [values[i] for i in kept]
         with lap("decode"):
-            params = {g: torch.stack([s.params[g] for s in smoothed]) for g in smoothed[0].params}
-            params = self.head.complete_params(params)
-            rotation_6d = torch.stack([s.rotation_6d for s in smoothed])
-            rotation = rotation_6d_to_matrix(rotation_6d)
-            translation = torch.stack([s.translation for s in smoothed])
-            landmarks_3d = self.head.decode_landmarks(params, view_rotation=rotation)
-            count = len(smoothed)
-            focal_t = torch.from_numpy(focal).float()[None].expand(count, 2)
-            principal_t = torch.from_numpy(principal).float()[None].expand(count, 2)
-            landmarks = camera.project_head(landmarks_3d, rotation, translation, focal_t, principal_t)
+            decoded = self._decode(smoothed, focal, principal)
         with lap("avatar"):
             if (seconds := self._calibration_request) is not None:
                 self._calibration_request = None
                 self._calibrations.update({crop.track_id: NeutralCalibration(seconds) for crop in crops})
             clock = smoothing_clock(frame)
-            avatars = [self._avatar_values(params, rotation[i], translation[i], crop, focal, principal, i, networks[i], clock)
+            avatars = [self._avatar_values(decoded.params, decoded.rotation[i], decoded.translation[i], crop, focal, principal, i, networks[i], clock)
                        for i, crop in enumerate(crops)]
-        for i, crop in enumerate(crops):
-            faces.append(
-                FaceResult(
-                    params={g: v[i] for g, v in params.items()},
-                    rotation_6d=rotation_6d[i],
-                    rotation=rotation[i],
-                    translation=translation[i],
-                    mesh=self._mesh(params, rotation, translation, i),
-                    landmarks68=landmarks[i].numpy(),
-                    mesh_landmarks68=crop.face.landmarks68,
-                    crop_box=crop.box,
-                    track_id=crop.track_id,
-                    crop=crop,
-                    cue=cues[i],
-                    identity_state=fits[i].state if fits[i] is not None else "network",
-                    refine_iterations=fits[i].iterations if fits[i] is not None else 0,
-                    avatar=avatars[i],
-                )
-            )
+        fits = [fit_of.get(i) for i in kept]
+        faces = self._face_results(
+            decoded, crops, [prepared.cues[i] for i in kept], avatars,
+            states=[fit.state if fit is not None else "network" for fit in fits],
+            iterations=[fit.iterations if fit is not None else 0 for fit in fits],
+            networks=[unsmoothed[i] for i in kept],
+        )
         return TrackingResult(frame, faces, focal, principal, timings, errors=errors)
+
+    def replay(self, frame: Frame, focal: np.ndarray, principal: np.ndarray, crops: list[FaceCrop], values: list[FrameParameters],
+               raw_weights: list[np.ndarray | None], eye_angles: list[np.ndarray | None], states: list[str], iterations: list[int]) -> TrackingResult:
+        """A frame's result from values fitted and smoothed elsewhere (the offline tracker,
+        ``tracker.offline``): per face its crop, parameters, raw ARKit weights (52,) and eye angles
+        (2, 2) (None: no avatar), identity state and refinement iterations. The head is decoded and
+        projected as ``finish`` does, the weights go through the track's ARKit profile and the
+        avatar's head pose is the mesh's."""
+        timings: dict[str, float] = {}
+        with Stopwatch(timings)("decode"):
+            decoded = self._decode(values, focal, principal)
+        avatars = []
+        for i, crop in enumerate(crops):
+            if raw_weights[i] is None:
+                avatars.append(None)
+                continue
+            head_rotation, angles, position = camera.head_pose(decoded.rotation[i].numpy(), decoded.translation[i].numpy())
+            profile = self._track_profiles.get(crop.track_id, self.arkit_profile)
+            raw = np.asarray(raw_weights[i], np.float32)
+            avatars.append(AvatarValues(profile.apply(raw), head_rotation, angles, position, np.asarray(eye_angles[i], np.float32), raw_weights=raw))
+        faces = self._face_results(decoded, crops, [None] * len(crops), avatars, states, iterations, [None] * len(crops))
+        return TrackingResult(frame, faces, focal, principal, timings)
+
+    def _decode(self, values: list[FrameParameters], focal: np.ndarray, principal: np.ndarray) -> _Decoded:
+        """F faces' parameters -> every head-model group, the rotation and the projected landmarks."""
+        params = self.head.complete_params({g: torch.stack([v.params[g] for v in values]) for g in values[0].params})
+        rotation_6d = torch.stack([v.rotation_6d for v in values])
+        rotation = rotation_6d_to_matrix(rotation_6d)
+        translation = torch.stack([v.translation for v in values])
+        landmarks_3d = self.head.decode_landmarks(params, view_rotation=rotation)
+        count = len(values)
+        focal_t = torch.from_numpy(np.asarray(focal)).float()[None].expand(count, 2)
+        principal_t = torch.from_numpy(np.asarray(principal)).float()[None].expand(count, 2)
+        landmarks = camera.project_head(landmarks_3d, rotation, translation, focal_t, principal_t)
+        return _Decoded(params, rotation_6d, rotation, translation, landmarks)
+
+    def _face_results(self, decoded: _Decoded, crops: list[FaceCrop], cues: list, avatars: list[AvatarValues | None],
+                      states: list[str], iterations: list[int], networks: list[FrameParameters | None]) -> list[FaceResult]:
+        """The FaceResults of decoded faces (``_decode``) with what each face carries besides."""
+        return [
+            FaceResult(
+                params={g: v[i] for g, v in decoded.params.items()},
+                rotation_6d=decoded.rotation_6d[i],
+                rotation=decoded.rotation[i],
+                translation=decoded.translation[i],
+                mesh=self._mesh(decoded.params, decoded.rotation, decoded.translation, i),
+                landmarks68=decoded.landmarks[i].numpy(),
+                mesh_landmarks68=crop.face.landmarks68,
+                crop_box=crop.box,
+                track_id=crop.track_id,
+                crop=crop,
+                cue=cues[i],
+                identity_state=states[i],
+                refine_iterations=iterations[i],
+                avatar=avatars[i],
+                network=networks[i],
+            )
+            for i, crop in enumerate(crops)
+        ]
 
     def track_image(self, image: np.ndarray) -> TrackingResult:
         """One (H, W, 3) uint8 BGR image through every stage, from a fresh state (``reset``): an
@@ -646,6 +682,18 @@ class FaceTracker:
             f"{options.resolved_refine_iters()} iterations" if options.refine else "off", tracker.describe_start(),
         )
         return tracker
+
+
+@dataclass
+class _Decoded:
+    """F faces decoded: params {group: (F, n)} (every group), rotation_6d (F, 6), rotation (F, 3, 3),
+    translation (F, 3), landmarks (F, 68, 2) frame pixels."""
+
+    params: dict[str, torch.Tensor]
+    rotation_6d: torch.Tensor
+    rotation: torch.Tensor
+    translation: torch.Tensor
+    landmarks: torch.Tensor
 
 
 def smoothing_clock(frame: Frame) -> float:

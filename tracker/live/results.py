@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from tracker.face.cues import CueOutput
     from tracker.face.detection import FaceCrop
+    from tracker.face.smoothing import FrameParameters
     from tracker.fitting.arkit import AvatarValues
     from tracker.live.sources import Frame
 
@@ -88,6 +89,9 @@ class FaceResult:
     refine_iterations  its Levenberg-Marquardt iterations in this frame (0: not refined)
     avatar        ARKit-52 weights, head pose and gaze (``tracker.fitting.arkit``); None for a head model
                   without ARKit semantics
+    network       the network's own prediction of this face in this frame, before smoothing and
+                  refinement (``FrameParameters``; None where the face was not tracked from this
+                  frame's network outputs: the offline tracker's smoothed result)
     """
 
     params: dict[str, torch.Tensor]
@@ -104,6 +108,7 @@ class FaceResult:
     identity_state: str = "network"
     refine_iterations: int = 0
     avatar: AvatarValues | None = None
+    network: FrameParameters | None = None
     _mesh_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @property
