@@ -183,7 +183,7 @@ def _finished_row(job: Job, earlier: Row | None, dataset: str | None = None) -> 
     recorded = {key: take.metadata.get(key) for key in job_metadata(job)}
     if recorded != job_metadata(job):
         log.warning("%s was tracked from %s with max_frames %s, %s: tracking %s again", job.take, recorded["batch_video"], recorded["batch_max_frames"],
-                    recorded["batch_mode"] or "before the modes", job.video)
+                    recorded["batch_mode"] or "live", job.video)  # takes from before the modes were live
         return None
     if dataset is not None and take.face_found.any() and not (dataset_path(job.take, dataset) / "transforms_test.json").is_file():
         return None  # its dataset is missing (transforms_test.json is written last)

@@ -257,3 +257,15 @@ def test_an_output_folder_or_a_tracker_that_cannot_be_made_stops_the_batch_at_on
 @pytest.fixture(scope="module")
 def checkpoint_args(untrained_checkpoint: Path) -> list[str]:
     return ["--checkpoint", str(untrained_checkpoint), "--runtime", "torch"]
+
+
+def test_a_take_of_the_other_mode_is_tracked_again(checkpoint_args: list[str], videos: Path, tmp_path: Path) -> None:
+    args = [str(videos / "single_face.mp4"), "--out", str(tmp_path), "--max-frames", "5", "--workers", "1", *checkpoint_args]
+    code, output = _finish(_batch(*args))
+    assert code == 0, output
+    assert read_take(tmp_path / "single_face.npz").metadata["batch_mode"] == "offline"
+    code, output = _finish(_batch(*args, "--live"))
+    assert code == 0 and "single_face.npz was tracked from" in output and ", offline: tracking" in output, output
+    assert read_take(tmp_path / "single_face.npz").metadata["batch_mode"] == "live"
+    code, output = _finish(_batch(*args, "--live"))
+    assert code == 0 and "1 finished by an earlier run" in output, output

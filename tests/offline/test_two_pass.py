@@ -100,3 +100,19 @@ def test_the_zero_lag_smoother_is_what_steadies_the_refit(tracker: FaceTracker, 
     assert {f.identity_state for r in unsmoothed for f in r.faces} == {"given"}
     steady = [float(jitter(landmarks(results)[0]).mean()) for results in (smoothed, unsmoothed)]
     assert steady[0] < 0.6 * steady[1], steady
+
+
+@pytest.mark.shared
+def test_ctrl_c_in_the_first_pass_opens_no_output_and_leaves_the_tracker_as_it_was(tracker: FaceTracker, video: Path) -> None:
+    calibration = tracker.fitter.calibration_frames
+
+    def interrupt(result: TrackingResult) -> None:
+        if result.frame.index == 10:
+            raise KeyboardInterrupt
+
+    opened = []
+    with pytest.raises(KeyboardInterrupt):
+        OfflineTracker(tracker).track(lambda: open_source(video, realtime=False), lambda source: opened.append(source) or [], FRAMES,
+                                      first_pass_sinks=[interrupt])
+    assert not opened, "the output pass began: a take would have been started"
+    assert tracker.fitter.calibration_frames == calibration and tracker.fitter.identities() == {}
