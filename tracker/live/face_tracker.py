@@ -431,10 +431,10 @@ class FaceTracker:
 
     def _decode(self, values: list[FrameParameters], focal: np.ndarray, principal: np.ndarray) -> _Decoded:
         """F faces' parameters -> every head-model group, the rotation and the projected landmarks."""
-        params = self.head.complete_params({g: torch.stack([v.params[g] for v in values]) for g in values[0].params})
-        rotation_6d = torch.stack([v.rotation_6d for v in values])
+        batch = RawOutput.stacked(values)
+        params = self.head.complete_params(batch.params)
+        rotation_6d, translation = batch.rotation_6d, batch.translation
         rotation = rotation_6d_to_matrix(rotation_6d)
-        translation = torch.stack([v.translation for v in values])
         landmarks_3d = self.head.decode_landmarks(params, view_rotation=rotation)
         count = len(values)
         focal_t = torch.from_numpy(np.asarray(focal)).float()[None].expand(count, 2)

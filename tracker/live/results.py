@@ -65,6 +65,14 @@ class RawOutput:
     rotation_6d: torch.Tensor
     translation: torch.Tensor
 
+    @classmethod
+    def stacked(cls, faces: list[FrameParameters]) -> RawOutput:
+        """F faces' parameters ({group: (n,)}, (6,), (3,) each) as one frame's batch."""
+        import torch  # this module stays light to import
+
+        return cls({g: torch.stack([f.params[g] for f in faces]) for g in faces[0].params},
+                   torch.stack([f.rotation_6d for f in faces]), torch.stack([f.translation for f in faces]))
+
 
 @dataclass
 class FaceResult:

@@ -102,6 +102,11 @@ class _Observed:
     crops: list[FaceCrop]
     networks: list[FrameParameters]
 
+    @property
+    def time(self) -> float:
+        """Seconds: the media time where the frame has one, else when it was read."""
+        return self.source_time if self.source_time is not None else self.timestamp
+
 
 @dataclass
 class _Track:
@@ -220,19 +225,13 @@ class OfflineTracker:
             for position, frame in enumerate(observed):
                 if not frame.crops:
                     continue
-                frame = replace(frame, networks=networks[position])
                 image = np.broadcast_to(np.zeros((), np.uint8), (*frame.size, 3))  # the frame's shape, for its camera; no pixels
                 prepared = Prepared(Frame(image, frame.index, frame.timestamp, frame.source_time), frame.crops, [None] * len(frame.crops), None)
-                raw = RawOutput(
-                    {g: torch.stack([n.params[g] for n in frame.networks]) for g in frame.networks[0].params},
-                    torch.stack([n.rotation_6d for n in frame.networks]),
-                    torch.stack([n.translation for n in frame.networks]),
-                )
-                result = tracker.finish(prepared, raw)
+                result = tracker.finish(prepared, RawOutput.stacked(networks[position]))
                 for rank, face in enumerate(result.faces):
                     track = tracks.setdefault(face.track_id, _Track())
                     track.frames.append(frame.index)
-                    track.times.append(frame.source_time if frame.source_time is not None else frame.timestamp)
+                    track.times.append(frame.time)
                     track.crops.append(face.crop)
                     track.values.append(FrameParameters({g: v.clone() for g, v in face.params.items()}, face.rotation_6d.clone(), face.translation.clone()))
                     avatar = face.avatar
@@ -257,7 +256,7 @@ class OfflineTracker:
             for crop, network in zip(frame.crops, frame.networks):
                 track = by_track.setdefault(crop.track_id, _Track())
                 track.frames.append(frame.index)
-                track.times.append(frame.source_time if frame.source_time is not None else frame.timestamp)
+                track.times.append(frame.time)
                 track.values.append(network)
         for track in by_track.values():
             self._smooth_values(track, smooth_identity=True)
@@ -292,13 +291,11 @@ class OfflineTracker:
         smooth = self._smoother(track)
         s = self.smoothing
         identity_group = None if smooth_identity else default_identity_group(track.values[0].params)
-        params = {}
-        for group in track.values[0].params:
-            stacked = torch.stack([v.params[group] for v in track.values]).double().numpy()
-            params[group] = stacked if group == identity_group else smooth(stacked, s.expression_hz)
-        rotation = smooth(torch.stack([v.rotation_6d for v in track.values]).double().numpy(), s.pose_hz)
+        batch = RawOutput.stacked(track.values)
+        params = {g: v.double().numpy() if g == identity_group else smooth(v.double().numpy(), s.expression_hz) for g, v in batch.params.items()}
+        rotation = smooth(batch.rotation_6d.double().numpy(), s.pose_hz)
         rotation = matrix_to_rotation_6d(rotation_6d_to_matrix(torch.from_numpy(rotation))).numpy()  # orthonormal again
-        translation = smooth(torch.stack([v.translation for v in track.values]).double().numpy(), s.pose_hz)
+        translation = smooth(batch.translation.double().numpy(), s.pose_hz)
         track.values = [
             FrameParameters({g: torch.from_numpy(params[g][t]).float() for g in params}, torch.from_numpy(rotation[t]).float(),
                             torch.from_numpy(translation[t]).float())
